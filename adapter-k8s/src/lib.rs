@@ -1,0 +1,2 @@
+//! The production shell of the Hanzo Base operator: everything that does I/O lives here, and every
+//! decision is delegated to `base-core`.

@@ -1,0 +1,7 @@
+//! Pure, deterministic state machines of the Hanzo Base operator. No I/O, no clocks, no async:
+//! time and randomness are inputs, effects are returned as data.
+
+pub mod ids;
+pub mod wire;
+
+pub use ids::{Millis, NodeId, Term};
