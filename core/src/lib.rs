@@ -2,6 +2,7 @@
 //! time and randomness are inputs, effects are returned as data.
 
 pub mod ids;
+pub mod tracker;
 pub mod wire;
 
 pub use ids::{Millis, NodeId, Term};

@@ -1,0 +1,1259 @@
+//! The gateway's leader tracker: which replica gets a request.
+//!
+//! A pure state machine, driven by three kinds of input, each with `now` passed in:
+//! - a **poll result** from a replica (its `GET /_ha/leader` answer as a [`LeaderClaim`], or a failure);
+//! - a **request arrival** ([`Request`]) → a [`Route`]: forward to a replica, or reject (`503`);
+//! - a **request outcome** ([`Outcome`]) → an [`AfterOutcome`]: done, retry once, or give up.
+//!
+//! The rules (ARCHITECTURE.md §1, FIELDS.md "What the Hanzo gateway polls"):
+//! - Follow the highest term ever seen; never go back to a lower one. A replica that reports a lower
+//!   term than that is stale: its claims are ignored, and it gets neither reads nor writes.
+//! - The writer is the one node that replicas at the highest term name, with an unexpired lease. When
+//!   its lease passes without a fresh poll renewing it, the tracker forgets it: `503 no_writer` rather
+//!   than a guess. Two different writers named for one term (which a correct election never does)
+//!   also give no writer.
+//! - Writes (and requests marked `X-Base-Writer: required`) go to the writer. Reads go round robin to
+//!   the ready replicas (polled OK recently, not stale, not found unreachable since).
+//! - After a client's write reached the writer, that client's reads go to the writer for the
+//!   read-your-writes TTL (a pin), or are rejected when no writer is known, never sent to a follower.
+//! - A request is retried once, and only when it never reached a replica.
+//! - Memory is bounded: at most [`MAX_PINS`] pins (the oldest evicted first), expired pins are
+//!   dropped as time passes, client ids are cut to [`MAX_CLIENT_ID_BYTES`].
+
+use crate::ids::{Millis, NodeId, Term};
+use crate::wire::{self, LeaderAnswer, WireError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// The most read-your-writes pins the tracker keeps; at the cap the pin that expires first goes.
+pub const MAX_PINS: usize = 100_000;
+/// Client ids longer than this are cut, so that a pin costs a bounded amount of memory.
+pub const MAX_CLIENT_ID_BYTES: usize = 128;
+/// The most replicas one tracker routes to (a Base is a small odd number of replicas).
+pub const MAX_REPLICAS: usize = 64;
+
+/// Index of a replica in the list the tracker was built with (the order of `--replicas`).
+pub type ReplicaIx = usize;
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+
+/// Timing and limits of one tracker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackerConfig {
+    /// How long a client's reads stay pinned to the writer after its write (`readYourWritesTTL`).
+    pub ryw_ttl: Millis,
+    /// How long after its last successful poll a replica still counts as ready for reads.
+    pub ready_for: Millis,
+    /// Cap on pins; at most [`MAX_PINS`].
+    pub max_pins: usize,
+}
+
+impl TrackerConfig {
+    /// A replica stays ready for three poll intervals, so one slow or lost poll does not take it
+    /// out of the read rotation.
+    #[must_use]
+    pub fn new(poll_interval: Millis, ryw_ttl: Millis) -> Self {
+        TrackerConfig {
+            ryw_ttl,
+            ready_for: Millis(poll_interval.0.saturating_mul(3)),
+            max_pins: MAX_PINS,
+        }
+    }
+}
+
+/// A tracker that cannot be built as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrackerError {
+    #[error("the gateway needs at least one replica")]
+    NoReplicas,
+    #[error("too many replicas: {count} (at most {max})", max = MAX_REPLICAS)]
+    TooManyReplicas { count: usize },
+    #[error("replica {0} is listed twice")]
+    DuplicateReplica(NodeId),
+    #[error("replica id must not be empty")]
+    EmptyReplicaId,
+    #[error("max_pins {0} is outside 1..={max}", max = MAX_PINS)]
+    PinCap(usize),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+// ---------------------------------------------------------------------------------------------
+
+/// What one replica's `/_ha/leader` answer says, with its lease as a point in time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderClaim {
+    /// The replica's current term.
+    pub term: Term,
+    /// The writer it names for that term, if any.
+    pub writer: Option<WriterClaim>,
+}
+
+/// A named writer and the time its lease ends, as the answering replica knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterClaim {
+    pub node: NodeId,
+    pub lease_expires: Millis,
+}
+
+impl LeaderClaim {
+    /// Reads a parsed answer. An empty `node_id` names no writer; so does a writer without a lease
+    /// (there is no lease to trust). A lease that is present but not RFC 3339 is an error: the
+    /// answer is garbled and counts as a failed poll.
+    pub fn from_answer(answer: &LeaderAnswer) -> Result<LeaderClaim, WireError> {
+        let node = answer.node_id.trim();
+        let lease = answer.lease_expires.trim();
+        let lease_expires = if lease.is_empty() {
+            None
+        } else {
+            Some(wire::parse_rfc3339(lease)?)
+        };
+        let writer = match (node.is_empty(), lease_expires) {
+            (false, Some(lease_expires)) => Some(WriterClaim {
+                node: NodeId::new(node),
+                lease_expires,
+            }),
+            _ => None,
+        };
+        Ok(LeaderClaim {
+            term: Term(answer.term),
+            writer,
+        })
+    }
+}
+
+/// The body of a `/_ha/leader` answer → a claim, in one pure step (a fuzz target).
+pub fn parse_leader_claim(bytes: &[u8]) -> Result<LeaderClaim, WireError> {
+    LeaderClaim::from_answer(&wire::parse_leader_answer(bytes)?)
+}
+
+/// The result of polling one replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PollResult {
+    Answered(LeaderClaim),
+    /// No answer in time, a non-200 status, or a garbled body.
+    Failed,
+}
+
+/// Whether a request changes data. Reads may go to any ready replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Read,
+    Write,
+}
+
+impl RequestKind {
+    /// `GET`, `HEAD` and `OPTIONS` read; every other method (and any unknown one) writes.
+    #[must_use]
+    pub fn from_method(method: &str) -> RequestKind {
+        if ["GET", "HEAD", "OPTIONS"]
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(method))
+        {
+            RequestKind::Read
+        } else {
+            RequestKind::Write
+        }
+    }
+}
+
+/// Who sent a request, for read-your-writes pins. Cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(Arc<str>);
+
+impl ClientId {
+    /// `None` for an empty id; a long id is cut to [`MAX_CLIENT_ID_BYTES`] (on a char boundary).
+    #[must_use]
+    pub fn new(id: &str) -> Option<ClientId> {
+        let id = id.trim();
+        if id.is_empty() {
+            return None;
+        }
+        let mut end = id.len().min(MAX_CLIENT_ID_BYTES);
+        while !id.is_char_boundary(end) {
+            end -= 1;
+        }
+        Some(ClientId(Arc::from(&id[..end])))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The header values that identify a client, as the proxy read them from a request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientHeaders<'a> {
+    /// `X-Base-Client`: an id the client chooses, e.g. per browser session.
+    pub base_client: Option<&'a str>,
+    /// `X-Forwarded-For`: the first hop is the original client.
+    pub forwarded_for: Option<&'a str>,
+    /// `X-Org-Id`: the tenant, set by the Hanzo gateway in front.
+    pub org_id: Option<&'a str>,
+    /// The address of the TCP peer, used when there is no `X-Forwarded-For`.
+    pub peer: Option<&'a str>,
+}
+
+/// A client's identity as the Hanzo gateway derives it: the org (`X-Org-Id`) plus the first
+/// `X-Forwarded-For` hop (or the TCP peer). A client that sets `X-Base-Client` is known by that
+/// instead of its address, so clients behind one NAT do not share a pin and a client whose address
+/// changes keeps its own. `None` when nothing identifies the client (it gets no pins).
+#[must_use]
+pub fn client_identity(headers: ClientHeaders<'_>) -> Option<ClientId> {
+    fn clean(v: Option<&str>) -> Option<&str> {
+        v.map(str::trim).filter(|v| !v.is_empty())
+    }
+    let org = clean(headers.org_id).unwrap_or("");
+    if let Some(client) = clean(headers.base_client) {
+        return ClientId::new(&format!("org={org};client={client}"));
+    }
+    let first_hop = clean(headers.forwarded_for)
+        .and_then(|xff| xff.split(',').next())
+        .map(str::trim)
+        .filter(|hop| !hop.is_empty());
+    let addr = first_hop.or_else(|| clean(headers.peer))?;
+    ClientId::new(&format!("org={org};addr={addr}"))
+}
+
+/// A request arriving at the gateway.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub kind: RequestKind,
+    /// `X-Base-Writer: required`: send even a read to the writer.
+    pub writer_required: bool,
+    pub client: Option<&'a ClientId>,
+}
+
+/// Which try of a request an outcome is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    First,
+    Retry,
+}
+
+/// How far a forwarded request got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// It never reached the replica (no connection): safe to send again.
+    NotReached,
+    /// It reached the replica. `acknowledged`: a response came back.
+    Reached { acknowledged: bool },
+}
+
+/// What happened to a forwarded request.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome<'a> {
+    pub request: Request<'a>,
+    pub replica: ReplicaIx,
+    pub attempt: Attempt,
+    pub delivery: Delivery,
+    /// The proxy still holds the whole body (bounded) and can send it again.
+    pub replayable: bool,
+}
+
+/// Every input, for callers that drive the tracker as one `step` function.
+#[derive(Clone, Debug)]
+pub enum Input<'a> {
+    Poll {
+        replica: ReplicaIx,
+        result: PollResult,
+    },
+    Arrival(Request<'a>),
+    Outcome(Outcome<'a>),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decisions
+// ---------------------------------------------------------------------------------------------
+
+/// Why a request goes where it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Why {
+    Write,
+    /// A read marked `X-Base-Writer: required`.
+    WriterRequired,
+    /// A read within the client's read-your-writes TTL.
+    PinnedRead,
+    Read,
+}
+
+impl Why {
+    #[must_use]
+    pub fn kind(self) -> RequestKind {
+        match self {
+            Why::Write => RequestKind::Write,
+            Why::WriterRequired | Why::PinnedRead | Why::Read => RequestKind::Read,
+        }
+    }
+}
+
+/// Send the request to this replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub replica: ReplicaIx,
+    pub why: Why,
+    /// The highest term the tracker knows (the writer's term when `why` is not `Read`).
+    pub term: Term,
+}
+
+/// Why a request is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reject {
+    /// No writer with a live lease is known: `503 {"error":"no_writer"}`.
+    NoWriter,
+    /// A plain read, and no replica is ready and no writer known: `503 {"error":"no_replica"}`.
+    NoReplica,
+}
+
+impl Reject {
+    /// The JSON body of the `503`.
+    #[must_use]
+    pub fn body(self) -> &'static str {
+        match self {
+            Reject::NoWriter => wire::NO_WRITER_BODY,
+            Reject::NoReplica => r#"{"error":"no_replica"}"#,
+        }
+    }
+}
+
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Forward(Forward),
+    Reject(Reject),
+}
+
+/// What to do after a forwarded request finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterOutcome {
+    /// Nothing more: pass the response (or the error) on.
+    Done,
+    /// It never reached a replica and may be sent once more: here.
+    Retry(Forward),
+    /// It never reached a replica; a retry was allowed, but there is nowhere to send it.
+    Reject(Reject),
+    /// It never reached a replica and may not be retried (already a retry, or not replayable).
+    GiveUp,
+}
+
+/// What a poll changed, for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollEffect {
+    /// Nothing routing depends on changed (a renewed lease counts as nothing).
+    Unchanged,
+    /// A different writer, or none, or a higher term.
+    WriterChanged {
+        writer: Option<ReplicaIx>,
+        term: Term,
+    },
+    /// The replica reports a term below the highest seen: it is stale and gets no requests.
+    Stale { reported: Term, highest: Term },
+    /// The poll failed: the replica gets no reads until one succeeds.
+    Failed,
+}
+
+/// The result of one [`Tracker::step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Polled(PollEffect),
+    Route(Route),
+    AfterOutcome(AfterOutcome),
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct Replica {
+    id: NodeId,
+    /// Time of the last successful poll since the replica last failed (poll or request).
+    ready_since_poll: Option<Millis>,
+    /// The last answer it gave (kept across failed polls: its lease still bounds it).
+    claim: Option<LeaderClaim>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Writer {
+    replica: ReplicaIx,
+    term: Term,
+    lease_expires: Millis,
+}
+
+/// Read-your-writes pins: client → expiry, plus an index by expiry for sweeping and eviction.
+#[derive(Clone, Debug, Default)]
+struct Pins {
+    by_client: HashMap<ClientId, (Millis, u64)>,
+    by_expiry: BTreeMap<(Millis, u64), ClientId>,
+    next_seq: u64,
+}
+
+impl Pins {
+    fn len(&self) -> usize {
+        self.by_client.len()
+    }
+
+    fn until(&self, client: &ClientId) -> Option<Millis> {
+        self.by_client.get(client).map(|&(until, _)| until)
+    }
+
+    fn pin(&mut self, client: &ClientId, until: Millis, cap: usize) {
+        if let Some(old) = self.by_client.remove(client) {
+            self.by_expiry.remove(&old);
+        } else if self.by_client.len() >= cap
+            && let Some((_, evicted)) = self.by_expiry.pop_first()
+        {
+            self.by_client.remove(&evicted);
+        }
+        let key = (until, self.next_seq);
+        self.next_seq += 1;
+        self.by_client.insert(client.clone(), key);
+        self.by_expiry.insert(key, client.clone());
+        assert!(self.by_client.len() <= cap, "pins over their cap");
+    }
+
+    /// Drops every pin that has expired by `now`. Each pin is dropped once, so the cost is
+    /// amortised over the pins made.
+    fn sweep(&mut self, now: Millis) {
+        while let Some(entry) = self.by_expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let client = entry.remove();
+            self.by_client.remove(&client);
+        }
+        debug_assert_eq!(self.by_client.len(), self.by_expiry.len());
+    }
+}
+
+/// The gateway's view of the replicas. See the module docs for the rules.
+#[derive(Clone, Debug)]
+pub struct Tracker {
+    config: TrackerConfig,
+    replicas: Vec<Replica>,
+    /// The highest term any replica ever reported. Never decreases.
+    highest_term: Term,
+    /// Derived from the replicas' claims after each poll; its lease is checked on every use.
+    writer: Option<Writer>,
+    pins: Pins,
+    /// Round-robin cursor for reads.
+    next_read: ReplicaIx,
+    /// The latest `now` seen: time given out of order is taken as this, so nothing goes backwards.
+    now: Millis,
+}
+
+impl Tracker {
+    /// A tracker for these replicas (ids as the replicas name themselves in `/_ha/leader`).
+    pub fn new(replicas: Vec<NodeId>, config: TrackerConfig) -> Result<Tracker, TrackerError> {
+        if replicas.is_empty() {
+            return Err(TrackerError::NoReplicas);
+        }
+        if replicas.len() > MAX_REPLICAS {
+            return Err(TrackerError::TooManyReplicas {
+                count: replicas.len(),
+            });
+        }
+        if config.max_pins == 0 || config.max_pins > MAX_PINS {
+            return Err(TrackerError::PinCap(config.max_pins));
+        }
+        for (i, id) in replicas.iter().enumerate() {
+            if id.as_str().is_empty() {
+                return Err(TrackerError::EmptyReplicaId);
+            }
+            if replicas[..i].contains(id) {
+                return Err(TrackerError::DuplicateReplica(id.clone()));
+            }
+        }
+        Ok(Tracker {
+            config,
+            replicas: replicas
+                .into_iter()
+                .map(|id| Replica {
+                    id,
+                    ready_since_poll: None,
+                    claim: None,
+                })
+                .collect(),
+            highest_term: Term(0),
+            writer: None,
+            pins: Pins::default(),
+            next_read: 0,
+            now: Millis::ZERO,
+        })
+    }
+
+    /// One entry point for every input, for drivers that prefer it (the simulation).
+    #[must_use]
+    pub fn step(&mut self, now: Millis, input: Input<'_>) -> Decision {
+        match input {
+            Input::Poll { replica, result } => Decision::Polled(self.on_poll(now, replica, result)),
+            Input::Arrival(request) => Decision::Route(self.route(now, request)),
+            Input::Outcome(outcome) => Decision::AfterOutcome(self.on_outcome(now, outcome)),
+        }
+    }
+
+    // -- inputs -----------------------------------------------------------------------------
+
+    /// Takes a replica's poll result in.
+    ///
+    /// # Panics
+    /// If `replica` is not an index of the replica list.
+    #[must_use]
+    pub fn on_poll(&mut self, now: Millis, replica: ReplicaIx, result: PollResult) -> PollEffect {
+        let now = self.advance(now);
+        assert!(replica < self.replicas.len(), "poll from unknown replica");
+        let before = self.writer_now(now).map(|w| (w.replica, w.term));
+        let term_before = self.highest_term;
+        let effect = match result {
+            PollResult::Failed => {
+                self.replicas[replica].ready_since_poll = None;
+                PollEffect::Failed
+            }
+            PollResult::Answered(claim) => {
+                let reported = claim.term;
+                self.highest_term = self.highest_term.max(reported);
+                let r = &mut self.replicas[replica];
+                r.ready_since_poll = Some(now);
+                r.claim = Some(claim);
+                if reported < self.highest_term {
+                    PollEffect::Stale {
+                        reported,
+                        highest: self.highest_term,
+                    }
+                } else {
+                    PollEffect::Unchanged
+                }
+            }
+        };
+        self.writer = self.derive_writer(now);
+        let after = self.writer_now(now).map(|w| (w.replica, w.term));
+        if before != after || term_before != self.highest_term {
+            // A stale or failed poll that also deposed the writer reports the change: it matters more.
+            return PollEffect::WriterChanged {
+                writer: after.map(|(r, _)| r),
+                term: self.highest_term,
+            };
+        }
+        effect
+    }
+
+    /// Decides where a request goes.
+    #[must_use]
+    pub fn route(&mut self, now: Millis, request: Request<'_>) -> Route {
+        let now = self.advance(now);
+        let to_writer = match (request.kind, request.writer_required) {
+            (RequestKind::Write, _) => Some(Why::Write),
+            (RequestKind::Read, true) => Some(Why::WriterRequired),
+            (RequestKind::Read, false) => request
+                .client
+                .and_then(|c| self.pins.until(c))
+                .filter(|&until| until > now)
+                .map(|_| Why::PinnedRead),
+        };
+        if let Some(why) = to_writer {
+            return match self.writer_now(now) {
+                Some(w) => Route::Forward(Forward {
+                    replica: w.replica,
+                    why,
+                    term: w.term,
+                }),
+                None => Route::Reject(Reject::NoWriter),
+            };
+        }
+        self.route_read(now)
+    }
+
+    /// Takes in how a forwarded request ended; says whether to send it again.
+    ///
+    /// # Panics
+    /// If `outcome.replica` is not an index of the replica list.
+    #[must_use]
+    pub fn on_outcome(&mut self, now: Millis, outcome: Outcome<'_>) -> AfterOutcome {
+        let now = self.advance(now);
+        assert!(
+            outcome.replica < self.replicas.len(),
+            "outcome from unknown replica"
+        );
+        match outcome.delivery {
+            Delivery::Reached { .. } => {
+                // Pinned even without an acknowledgement: a write that reached the writer may have
+                // been applied, and the client's next read must not miss it.
+                if outcome.request.kind == RequestKind::Write
+                    && let Some(client) = outcome.request.client
+                {
+                    let until = now.saturating_add(self.config.ryw_ttl);
+                    self.pins.pin(client, until, self.config.max_pins);
+                }
+                AfterOutcome::Done
+            }
+            Delivery::NotReached => {
+                // Unreachable: no more reads until a poll succeeds. The writer keeps writes until
+                // its lease passes; a connection refused once is not proof it is gone.
+                self.replicas[outcome.replica].ready_since_poll = None;
+                if outcome.attempt == Attempt::Retry || !outcome.replayable {
+                    return AfterOutcome::GiveUp;
+                }
+                match self.route(now, outcome.request) {
+                    Route::Forward(forward) => AfterOutcome::Retry(forward),
+                    Route::Reject(reject) => AfterOutcome::Reject(reject),
+                }
+            }
+        }
+    }
+
+    // -- queries ----------------------------------------------------------------------------
+
+    /// The highest term ever reported by any replica.
+    #[must_use]
+    pub fn highest_term(&self) -> Term {
+        self.highest_term
+    }
+
+    /// The writer with a live lease at `now`: its index, term and lease end.
+    #[must_use]
+    pub fn writer(&self, now: Millis) -> Option<(ReplicaIx, Term, Millis)> {
+        self.writer_now(now.max(self.now))
+            .map(|w| (w.replica, w.term, w.lease_expires))
+    }
+
+    /// Whether a replica gets plain reads at `now`.
+    #[must_use]
+    pub fn is_ready(&self, now: Millis, replica: ReplicaIx) -> bool {
+        self.ready(now.max(self.now), replica)
+    }
+
+    /// The replicas, in the order given to [`Tracker::new`].
+    #[must_use]
+    pub fn replica_ids(&self) -> Vec<&NodeId> {
+        self.replicas.iter().map(|r| &r.id).collect()
+    }
+
+    /// The id of one replica.
+    #[must_use]
+    pub fn replica_id(&self, replica: ReplicaIx) -> Option<&NodeId> {
+        self.replicas.get(replica).map(|r| &r.id)
+    }
+
+    /// The index of a replica by id.
+    #[must_use]
+    pub fn replica_ix(&self, id: &str) -> Option<ReplicaIx> {
+        self.replicas.iter().position(|r| r.id.as_str() == id)
+    }
+
+    /// The last term a replica reported, if it ever answered.
+    #[must_use]
+    pub fn reported_term(&self, replica: ReplicaIx) -> Option<Term> {
+        self.replicas
+            .get(replica)
+            .and_then(|r| r.claim.as_ref())
+            .map(|c| c.term)
+    }
+
+    /// Pins held now (expired ones are dropped on every input).
+    #[must_use]
+    pub fn pin_count(&self) -> usize {
+        self.pins.len()
+    }
+
+    /// When a client's pin ends, if it has one that has not expired at `now`.
+    #[must_use]
+    pub fn pinned_until(&self, now: Millis, client: &ClientId) -> Option<Millis> {
+        let now = now.max(self.now);
+        self.pins.until(client).filter(|&until| until > now)
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &TrackerConfig {
+        &self.config
+    }
+
+    // -- internals --------------------------------------------------------------------------
+
+    /// Moves the tracker's clock (never backwards) and drops what expired.
+    fn advance(&mut self, now: Millis) -> Millis {
+        self.now = self.now.max(now);
+        self.pins.sweep(self.now);
+        if self.writer.is_some_and(|w| w.lease_expires <= self.now) {
+            self.writer = None;
+        }
+        self.now
+    }
+
+    fn writer_now(&self, now: Millis) -> Option<Writer> {
+        self.writer.filter(|w| w.lease_expires > now)
+    }
+
+    fn ready(&self, now: Millis, replica: ReplicaIx) -> bool {
+        let Some(r) = self.replicas.get(replica) else {
+            return false;
+        };
+        let fresh = r
+            .ready_since_poll
+            .is_some_and(|at| now.saturating_sub(at) <= self.config.ready_for);
+        let current = r
+            .claim
+            .as_ref()
+            .is_some_and(|c| c.term >= self.highest_term);
+        fresh && current
+    }
+
+    fn route_read(&mut self, now: Millis) -> Route {
+        let n = self.replicas.len();
+        for offset in 0..n {
+            let candidate = (self.next_read + offset) % n;
+            if self.ready(now, candidate) {
+                self.next_read = (candidate + 1) % n;
+                return Route::Forward(Forward {
+                    replica: candidate,
+                    why: Why::Read,
+                    term: self.highest_term,
+                });
+            }
+        }
+        // No replica answered polls lately, but a writer's lease is live: it can serve the read.
+        match self.writer_now(now) {
+            Some(w) => Route::Forward(Forward {
+                replica: w.replica,
+                why: Why::Read,
+                term: w.term,
+            }),
+            None => Route::Reject(Reject::NoReplica),
+        }
+    }
+
+    /// The writer the claims at the highest term agree on, if exactly one node is named with a live
+    /// lease and that node does not itself deny it.
+    fn derive_writer(&self, now: Millis) -> Option<Writer> {
+        let term = self.highest_term;
+        let mut named: Option<(Option<ReplicaIx>, Millis)> = None;
+        for claim in self.replicas.iter().filter_map(|r| r.claim.as_ref()) {
+            if claim.term != term {
+                continue; // lower terms are stale; nothing is above the highest
+            }
+            let Some(w) = &claim.writer else { continue };
+            if w.lease_expires <= now {
+                continue;
+            }
+            // An id outside the replica list is still a claim: it conflicts with any other name.
+            let ix = self.replica_ix(w.node.as_str());
+            named = match named {
+                None => Some((ix, w.lease_expires)),
+                Some((prev, lease)) if prev == ix => Some((ix, lease.max(w.lease_expires))),
+                Some(_) => return None, // two writers named in one term: trust neither
+            };
+        }
+        let (Some(replica), lease_expires) = named? else {
+            return None; // a writer we have no address for
+        };
+        // The named node's own latest answer has the last word: if it reports a lower term, or
+        // names another writer (or none) at this term, it is not the writer.
+        if let Some(own) = &self.replicas[replica].claim {
+            let affirms = own.term == term
+                && own
+                    .writer
+                    .as_ref()
+                    .is_some_and(|w| w.node == self.replicas[replica].id);
+            if !affirms {
+                return None;
+            }
+        }
+        Some(Writer {
+            replica,
+            term,
+            lease_expires,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Millis = Millis(5_000);
+
+    fn tracker() -> Tracker {
+        Tracker::new(
+            vec!["b-0".into(), "b-1".into(), "b-2".into()],
+            TrackerConfig::new(Millis(1_000), TTL),
+        )
+        .unwrap()
+    }
+
+    fn claim(term: u64, writer: Option<&str>, lease_expires: u64) -> PollResult {
+        PollResult::Answered(LeaderClaim {
+            term: Term(term),
+            writer: writer.map(|w| WriterClaim {
+                node: w.into(),
+                lease_expires: Millis(lease_expires),
+            }),
+        })
+    }
+
+    /// Every replica answers that `writer` leads `term` until `lease`.
+    fn all_say(t: &mut Tracker, now: u64, term: u64, writer: &str, lease: u64) {
+        for r in 0..3 {
+            let _ = t.on_poll(Millis(now), r, claim(term, Some(writer), lease));
+        }
+    }
+
+    fn read<'a>(client: Option<&'a ClientId>) -> Request<'a> {
+        Request {
+            kind: RequestKind::Read,
+            writer_required: false,
+            client,
+        }
+    }
+
+    fn write<'a>(client: Option<&'a ClientId>) -> Request<'a> {
+        Request {
+            kind: RequestKind::Write,
+            writer_required: false,
+            client,
+        }
+    }
+
+    fn target(route: Route) -> Option<ReplicaIx> {
+        match route {
+            Route::Forward(f) => Some(f.replica),
+            Route::Reject(_) => None,
+        }
+    }
+
+    #[test]
+    fn nothing_known_rejects_everything() {
+        let mut t = tracker();
+        assert_eq!(
+            t.route(Millis(0), write(None)),
+            Route::Reject(Reject::NoWriter)
+        );
+        assert_eq!(
+            t.route(Millis(0), read(None)),
+            Route::Reject(Reject::NoReplica)
+        );
+    }
+
+    #[test]
+    fn writes_go_to_the_writer_and_reads_spread_round_robin() {
+        let mut t = tracker();
+        all_say(&mut t, 0, 3, "b-1", 10_000);
+        for _ in 0..5 {
+            assert_eq!(target(t.route(Millis(10), write(None))), Some(1));
+        }
+        let reads: Vec<_> = (0..6)
+            .map(|_| target(t.route(Millis(10), read(None))).unwrap())
+            .collect();
+        assert_eq!(reads, vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn writer_required_reads_go_to_the_writer() {
+        let mut t = tracker();
+        all_say(&mut t, 0, 3, "b-2", 10_000);
+        let req = Request {
+            writer_required: true,
+            ..read(None)
+        };
+        for _ in 0..3 {
+            assert_eq!(
+                t.route(Millis(1), req),
+                Route::Forward(Forward {
+                    replica: 2,
+                    why: Why::WriterRequired,
+                    term: Term(3)
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn a_higher_term_wins_and_a_lower_one_never_comes_back() {
+        let mut t = tracker();
+        all_say(&mut t, 0, 3, "b-0", 10_000);
+        // b-2 has heard of term 4 but not yet of its writer: b-0 (term 3) is deposed all the same.
+        let effect = t.on_poll(Millis(50), 2, claim(4, None, 0));
+        assert_eq!(
+            effect,
+            PollEffect::WriterChanged {
+                writer: None,
+                term: Term(4)
+            }
+        );
+        assert_eq!(
+            t.route(Millis(50), write(None)),
+            Route::Reject(Reject::NoWriter)
+        );
+        let effect = t.on_poll(Millis(100), 1, claim(4, Some("b-1"), 10_000));
+        assert_eq!(
+            effect,
+            PollEffect::WriterChanged {
+                writer: Some(1),
+                term: Term(4)
+            }
+        );
+        assert_eq!(t.writer(Millis(100)), Some((1, Term(4), Millis(10_000))));
+        // The old writer still believes in term 3: it is stale, gets no reads, and no writes.
+        let effect = t.on_poll(Millis(200), 0, claim(3, Some("b-0"), 20_000));
+        assert_eq!(
+            effect,
+            PollEffect::Stale {
+                reported: Term(3),
+                highest: Term(4)
+            }
+        );
+        assert_eq!(t.highest_term(), Term(4));
+        assert_eq!(target(t.route(Millis(200), write(None))), Some(1));
+        for _ in 0..4 {
+            assert_ne!(target(t.route(Millis(200), read(None))), Some(0));
+        }
+    }
+
+    #[test]
+    fn the_writer_is_forgotten_when_its_lease_passes() {
+        let mut t = tracker();
+        all_say(&mut t, 0, 3, "b-0", 2_000);
+        assert_eq!(target(t.route(Millis(1_999), write(None))), Some(0));
+        assert_eq!(
+            t.route(Millis(2_000), write(None)),
+            Route::Reject(Reject::NoWriter)
+        );
+        // A fresh poll renews it.
+        all_say(&mut t, 2_100, 3, "b-0", 4_000);
+        assert_eq!(target(t.route(Millis(2_100), write(None))), Some(0));
+    }
+
+    #[test]
+    fn a_writer_that_denies_being_writer_is_not_used() {
+        let mut t = tracker();
+        all_say(&mut t, 0, 3, "b-0", 10_000);
+        // b-0 lost its lease and says so; the followers still name it.
+        let _ = t.on_poll(Millis(100), 0, claim(3, None, 0));
+        assert_eq!(
+            t.route(Millis(100), write(None)),
+            Route::Reject(Reject::NoWriter)
+        );
+    }
+
+    #[test]
+    fn two_writers_named_for_one_term_give_no_writer() {
+        let mut t = tracker();
+        let _ = t.on_poll(Millis(0), 0, claim(3, Some("b-0"), 10_000));
+        let _ = t.on_poll(Millis(0), 1, claim(3, Some("b-1"), 10_000));
+        assert_eq!(
+            t.route(Millis(1), write(None)),
+            Route::Reject(Reject::NoWriter)
+        );
+    }
+
+    #[test]
+    fn a_writer_outside_the_replica_list_cannot_be_routed_to() {
+        let mut t = tracker();
+        let _ = t.on_poll(Millis(0), 0, claim(3, Some("elsewhere"), 10_000));
+        assert_eq!(
+            t.route(Millis(1), write(None)),
+            Route::Reject(Reject::NoWriter)
+        );
+    }
+
+    #[test]
+    fn a_clients_reads_follow_its_write_for_the_ttl() {
+        let mut t = tracker();
+        all_say(&mut t, 0, 3, "b-2", 60_000);
+        let me = ClientId::new("me").unwrap();
+        let w = write(Some(&me));
+        assert_eq!(target(t.route(Millis(10), w)), Some(2));
+        let after = t.on_outcome(
+            Millis(20),
+            Outcome {
+                request: w,
+                replica: 2,
+                attempt: Attempt::First,
+                delivery: Delivery::Reached { acknowledged: true },
+                replayable: true,
+            },
+        );
+        assert_eq!(after, AfterOutcome::Done);
+        for now in [21, 1_000, 5_019] {
+            assert_eq!(
+                t.route(Millis(now), read(Some(&me))),
+                Route::Forward(Forward {
+                    replica: 2,
+                    why: Why::PinnedRead,
+                    term: Term(3)
+                })
+            );
+        }
+        // Polls keep replicas ready; after the TTL the client's reads spread again.
+        all_say(&mut t, 5_019, 3, "b-2", 60_000);
+        let spread: Vec<_> = (0..3)
+            .map(|_| target(t.route(Millis(5_020), read(Some(&me)))).unwrap())
+            .collect();
+        assert_eq!(spread.len(), 3);
+        assert!(spread.contains(&0) && spread.contains(&1));
+        assert_eq!(t.pin_count(), 0, "the expired pin was dropped");
+    }
+
+    #[test]
+    fn a_pinned_read_without_a_writer_is_rejected_not_sent_to_a_follower() {
+        let mut t = tracker();
+        all_say(&mut t, 0, 3, "b-0", 1_000);
+        let me = ClientId::new("me").unwrap();
+        let w = write(Some(&me));
+        let _ = t.on_outcome(
+            Millis(10),
+            Outcome {
+                request: w,
+                replica: 0,
+                attempt: Attempt::First,
+                delivery: Delivery::Reached { acknowledged: true },
+                replayable: true,
+            },
+        );
+        // Followers are polled and ready, but the writer's lease has passed.
+        for r in 1..3 {
+            let _ = t.on_poll(Millis(1_500), r, claim(3, None, 0));
+        }
+        assert_eq!(
+            t.route(Millis(1_500), read(Some(&me))),
+            Route::Reject(Reject::NoWriter)
+        );
+        assert!(matches!(
+            t.route(Millis(1_500), read(None)),
+            Route::Forward(_)
+        ));
+    }
+
+    #[test]
+    fn a_request_is_retried_once_and_only_when_it_never_reached_a_replica() {
+        let mut t = tracker();
+        all_say(&mut t, 0, 3, "b-1", 10_000);
+        let w = write(None);
+        let outcome = |attempt, delivery, replayable| Outcome {
+            request: w,
+            replica: 1,
+            attempt,
+            delivery,
+            replayable,
+        };
+        assert_eq!(
+            t.on_outcome(
+                Millis(1),
+                outcome(Attempt::First, Delivery::NotReached, true)
+            ),
+            AfterOutcome::Retry(Forward {
+                replica: 1,
+                why: Why::Write,
+                term: Term(3)
+            })
+        );
+        assert_eq!(
+            t.on_outcome(
+                Millis(2),
+                outcome(Attempt::Retry, Delivery::NotReached, true)
+            ),
+            AfterOutcome::GiveUp
+        );
+        assert_eq!(
+            t.on_outcome(
+                Millis(3),
+                outcome(Attempt::First, Delivery::NotReached, false)
+            ),
+            AfterOutcome::GiveUp,
+            "a body too big to keep cannot be sent again"
+        );
+        assert_eq!(
+            t.on_outcome(
+                Millis(4),
+                outcome(
+                    Attempt::First,
+                    Delivery::Reached {
+                        acknowledged: false
+                    },
+                    true
+                )
+            ),
+            AfterOutcome::Done,
+            "a write that reached the writer may have been applied: never again"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_replica_gets_no_reads_until_a_poll_succeeds() {
+        let mut t = tracker();
+        all_say(&mut t, 0, 3, "b-0", 10_000);
+        let r = read(None);
+        let after = t.on_outcome(
+            Millis(1),
+            Outcome {
+                request: r,
+                replica: 2,
+                attempt: Attempt::First,
+                delivery: Delivery::NotReached,
+                replayable: true,
+            },
+        );
+        assert!(matches!(after, AfterOutcome::Retry(f) if f.replica != 2));
+        for _ in 0..4 {
+            assert_ne!(target(t.route(Millis(2), r)), Some(2));
+        }
+        let _ = t.on_poll(Millis(3), 2, claim(3, Some("b-0"), 10_000));
+        assert!((0..3).any(|_| target(t.route(Millis(4), r)) == Some(2)));
+    }
+
+    #[test]
+    fn replicas_not_polled_lately_are_not_ready() {
+        let mut t = tracker();
+        all_say(&mut t, 0, 3, "b-0", 100_000);
+        assert!(t.is_ready(Millis(3_000), 1));
+        assert!(!t.is_ready(Millis(3_001), 1));
+        // With nobody ready, the writer (lease still live) serves reads.
+        assert_eq!(target(t.route(Millis(3_001), read(None))), Some(0));
+    }
+
+    #[test]
+    fn pins_are_capped_and_the_oldest_goes_first() {
+        let mut t = Tracker::new(
+            vec!["b-0".into()],
+            TrackerConfig {
+                max_pins: 3,
+                ..TrackerConfig::new(Millis(1_000), TTL)
+            },
+        )
+        .unwrap();
+        let _ = t.on_poll(Millis(0), 0, claim(1, Some("b-0"), 100_000));
+        let clients: Vec<_> = (0..5)
+            .map(|i| ClientId::new(&format!("c{i}")).unwrap())
+            .collect();
+        for (i, c) in clients.iter().enumerate() {
+            let _ = t.on_outcome(
+                Millis(i as u64),
+                Outcome {
+                    request: write(Some(c)),
+                    replica: 0,
+                    attempt: Attempt::First,
+                    delivery: Delivery::Reached { acknowledged: true },
+                    replayable: true,
+                },
+            );
+            assert!(t.pin_count() <= 3);
+        }
+        assert_eq!(t.pinned_until(Millis(5), &clients[0]), None);
+        assert_eq!(t.pinned_until(Millis(5), &clients[1]), None);
+        assert_eq!(
+            t.pinned_until(Millis(5), &clients[4]),
+            Some(Millis(4 + TTL.0))
+        );
+    }
+
+    #[test]
+    fn time_going_backwards_is_taken_as_standing_still() {
+        let mut t = tracker();
+        all_say(&mut t, 0, 3, "b-0", 2_000);
+        assert_eq!(
+            t.route(Millis(2_000), write(None)),
+            Route::Reject(Reject::NoWriter)
+        );
+        assert_eq!(
+            t.route(Millis(1_000), write(None)),
+            Route::Reject(Reject::NoWriter)
+        );
+    }
+
+    #[test]
+    fn client_identity_follows_the_hanzo_gateway() {
+        let id = |h: ClientHeaders<'_>| client_identity(h).map(|c| c.as_str().to_string());
+        assert_eq!(
+            id(ClientHeaders {
+                forwarded_for: Some(" 203.0.113.7 , 10.0.0.1"),
+                org_id: Some("acme"),
+                peer: Some("10.0.0.2"),
+                ..Default::default()
+            }),
+            Some("org=acme;addr=203.0.113.7".into())
+        );
+        assert_eq!(
+            id(ClientHeaders {
+                base_client: Some("tab-42"),
+                forwarded_for: Some("203.0.113.7"),
+                org_id: Some("acme"),
+                ..Default::default()
+            }),
+            Some("org=acme;client=tab-42".into())
+        );
+        assert_eq!(
+            id(ClientHeaders {
+                forwarded_for: Some(""),
+                peer: Some("10.0.0.2"),
+                ..Default::default()
+            }),
+            Some("org=;addr=10.0.0.2".into())
+        );
+        assert_eq!(id(ClientHeaders::default()), None);
+        let long = "x".repeat(1_000);
+        let cut = client_identity(ClientHeaders {
+            base_client: Some(&long),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cut.as_str().len(), MAX_CLIENT_ID_BYTES);
+    }
+
+    #[test]
+    fn methods_map_to_kinds() {
+        assert_eq!(RequestKind::from_method("GET"), RequestKind::Read);
+        assert_eq!(RequestKind::from_method("head"), RequestKind::Read);
+        assert_eq!(RequestKind::from_method("OPTIONS"), RequestKind::Read);
+        for m in ["POST", "PUT", "PATCH", "DELETE", "PURGE"] {
+            assert_eq!(RequestKind::from_method(m), RequestKind::Write);
+        }
+    }
+
+    #[test]
+    fn claims_read_from_answers() {
+        let c = parse_leader_claim(
+            br#"{"leader_url":"http://b-1:8090","node_id":"b-1","term":7,"lease_expires":"1970-01-01T00:00:02.5Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            LeaderClaim {
+                term: Term(7),
+                writer: Some(WriterClaim {
+                    node: "b-1".into(),
+                    lease_expires: Millis(2_500)
+                })
+            }
+        );
+        let none =
+            parse_leader_claim(br#"{"leader_url":"","node_id":"","term":7,"lease_expires":""}"#)
+                .unwrap();
+        assert_eq!(none.writer, None);
+        assert!(
+            parse_leader_claim(br#"{"node_id":"b-1","term":7,"lease_expires":"soon"}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        let cfg = TrackerConfig::new(Millis(1_000), TTL);
+        assert_eq!(
+            Tracker::new(vec![], cfg).unwrap_err(),
+            TrackerError::NoReplicas
+        );
+        assert_eq!(
+            Tracker::new(vec!["a".into(), "a".into()], cfg).unwrap_err(),
+            TrackerError::DuplicateReplica("a".into())
+        );
+        assert!(
+            Tracker::new(
+                vec!["a".into()],
+                TrackerConfig {
+                    max_pins: MAX_PINS + 1,
+                    ..cfg
+                }
+            )
+            .is_err()
+        );
+    }
+}
