@@ -1,2 +1,3 @@
 //! The production shell of the Hanzo Base operator: everything that does I/O lives here, and every
 //! decision is delegated to `base-core`.
+pub mod cli;

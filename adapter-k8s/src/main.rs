@@ -1,1 +1,35 @@
-fn main() {}
+//! `base-operator`: the one binary of the Hanzo Base operator. Each subcommand is a thin entry point
+//! into the library; see ARCHITECTURE.md for the command-line contracts.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "base-operator",
+    version,
+    about = "Runs Hanzo Base apps on Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the CRDs (Base and the legacy BaseApp) as multi-document YAML.
+    Crd,
+    /// Print every object the reconciler would create for the Base in FILE, as multi-document YAML.
+    Render(base_adapter_k8s::cli::RenderArgs),
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => base_adapter_k8s::cli::crd(&mut std::io::stdout().lock()),
+        Command::Render(args) => {
+            base_adapter_k8s::cli::render(&args, &mut std::io::stdout().lock())
+        }
+    }
+}

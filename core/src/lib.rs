@@ -6,3 +6,8 @@ pub mod tracker;
 pub mod wire;
 
 pub use ids::{Millis, NodeId, Term};
+pub mod crd;
+pub mod crdgen;
+pub mod manifest;
+pub mod reconcile;
+pub mod validate;

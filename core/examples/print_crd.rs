@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", base_core::crdgen::crds_yaml().unwrap());
+}

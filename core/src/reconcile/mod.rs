@@ -1,0 +1,556 @@
+//! The reconciler: `plan(base, observed) -> Plan`. Pure and idempotent: the same observation gives
+//! the same plan, and a world that already matches gives a plan with nothing to write. The adapter
+//! (or the simulation) performs the plan; nothing here decides how.
+
+mod diff;
+pub mod objects;
+pub mod rollout;
+pub mod route;
+mod status;
+
+pub use diff::is_subset;
+pub use status::{CONDITION_GATEWAY, CONDITION_PROGRESSING, CONDITION_READY, CONDITION_WRITER};
+
+use crate::crd::{Base, BaseStatus, DEFAULT_GATEWAY_NAME, Kind, RetentionPolicy};
+use crate::ids::Millis;
+use crate::validate::{InvalidSpec, validate};
+use objects::Ctx;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Settings of the operator itself, not of any one Base.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorConfig {
+    /// Image of the Quasar agent container (the operator's own image).
+    pub agent_image: String,
+    /// How often to re-plan when nothing happens (drift detection).
+    pub resync_ms: u64,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig {
+            agent_image: format!(
+                "ghcr.io/hanzoai/base-operator:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            resync_ms: 300_000,
+        }
+    }
+}
+
+/// One object to create or update, with its identity pulled out for logs and the API call.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Object {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// The full object as JSON, ready for server-side apply.
+    pub body: Value,
+}
+
+impl Object {
+    pub fn new(api_version: &str, kind: &str, namespace: &str, name: &str, body: Value) -> Object {
+        Object {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            body,
+        }
+    }
+
+    fn typed<T: Serialize>(
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        obj: &T,
+    ) -> Object {
+        // Serialising k8s-openapi types to JSON cannot fail (no maps with non-string keys).
+        let mut body = serde_json::to_value(obj).unwrap_or(Value::Null);
+        body["apiVersion"] = Value::String(api_version.into());
+        body["kind"] = Value::String(kind.into());
+        Object::new(api_version, kind, namespace, name, body)
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Identifies an object within the Base's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ObjectKey {
+    pub kind: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: &str, name: &str) -> Self {
+        ObjectKey {
+            kind: kind.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// What the adapter saw of a pod.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PodView {
+    pub name: String,
+    pub ready: bool,
+    /// `controller-revision-hash` label.
+    pub revision: Option<String>,
+    pub terminating: bool,
+    /// Carries `hanzo.ai/role=writer`.
+    pub writer_label: bool,
+}
+
+/// The StatefulSet's state, read from its JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StsView {
+    pub replicas: i32,
+    pub ready_replicas: i32,
+    pub update_revision: Option<String>,
+    /// `status.observedGeneration == metadata.generation`: its status describes its current spec.
+    pub generation_observed: bool,
+}
+
+impl StsView {
+    pub fn from_json(sts: &Value) -> StsView {
+        let int = |p: &str| sts.pointer(p).and_then(Value::as_i64);
+        StsView {
+            replicas: int("/spec/replicas").unwrap_or(1) as i32,
+            ready_replicas: int("/status/readyReplicas").unwrap_or(0) as i32,
+            update_revision: sts
+                .pointer("/status/updateRevision")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            generation_observed: int("/status/observedGeneration").is_some()
+                && int("/status/observedGeneration") >= int("/metadata/generation"),
+        }
+    }
+}
+
+/// The writer as the leader tracker last saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterView {
+    pub pod: String,
+    pub term: u64,
+}
+
+/// The Gateway the route goes into.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum GatewayView {
+    /// The adapter did not look (no route configured).
+    #[default]
+    NotLooked,
+    Missing,
+    Found(Value),
+}
+
+/// Everything the adapter observed that the plan depends on.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Wall time of the observation; only used to stamp condition transitions.
+    pub now: Millis,
+    /// Objects labelled with this Base (StatefulSet, Services, ConfigMap, PDB, NetworkPolicy,
+    /// ServiceMonitor), as the API returned them.
+    pub objects: BTreeMap<ObjectKey, Value>,
+    pub pods: Vec<PodView>,
+    /// Names of the PVCs labelled with this Base.
+    pub pvcs: Vec<String>,
+    pub writer: Option<WriterView>,
+    pub gateway: GatewayView,
+    pub config: OperatorConfig,
+}
+
+impl Observed {
+    pub fn insert(&mut self, obj: &Object) {
+        self.objects.insert(obj.key(), obj.body.clone());
+    }
+}
+
+/// Set or clear the writer label on one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLabel {
+    pub pod: String,
+    pub writer: bool,
+}
+
+/// A new `spec.routes` for the Gateway `namespace/name`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewayWrite {
+    pub namespace: String,
+    pub name: String,
+    pub routes: Vec<Value>,
+}
+
+/// Ask writer `from` to hand its role to `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// A Kubernetes Event worth showing a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanEvent {
+    pub type_: EventType,
+    pub reason: String,
+    pub message: String,
+}
+
+/// What should happen now. Empty write lists and an unchanged status mean "nothing to write".
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Plan {
+    /// Every object this Base should have, in creation order (what `render` prints).
+    pub desired: Vec<Object>,
+    /// The desired objects that differ from what was observed.
+    pub apply: Vec<Object>,
+    /// Objects to delete: optional objects no longer wanted, pods to roll, PVCs under `Delete`.
+    pub delete: Vec<ObjectKey>,
+    pub relabel: Vec<PodLabel>,
+    pub gateway: Option<GatewayWrite>,
+    pub transfer: Option<Transfer>,
+    pub status: BaseStatus,
+    pub status_changed: bool,
+    pub events: Vec<PlanEvent>,
+    pub requeue_after_ms: u64,
+    /// The spec broke these rules; nothing was planned for it.
+    pub invalid: Option<InvalidSpec>,
+    /// Deletion: cleanup is complete and the finalizer may be removed.
+    pub finalized: bool,
+}
+
+impl Plan {
+    /// True when performing this plan would issue no API write at all.
+    pub fn is_noop(&self) -> bool {
+        self.apply.is_empty()
+            && self.delete.is_empty()
+            && self.relabel.is_empty()
+            && self.gateway.is_none()
+            && self.transfer.is_none()
+            && !self.status_changed
+    }
+}
+
+/// Requeue soon while something is moving, so progress doesn't wait for the resync.
+const PROGRESS_REQUEUE_MS: u64 = 5_000;
+
+/// Plans a `Base`.
+#[must_use]
+pub fn plan(base: &Base, observed: &Observed) -> Plan {
+    plan_for(Kind::Base, base, observed)
+}
+
+/// Plans a `Base` or a legacy `BaseApp` (converted with `Base::from`); `kind` names the owner.
+#[must_use]
+pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
+    let name = base.metadata.name.as_deref().unwrap_or_default();
+    let namespace = base.metadata.namespace.as_deref().unwrap_or("default");
+    let mut plan = Plan {
+        requeue_after_ms: observed.config.resync_ms,
+        ..Default::default()
+    };
+    let deleting = base.metadata.deletion_timestamp.is_some();
+    let owner = route::owner_tag(kind.as_str(), namespace, name);
+    let gateway_ref = base
+        .spec
+        .gateway
+        .as_ref()
+        .filter(|g| g.route.is_some())
+        .map(|g| {
+            (
+                g.gateway_namespace
+                    .clone()
+                    .unwrap_or_else(|| namespace.to_string()),
+                g.gateway_name
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_GATEWAY_NAME.to_string()),
+            )
+        });
+
+    if deleting {
+        plan_cleanup(base, observed, name, &owner, gateway_ref, &mut plan);
+        status::finish(base, observed, &mut plan, status::Outcome::Deleting);
+        return plan;
+    }
+
+    if let Err(invalid) = validate(name, &base.spec) {
+        plan.invalid = Some(invalid.clone());
+        status::finish(base, observed, &mut plan, status::Outcome::Invalid(invalid));
+        return plan;
+    }
+
+    let sts_json = observed.objects.get(&ObjectKey::new("StatefulSet", name));
+    if let (Some(sts), Some(uid)) = (sts_json, base.metadata.uid.as_deref())
+        && let Some(other) = foreign_controller(sts, uid)
+    {
+        status::finish(
+            base,
+            observed,
+            &mut plan,
+            status::Outcome::OwnedByAnother(other),
+        );
+        return plan;
+    }
+    let sts_view = sts_json.map(StsView::from_json);
+    let writer = observed.writer.as_ref().map(|w| w.pod.as_str());
+    let step = rollout::decide(
+        name,
+        base.spec.replicas,
+        sts_view.as_ref(),
+        &observed.pods,
+        writer,
+    );
+
+    let ctx = Ctx {
+        base,
+        kind,
+        name,
+        namespace,
+        replicas: step.replicas,
+        config: &observed.config,
+    };
+    plan.desired = desired_objects(&ctx);
+    // Keep the operator's view and the cluster's aligned: an object is written only when it differs.
+    plan.apply = plan
+        .desired
+        .iter()
+        .filter(|d| {
+            !observed
+                .objects
+                .get(&d.key())
+                .is_some_and(|o| is_subset(&d.body, o))
+        })
+        .cloned()
+        .collect();
+    for optional in [
+        "ConfigMap",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ServiceMonitor",
+    ] {
+        for key in observed.objects.keys().filter(|k| k.kind == optional) {
+            if !plan.desired.iter().any(|d| d.key() == *key) {
+                plan.delete.push(key.clone());
+            }
+        }
+    }
+    if let Some(pod) = &step.delete_pod {
+        plan.delete.push(ObjectKey::new("Pod", pod));
+    }
+    plan.transfer = step
+        .transfer
+        .clone()
+        .map(|(from, to)| Transfer { from, to });
+    // PVCs of removed ordinals, once their pods are gone, when the spec says Delete.
+    if base.spec.storage.retention() == RetentionPolicy::Delete {
+        for pvc in &observed.pvcs {
+            let ord = pvc
+                .strip_prefix(&format!("{}-", objects::DATA_VOLUME))
+                .and_then(|p| rollout::ordinal(name, p));
+            if let Some(ord) = ord
+                && ord >= step.replicas
+                && !observed
+                    .pods
+                    .iter()
+                    .any(|p| p.name == objects::pod_name(name, ord))
+            {
+                plan.delete
+                    .push(ObjectKey::new("PersistentVolumeClaim", pvc));
+            }
+        }
+    }
+    plan.relabel = relabel(&observed.pods, writer);
+
+    let mut route_outcome = status::RouteOutcome::NotConfigured;
+    if let (Some((gw_ns, gw_name)), Some(g)) = (gateway_ref, base.spec.gateway.as_ref()) {
+        let entry = route::RouteEntry {
+            prefix: g.route.clone().unwrap_or_default(),
+            owner: owner.clone(),
+            namespace: namespace.to_string(),
+            service: name.to_string(),
+            writer_service: objects::writer_service_name(name),
+            port: base.spec.port,
+            leader_poll_interval: g
+                .leader_poll_interval
+                .clone()
+                .unwrap_or_else(|| crate::crd::DEFAULT_LEADER_POLL_INTERVAL.to_string()),
+            read_your_writes_ttl: g
+                .read_your_writes_ttl
+                .clone()
+                .unwrap_or_else(|| crate::crd::DEFAULT_READ_YOUR_WRITES_TTL.to_string()),
+        };
+        route_outcome = match &observed.gateway {
+            GatewayView::Found(gw) => match route::upsert(&route::routes_of(gw), &entry) {
+                Ok(Some(routes)) => {
+                    plan.gateway = Some(GatewayWrite {
+                        namespace: gw_ns.clone(),
+                        name: gw_name.clone(),
+                        routes,
+                    });
+                    status::RouteOutcome::Injected(format!("{gw_ns}/{gw_name}"))
+                }
+                Ok(None) => status::RouteOutcome::Injected(format!("{gw_ns}/{gw_name}")),
+                Err(conflict) => status::RouteOutcome::Conflict(conflict.to_string()),
+            },
+            GatewayView::Missing | GatewayView::NotLooked => {
+                status::RouteOutcome::GatewayMissing(format!("{gw_ns}/{gw_name}"))
+            }
+        };
+    }
+
+    let progressing = step.replicas != base.spec.replicas
+        || step.outdated > 0
+        || step.transfer.is_some()
+        || sts_view
+            .as_ref()
+            .is_none_or(|s| s.ready_replicas < base.spec.replicas);
+    if progressing || !plan.apply.is_empty() || !plan.delete.is_empty() {
+        plan.requeue_after_ms = plan.requeue_after_ms.min(PROGRESS_REQUEUE_MS);
+    }
+    status::finish(
+        base,
+        observed,
+        &mut plan,
+        status::Outcome::Planned {
+            sts: sts_view,
+            route: route_outcome,
+            progressing,
+        },
+    );
+    // Safety: a PVC under Retain is never deleted, whatever the observation said.
+    if base.spec.storage.retention() == RetentionPolicy::Retain {
+        assert!(
+            plan.delete
+                .iter()
+                .all(|k| k.kind != "PersistentVolumeClaim"),
+            "plan deletes a PVC of {name} under retentionPolicy Retain"
+        );
+    }
+    plan
+}
+
+fn desired_objects(c: &Ctx) -> Vec<Object> {
+    let mut out = Vec::new();
+    if let Some(cm) = objects::schema_configmap(c) {
+        out.push(Object::typed(
+            "v1",
+            "ConfigMap",
+            c.namespace,
+            &objects::schema_configmap_name(c.name),
+            &cm,
+        ));
+    }
+    for svc in objects::services(c) {
+        let svc_name = svc.metadata.name.clone().unwrap_or_default();
+        out.push(Object::typed("v1", "Service", c.namespace, &svc_name, &svc));
+    }
+    out.push(Object::typed(
+        "apps/v1",
+        "StatefulSet",
+        c.namespace,
+        c.name,
+        &objects::statefulset(c),
+    ));
+    if let Some(pdb) = objects::pdb(c) {
+        out.push(Object::typed(
+            "policy/v1",
+            "PodDisruptionBudget",
+            c.namespace,
+            c.name,
+            &pdb,
+        ));
+    }
+    if let Some(np) = objects::network_policy(c) {
+        out.push(Object::typed(
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            c.namespace,
+            c.name,
+            &np,
+        ));
+    }
+    if let Some(sm) = objects::service_monitor(c) {
+        out.push(sm);
+    }
+    out
+}
+
+/// The controller owner of an object when it is not us.
+fn foreign_controller(obj: &Value, our_uid: &str) -> Option<String> {
+    let refs = obj.pointer("/metadata/ownerReferences")?.as_array()?;
+    refs.iter()
+        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+        .filter(|r| r.get("uid").and_then(Value::as_str) != Some(our_uid))
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r.get("kind").and_then(Value::as_str).unwrap_or("?"),
+                r.get("name").and_then(Value::as_str).unwrap_or("?")
+            )
+        })
+}
+
+/// Label exactly the writer pod; clear the label from every other pod in the same step.
+fn relabel(pods: &[PodView], writer: Option<&str>) -> Vec<PodLabel> {
+    pods.iter()
+        .filter(|p| !p.terminating)
+        .filter_map(|p| {
+            let want = Some(p.name.as_str()) == writer;
+            (p.writer_label != want).then(|| PodLabel {
+                pod: p.name.clone(),
+                writer: want,
+            })
+        })
+        .collect()
+}
+
+fn plan_cleanup(
+    base: &Base,
+    observed: &Observed,
+    name: &str,
+    owner: &str,
+    gateway_ref: Option<(String, String)>,
+    plan: &mut Plan,
+) {
+    let mut done = true;
+    if let (Some((ns, gw)), GatewayView::Found(g)) = (gateway_ref.as_ref(), &observed.gateway) {
+        if let Some(routes) = route::remove(&route::routes_of(g), owner) {
+            plan.gateway = Some(GatewayWrite {
+                namespace: ns.clone(),
+                name: gw.clone(),
+                routes,
+            });
+            done = false;
+        }
+    } else if gateway_ref.is_some() && observed.gateway == GatewayView::NotLooked {
+        done = false; // we cannot know the route is gone until we looked
+    }
+    if base.spec.storage.retention() == RetentionPolicy::Delete {
+        for pvc in &observed.pvcs {
+            plan.delete
+                .push(ObjectKey::new("PersistentVolumeClaim", pvc));
+            done = false;
+        }
+    }
+    let _ = name;
+    plan.finalized = done;
+    if !done {
+        plan.requeue_after_ms = PROGRESS_REQUEUE_MS;
+    }
+}

@@ -1,0 +1,583 @@
+//! Builders of the objects a Base owns. Each returns the full desired object; nothing here looks at
+//! the cluster. Names: StatefulSet and ClusterIP Service `<name>`, headless `<name>-hs`, writer
+//! `<name>-writer`, ConfigMap `<name>-schema`, and `<name>` for the PDB, NetworkPolicy, ServiceMonitor.
+
+use super::{Object, OperatorConfig};
+use crate::crd::{Base, Kind, RetentionPolicy};
+use crate::validate::is_url;
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::json;
+use std::collections::BTreeMap;
+
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
+/// The selector label: which Base a pod or object belongs to.
+pub const LABEL_BASE: &str = "hanzo.ai/base";
+/// Set to `writer` on the writer pod only; the `<name>-writer` Service selects it.
+pub const LABEL_ROLE: &str = "hanzo.ai/role";
+pub const ROLE_WRITER: &str = "writer";
+/// Tells the three Services apart: `headless`, `client`, `writer`.
+pub const LABEL_SERVICE: &str = "hanzo.ai/service";
+pub const MANAGED_BY: &str = "base-operator";
+
+pub const DATA_VOLUME: &str = "data";
+pub const DATA_MOUNT: &str = "/data";
+pub const SCHEMA_MOUNT: &str = "/etc/base/schema";
+pub const SCHEMA_KEY: &str = "schema.sql";
+pub const AGENT_STATE_DIR: &str = "/data/quasar";
+/// Non-root user both containers run as.
+pub const RUN_AS_USER: i64 = 65532;
+
+pub fn headless_name(base: &str) -> String {
+    format!("{base}-hs")
+}
+pub fn writer_service_name(base: &str) -> String {
+    format!("{base}-writer")
+}
+pub fn schema_configmap_name(base: &str) -> String {
+    format!("{base}-schema")
+}
+/// PVC name the StatefulSet controller gives ordinal `i`'s data volume.
+pub fn pvc_name(base: &str, ordinal: i32) -> String {
+    format!("{DATA_VOLUME}-{base}-{ordinal}")
+}
+pub fn pod_name(base: &str, ordinal: i32) -> String {
+    format!("{base}-{ordinal}")
+}
+
+/// The port Base itself listens on inside the pod; the Quasar agent owns `spec.port`.
+pub fn internal_port(port: i32) -> i32 {
+    if port < 65535 { port + 1 } else { port - 1 }
+}
+
+/// Everything the builders need, computed once per plan.
+pub(super) struct Ctx<'a> {
+    pub base: &'a Base,
+    pub kind: Kind,
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub replicas: i32,
+    pub config: &'a OperatorConfig,
+}
+
+impl Ctx<'_> {
+    pub fn selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(LABEL_BASE.to_string(), self.name.to_string())])
+    }
+
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut l = self.selector();
+        l.insert(LABEL_NAME.into(), "base".into());
+        l.insert(LABEL_INSTANCE.into(), self.name.into());
+        l.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
+        if let Some(p) = &self.base.spec.part_of {
+            l.insert(LABEL_PART_OF.into(), p.clone());
+        }
+        l
+    }
+
+    pub fn owner(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
+            kind: self.kind.as_str().to_string(),
+            name: self.name.to_string(),
+            uid: self.base.metadata.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    pub fn meta(&self, name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.to_string()),
+            labels: Some(self.labels()),
+            owner_references: Some(vec![self.owner()]),
+            ..Default::default()
+        }
+    }
+
+    fn fqdn(&self, host: &str) -> String {
+        format!("{host}.{}.svc.cluster.local", self.namespace)
+    }
+
+    /// `BASE_PEERS` in the form the Base runtime reads: one URL per ordinal.
+    pub fn peers(&self) -> String {
+        let hs = headless_name(self.name);
+        (0..self.replicas)
+            .map(|i| {
+                format!(
+                    "http://{}.{}:{}",
+                    pod_name(self.name, i),
+                    self.fqdn(&hs),
+                    self.base.spec.port
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn pod_name_env() -> EnvVar {
+    EnvVar {
+        name: "BASE_NODE_ID".into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: None,
+                field_path: "metadata.name".into(),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, port: i32, period_s: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..Default::default()
+        }),
+        period_seconds: Some(period_s),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failure_threshold),
+        ..Default::default()
+    }
+}
+
+fn quantities(m: &BTreeMap<String, String>) -> Option<BTreeMap<String, Quantity>> {
+    (!m.is_empty()).then(|| {
+        m.iter()
+            .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+            .collect()
+    })
+}
+
+pub(super) fn statefulset(c: &Ctx) -> StatefulSet {
+    let spec = &c.base.spec;
+    let port = spec.port;
+    let internal = internal_port(port);
+    let hs = headless_name(c.name);
+
+    let mut base_env = vec![
+        pod_name_env(),
+        env("BASE_PEERS", c.peers()),
+        env("BASE_HEADLESS_SERVICE", c.fqdn(&hs)),
+        env("BASE_CONSENSUS", spec.consensus.clone()),
+        env("BASE_PORT", internal.to_string()),
+        env("BASE_REPLICAS", c.replicas.to_string()),
+    ];
+    if let Some(app) = &spec.iam_app {
+        base_env.push(env("IAM_APP", app.clone()));
+    }
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    let mut mounts = vec![
+        VolumeMount {
+            name: DATA_VOLUME.into(),
+            mount_path: DATA_MOUNT.into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    match spec.schema.as_deref() {
+        Some(url) if is_url(url) => base_env.push(env("BASE_SCHEMA_URL", url)),
+        Some(_) => {
+            base_env.push(env(
+                "BASE_SCHEMA_FILE",
+                format!("{SCHEMA_MOUNT}/{SCHEMA_KEY}"),
+            ));
+            volumes.push(Volume {
+                name: "schema".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: schema_configmap_name(c.name),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            mounts.push(VolumeMount {
+                name: "schema".into(),
+                mount_path: SCHEMA_MOUNT.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        None => {}
+    }
+    // User env last, so it can override ours deliberately (the Base runtime reads the last value).
+    base_env.extend(spec.env.iter().cloned());
+    let mut env_from: Vec<EnvFromSource> = spec.env_from.clone();
+    // KMS-synced Secrets reach the pod by reference only: no secret value is ever in this object.
+    env_from.extend(spec.kms_secrets.iter().map(|k| EnvFromSource {
+        secret_ref: Some(SecretEnvSource {
+            name: k.managed_secret_name.clone(),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    }));
+
+    let resources = spec.resources.as_ref().map(|r| ResourceRequirements {
+        requests: quantities(&r.requests),
+        limits: quantities(&r.limits),
+        ..Default::default()
+    });
+
+    let base_container = Container {
+        name: "base".into(),
+        image: Some(spec.image.reference()),
+        image_pull_policy: spec.image.pull_policy.clone(),
+        env: Some(base_env),
+        env_from: (!env_from.is_empty()).then_some(env_from),
+        ports: Some(vec![ContainerPort {
+            name: Some("base".into()),
+            container_port: internal,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        liveness_probe: Some(http_probe("/healthz", internal, 10, 6)),
+        resources,
+        security_context: Some(restricted_security_context()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+
+    let agent_container = Container {
+        name: "quasar".into(),
+        image: Some(c.config.agent_image.clone()),
+        args: Some(vec![
+            "agent".into(),
+            "--listen".into(),
+            format!("0.0.0.0:{port}"),
+            "--upstream".into(),
+            format!("http://127.0.0.1:{internal}"),
+            "--state-dir".into(),
+            AGENT_STATE_DIR.into(),
+        ]),
+        env: Some(vec![
+            pod_name_env(),
+            env("BASE_PEERS", c.peers()),
+            env("RUST_LOG", "info"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(http_probe("/readyz", port, 2, 2)),
+        liveness_probe: Some(http_probe("/healthz", port, 10, 6)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("50m".into())),
+                ("memory".into(), Quantity("32Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".into(),
+                Quantity("128Mi".into()),
+            )])),
+            ..Default::default()
+        }),
+        security_context: Some(restricted_security_context()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: DATA_VOLUME.into(),
+            mount_path: DATA_MOUNT.into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+
+    let retention = match spec.storage.retention() {
+        RetentionPolicy::Retain => "Retain",
+        RetentionPolicy::Delete => "Delete",
+    };
+    let pvc = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.into()),
+            labels: Some(c.selector()),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".into(),
+                    Quantity(spec.storage.size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    StatefulSet {
+        metadata: c.meta(c.name.to_string()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(c.replicas),
+            service_name: Some(hs),
+            selector: LabelSelector {
+                match_labels: Some(c.selector()),
+                match_expressions: None,
+            },
+            // All pods start together: a lone pod can never win an election, so OrderedReady would wait forever.
+            pod_management_policy: Some("Parallel".into()),
+            // The operator rolls pods itself, writer last (see rollout.rs).
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                rolling_update: None,
+            }),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(retention.into()),
+                    when_scaled: Some(retention.into()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(c.labels()),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![base_container, agent_container],
+                    volumes: Some(volumes),
+                    service_account_name: spec.service_account_name.clone(),
+                    automount_service_account_token: Some(false),
+                    image_pull_secrets: (!spec.image_pull_secrets.is_empty()).then(|| {
+                        spec.image_pull_secrets
+                            .iter()
+                            .map(|s| LocalObjectReference {
+                                name: s.name.clone(),
+                            })
+                            .collect()
+                    }),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS_USER),
+                        run_as_group: Some(RUN_AS_USER),
+                        fs_group: Some(RUN_AS_USER),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    termination_grace_period_seconds: Some(30),
+                    ..Default::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![pvc]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn service(c: &Ctx, name: String, role: &str, selector: BTreeMap<String, String>) -> Service {
+    let headless = role == "headless";
+    let mut metadata = c.meta(name);
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.insert(LABEL_SERVICE.into(), role.into());
+    }
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            cluster_ip: headless.then(|| "None".to_string()),
+            publish_not_ready_addresses: headless.then_some(true),
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: c.base.spec.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            type_: Some("ClusterIP".into()),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+pub(super) fn services(c: &Ctx) -> [Service; 3] {
+    let mut writer_selector = c.selector();
+    writer_selector.insert(LABEL_ROLE.into(), ROLE_WRITER.into());
+    [
+        service(c, headless_name(c.name), "headless", c.selector()),
+        service(c, c.name.to_string(), "client", c.selector()),
+        service(c, writer_service_name(c.name), "writer", writer_selector),
+    ]
+}
+
+pub(super) fn schema_configmap(c: &Ctx) -> Option<ConfigMap> {
+    let ddl = c.base.spec.schema.as_deref().filter(|s| !is_url(s))?;
+    Some(ConfigMap {
+        metadata: c.meta(schema_configmap_name(c.name)),
+        data: Some(BTreeMap::from([(SCHEMA_KEY.into(), ddl.to_string())])),
+        ..Default::default()
+    })
+}
+
+/// Keeps a quorum up through voluntary disruptions (drains). Not made for one replica, where it
+/// would block every drain forever.
+pub(super) fn pdb(c: &Ctx) -> Option<PodDisruptionBudget> {
+    (c.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: c.meta(c.name.to_string()),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(c.replicas / 2 + 1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(c.selector()),
+                match_expressions: None,
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn selector_of(s: &Option<crate::crd::LabelSelectorSpec>) -> Option<LabelSelector> {
+    s.as_ref().map(|s| LabelSelector {
+        match_labels: Some(s.match_labels.clone()),
+        match_expressions: None,
+    })
+}
+
+pub(super) fn network_policy(c: &Ctx) -> Option<NetworkPolicy> {
+    let np = c.base.spec.network_policy.as_ref()?;
+    if np.enabled == Some(false) {
+        return None;
+    }
+    let port = vec![NetworkPolicyPort {
+        port: Some(IntOrString::Int(c.base.spec.port)),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }];
+    // Peers (the election) always; then the client sources the spec admits.
+    let mut from = vec![NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(c.selector()),
+            match_expressions: None,
+        }),
+        ..Default::default()
+    }];
+    from.extend(np.allow_from.iter().map(|p| NetworkPolicyPeer {
+        pod_selector: selector_of(&p.pod_selector),
+        namespace_selector: selector_of(&p.namespace_selector),
+        ..Default::default()
+    }));
+    if np.allow_intra_namespace == Some(true) {
+        from.push(NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector::default()),
+            ..Default::default()
+        });
+    }
+    let mut rules = vec![NetworkPolicyIngressRule {
+        from: Some(from),
+        ports: Some(port.clone()),
+    }];
+    if np.allow_ingress == Some(true) {
+        rules.push(NetworkPolicyIngressRule {
+            from: None,
+            ports: Some(port),
+        });
+    }
+    Some(NetworkPolicy {
+        metadata: c.meta(c.name.to_string()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(c.selector()),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(rules),
+            egress: None,
+        }),
+    })
+}
+
+/// A Prometheus Operator ServiceMonitor (`monitoring.coreos.com/v1`), untyped: its CRD may not be
+/// installed, and we only need its shape.
+pub(super) fn service_monitor(c: &Ctx) -> Option<Object> {
+    let sm = c.base.spec.service_monitor.as_ref()?;
+    if sm.enabled != Some(true) {
+        return None;
+    }
+    let mut endpoint = json!({
+        "port": sm.metrics_port.clone().unwrap_or_else(|| "http".into()),
+        "path": sm.metrics_path.clone().unwrap_or_else(|| "/metrics".into()),
+    });
+    if let Some(iv) = &sm.interval {
+        endpoint["interval"] = json!(iv);
+    }
+    let meta = c.meta(c.name.to_string());
+    let body = json!({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": meta,
+        "spec": {
+            "selector": {"matchLabels": {LABEL_BASE: c.name, LABEL_SERVICE: "client"}},
+            "namespaceSelector": {"matchNames": [c.namespace]},
+            "endpoints": [endpoint],
+        },
+    });
+    Some(Object::new(
+        "monitoring.coreos.com/v1",
+        "ServiceMonitor",
+        c.namespace,
+        c.name,
+        body,
+    ))
+}

@@ -1,0 +1,215 @@
+//! Scale steps and writer-last rolling updates, decided from what was observed.
+//!
+//! The StatefulSet uses `OnDelete`, so pods change only when the operator deletes them:
+//! broken (not ready) outdated pods first, since they hold no quorum; then ready followers, one at a
+//! time and only while every pod is ready; then the writer, after handing its role to an updated
+//! follower. Scale changes move two replicas at a time (counts stay odd), wait for readiness between
+//! steps, and hand the writer role away before its ordinal is removed.
+
+use super::{PodView, StsView};
+
+/// What the rollout wants done now. At most one disruptive step per plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RolloutStep {
+    /// `spec.replicas` of the StatefulSet to apply now.
+    pub replicas: i32,
+    /// A pod to delete so the StatefulSet recreates it from the new template.
+    pub delete_pod: Option<String>,
+    /// Ask the writer `from` to hand its role to `to` before it is restarted or removed.
+    pub transfer: Option<(String, String)>,
+    /// Pods still on an old revision (for status).
+    pub outdated: usize,
+}
+
+pub(super) fn ordinal(base: &str, pod: &str) -> Option<i32> {
+    pod.strip_prefix(base)?.strip_prefix('-')?.parse().ok()
+}
+
+pub(super) fn decide(
+    base: &str,
+    spec_replicas: i32,
+    sts: Option<&StsView>,
+    pods: &[PodView],
+    writer: Option<&str>,
+) -> RolloutStep {
+    let Some(sts) = sts else {
+        return RolloutStep {
+            replicas: spec_replicas,
+            ..Default::default()
+        };
+    };
+    let current = sts.replicas;
+    let ours: Vec<&PodView> = pods
+        .iter()
+        .filter(|p| ordinal(base, &p.name).is_some_and(|o| o < current))
+        .collect();
+    let settled = sts.generation_observed
+        && ours.len() == current as usize
+        && ours.iter().all(|p| p.ready && !p.terminating);
+    let mut step = RolloutStep {
+        replicas: current,
+        ..Default::default()
+    };
+    let outdated: Vec<&PodView> = match &sts.update_revision {
+        Some(rev) if sts.generation_observed => ours
+            .iter()
+            .copied()
+            .filter(|p| p.revision.as_deref() != Some(rev.as_str()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    step.outdated = outdated.len();
+
+    // A broken outdated pod holds no quorum: replacing it can only help, even mid-disruption.
+    if let Some(p) = outdated
+        .iter()
+        .filter(|p| !p.ready && !p.terminating)
+        .max_by_key(|p| ordinal(base, &p.name))
+    {
+        step.delete_pod = Some(p.name.clone());
+        return step;
+    }
+    if !settled {
+        return step;
+    }
+
+    if current != spec_replicas {
+        let next = if spec_replicas > current {
+            (current + 2).min(spec_replicas)
+        } else {
+            (current - 2).max(spec_replicas)
+        };
+        // The StatefulSet removes the highest ordinals: move the writer off them first.
+        if let Some(w) = writer
+            && ordinal(base, w).is_some_and(|o| o >= next)
+        {
+            if let Some(to) = ours
+                .iter()
+                .filter(|p| ordinal(base, &p.name).is_some_and(|o| o < next))
+                .min_by_key(|p| ordinal(base, &p.name))
+            {
+                step.transfer = Some((w.to_string(), to.name.clone()));
+            }
+            return step;
+        }
+        if next < current && writer.is_none() && current > 1 {
+            return step; // never shrink while the writer is unknown: it may be on a removed ordinal
+        }
+        step.replicas = next;
+        return step;
+    }
+
+    if outdated.is_empty() {
+        return step;
+    }
+    if let Some(p) = outdated
+        .iter()
+        .filter(|p| Some(p.name.as_str()) != writer)
+        .max_by_key(|p| ordinal(base, &p.name))
+    {
+        step.delete_pod = Some(p.name.clone());
+        return step;
+    }
+    // Only the writer is left on the old revision.
+    match writer {
+        Some(w) if current > 1 => {
+            let updated = ours
+                .iter()
+                .filter(|p| p.name != w && !outdated.iter().any(|o| o.name == p.name))
+                .min_by_key(|p| ordinal(base, &p.name));
+            if let Some(to) = updated {
+                step.transfer = Some((w.to_string(), to.name.clone()));
+            }
+        }
+        _ if current == 1 => step.delete_pod = outdated.first().map(|p| p.name.clone()),
+        _ => {} // writer unknown: wait for the election rather than guess
+    }
+    step
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(i: i32, rev: &str, ready: bool) -> PodView {
+        PodView {
+            name: format!("a-{i}"),
+            ready,
+            revision: Some(rev.into()),
+            terminating: false,
+            writer_label: false,
+        }
+    }
+
+    fn sts(replicas: i32) -> StsView {
+        StsView {
+            replicas,
+            ready_replicas: replicas,
+            update_revision: Some("new".into()),
+            generation_observed: true,
+        }
+    }
+
+    #[test]
+    fn followers_first_then_transfer_then_writer() {
+        let pods = vec![
+            pod(0, "old", true),
+            pod(1, "old", true),
+            pod(2, "old", true),
+        ];
+        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-2"));
+        assert_eq!(s.delete_pod.as_deref(), Some("a-1"));
+        let pods = vec![
+            pod(0, "old", true),
+            pod(1, "new", true),
+            pod(2, "old", true),
+        ];
+        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-2"));
+        assert_eq!(s.delete_pod.as_deref(), Some("a-0"));
+        let pods = vec![
+            pod(0, "new", true),
+            pod(1, "new", true),
+            pod(2, "old", true),
+        ];
+        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-2"));
+        assert_eq!(s.delete_pod, None);
+        assert_eq!(s.transfer, Some(("a-2".into(), "a-0".into())));
+        // After the transfer the old writer is a follower and is rolled like one.
+        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-0"));
+        assert_eq!(s.delete_pod.as_deref(), Some("a-2"));
+    }
+
+    #[test]
+    fn waits_while_a_pod_is_not_ready() {
+        let pods = vec![
+            pod(0, "old", true),
+            pod(1, "new", false),
+            pod(2, "old", true),
+        ];
+        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-0"));
+        assert_eq!(s.delete_pod, None);
+        // ...but a broken outdated pod is replaced at once.
+        let pods = vec![
+            pod(0, "old", true),
+            pod(1, "old", false),
+            pod(2, "old", true),
+        ];
+        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-0"));
+        assert_eq!(s.delete_pod.as_deref(), Some("a-1"));
+    }
+
+    #[test]
+    fn scales_two_at_a_time_and_moves_the_writer_off_removed_ordinals() {
+        let pods: Vec<_> = (0..3).map(|i| pod(i, "new", true)).collect();
+        assert_eq!(
+            decide("a", 9, Some(&sts(3)), &pods, Some("a-0")).replicas,
+            5
+        );
+        let pods: Vec<_> = (0..7).map(|i| pod(i, "new", true)).collect();
+        let s = decide("a", 3, Some(&sts(7)), &pods, Some("a-6"));
+        assert_eq!(s.replicas, 7);
+        assert_eq!(s.transfer, Some(("a-6".into(), "a-0".into())));
+        let s = decide("a", 3, Some(&sts(7)), &pods, Some("a-1"));
+        assert_eq!(s.replicas, 5);
+    }
+}

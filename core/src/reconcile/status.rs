@@ -1,0 +1,297 @@
+//! Status from what was observed: phase, ready replicas, writer and term, conditions, and the Events
+//! a user should see when any of those change. Transition times are carried over from the previous
+//! status unless a condition really changed, so an unchanged world yields an identical status.
+
+use super::Observed;
+use super::{EventType, Plan, PlanEvent, StsView};
+use crate::crd::{Base, BaseStatus, Phase};
+use crate::validate::InvalidSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+pub const CONDITION_READY: &str = "Ready";
+pub const CONDITION_WRITER: &str = "WriterElected";
+pub const CONDITION_GATEWAY: &str = "GatewayRouted";
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+
+pub(super) enum RouteOutcome {
+    NotConfigured,
+    Injected(String),
+    GatewayMissing(String),
+    Conflict(String),
+}
+
+pub(super) enum Outcome {
+    Deleting,
+    Invalid(InvalidSpec),
+    OwnedByAnother(String),
+    Planned {
+        sts: Option<StsView>,
+        route: RouteOutcome,
+        progressing: bool,
+    },
+}
+
+/// `spec.gateway.leaderPollInterval` → `InvalidGatewayLeaderPollInterval`: a condition reason
+/// (CamelCase, no dots) that names the field.
+pub fn invalid_reason(field: &str) -> String {
+    let mut out = String::from("Invalid");
+    let path = field.strip_prefix("spec.").unwrap_or(field);
+    for part in path
+        .split(['.', '[', ']'])
+        .filter(|p| !p.is_empty() && !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        let mut chars = part.chars().filter(char::is_ascii_alphanumeric);
+        if let Some(first) = chars.next() {
+            out.push(first.to_ascii_uppercase());
+            out.extend(chars);
+        }
+    }
+    out
+}
+
+struct Cond {
+    type_: &'static str,
+    ok: bool,
+    reason: String,
+    message: String,
+}
+
+fn cond(
+    type_: &'static str,
+    ok: bool,
+    reason: impl Into<String>,
+    message: impl Into<String>,
+) -> Cond {
+    Cond {
+        type_,
+        ok,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome: Outcome) {
+    let old = base.status.clone().unwrap_or_default();
+    let spec_replicas = base.spec.replicas;
+    let mut st = BaseStatus {
+        observed_generation: base.metadata.generation,
+        ready_replicas: old.ready_replicas,
+        current_writer: observed.writer.as_ref().map(|w| w.pod.clone()),
+        // Terms only grow: a stale poll must not make status go back.
+        term: observed
+            .writer
+            .as_ref()
+            .map_or(old.term, |w| w.term.max(old.term)),
+        ..Default::default()
+    };
+    let writer_cond = match &observed.writer {
+        Some(w) => cond(
+            CONDITION_WRITER,
+            true,
+            "Elected",
+            format!("{} is the writer in term {}", w.pod, w.term),
+        ),
+        None => cond(
+            CONDITION_WRITER,
+            false,
+            "NoWriter",
+            "no replica holds a writer lease",
+        ),
+    };
+    let mut conds = Vec::new();
+    match outcome {
+        Outcome::Deleting => {
+            st.phase = Some(Phase::Deleting);
+            conds.push(cond(
+                CONDITION_READY,
+                false,
+                "Deleting",
+                "the Base is being deleted",
+            ));
+        }
+        Outcome::Invalid(invalid) => {
+            st.phase = Some(if old.phase.is_some_and(|p| p != Phase::Pending) {
+                Phase::Degraded
+            } else {
+                Phase::Pending
+            });
+            let reason = invalid
+                .0
+                .first()
+                .map_or_else(|| "InvalidSpec".to_string(), |e| invalid_reason(&e.field));
+            conds.push(cond(CONDITION_READY, false, reason, invalid.to_string()));
+            conds.push(writer_cond);
+        }
+        Outcome::OwnedByAnother(other) => {
+            st.phase = Some(Phase::Degraded);
+            conds.push(cond(
+                CONDITION_READY,
+                false,
+                "OwnedByAnother",
+                format!("the StatefulSet of this name is controlled by {other}; not touching it"),
+            ));
+            conds.push(writer_cond);
+        }
+        Outcome::Planned {
+            sts,
+            route,
+            progressing,
+        } => {
+            st.ready_replicas = sts.as_ref().map_or(0, |s| s.ready_replicas);
+            let quorum = spec_replicas / 2 + 1;
+            let has_writer = observed.writer.is_some();
+            st.phase = Some(match &sts {
+                None => Phase::Creating,
+                Some(_) if st.ready_replicas >= spec_replicas && has_writer => Phase::Running,
+                Some(_)
+                    if matches!(
+                        old.phase,
+                        None | Some(Phase::Pending) | Some(Phase::Creating)
+                    ) =>
+                {
+                    Phase::Creating
+                }
+                Some(_) => Phase::Degraded,
+            });
+            let mut ready = if st.phase == Some(Phase::Running) {
+                cond(
+                    CONDITION_READY,
+                    true,
+                    "Running",
+                    format!(
+                        "{}/{} replicas ready, writer elected",
+                        st.ready_replicas, spec_replicas
+                    ),
+                )
+            } else if st.ready_replicas >= quorum && has_writer {
+                cond(
+                    CONDITION_READY,
+                    false,
+                    "Degraded",
+                    format!(
+                        "{}/{} replicas ready; quorum holds",
+                        st.ready_replicas, spec_replicas
+                    ),
+                )
+            } else {
+                cond(
+                    CONDITION_READY,
+                    false,
+                    "WaitingForReplicas",
+                    format!("{}/{} replicas ready", st.ready_replicas, spec_replicas),
+                )
+            };
+            match route {
+                RouteOutcome::NotConfigured => {}
+                RouteOutcome::Injected(gw) => conds.push(cond(
+                    CONDITION_GATEWAY,
+                    true,
+                    "Injected",
+                    format!("route injected into Gateway {gw}"),
+                )),
+                RouteOutcome::GatewayMissing(gw) => conds.push(cond(
+                    CONDITION_GATEWAY,
+                    false,
+                    "GatewayNotFound",
+                    format!("Gateway {gw} not found"),
+                )),
+                RouteOutcome::Conflict(msg) => {
+                    conds.push(cond(CONDITION_GATEWAY, false, "RouteConflict", msg.clone()));
+                    ready = cond(CONDITION_READY, false, "RouteConflict", msg);
+                }
+            }
+            conds.insert(0, ready);
+            conds.insert(1, writer_cond);
+            conds.push(if progressing {
+                cond(
+                    CONDITION_PROGRESSING,
+                    true,
+                    "Rolling",
+                    "replicas are being created, updated or scaled",
+                )
+            } else {
+                cond(
+                    CONDITION_PROGRESSING,
+                    false,
+                    "Stable",
+                    "all replicas run the current spec",
+                )
+            });
+        }
+    }
+    let now =
+        Time(Timestamp::from_millisecond(observed.now.0 as i64).unwrap_or(Timestamp::UNIX_EPOCH));
+    st.conditions = conds
+        .into_iter()
+        .map(|c| {
+            let status = if c.ok { "True" } else { "False" };
+            let prev = old.conditions.iter().find(|o| o.type_ == c.type_);
+            let unchanged = prev.is_some_and(|p| p.status == status && p.reason == c.reason);
+            Condition {
+                type_: c.type_.to_string(),
+                status: status.to_string(),
+                reason: c.reason,
+                message: c.message,
+                last_transition_time: match prev {
+                    Some(p) if unchanged => p.last_transition_time.clone(),
+                    _ => now.clone(),
+                },
+                observed_generation: base.metadata.generation,
+            }
+        })
+        .collect();
+    plan.events = events(&old, &st);
+    plan.status_changed = st != old;
+    plan.status = st;
+}
+
+fn reason_of<'a>(s: &'a BaseStatus, type_: &str) -> Option<(&'a str, &'a str)> {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.reason.as_str(), c.message.as_str()))
+}
+
+fn events(old: &BaseStatus, new: &BaseStatus) -> Vec<PlanEvent> {
+    let mut out = Vec::new();
+    if new.current_writer != old.current_writer
+        && let Some(w) = &new.current_writer
+    {
+        out.push(PlanEvent {
+            type_: EventType::Normal,
+            reason: "WriterChanged".into(),
+            message: format!("{w} is the writer in term {}", new.term),
+        });
+    }
+    let (old_ready, new_ready) = (
+        reason_of(old, CONDITION_READY),
+        reason_of(new, CONDITION_READY),
+    );
+    if let Some((reason, message)) = new_ready
+        && old_ready.map(|r| r.0) != Some(reason)
+        && (reason.starts_with("Invalid")
+            || reason == "RouteConflict"
+            || reason == "OwnedByAnother")
+    {
+        out.push(PlanEvent {
+            type_: EventType::Warning,
+            reason: reason.to_string(),
+            message: message.to_string(),
+        });
+    }
+    if new.phase != old.phase
+        && let Some(p) = new.phase
+    {
+        out.push(PlanEvent {
+            type_: if p == Phase::Degraded {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: format!("{p:?}"),
+            message: format!("phase is now {p:?}"),
+        });
+    }
+    out
+}

@@ -1,0 +1,387 @@
+//! The reconciler against the spec's example and against invalid specs.
+
+use base_core::crd::Kind;
+use base_core::manifest;
+use base_core::reconcile::{
+    CONDITION_READY, GatewayView, ObjectKey, Observed, PodView, WriterView, plan, plan_for,
+};
+use serde_json::{Value, json};
+
+const EXAMPLE: &str = include_str!("../../deploy/examples/my-app.yaml");
+
+fn example() -> base_core::crd::Base {
+    let (_, mut base) = manifest::parse(EXAMPLE).expect("the spec's example parses as written");
+    base.metadata.uid = Some("uid-1".into());
+    base.metadata.generation = Some(1);
+    base
+}
+
+fn find<'a>(plan: &'a base_core::reconcile::Plan, kind: &str, name: &str) -> &'a Value {
+    &plan
+        .desired
+        .iter()
+        .find(|o| o.kind == kind && o.name == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} not planned"))
+        .body
+}
+
+fn env_of(container: &Value) -> Vec<(String, Value)> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e.clone()))
+        .collect()
+}
+
+#[test]
+fn example_yields_every_object_with_owner_references() {
+    let p = plan(&example(), &Observed::default());
+    assert!(p.invalid.is_none());
+    let kinds: Vec<(&str, &str)> = p
+        .desired
+        .iter()
+        .map(|o| (o.kind.as_str(), o.name.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("Service", "my-app-hs"),
+            ("Service", "my-app"),
+            ("Service", "my-app-writer"),
+            ("StatefulSet", "my-app"),
+            ("PodDisruptionBudget", "my-app"),
+        ]
+    );
+    for o in &p.desired {
+        let owner = &o.body["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "Base");
+        assert_eq!(owner["uid"], "uid-1");
+        assert_eq!(owner["controller"], true);
+        assert_eq!(o.body["metadata"]["namespace"], "hanzo");
+    }
+    // Nothing exists yet: everything is to be applied.
+    assert_eq!(p.apply.len(), p.desired.len());
+}
+
+#[test]
+fn statefulset_carries_what_the_runtime_reads() {
+    let p = plan(&example(), &Observed::default());
+    let sts = find(&p, "StatefulSet", "my-app");
+    let spec = &sts["spec"];
+    assert_eq!(spec["replicas"], 3);
+    assert_eq!(spec["serviceName"], "my-app-hs");
+    assert_eq!(spec["podManagementPolicy"], "Parallel");
+    assert_eq!(
+        spec["persistentVolumeClaimRetentionPolicy"],
+        json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+    );
+    let pvc = &spec["volumeClaimTemplates"][0]["spec"];
+    assert_eq!(pvc["storageClassName"], "do-block-storage");
+    assert_eq!(pvc["resources"]["requests"]["storage"], "10Gi");
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let containers = pod["containers"].as_array().unwrap();
+    let base = &containers[0];
+    assert_eq!(base["image"], "ghcr.io/hanzoai/base:v1.2.3");
+    let env = env_of(base);
+    let get = |n: &str| {
+        env.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{n} missing"))
+    };
+    assert_eq!(
+        get("BASE_NODE_ID")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        get("BASE_PEERS")["value"],
+        "http://my-app-0.my-app-hs.hanzo.svc.cluster.local:8090,http://my-app-1.my-app-hs.hanzo.svc.cluster.local:8090,http://my-app-2.my-app-hs.hanzo.svc.cluster.local:8090"
+    );
+    assert_eq!(
+        get("BASE_HEADLESS_SERVICE")["value"],
+        "my-app-hs.hanzo.svc.cluster.local"
+    );
+    assert_eq!(get("BASE_CONSENSUS")["value"], "quasar");
+    assert_eq!(get("BASE_PORT")["value"], "8091");
+    assert_eq!(get("IAM_APP")["value"], "app-my-app");
+    for c in containers {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    }
+    let agent = &containers[1];
+    assert_eq!(agent["ports"][0]["containerPort"], 8090);
+    assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(
+        agent["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("http://127.0.0.1:8091"))
+    );
+}
+
+#[test]
+fn services_select_the_right_pods() {
+    let p = plan(&example(), &Observed::default());
+    let hs = find(&p, "Service", "my-app-hs");
+    assert_eq!(hs["spec"]["clusterIP"], "None");
+    assert_eq!(hs["spec"]["publishNotReadyAddresses"], true);
+    let w = find(&p, "Service", "my-app-writer");
+    assert_eq!(
+        w["spec"]["selector"],
+        json!({"hanzo.ai/base": "my-app", "hanzo.ai/role": "writer"})
+    );
+    assert_eq!(
+        find(&p, "PodDisruptionBudget", "my-app")["spec"]["minAvailable"],
+        2
+    );
+}
+
+#[test]
+fn optional_objects_and_secrets_by_reference() {
+    let mut base = example();
+    base.spec.schema = Some("CREATE TABLE t (id INTEGER PRIMARY KEY);".into());
+    base.spec.network_policy = Some(base_core::crd::NetworkPolicySpec {
+        enabled: Some(true),
+        ..Default::default()
+    });
+    base.spec.service_monitor = Some(base_core::crd::ServiceMonitorSpec {
+        enabled: Some(true),
+        interval: Some("30s".into()),
+        ..Default::default()
+    });
+    base.spec.kms_secrets = vec![serde_json::from_value(json!({
+        "projectSlug": "p", "envSlug": "prod", "secretsPath": "/", "credentialsRef": {"name": "kms-creds"},
+        "managedSecretName": "my-app-kms"
+    }))
+    .unwrap()];
+    let p = plan(&base, &Observed::default());
+    let cm = find(&p, "ConfigMap", "my-app-schema");
+    assert!(
+        cm["data"]["schema.sql"]
+            .as_str()
+            .unwrap()
+            .starts_with("CREATE TABLE")
+    );
+    let np = find(&p, "NetworkPolicy", "my-app");
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["hanzo.ai/base"],
+        "my-app"
+    );
+    let sm = find(&p, "ServiceMonitor", "my-app");
+    assert_eq!(sm["spec"]["endpoints"][0]["interval"], "30s");
+    let sts = find(&p, "StatefulSet", "my-app");
+    let base_c = &sts["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(base_c["envFrom"][0]["secretRef"]["name"], "my-app-kms");
+    let text = serde_json::to_string(&p.desired).unwrap();
+    assert!(
+        !text.contains("kms-creds"),
+        "credentials must not be copied into objects"
+    );
+    // Turning them off deletes them.
+    let mut observed = Observed::default();
+    for o in &p.desired {
+        observed.insert(o);
+    }
+    base.spec.network_policy = None;
+    base.spec.schema = Some("https://example.com/schema.sql".into());
+    let p2 = plan(&base, &observed);
+    assert!(
+        p2.delete
+            .contains(&ObjectKey::new("NetworkPolicy", "my-app"))
+    );
+    assert!(
+        p2.delete
+            .contains(&ObjectKey::new("ConfigMap", "my-app-schema"))
+    );
+}
+
+#[test]
+fn invalid_specs_name_the_field() {
+    let cases = [
+        ("spec_replicas", "InvalidReplicas", "spec.replicas"),
+        ("spec_port", "InvalidPort", "spec.port"),
+        (
+            "spec_poll",
+            "InvalidGatewayLeaderPollInterval",
+            "spec.gateway.leaderPollInterval",
+        ),
+        ("spec_size", "InvalidStorageSize", "spec.storage.size"),
+        (
+            "spec_ttl",
+            "InvalidGatewayReadYourWritesTTL",
+            "spec.gateway.readYourWritesTTL",
+        ),
+        ("spec_route", "InvalidGatewayRoute", "spec.gateway.route"),
+        (
+            "spec_fastpoll",
+            "InvalidGatewayLeaderPollInterval",
+            "spec.gateway.leaderPollInterval",
+        ),
+    ];
+    for (case, reason, field) in cases {
+        let text = EXAMPLE
+            .replace(
+                "replicas: 3",
+                if case == "spec_replicas" {
+                    "replicas: 4"
+                } else {
+                    "replicas: 3"
+                },
+            )
+            .replace(
+                "port: 8090",
+                if case == "spec_port" {
+                    "port: 0"
+                } else {
+                    "port: 8090"
+                },
+            )
+            .replace(
+                "leaderPollInterval: 2s",
+                match case {
+                    "spec_poll" => "leaderPollInterval: fast",
+                    "spec_fastpoll" => "leaderPollInterval: 50ms",
+                    _ => "leaderPollInterval: 2s",
+                },
+            )
+            .replace(
+                "size: 10Gi",
+                if case == "spec_size" {
+                    "size: ten"
+                } else {
+                    "size: 10Gi"
+                },
+            )
+            .replace(
+                "readYourWritesTTL: 5s",
+                if case == "spec_ttl" {
+                    "readYourWritesTTL: -1s"
+                } else {
+                    "readYourWritesTTL: 5s"
+                },
+            )
+            .replace(
+                "route: /v1/my-app",
+                if case == "spec_route" {
+                    "route: v1/my-app"
+                } else {
+                    "route: /v1/my-app"
+                },
+            );
+        let (kind, base) = manifest::parse(&text).unwrap();
+        let p = plan_for(kind, &base, &Observed::default());
+        assert!(
+            p.apply.is_empty() && p.desired.is_empty(),
+            "{case}: nothing may be written"
+        );
+        let ready = p
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_READY)
+            .unwrap();
+        assert_eq!(ready.status, "False", "{case}");
+        assert_eq!(ready.reason, reason, "{case}");
+        assert!(ready.message.contains(field), "{case}: {}", ready.message);
+        assert!(
+            p.events.iter().any(|e| e.reason == reason),
+            "{case}: an Event tells the user"
+        );
+    }
+}
+
+#[test]
+fn legacy_baseapp_is_planned_with_its_own_owner_kind() {
+    let text = EXAMPLE
+        .replace("kind: Base", "kind: BaseApp")
+        .replace("hanzo.ai/v1", "hanzo.ai/v1alpha1");
+    let (kind, base) = manifest::parse(&text).unwrap();
+    assert_eq!(kind, Kind::BaseApp);
+    let p = plan_for(kind, &base, &Observed::default());
+    assert!(
+        p.desired
+            .iter()
+            .all(|o| o.body["metadata"]["ownerReferences"][0]["kind"] == "BaseApp")
+    );
+}
+
+#[test]
+fn writer_label_moves_in_one_step_and_status_follows() {
+    let base = example();
+    let mut observed = Observed::default();
+    for o in &plan(&base, &observed).desired {
+        observed.insert(o);
+    }
+    observed.pods = (0..3)
+        .map(|i| PodView {
+            name: format!("my-app-{i}"),
+            ready: true,
+            writer_label: i == 0,
+            ..Default::default()
+        })
+        .collect();
+    observed.writer = Some(WriterView {
+        pod: "my-app-2".into(),
+        term: 4,
+    });
+    let p = plan(&base, &observed);
+    assert_eq!(p.relabel.len(), 2);
+    assert!(p.relabel.iter().any(|l| l.pod == "my-app-0" && !l.writer));
+    assert!(p.relabel.iter().any(|l| l.pod == "my-app-2" && l.writer));
+    assert_eq!(p.status.current_writer.as_deref(), Some("my-app-2"));
+    assert_eq!(p.status.term, 4);
+    assert!(p.events.iter().any(|e| e.reason == "WriterChanged"));
+}
+
+#[test]
+fn gateway_route_conflict_is_a_condition_not_an_overwrite() {
+    let base = example();
+    let theirs = json!({"prefix": "/v1/my-app", "owner": "Base/other/x"});
+    let observed = Observed {
+        gateway: GatewayView::Found(json!({"spec": {"routes": [theirs]}})),
+        ..Default::default()
+    };
+    let p = plan(&base, &observed);
+    assert!(p.gateway.is_none());
+    let ready = p
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_READY)
+        .unwrap();
+    assert_eq!(ready.reason, "RouteConflict");
+    assert!(p.events.iter().any(|e| e.reason == "RouteConflict"));
+}
+
+#[test]
+fn deletion_removes_the_route_and_honours_retention() {
+    let mut base = example();
+    base.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    let ours = json!({"prefix": "/v1/my-app", "owner": "Base/hanzo/my-app"});
+    let other = json!({"prefix": "/v1/other", "owner": "Base/hanzo/other"});
+    let mut observed = Observed {
+        gateway: GatewayView::Found(json!({"spec": {"routes": [ours, other.clone()]}})),
+        pvcs: vec!["data-my-app-0".into()],
+        ..Default::default()
+    };
+    let p = plan(&base, &observed);
+    assert_eq!(p.gateway.as_ref().unwrap().routes, vec![other.clone()]);
+    assert!(p.delete.is_empty(), "Retain keeps PVCs");
+    assert!(!p.finalized);
+    observed.gateway = GatewayView::Found(json!({"spec": {"routes": [other]}}));
+    assert!(plan(&base, &observed).finalized);
+    base.spec.storage.retention_policy = Some("Delete".into());
+    let p = plan(&base, &observed);
+    assert_eq!(
+        p.delete,
+        vec![ObjectKey::new("PersistentVolumeClaim", "data-my-app-0")]
+    );
+    assert!(!p.finalized);
+}
