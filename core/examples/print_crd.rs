@@ -1,3 +1,0 @@
-fn main() {
-    print!("{}", base_core::crdgen::crds_yaml().unwrap());
-}
