@@ -5,7 +5,9 @@ use std::fmt;
 
 /// A point in time or a duration, in milliseconds. The core never reads a clock: the caller passes
 /// `now` in. In production it is Unix time in ms; in the simulation it is simulated time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Millis(pub u64);
 
@@ -30,7 +32,9 @@ impl fmt::Display for Millis {
 }
 
 /// An election term. Terms only grow, and every node agrees on which node was writer in a term.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Term(pub u64);
 

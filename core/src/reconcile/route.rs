@@ -151,7 +151,11 @@ mod tests {
     #[test]
     fn foreign_prefix_is_a_conflict() {
         let theirs = json!({"prefix": "/v1/my-app", "owner": "Base/other/x"});
-        let err = upsert(std::slice::from_ref(&theirs), &entry("/v1/my-app", "Base/hanzo/my-app")).unwrap_err();
+        let err = upsert(
+            std::slice::from_ref(&theirs),
+            &entry("/v1/my-app", "Base/hanzo/my-app"),
+        )
+        .unwrap_err();
         assert_eq!(err.owner, "Base/other/x");
         let unowned = json!({"prefix": "/v1/my-app"});
         assert!(upsert(&[unowned], &entry("/v1/my-app", "Base/hanzo/my-app")).is_err());

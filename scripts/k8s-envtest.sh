@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# A real kube-apiserver (+ kube-controller-manager) and etcd on 127.0.0.1, with no Docker and no
+# internet: built from Debian bookworm's `kubernetes` source package (upstream v1.20.2 with vendor/)
+# using Debian's Go 1.19, and cached under $BASE_K8S_CACHE (default ~/.cache/base-operator/k8s).
+#
+#   scripts/k8s-envtest.sh build          # once: ~6 min on 2 cores, ~1.5 GB peak; then cached
+#   scripts/k8s-envtest.sh start DIR      # start etcd + apiserver + controller-manager, state in DIR
+#   scripts/k8s-envtest.sh stop DIR       # stop what `start DIR` started
+#
+# `start` prints the kubeconfig path; DIR/kubeconfig is written when the apiserver is ready.
+# Limits: it is v1.20, so fields it does not know (StatefulSet persistentVolumeClaimRetentionPolicy,
+# CRD x-kubernetes-validations) are dropped silently; there is no kubelet or scheduler, so pods stay
+# Pending unless a test patches their status.
+set -euo pipefail
+W=${BASE_K8S_CACHE:-$HOME/.cache/base-operator/k8s}
+KVER=1.20.5+really1.20.2-1.1+deb12u1
+
+build() {
+  if [ -x "$W/bin/kube-apiserver" ] && [ -x "$W/bin/kube-controller-manager" ] && [ -x "$W/bin/etcd" ]; then
+    echo "k8s-envtest: cached binaries in $W/bin"; return 0
+  fi
+  mkdir -p "$W"/apt/lists/partial "$W"/apt/cache/archives/partial "$W"/debs "$W"/root "$W"/bin "$W"/src
+  # An apt configuration of our own that adds deb-src on the machine's own mirror; the system's is untouched.
+  sed 's/^Types: deb$/Types: deb deb-src/' /etc/apt/sources.list.d/debian.sources > "$W/apt/debian.sources"
+  cat > "$W/apt/apt.conf" <<EOC
+Dir::Etc::SourceList "/dev/null"; Dir::Etc::SourceParts "$W/apt"; Dir::State::Lists "$W/apt/lists"; Dir::Cache "$W/apt/cache"; APT::Sandbox::User "root";
+EOC
+  export APT_CONFIG=$W/apt/apt.conf
+  apt-get update -qq
+  (cd "$W/debs" && apt-get download -qq golang-1.19-go golang-1.19-src golang-github-modern-go-reflect2-dev etcd-server rsync libpopt0)
+  for f in "$W"/debs/*.deb; do dpkg -x "$f" "$W/root"; done
+  (cd "$W/src" && apt-get source -qq --download-only "kubernetes=$KVER" && tar xzf kubernetes_1.20.5+really1.20.2.orig.tar.gz)
+  local K=$W/src/kubernetes-1.20.2
+  # The vendored reflect2 1.0.1 segfaults under Go >= 1.18; Debian's 1.0.2 works.
+  rm -rf "$K/vendor/github.com/modern-go/reflect2"
+  cp -r "$W/root/usr/share/gocode/src/github.com/modern-go/reflect2" "$K/vendor/github.com/modern-go/reflect2"
+  rm -f "$K/vendor/github.com/modern-go/reflect2/go.mod"
+  mkdir -p "$W/gopath/src/k8s.io" "$W/wrap" && ln -sfn "$K" "$W/gopath/src/k8s.io/kubernetes"
+  printf '#!/bin/sh\nLD_LIBRARY_PATH=%s/root/usr/lib/x86_64-linux-gnu exec %s/root/usr/bin/rsync "$@"\n' "$W" "$W" > "$W/wrap/rsync"
+  chmod +x "$W/wrap/rsync"
+  (
+    export PATH=$W/wrap:$W/root/usr/lib/go-1.19/bin:$PATH GOPATH=$W/gopath GOCACHE=$W/gocache GO111MODULE=off GOFLAGS= GOPROXY=off CGO_ENABLED=0 HOME=$W
+    cd "$W/gopath/src/k8s.io/kubernetes"
+    make gen_openapi
+    V=k8s.io/kubernetes/vendor/k8s.io/component-base/version; C=k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version
+    LD="-s -w -X $V.gitVersion=v1.20.2 -X $V.gitMajor=1 -X $V.gitMinor=20 -X $C.gitVersion=v1.20.2 -X $C.gitMajor=1 -X $C.gitMinor=20"
+    go build -ldflags "$LD" -o "$W/bin/kube-apiserver.tmp" ./cmd/kube-apiserver
+    go build -ldflags "$LD" -o "$W/bin/kube-controller-manager.tmp" ./cmd/kube-controller-manager
+  )
+  cp "$W/root/usr/bin/etcd" "$W/bin/etcd"
+  mv "$W/bin/kube-controller-manager.tmp" "$W/bin/kube-controller-manager"
+  mv "$W/bin/kube-apiserver.tmp" "$W/bin/kube-apiserver"
+  # The sources and Go cache are only needed to build; keep the cache small.
+  rm -rf "$W/src" "$W/gopath" "$W/gocache" "$W/root/usr/lib/go-1.19" "$W/root/usr/share/go-1.19"
+  echo "k8s-envtest: built into $W/bin"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start() {
+  local D=${1:?usage: start DIR}
+  mkdir -p "$D/pki"
+  D=$(cd "$D" && pwd)
+  local etcd_port peer_port api_port kcm_port
+  etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port); kcm_port=$(free_port)
+  openssl genrsa -out "$D/pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$D/pki/sa.key" -pubout -out "$D/pki/sa.pub" 2>/dev/null
+  echo 'envtest-admin-token,admin,admin-uid,"system:masters"' > "$D/pki/tokens.csv"
+  "$W/bin/etcd" --data-dir "$D/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
+    --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" --initial-cluster "default=http://127.0.0.1:$peer_port" \
+    --listen-metrics-urls "http://127.0.0.1:$(free_port)" > "$D/etcd.log" 2>&1 &
+  echo $! > "$D/etcd.pid"
+  "$W/bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 --secure-port="$api_port" --cert-dir="$D/certs" \
+    --token-auth-file="$D/pki/tokens.csv" --authorization-mode=RBAC \
+    --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$D/pki/sa.pub" \
+    --service-account-signing-key-file="$D/pki/sa.key" --service-cluster-ip-range=10.0.0.0/24 \
+    --disable-admission-plugins=ServiceAccount --allow-privileged=true > "$D/apiserver.log" 2>&1 &
+  echo $! > "$D/apiserver.pid"
+  local ok=0
+  for _ in $(seq 600); do
+    if [ "$(curl -sk -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer envtest-admin-token' "https://127.0.0.1:$api_port/readyz")" = 200 ]; then ok=1; break; fi
+    sleep 0.1
+  done
+  [ $ok = 1 ] || { echo "k8s-envtest: apiserver not ready; see $D/apiserver.log" >&2; stop "$D"; return 1; }
+  cat > "$D/kubeconfig.tmp" <<EOK
+apiVersion: v1
+kind: Config
+clusters: [{name: envtest, cluster: {server: "https://127.0.0.1:$api_port", certificate-authority: $D/certs/apiserver.crt}}]
+users: [{name: admin, user: {token: envtest-admin-token}}]
+contexts: [{name: envtest, context: {cluster: envtest, user: admin, namespace: default}}]
+current-context: envtest
+EOK
+  "$W/bin/kube-controller-manager" --kubeconfig="$D/kubeconfig.tmp" --leader-elect=false --bind-address=127.0.0.1 \
+    --secure-port="$kcm_port" --port=0 --service-account-private-key-file="$D/pki/sa.key" \
+    --root-ca-file="$D/certs/apiserver.crt" --use-service-account-credentials=false \
+    --controllers='*,-nodeipam,-nodelifecycle,-attachdetach,-persistentvolume-binder,-cloud-node-lifecycle,-service,-route' \
+    > "$D/kcm.log" 2>&1 &
+  echo $! > "$D/kcm.pid"
+  mv "$D/kubeconfig.tmp" "$D/kubeconfig"
+  echo "$D/kubeconfig"
+}
+
+stop() {
+  local D=${1:?usage: stop DIR}
+  for p in kcm apiserver etcd; do
+    if [ -f "$D/$p.pid" ]; then kill "$(cat "$D/$p.pid")" 2>/dev/null || true; rm -f "$D/$p.pid"; fi
+  done
+}
+
+case "${1:-}" in
+  build) build ;;
+  start) build >/dev/null; start "${2:-}" ;;
+  stop) stop "${2:-}" ;;
+  *) echo "usage: $0 build | start DIR | stop DIR" >&2; exit 2 ;;
+esac
