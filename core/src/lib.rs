@@ -2,6 +2,7 @@
 //! time and randomness are inputs, effects are returned as data.
 
 pub mod ids;
+pub mod quasar;
 pub mod tracker;
 pub mod wire;
 

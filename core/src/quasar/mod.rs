@@ -1,0 +1,58 @@
+//! Quasar: the writer election of a Base cluster, as a pure state machine in the manner of
+//! etcd-io/raft. No I/O, no clock, no randomness but a seed: [`Node::step`] takes the local time
+//! and one [`Input`], and returns the [`Effect`]s for the driver (the agent, the simulation, the
+//! tests) to perform in order.
+//!
+//! - [`node`]: the machine — roles Follower, PreCandidate, Candidate, Writer; `step` dispatches to
+//!   per-role handlers (`step_follower`, `step_candidate`, `step_writer`).
+//! - [`message`]: what nodes send one another (serde, sent as JSON by the agent).
+//! - [`timing`]: the timing configuration and the lease argument it must satisfy.
+//!
+//! # The protocol
+//! Terms only grow and are persisted with the vote (`Persist` comes before every `Send` that
+//! depends on it), so a node votes at most once per term even across restarts; a candidate needs
+//! a majority, so each term has at most one writer. A voter grants only a candidate whose
+//! replication position is at least its own. An election starts with a *pre-vote* that changes no
+//! state, so a node back from a partition cannot raise the term and depose a healthy writer.
+//! *CheckQuorum*: a writer that has no majority ack of anything it sent in the last
+//! `election_timeout_min_ms` steps down.
+//!
+//! # Safety: fencing by lease
+//! A write is accepted only by the writer, only while `now < lease_until` (`can_accept_writes`).
+//! A node that acks a heartbeat (or grants a vote) at local time `a` promises to ignore every
+//! vote and pre-vote request from anyone else until `a + election_timeout_min_ms`; the writer counts
+//! its lease from the *send* time `s` of the newest heartbeat a majority acked:
+//! `lease_until = s + election_timeout_min_ms·(1 − ρ) − margin`. With the clocks' relative drift
+//! bounded by ρ, the lease ends (in real time) before any member of that majority will vote for a
+//! rival, and any rival needs one of them: so at no real instant do two nodes accept writes. The
+//! full argument is in [`timing`]; `Timing::new` refuses configurations that break it and the
+//! machine `assert!`s the lease bound every time it sets a lease. A node that (re)starts has
+//! forgotten its promises, so it neither votes nor campaigns for `election_timeout_min_ms`.
+//!
+//! Writer transfer (raft's `MsgTimeoutNow`): on `TransferWriter { to }` the writer stops accepting
+//! writes, waits (bounded by `election_timeout_min_ms`) until `to` reports a position at least its
+//! own, then gives up its lease, steps down, and sends `TimeoutNow`. The target campaigns at once,
+//! skipping the pre-vote, with `transfer_from` set; a voter lets that request through its promise
+//! only when the promise is to exactly that old writer and the request is for the very next term
+//! — the old writer had stopped accepting writes before the target could learn of the transfer.
+//!
+//! # What remains
+//! The lease is checked when a write is admitted, not when the Base process applies it. A write
+//! checked inside the lease and then delayed (a GC or scheduling pause, a slow socket) may reach
+//! Base after the lease ended and after a rival won. The agent narrows the window by re-checking
+//! the lease immediately before forwarding, and forwards the term as a fencing token
+//! (`X-Base-Term`): a Base that remembers the highest term it has seen and refuses lower ones closes
+//! the window; one that ignores the header leaves it open for the length of such a pause.
+//! The clock-drift bound is an assumption, not a measurement: clocks that drift more than ρ
+//! relative to one another (or a node whose monotonic clock stalls while the process runs) void
+//! the argument. Peer messages are not authenticated here; that is the transport's job.
+
+pub mod message;
+pub mod node;
+pub mod timing;
+
+pub use message::{Envelope, MAX_MESSAGE_BYTES, Message};
+pub use node::{
+    CLUSTER_SIZE_MAX, DropCounts, Effect, Input, Node, NodeError, PersistedState, Role, WriterView,
+};
+pub use timing::{Timing, TimingError};

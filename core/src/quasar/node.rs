@@ -1,0 +1,1103 @@
+//! The Quasar state machine of one replica: [`Node::step`] takes one input at a time and returns
+//! the effects for the caller to perform, in order.
+
+use super::message::Message;
+use super::timing::Timing;
+use crate::{Millis, NodeId, Term};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Largest cluster a node accepts (the operator runs at most 9 replicas; this leaves room).
+pub const CLUSTER_SIZE_MAX: usize = 15;
+
+/// What a node must find again after a restart: written durably *before* any message that
+/// depends on it is sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedState {
+    pub term: Term,
+    pub voted_for: Option<NodeId>,
+}
+
+/// One input to [`Node::step`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Time passed: fire heartbeats, election timeouts, CheckQuorum, transfer deadlines.
+    Tick,
+    /// A message from a peer.
+    Message { from: NodeId, msg: Message },
+    /// The local Base's replication position (opaque, monotone; a smaller value is ignored).
+    Position(u64),
+    /// Hand the writer role to `to` (ignored unless this node is the writer and `to` a peer).
+    TransferWriter { to: NodeId },
+    /// Start an election now, as if the election timeout had fired (still pre-votes, and still
+    /// honours this node's promise). For operators and scripted tests.
+    Campaign,
+}
+
+/// What the caller must do, in the order given. `Persist` always comes before the `Send`s that
+/// depend on it: the caller must make it durable before sending them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    Send {
+        to: NodeId,
+        msg: Message,
+    },
+    /// This node won `term`; it may accept writes while `now < lease_until` (see `can_accept_writes`).
+    BecomeWriter {
+        term: Term,
+        lease_until: Millis,
+    },
+    LeaseRenewed {
+        lease_until: Millis,
+    },
+    /// This node was the writer of `term` and no longer is (it accepts no more writes).
+    StepDown {
+        term: Term,
+    },
+    Persist {
+        term: Term,
+        voted_for: Option<NodeId>,
+    },
+}
+
+/// A node's role, as in Raft with PreVote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Writer,
+}
+
+/// Who this node believes is the writer, for `/_ha/leader`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterView {
+    pub writer: Option<NodeId>,
+    pub term: Term,
+    /// For the writer itself: its lease. For a follower: when the writer's lease (as seen from
+    /// the follower's last ack) ends at the latest. `None` when no writer is known.
+    pub lease_until: Option<Millis>,
+}
+
+/// Counters of inputs dropped as invalid; nonzero values are worth a log line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCounts {
+    /// Messages from a node that is not a peer.
+    pub unknown_peer: u64,
+    /// A second node claiming to be writer of a term that already has one.
+    pub conflicting_writer: u64,
+    /// Echoed send times that this node cannot have sent in the current term.
+    pub bad_echo: u64,
+    /// Vote and pre-vote requests ignored because of a promise.
+    pub in_promise: u64,
+}
+
+/// "I will not vote or pre-vote for anyone but `holder` until `until`" (on this node's clock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Promise {
+    /// The term in which the promise was made.
+    term: Term,
+    /// The writer (or candidate) promised to; `None` after a restart (the promise is forgotten,
+    /// so the node waits it out whoever it was to).
+    holder: Option<NodeId>,
+    until: Millis,
+}
+
+#[derive(Clone, Debug)]
+struct Transfer {
+    to: NodeId,
+    deadline: Millis,
+}
+
+#[derive(Clone, Debug)]
+struct WriterState {
+    /// When this node's campaign for the term started: no echo of this term can be older.
+    campaign_at: Millis,
+    /// Per peer: the latest send time (ours) of a vote request or heartbeat it acked in this term.
+    acked_sent: BTreeMap<NodeId, Millis>,
+    /// Per peer: the replication position it last reported.
+    peer_position: BTreeMap<NodeId, u64>,
+    last_heartbeat_sent: Millis,
+    next_heartbeat_at: Millis,
+    /// The send time of the newest heartbeat (or the campaign) a majority has acked.
+    lease_basis: Millis,
+    lease_until: Millis,
+    transfer: Option<Transfer>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct CampaignState {
+    started_at: Millis,
+    /// Peers that granted (with the echoed send time for real votes).
+    granted: BTreeMap<NodeId, Millis>,
+    refused: BTreeMap<NodeId, ()>,
+}
+
+/// The smallest deterministic PRNG that is good enough for timeout jitter.
+#[derive(Clone, Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        assert!(bound > 0);
+        self.next_u64() % bound
+    }
+}
+
+/// Errors constructing a node.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("peers: {count} nodes exceed the cluster size limit {CLUSTER_SIZE_MAX}")]
+    TooManyPeers { count: usize },
+    #[error("peers: {peer} is listed twice")]
+    DuplicatePeer { peer: NodeId },
+    #[error("peers: the node's own id {id} is listed as a peer")]
+    SelfInPeers { id: NodeId },
+    #[error("node id: must not be empty")]
+    EmptyId,
+}
+
+/// One replica's election state machine.
+#[derive(Clone, Debug)]
+pub struct Node {
+    id: NodeId,
+    peers: Vec<NodeId>,
+    timing: Timing,
+    rng: SplitMix64,
+
+    term: Term,
+    voted_for: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    position: u64,
+
+    promise: Promise,
+    election_deadline: Millis,
+    /// When this node last acked the current leader's heartbeat (followers).
+    leader_contact_at: Option<Millis>,
+    campaign: CampaignState,
+    writer: Option<WriterState>,
+
+    last_now: Millis,
+    drops: DropCounts,
+}
+
+impl Node {
+    /// A node starting (or restarting) at local time `now` with the state it persisted.
+    /// It forgot any promise it made before, so it grants no vote and does not campaign until
+    /// `now + election_timeout_min_ms`. `seed` drives the election-timeout jitter.
+    pub fn new(
+        id: NodeId,
+        peers: Vec<NodeId>,
+        timing: Timing,
+        persisted: PersistedState,
+        seed: u64,
+        now: Millis,
+    ) -> Result<Node, NodeError> {
+        if id.as_str().is_empty() {
+            return Err(NodeError::EmptyId);
+        }
+        if peers.len() + 1 > CLUSTER_SIZE_MAX {
+            return Err(NodeError::TooManyPeers {
+                count: peers.len() + 1,
+            });
+        }
+        let mut sorted = peers;
+        sorted.sort();
+        for pair in sorted.windows(2) {
+            if pair[0] == pair[1] {
+                return Err(NodeError::DuplicatePeer {
+                    peer: pair[0].clone(),
+                });
+            }
+        }
+        if sorted.contains(&id) {
+            return Err(NodeError::SelfInPeers { id });
+        }
+        timing.assert_lease_argument();
+        let mut node = Node {
+            id,
+            peers: sorted,
+            timing,
+            rng: SplitMix64(seed),
+            term: persisted.term,
+            voted_for: persisted.voted_for,
+            role: Role::Follower,
+            leader: None,
+            position: 0,
+            promise: Promise {
+                term: persisted.term,
+                holder: None,
+                until: now.saturating_add(timing.election_timeout_min_ms()),
+            },
+            election_deadline: now,
+            leader_contact_at: None,
+            campaign: CampaignState::default(),
+            writer: None,
+            last_now: now,
+            drops: DropCounts::default(),
+        };
+        node.reset_election_deadline(now);
+        Ok(node)
+    }
+
+    // ----- queries -------------------------------------------------------------------------
+
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+    pub fn peers(&self) -> &[NodeId] {
+        &self.peers
+    }
+    pub fn term(&self) -> Term {
+        self.term
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn voted_for(&self) -> Option<&NodeId> {
+        self.voted_for.as_ref()
+    }
+    pub fn leader(&self) -> Option<&NodeId> {
+        self.leader.as_ref()
+    }
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+    pub fn drops(&self) -> DropCounts {
+        self.drops
+    }
+    pub fn persisted(&self) -> PersistedState {
+        PersistedState {
+            term: self.term,
+            voted_for: self.voted_for.clone(),
+        }
+    }
+
+    /// May this node accept a write at local time `now`? Only the writer of the current term,
+    /// not handing over, and strictly inside its lease.
+    pub fn can_accept_writes(&self, now: Millis) -> bool {
+        match &self.writer {
+            Some(w) => self.role == Role::Writer && w.transfer.is_none() && now < w.lease_until,
+            None => false,
+        }
+    }
+
+    /// Who this node believes is the writer, the term, and the lease expiry.
+    pub fn writer_view(&self, now: Millis) -> WriterView {
+        match (&self.writer, &self.leader) {
+            (Some(w), _) => WriterView {
+                writer: Some(self.id.clone()),
+                term: self.term,
+                lease_until: Some(if w.transfer.is_some() {
+                    now.min(w.lease_until)
+                } else {
+                    w.lease_until
+                }),
+            },
+            (None, Some(leader)) => WriterView {
+                writer: Some(leader.clone()),
+                term: self.term,
+                lease_until: self
+                    .leader_contact_at
+                    .map(|a| a.saturating_add(self.timing.lease_ms())),
+            },
+            (None, None) => WriterView {
+                writer: None,
+                term: self.term,
+                lease_until: None,
+            },
+        }
+    }
+
+    /// For a writer: the replication position each peer last reported.
+    pub fn peer_positions(&self) -> BTreeMap<NodeId, u64> {
+        self.writer
+            .as_ref()
+            .map(|w| w.peer_position.clone())
+            .unwrap_or_default()
+    }
+
+    /// For a writer: the peer with the highest reported position that is at least as up to date
+    /// as this node (ties go to the peer that acked most recently, then to the smaller id).
+    pub fn best_transfer_target(&self) -> Option<NodeId> {
+        let w = self.writer.as_ref()?;
+        w.peer_position
+            .iter()
+            .filter(|(_, pos)| **pos >= self.position)
+            .max_by_key(|(peer, pos)| {
+                let acked = w.acked_sent.get(*peer).copied().unwrap_or(Millis::ZERO);
+                (**pos, acked, std::cmp::Reverse((*peer).clone()))
+            })
+            .map(|(peer, _)| peer.clone())
+    }
+
+    fn quorum(&self) -> usize {
+        (self.peers.len() + 1) / 2 + 1
+    }
+
+    fn is_peer(&self, id: &NodeId) -> bool {
+        self.peers.binary_search(id).is_ok()
+    }
+
+    /// Does a promise forbid voting (or pre-voting) for `candidate` at `now`?
+    fn in_promise(&self, now: Millis, candidate: &NodeId) -> bool {
+        now < self.promise.until && self.promise.holder.as_ref() != Some(candidate)
+    }
+
+    // ----- the one entry point -------------------------------------------------------------
+
+    /// Feed one input at local time `now` (which never goes backwards). Returns the effects to
+    /// perform, in order.
+    #[must_use]
+    pub fn step(&mut self, now: Millis, input: Input) -> Vec<Effect> {
+        assert!(
+            now >= self.last_now,
+            "quasar: time went backwards on {}: {} < {}",
+            self.id,
+            now,
+            self.last_now
+        );
+        self.last_now = now;
+        let before = (self.term, self.voted_for.clone());
+        let mut out = Vec::new();
+        match input {
+            Input::Tick => self.tick(now, &mut out),
+            Input::Message { from, msg } => self.receive(now, from, msg, &mut out),
+            Input::Position(position) => self.position = self.position.max(position),
+            Input::TransferWriter { to } => self.start_transfer(now, to, &mut out),
+            Input::Campaign => {
+                if self.role != Role::Writer && !self.in_promise(now, &self.id.clone()) {
+                    self.pre_campaign(now, &mut out);
+                }
+            }
+        }
+        self.check_invariants(now, before, &out);
+        out
+    }
+
+    fn tick(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        match self.role {
+            Role::Writer => self.tick_writer(now, out),
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
+                if now < self.election_deadline {
+                    return;
+                }
+                let me = self.id.clone();
+                if self.in_promise(now, &me) {
+                    // Not before the promise ends, not even for ourselves.
+                    self.election_deadline = self.promise.until;
+                    return;
+                }
+                self.pre_campaign(now, out);
+            }
+        }
+    }
+
+    fn tick_writer(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        let election_timeout_min_ms = self.timing.election_timeout_min_ms();
+        let Some(w) = self.writer.as_mut() else {
+            unreachable!("role Writer without writer state")
+        };
+        if w.transfer.as_ref().is_some_and(|t| now >= t.deadline) {
+            // The target never caught up: keep the role, accept writes again.
+            w.transfer = None;
+        }
+        // CheckQuorum: no majority has acked anything we sent in the last E → step down.
+        if !self.peers.is_empty() && now >= w.lease_basis.saturating_add(election_timeout_min_ms) {
+            self.become_follower(now, self.term, None, out);
+            return;
+        }
+        if now >= w.next_heartbeat_at {
+            self.broadcast_heartbeat(now, out);
+        }
+    }
+
+    fn receive(&mut self, now: Millis, from: NodeId, msg: Message, out: &mut Vec<Effect>) {
+        if !self.is_peer(&from) {
+            self.drops.unknown_peer += 1;
+            return;
+        }
+        match msg {
+            Message::PreVote { term, position } => self.on_pre_vote(now, from, term, position, out),
+            Message::Vote {
+                term,
+                position,
+                sent_ms,
+                transfer_from,
+            } => self.on_vote(now, from, term, position, sent_ms, transfer_from, out),
+            Message::PreVoteResponse { term, granted } => {
+                if granted {
+                    // Granted responses carry our *future* term: not a reason to change ours.
+                    let me = self.id.clone();
+                    if self.role == Role::PreCandidate
+                        && term.0 == self.term.0 + 1
+                        && !self.in_promise(now, &me)
+                    {
+                        self.campaign.granted.insert(from, now);
+                        if self.campaign.granted.len() + 1 >= self.quorum() {
+                            self.campaign(now, None, out);
+                        }
+                    }
+                } else if term > self.term {
+                    self.become_follower(now, term, None, out);
+                }
+            }
+            other => {
+                let term = other.term();
+                if term > self.term {
+                    let leader = match &other {
+                        Message::Heartbeat { .. } | Message::TimeoutNow { .. } => {
+                            Some(from.clone())
+                        }
+                        _ => None,
+                    };
+                    self.become_follower(now, term, leader, out);
+                } else if term < self.term {
+                    if let Message::Heartbeat { sent_ms, .. } = other {
+                        // A stale writer: tell it the term so it steps down.
+                        out.push(Effect::Send {
+                            to: from,
+                            msg: Message::HeartbeatAck {
+                                term: self.term,
+                                ok: false,
+                                sent_ms,
+                                position: self.position,
+                            },
+                        });
+                    }
+                    return;
+                }
+                match self.role {
+                    Role::Writer => self.step_writer(now, from, other, out),
+                    Role::Candidate => self.step_candidate(now, from, other, out),
+                    Role::PreCandidate | Role::Follower => {
+                        self.step_follower(now, from, other, out)
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- per-role handlers (messages at our current term) -------------------------------
+
+    fn step_follower(&mut self, now: Millis, from: NodeId, msg: Message, out: &mut Vec<Effect>) {
+        match msg {
+            Message::Heartbeat { sent_ms, .. } => self.on_heartbeat(now, from, sent_ms, out),
+            Message::TimeoutNow { .. } => {
+                // Only the writer we follow (whose promise we hold) can release us from it.
+                let from_leader = self.leader.as_ref() == Some(&from)
+                    || self.promise.holder.as_ref() == Some(&from);
+                let me = self.id.clone();
+                if from_leader || !self.in_promise(now, &me) {
+                    self.campaign(now, Some(from), out);
+                }
+            }
+            // Stale responses to a campaign that is over.
+            Message::VoteResponse { .. } | Message::HeartbeatAck { .. } => {}
+            Message::PreVote { .. } | Message::Vote { .. } | Message::PreVoteResponse { .. } => {
+                unreachable!("handled in receive")
+            }
+        }
+    }
+
+    fn step_candidate(&mut self, now: Millis, from: NodeId, msg: Message, out: &mut Vec<Effect>) {
+        match msg {
+            Message::Heartbeat { sent_ms, .. } => {
+                // Someone else won our term.
+                self.become_follower(now, self.term, Some(from.clone()), out);
+                self.on_heartbeat(now, from, sent_ms, out);
+            }
+            Message::VoteResponse {
+                granted, sent_ms, ..
+            } => {
+                if !granted {
+                    self.campaign.refused.insert(from, ());
+                    if self.campaign.refused.len() >= self.quorum() {
+                        self.become_follower(now, self.term, None, out);
+                    }
+                    return;
+                }
+                if sent_ms < self.campaign.started_at || sent_ms > now {
+                    self.drops.bad_echo += 1;
+                    return;
+                }
+                self.campaign.granted.insert(from, sent_ms);
+                if self.campaign.granted.len() + 1 >= self.quorum() {
+                    self.become_writer(now, out);
+                }
+            }
+            Message::TimeoutNow { .. } | Message::HeartbeatAck { .. } => {}
+            Message::PreVote { .. } | Message::Vote { .. } | Message::PreVoteResponse { .. } => {
+                unreachable!("handled in receive")
+            }
+        }
+    }
+
+    fn step_writer(&mut self, now: Millis, from: NodeId, msg: Message, out: &mut Vec<Effect>) {
+        match msg {
+            Message::HeartbeatAck {
+                ok: true,
+                sent_ms,
+                position,
+                ..
+            } => {
+                let Some(w) = self.writer.as_mut() else {
+                    unreachable!("role Writer without writer state")
+                };
+                if sent_ms < w.campaign_at || sent_ms > now {
+                    self.drops.bad_echo += 1;
+                    return;
+                }
+                let acked = w.acked_sent.entry(from.clone()).or_insert(sent_ms);
+                *acked = (*acked).max(sent_ms);
+                w.peer_position.insert(from.clone(), position);
+                self.renew_lease(now, out);
+                self.try_finish_transfer(now, out);
+            }
+            Message::Heartbeat { .. } => {
+                // Another node claims our term: impossible with one vote per term. Drop it.
+                self.drops.conflicting_writer += 1;
+            }
+            Message::HeartbeatAck { ok: false, .. }
+            | Message::VoteResponse { .. }
+            | Message::TimeoutNow { .. } => {}
+            Message::PreVote { .. } | Message::Vote { .. } | Message::PreVoteResponse { .. } => {
+                unreachable!("handled in receive")
+            }
+        }
+    }
+
+    // ----- requests any role answers ----------------------------------------------------
+
+    fn on_heartbeat(&mut self, now: Millis, from: NodeId, sent_ms: Millis, out: &mut Vec<Effect>) {
+        if self.leader.as_ref().is_some_and(|l| *l != from) {
+            self.drops.conflicting_writer += 1;
+            return;
+        }
+        if self.role != Role::Follower || self.leader.is_none() {
+            self.become_follower(now, self.term, Some(from.clone()), out);
+        }
+        self.make_promise(now, from.clone());
+        self.leader_contact_at = Some(now);
+        self.reset_election_deadline(now);
+        out.push(Effect::Send {
+            to: from,
+            msg: Message::HeartbeatAck {
+                term: self.term,
+                ok: true,
+                sent_ms,
+                position: self.position,
+            },
+        });
+    }
+
+    fn on_pre_vote(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        term: Term,
+        position: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        if self.in_promise(now, &from) {
+            self.drops.in_promise += 1;
+            return;
+        }
+        let granted = term > self.term && position >= self.position;
+        out.push(Effect::Send {
+            to: from,
+            msg: Message::PreVoteResponse {
+                term: if granted { term } else { self.term },
+                granted,
+            },
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_vote(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        term: Term,
+        position: u64,
+        sent_ms: Millis,
+        transfer_from: Option<NodeId>,
+        out: &mut Vec<Effect>,
+    ) {
+        // A transfer releases the promise only if it comes from the writer we promised to, for
+        // the very next term: that writer gave up its lease before it sent TimeoutNow.
+        let honoured_transfer = transfer_from.is_some()
+            && transfer_from == self.promise.holder
+            && term.0 == self.promise.term.0 + 1;
+        if !honoured_transfer && self.in_promise(now, &from) {
+            // Ignored entirely: not even our term moves (this is what keeps a node back from a
+            // partition from deposing a healthy writer).
+            self.drops.in_promise += 1;
+            return;
+        }
+        if term < self.term {
+            out.push(Effect::Send {
+                to: from,
+                msg: Message::VoteResponse {
+                    term: self.term,
+                    granted: false,
+                    sent_ms,
+                },
+            });
+            return;
+        }
+        if term > self.term {
+            self.become_follower(now, term, None, out);
+        }
+        let free = self.voted_for.is_none() || self.voted_for.as_ref() == Some(&from);
+        let granted = free && position >= self.position && self.role != Role::Writer;
+        if granted {
+            if self.role == Role::PreCandidate {
+                // Our own pre-campaign is over: we now promise to this candidate.
+                self.role = Role::Follower;
+                self.campaign = CampaignState::default();
+            }
+            if self.voted_for.is_none() {
+                self.voted_for = Some(from.clone());
+                out.push(Effect::Persist {
+                    term: self.term,
+                    voted_for: self.voted_for.clone(),
+                });
+            }
+            self.make_promise(now, from.clone());
+            self.reset_election_deadline(now);
+        }
+        out.push(Effect::Send {
+            to: from,
+            msg: Message::VoteResponse {
+                term: self.term,
+                granted,
+                sent_ms,
+            },
+        });
+    }
+
+    // ----- transitions ------------------------------------------------------------------
+
+    fn make_promise(&mut self, now: Millis, holder: NodeId) {
+        let until = now.saturating_add(self.timing.election_timeout_min_ms());
+        assert!(
+            until >= self.promise.until,
+            "quasar: a new promise must not end before an older one"
+        );
+        self.promise = Promise {
+            term: self.term,
+            holder: Some(holder),
+            until,
+        };
+    }
+
+    fn reset_election_deadline(&mut self, now: Millis) {
+        let min = self.timing.election_timeout_min_ms().0;
+        let jitter = self
+            .rng
+            .below(self.timing.election_timeout_max_ms().0 - min);
+        self.election_deadline = Millis(now.0.saturating_add(min + jitter));
+    }
+
+    fn set_term(&mut self, term: Term, out: &mut Vec<Effect>) {
+        assert!(term >= self.term, "quasar: terms only grow");
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+            out.push(Effect::Persist {
+                term,
+                voted_for: None,
+            });
+        }
+    }
+
+    fn become_follower(
+        &mut self,
+        now: Millis,
+        term: Term,
+        leader: Option<NodeId>,
+        out: &mut Vec<Effect>,
+    ) {
+        let was_writer_of = (self.role == Role::Writer).then_some(self.term);
+        self.set_term(term, out);
+        if let Some(old_term) = was_writer_of {
+            out.push(Effect::StepDown { term: old_term });
+        }
+        self.role = Role::Follower;
+        self.writer = None;
+        self.campaign = CampaignState::default();
+        if leader.is_none() || self.leader != leader {
+            self.leader_contact_at = None;
+        }
+        self.leader = leader;
+        self.reset_election_deadline(now);
+    }
+
+    /// Election timeout: ask whether we could win before raising any term.
+    fn pre_campaign(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        assert!(self.role != Role::Writer);
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.leader_contact_at = None;
+        self.campaign = CampaignState {
+            started_at: now,
+            ..CampaignState::default()
+        };
+        self.reset_election_deadline(now);
+        if self.quorum() == 1 {
+            self.campaign(now, None, out);
+            return;
+        }
+        let msg = Message::PreVote {
+            term: Term(self.term.0 + 1),
+            position: self.position,
+        };
+        for peer in &self.peers {
+            out.push(Effect::Send {
+                to: peer.clone(),
+                msg: msg.clone(),
+            });
+        }
+    }
+
+    /// A real campaign: new term, vote for ourselves, persist, then ask the peers.
+    fn campaign(&mut self, now: Millis, transfer_from: Option<NodeId>, out: &mut Vec<Effect>) {
+        let me = self.id.clone();
+        assert!(
+            transfer_from.is_some() || !self.in_promise(now, &me),
+            "quasar: campaign inside a promise"
+        );
+        assert!(self.role != Role::Writer);
+        self.term = Term(self.term.0 + 1);
+        self.voted_for = Some(me.clone());
+        out.push(Effect::Persist {
+            term: self.term,
+            voted_for: Some(me.clone()),
+        });
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.leader_contact_at = None;
+        // Our own vote is an ack at `now`: the same promise as every voter's.
+        self.promise = Promise {
+            term: self.term,
+            holder: Some(me),
+            until: self
+                .promise
+                .until
+                .max(now.saturating_add(self.timing.election_timeout_min_ms())),
+        };
+        self.campaign = CampaignState {
+            started_at: now,
+            ..CampaignState::default()
+        };
+        self.reset_election_deadline(now);
+        if self.quorum() == 1 {
+            self.become_writer(now, out);
+            return;
+        }
+        let msg = Message::Vote {
+            term: self.term,
+            position: self.position,
+            sent_ms: now,
+            transfer_from,
+        };
+        for peer in &self.peers {
+            out.push(Effect::Send {
+                to: peer.clone(),
+                msg: msg.clone(),
+            });
+        }
+    }
+
+    fn become_writer(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        assert_eq!(self.role, Role::Candidate);
+        assert_eq!(self.voted_for.as_ref(), Some(&self.id));
+        assert!(self.campaign.granted.len() + 1 >= self.quorum());
+        let campaign_at = self.campaign.started_at;
+        self.role = Role::Writer;
+        self.leader = Some(self.id.clone());
+        self.writer = Some(WriterState {
+            campaign_at,
+            acked_sent: std::mem::take(&mut self.campaign.granted),
+            peer_position: BTreeMap::new(),
+            last_heartbeat_sent: campaign_at,
+            next_heartbeat_at: now,
+            lease_basis: campaign_at,
+            lease_until: Millis::ZERO,
+            transfer: None,
+        });
+        self.campaign = CampaignState::default();
+        let lease_until = self.lease_from(campaign_at);
+        if let Some(w) = self.writer.as_mut() {
+            w.lease_until = lease_until;
+        }
+        out.push(Effect::BecomeWriter {
+            term: self.term,
+            lease_until,
+        });
+        self.broadcast_heartbeat(now, out);
+    }
+
+    /// `lease_until` for a majority ack of something we sent at `sent`.
+    fn lease_from(&self, sent: Millis) -> Millis {
+        let lease_until = sent.saturating_add(self.timing.lease_ms());
+        assert!(
+            lease_until.saturating_add(self.timing.lease_margin_ms())
+                <= sent.saturating_add(self.timing.election_timeout_min_ms()),
+            "quasar: lease_until must end a margin before the followers' promise"
+        );
+        lease_until
+    }
+
+    fn broadcast_heartbeat(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        let interval = self.timing.heartbeat_interval_ms();
+        let Some(w) = self.writer.as_mut() else {
+            unreachable!("heartbeat without writer state")
+        };
+        w.last_heartbeat_sent = now;
+        w.next_heartbeat_at = now.saturating_add(interval);
+        // We ack our own heartbeat as we send it, and promise like any follower.
+        let me = self.id.clone();
+        self.make_promise(now, me);
+        let msg = Message::Heartbeat {
+            term: self.term,
+            sent_ms: now,
+            position: self.position,
+        };
+        for peer in &self.peers {
+            out.push(Effect::Send {
+                to: peer.clone(),
+                msg: msg.clone(),
+            });
+        }
+        self.renew_lease(now, out);
+    }
+
+    /// The lease counts from the newest send time that a majority (us included) has acked.
+    fn renew_lease(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        let quorum = self.quorum();
+        let Some(w) = self.writer.as_ref() else {
+            return;
+        };
+        let mut sent: Vec<Millis> = w.acked_sent.values().copied().collect();
+        sent.push(w.last_heartbeat_sent);
+        sent.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&basis) = sent.get(quorum - 1) else {
+            return;
+        };
+        assert!(basis <= now, "quasar: lease basis in the future");
+        if basis <= w.lease_basis {
+            return;
+        }
+        let lease_until = self.lease_from(basis);
+        let Some(w) = self.writer.as_mut() else {
+            return;
+        };
+        w.lease_basis = basis;
+        if lease_until > w.lease_until {
+            w.lease_until = lease_until;
+            out.push(Effect::LeaseRenewed { lease_until });
+        }
+    }
+
+    fn start_transfer(&mut self, now: Millis, to: NodeId, out: &mut Vec<Effect>) {
+        if self.role != Role::Writer || !self.is_peer(&to) {
+            return;
+        }
+        let deadline = now.saturating_add(self.timing.election_timeout_min_ms());
+        let Some(w) = self.writer.as_mut() else {
+            return;
+        };
+        if w.transfer.is_some() {
+            return;
+        }
+        // From here on no write is accepted; the lease is given up when TimeoutNow is sent.
+        w.transfer = Some(Transfer { to, deadline });
+        self.try_finish_transfer(now, out);
+    }
+
+    fn try_finish_transfer(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        let Some(w) = self.writer.as_mut() else {
+            return;
+        };
+        let Some(t) = &w.transfer else {
+            return;
+        };
+        let caught_up = w
+            .peer_position
+            .get(&t.to)
+            .is_some_and(|p| *p >= self.position);
+        if !caught_up {
+            return;
+        }
+        let to = t.to.clone();
+        // Give the lease up first: once TimeoutNow is out, the target may win at once.
+        w.lease_until = w.lease_until.min(now);
+        let term = self.term;
+        self.become_follower(now, term, None, out);
+        assert!(!self.can_accept_writes(now));
+        out.push(Effect::Send {
+            to,
+            msg: Message::TimeoutNow { term },
+        });
+    }
+
+    // ----- invariants -------------------------------------------------------------------
+
+    fn check_invariants(&self, now: Millis, before: (Term, Option<NodeId>), out: &[Effect]) {
+        let (term_before, voted_before) = before;
+        assert!(self.term >= term_before, "quasar: term went down");
+        if self.term == term_before && voted_before.is_some() {
+            assert_eq!(
+                self.voted_for, voted_before,
+                "quasar: voted twice in term {}",
+                self.term
+            );
+        }
+        match self.role {
+            Role::Writer => {
+                assert_eq!(self.leader.as_ref(), Some(&self.id));
+                assert_eq!(self.voted_for.as_ref(), Some(&self.id));
+                let w = self.writer.as_ref().expect("writer state");
+                assert!(w.lease_basis <= now);
+                assert!(
+                    w.lease_until
+                        <= w.lease_basis
+                            .saturating_add(self.timing.election_timeout_min_ms())
+                );
+            }
+            _ => {
+                assert!(self.writer.is_none());
+                assert!(!self.can_accept_writes(now));
+            }
+        }
+        // Persist must come before any Send that depends on it.
+        if let Some(last_persist) = out
+            .iter()
+            .rposition(|e| matches!(e, Effect::Persist { .. }))
+        {
+            assert!(
+                !out[..last_persist]
+                    .iter()
+                    .any(|e| matches!(e, Effect::Send { .. })),
+                "quasar: a Send precedes a Persist"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<NodeId> {
+        names.iter().map(|n| NodeId::from(*n)).collect()
+    }
+
+    fn node(id: &str, peers: &[&str]) -> Node {
+        Node::new(
+            NodeId::from(id),
+            ids(peers),
+            Timing::default(),
+            PersistedState::default(),
+            7,
+            Millis(0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn single_node_elects_itself_after_waiting_out_its_promise() {
+        let mut n = node("a", &[]);
+        assert!(n.step(Millis(500), Input::Tick).is_empty());
+        let mut now = 500;
+        while n.role() != Role::Writer {
+            now += 10;
+            let _ = n.step(Millis(now), Input::Tick);
+            assert!(now < 3000);
+        }
+        assert!(now >= 1000);
+        assert!(n.can_accept_writes(Millis(now)));
+        assert_eq!(n.term(), Term(1));
+    }
+
+    #[test]
+    fn restarted_node_ignores_votes_for_e() {
+        let mut n = node("a", &["b", "c"]);
+        let out = n.step(
+            Millis(999),
+            Input::Message {
+                from: NodeId::from("b"),
+                msg: Message::Vote {
+                    term: Term(1),
+                    position: 0,
+                    sent_ms: Millis(0),
+                    transfer_from: None,
+                },
+            },
+        );
+        assert!(out.is_empty());
+        assert_eq!(n.term(), Term(0));
+        let out = n.step(
+            Millis(1000),
+            Input::Message {
+                from: NodeId::from("b"),
+                msg: Message::Vote {
+                    term: Term(1),
+                    position: 0,
+                    sent_ms: Millis(0),
+                    transfer_from: None,
+                },
+            },
+        );
+        assert_eq!(
+            out[0],
+            Effect::Persist {
+                term: Term(1),
+                voted_for: None
+            }
+        );
+        assert!(out.iter().any(|e| matches!(
+            e,
+            Effect::Send {
+                msg: Message::VoteResponse { granted: true, .. },
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn rejects_bad_peer_lists() {
+        let t = Timing::default();
+        let p = PersistedState::default();
+        assert!(matches!(
+            Node::new(
+                NodeId::from("a"),
+                ids(&["b", "b"]),
+                t,
+                p.clone(),
+                0,
+                Millis(0)
+            ),
+            Err(NodeError::DuplicatePeer { .. })
+        ));
+        assert!(matches!(
+            Node::new(NodeId::from("a"), ids(&["a"]), t, p, 0, Millis(0)),
+            Err(NodeError::SelfInPeers { .. })
+        ));
+    }
+}
