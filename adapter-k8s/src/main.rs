@@ -21,6 +21,10 @@ enum Command {
     Crd,
     /// Print every object the reconciler would create for the Base in FILE, as multi-document YAML.
     Render(base_adapter_k8s::cli::RenderArgs),
+    /// Run the tracking reverse proxy: writes to the writer, reads spread, 503 when no writer.
+    Gateway(base_adapter_k8s::gateway::GatewayArgs),
+    /// Run the controller (kubeconfig or in-cluster config).
+    Run(base_adapter_k8s::controller::RunArgs),
 }
 
 #[tokio::main]
@@ -31,5 +35,7 @@ async fn main() -> Result<()> {
         Command::Render(args) => {
             base_adapter_k8s::cli::render(&args, &mut std::io::stdout().lock())
         }
+        Command::Gateway(args) => base_adapter_k8s::gateway::run(args).await,
+        Command::Run(args) => base_adapter_k8s::controller::run(args).await,
     }
 }

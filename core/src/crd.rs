@@ -342,7 +342,7 @@ impl From<BaseApp> for Base {
 }
 
 /// Which kind an object came from, so owner references and events name the right one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Kind {
     #[default]
     Base,

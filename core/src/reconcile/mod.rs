@@ -284,7 +284,7 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         });
 
     if deleting {
-        plan_cleanup(base, observed, name, &owner, gateway_ref, &mut plan);
+        plan_cleanup(base, observed, &owner, gateway_ref, &mut plan);
         status::finish(base, observed, &mut plan, status::Outcome::Deleting);
         return plan;
     }
@@ -523,7 +523,6 @@ fn relabel(pods: &[PodView], writer: Option<&str>) -> Vec<PodLabel> {
 fn plan_cleanup(
     base: &Base,
     observed: &Observed,
-    name: &str,
     owner: &str,
     gateway_ref: Option<(String, String)>,
     plan: &mut Plan,
@@ -548,7 +547,6 @@ fn plan_cleanup(
             done = false;
         }
     }
-    let _ = name;
     plan.finalized = done;
     if !done {
         plan.requeue_after_ms = PROGRESS_REQUEUE_MS;

@@ -1,0 +1,236 @@
+//! Observing a Base's world and performing a plan: the only code that talks to the API server for
+//! the controller. No decisions here — they are all in `base_core::reconcile`.
+
+use super::{Context, Error};
+use base_core::crd::{Base, Kind};
+use base_core::reconcile::objects::{LABEL_BASE, LABEL_ROLE, ROLE_WRITER};
+use base_core::reconcile::route::{GATEWAY_API_VERSION, GATEWAY_KIND};
+use base_core::reconcile::{GatewayView, ObjectKey, Observed, Plan, PodView};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+pub const FIELD_MANAGER: &str = "base-operator";
+/// Tests and debugging: a pod annotation that overrides the agent URL the poller uses.
+pub const ANNOTATION_AGENT_URL: &str = "hanzo.ai/agent-url";
+
+/// The API resource for a kind the operator manages.
+pub fn resource(api_version: &str, kind: &str) -> ApiResource {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let plural = match kind {
+        "Service" => "services",
+        "StatefulSet" => "statefulsets",
+        "ConfigMap" => "configmaps",
+        "PodDisruptionBudget" => "poddisruptionbudgets",
+        "NetworkPolicy" => "networkpolicies",
+        "ServiceMonitor" => "servicemonitors",
+        "Pod" => "pods",
+        "PersistentVolumeClaim" => "persistentvolumeclaims",
+        "Gateway" => "gateways",
+        "Base" => "bases",
+        "BaseApp" => "baseapps",
+        other => return ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, other)),
+    };
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+/// The owned kinds, in the order they are listed.
+pub const OWNED: [(&str, &str); 6] = [
+    ("apps/v1", "StatefulSet"),
+    ("v1", "Service"),
+    ("v1", "ConfigMap"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+];
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn dynamic(ctx: &Context, ns: &str, api_version: &str, kind: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(ctx.client.clone(), ns, &resource(api_version, kind))
+}
+
+fn pod_view(p: &Pod) -> PodView {
+    let ready = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let labels = p.labels();
+    PodView {
+        name: p.name_any(),
+        ready,
+        revision: labels.get("controller-revision-hash").cloned(),
+        terminating: p.metadata.deletion_timestamp.is_some(),
+        writer_label: labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_WRITER),
+    }
+}
+
+/// Everything `plan` needs, read from the API (reads only).
+pub async fn observe(ctx: &Context, base: &Base) -> Result<(Observed, Vec<Pod>), Error> {
+    let ns = base.namespace().unwrap_or_else(|| "default".into());
+    let name = base.name_any();
+    let lp = ListParams::default().labels(&format!("{LABEL_BASE}={name}"));
+    let mut observed = Observed {
+        // Condition times are stored with second precision; plan with the same.
+        now: base_core::Millis(super::writers::now_ms().0 / 1000 * 1000),
+        config: ctx.config.clone(),
+        ..Default::default()
+    };
+    for (api_version, k) in OWNED {
+        let list = match dynamic(ctx, &ns, api_version, k).list(&lp).await {
+            Ok(l) => l,
+            // An optional CRD (ServiceMonitor) that is not installed holds nothing of ours.
+            Err(e) if is_not_found(&e) => continue,
+            Err(e) => return Err(Error::Kube(e)),
+        };
+        for obj in list.items {
+            let mut v = serde_json::to_value(&obj).map_err(Error::Json)?;
+            v["apiVersion"] = json!(api_version);
+            v["kind"] = json!(k);
+            observed
+                .objects
+                .insert(ObjectKey::new(k, &obj.name_any()), v);
+        }
+    }
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&lp)
+        .await?
+        .items;
+    observed.pods = pods.iter().map(pod_view).collect();
+    observed.pvcs = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+        .list(&lp)
+        .await?
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    if let Some(g) = base.spec.gateway.as_ref().filter(|g| g.route.is_some()) {
+        let gw_ns = g.gateway_namespace.clone().unwrap_or_else(|| ns.clone());
+        let gw_name = g
+            .gateway_name
+            .clone()
+            .unwrap_or_else(|| base_core::crd::DEFAULT_GATEWAY_NAME.into());
+        observed.gateway = match dynamic(ctx, &gw_ns, GATEWAY_API_VERSION, GATEWAY_KIND)
+            .get_opt(&gw_name)
+            .await
+        {
+            Ok(Some(gw)) => GatewayView::Found(serde_json::to_value(&gw).map_err(Error::Json)?),
+            Ok(None) => GatewayView::Missing,
+            Err(e) if is_not_found(&e) => GatewayView::Missing,
+            Err(e) => return Err(Error::Kube(e)),
+        };
+    }
+    Ok((observed, pods))
+}
+
+/// Performs a plan's writes: each one counted, none issued when the plan is a no-op.
+pub async fn perform(
+    ctx: &Context,
+    kind: Kind,
+    base: &Base,
+    observed: &Observed,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let ns = base.namespace().unwrap_or_else(|| "default".into());
+    let name = base.name_any();
+    let ssa = PatchParams::apply(FIELD_MANAGER).force();
+    for obj in &plan.apply {
+        let api = dynamic(ctx, &ns, &obj.api_version, &obj.kind);
+        ctx.metrics.write("apply", &obj.kind);
+        match api.patch(&obj.name, &ssa, &Patch::Apply(&obj.body)).await {
+            Ok(_) => info!(base = %name, kind = %obj.kind, object = %obj.name, "applied"),
+            Err(e) if obj.kind == "ServiceMonitor" && is_not_found(&e) => {
+                warn!(base = %name, "ServiceMonitor CRD is not installed; skipping the ServiceMonitor")
+            }
+            Err(e) => return Err(Error::Kube(e)),
+        }
+    }
+    // Clear the writer label before setting it, so the writer Service never selects two pods.
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut relabel = plan.relabel.clone();
+    relabel.sort_by_key(|l| l.writer);
+    for l in &relabel {
+        let value = if l.writer {
+            json!(ROLE_WRITER)
+        } else {
+            Value::Null
+        };
+        ctx.metrics.write("patch", "Pod");
+        match pods
+            .patch(
+                &l.pod,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {LABEL_ROLE: value}}})),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(Error::Kube(e)),
+        }
+    }
+    if let Some(t) = &plan.transfer {
+        ctx.transfer(&ns, t).await;
+    }
+    for key in &plan.delete {
+        let api_version = match key.kind.as_str() {
+            "PodDisruptionBudget" => "policy/v1",
+            "NetworkPolicy" => "networking.k8s.io/v1",
+            "ServiceMonitor" => "monitoring.coreos.com/v1",
+            "StatefulSet" => "apps/v1",
+            _ => "v1",
+        };
+        ctx.metrics.write("delete", &key.kind);
+        match dynamic(ctx, &ns, api_version, &key.kind)
+            .delete(&key.name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => info!(base = %name, kind = %key.kind, object = %key.name, "deleted"),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(Error::Kube(e)),
+        }
+    }
+    if let Some(gw) = &plan.gateway {
+        let api = dynamic(ctx, &gw.namespace, GATEWAY_API_VERSION, GATEWAY_KIND);
+        // The resourceVersion we planned against: if the Gateway changed since, the API answers
+        // 409 and the next reconcile re-reads it, so another owner's entry is never lost.
+        let rv = match &observed.gateway {
+            GatewayView::Found(g) => g
+                .pointer("/metadata/resourceVersion")
+                .cloned()
+                .unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        ctx.metrics.write("patch", "Gateway");
+        api.patch(
+            &gw.name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"resourceVersion": rv}, "spec": {"routes": gw.routes}}),
+            ),
+        )
+        .await?;
+    }
+    if plan.status_changed {
+        let ar = resource(
+            &format!("{}/{}", base_core::crd::GROUP, base_core::crd::VERSION),
+            kind.as_str(),
+        );
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+        let body = json!({
+            "apiVersion": format!("{}/{}", base_core::crd::GROUP, base_core::crd::VERSION),
+            "kind": kind.as_str(),
+            "status": plan.status,
+        });
+        ctx.metrics.write("apply-status", kind.as_str());
+        api.patch_status(&name, &ssa, &Patch::Apply(&body)).await?;
+    }
+    Ok(())
+}

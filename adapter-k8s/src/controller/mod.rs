@@ -1,0 +1,509 @@
+//! The operator: a kube-rs `Controller` on `Base` and the legacy `BaseApp`. Thin by design:
+//! observe → `base_core::reconcile::plan_for` → perform the plan's writes (none when nothing changed).
+
+mod kube_io;
+pub mod leader;
+pub mod metrics;
+pub mod writers;
+
+pub use kube_io::{ANNOTATION_AGENT_URL, FIELD_MANAGER};
+
+use base_core::crd::{Base, BaseApp, Kind};
+use base_core::reconcile::{EventType as PlanEventType, OperatorConfig, Plan, Transfer, plan_for};
+use base_core::validate::parse_duration_ms;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use metrics::Metrics;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+use writers::{BaseKey, Target, Writers};
+
+/// The finalizer that removes the gateway route and honours the PVC retention policy.
+pub const FINALIZER: &str = "hanzo.ai/base-cleanup";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("JSON: {0}")]
+    Json(serde_json::Error),
+}
+
+impl Error {
+    /// A short label for the failures metric.
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => format!("api_{}", s.code),
+            Error::Kube(_) => "api_transport".into(),
+            Error::Json(_) => "json".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs through tracing-subscriber; `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    match parse_duration_ms(s)? {
+        ms if ms > 0 => Ok(Duration::from_millis(ms as u64)),
+        _ => Err(format!("{s:?} must be positive")),
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "BASE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Name of the coordination.k8s.io Lease that elects the active operator replica.
+    #[arg(long, env = "BASE_LEASE_NAME", default_value = "base-operator")]
+    pub lease_name: String,
+    /// Namespace of that Lease (in a pod: its own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (default: POD_NAME, else hostname and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    #[arg(long, default_value = "15s", value_parser = duration_arg)]
+    pub lease_duration: Duration,
+    #[arg(long, default_value = "5s", value_parser = duration_arg)]
+    pub lease_renew: Duration,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "BASE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Image of the Quasar agent container (default: this operator's image).
+    #[arg(long, env = "BASE_AGENT_IMAGE")]
+    pub agent_image: Option<String>,
+    /// Re-plan every Base this often even when nothing happened (drift detection).
+    #[arg(long, default_value = "5m", value_parser = duration_arg)]
+    pub resync: Duration,
+    /// Give up on a deletion's cleanup after this long: remove the finalizer, with a Warning Event.
+    #[arg(long, default_value = "5m", value_parser = duration_arg)]
+    pub cleanup_timeout: Duration,
+    #[arg(long, env = "BASE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub writers: Writers,
+    http: reqwest::Client,
+    cleanup_timeout: Duration,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// Asks the writer's agent to hand its role to `to` (writer-last rolling, scale-down).
+    async fn transfer(&self, ns: &str, t: &Transfer) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let Ok(Some(pod)) = pods.get_opt(&t.from).await else {
+            return;
+        };
+        let Some(url) = agent_url(&pod, None) else {
+            return;
+        };
+        self.metrics.write("transfer", "Pod");
+        match self
+            .http
+            .post(format!("{url}/_ha/transfer"))
+            .json(&json!({"to": t.to}))
+            .send()
+            .await
+        {
+            Ok(r) => {
+                info!(from = %t.from, to = %t.to, status = %r.status(), "asked the writer to transfer")
+            }
+            Err(e) => warn!(from = %t.from, to = %t.to, error = %e, "transfer request failed"),
+        }
+    }
+}
+
+/// The agent's URL of a pod: the test/debug annotation, else `http://<podIP>:<port>`.
+fn agent_url(pod: &Pod, port: Option<i32>) -> Option<String> {
+    if let Some(u) = pod.annotations().get(ANNOTATION_AGENT_URL) {
+        return Some(u.trim_end_matches('/').to_string());
+    }
+    let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
+    let port = port.or_else(|| {
+        pod.spec
+            .as_ref()?
+            .containers
+            .iter()
+            .find(|c| c.name == "quasar")?
+            .ports
+            .as_ref()?
+            .first()
+            .map(|p| p.container_port)
+    })?;
+    Some(format!("http://{ip}:{port}"))
+}
+
+fn backoff(failures: u32) -> Duration {
+    let base_ms = 500u64.saturating_mul(1u64 << failures.min(10)).min(300_000);
+    // ±20% jitter so that many failing objects do not retry in lockstep.
+    let jitter = 0.8 + 0.4 * rand::random::<f64>();
+    Duration::from_millis((base_ms as f64 * jitter) as u64)
+}
+
+async fn publish_events(
+    ctx: &Context,
+    base_ref: &k8s_openapi::api::core::v1::ObjectReference,
+    plan: &Plan,
+) {
+    for ev in &plan.events {
+        let event = KubeEvent {
+            type_: match ev.type_ {
+                PlanEventType::Normal => EventType::Normal,
+                PlanEventType::Warning => EventType::Warning,
+            },
+            reason: ev.reason.clone(),
+            note: Some(ev.message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        ctx.metrics.write("create", "Event");
+        if let Err(e) = ctx.recorder.publish(&event, base_ref).await {
+            warn!(error = %e, reason = %ev.reason, "could not publish an Event");
+        }
+    }
+}
+
+fn key_of(kind: Kind, base: &Base) -> BaseKey {
+    (kind, base.namespace().unwrap_or_default(), base.name_any())
+}
+
+async fn patch_finalizers(
+    ctx: &Context,
+    kind: Kind,
+    base: &Base,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    let ns = base.namespace().unwrap_or_default();
+    let ar = kube_io::resource(
+        &format!("{}/{}", base_core::crd::GROUP, base_core::crd::VERSION),
+        kind.as_str(),
+    );
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+    // resourceVersion makes this a compare-and-swap: a concurrent change gets 409 and a re-read.
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": base.resource_version()}});
+    ctx.metrics.write("patch", kind.as_str());
+    api.patch(
+        &base.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn reconcile(
+    kind: Kind,
+    base: Base,
+    base_ref: k8s_openapi::api::core::v1::ObjectReference,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let key = key_of(kind, &base);
+    let deleting = base.metadata.deletion_timestamp.is_some();
+    let has_finalizer = base.finalizers().iter().any(|f| f == FINALIZER);
+    if deleting && !has_finalizer {
+        ctx.writers.untrack(&key);
+        return Ok(Action::await_change());
+    }
+    if !deleting && !has_finalizer {
+        let mut f = base.finalizers().to_vec();
+        f.push(FINALIZER.to_string());
+        patch_finalizers(&ctx, kind, &base, f).await?;
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
+
+    let (mut observed, pods) = kube_io::observe(&ctx, &base).await?;
+    if !deleting {
+        let interval_ms = base
+            .spec
+            .gateway
+            .as_ref()
+            .and_then(|g| g.leader_poll_interval.as_deref())
+            .and_then(|s| parse_duration_ms(s).ok())
+            .filter(|ms| *ms >= 100)
+            .unwrap_or(1000);
+        let targets: Vec<Target> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| {
+                agent_url(p, Some(base.spec.port)).map(|url| Target {
+                    pod: p.name_any(),
+                    url,
+                })
+            })
+            .collect();
+        observed.writer = ctx.writers.track(
+            key.clone(),
+            targets,
+            Duration::from_millis(interval_ms as u64),
+        );
+    }
+    let plan = plan_for(kind, &base, &observed);
+    kube_io::perform(&ctx, kind, &base, &observed, &plan).await?;
+    publish_events(&ctx, &base_ref, &plan).await;
+
+    if deleting {
+        let age = base
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .map(|t| {
+                k8s_openapi::jiff::Timestamp::now()
+                    .duration_since(t.0)
+                    .as_secs()
+            })
+            .unwrap_or(0);
+        let timed_out = age >= ctx.cleanup_timeout.as_secs() as i64;
+        if plan.finalized || timed_out {
+            if timed_out && !plan.finalized {
+                let ev = KubeEvent {
+                    type_: EventType::Warning,
+                    reason: "CleanupAbandoned".into(),
+                    note: Some(format!(
+                        "cleanup did not finish within {:?}; removing the finalizer anyway (check the Gateway route and PVCs by hand)",
+                        ctx.cleanup_timeout
+                    )),
+                    action: "Finalize".into(),
+                    secondary: None,
+                };
+                ctx.metrics.write("create", "Event");
+                let _ = ctx.recorder.publish(&ev, &base_ref).await;
+            }
+            let f: Vec<String> = base
+                .finalizers()
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect();
+            patch_finalizers(&ctx, kind, &base, f).await?;
+            ctx.writers.untrack(&key);
+            info!(base = %key.2, namespace = %key.1, "cleanup done; finalizer removed");
+            return Ok(Action::await_change());
+        }
+    }
+    if let Ok(mut f) = ctx.failures.lock() {
+        f.remove(&base.uid().unwrap_or_default());
+    }
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Action::requeue(Duration::from_millis(
+        plan.requeue_after_ms,
+    )))
+}
+
+fn error_policy(uid: Option<String>, err: &Error, ctx: &Context) -> Action {
+    ctx.metrics.fail(&err.reason());
+    let n = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(uid.unwrap_or_default()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        })
+        .unwrap_or(1);
+    let wait = backoff(n);
+    // A 409 means we planned on a stale read: re-read soon rather than back off far.
+    let wait = if matches!(err, Error::Kube(kube::Error::Api(s)) if s.code == 409) {
+        Duration::from_millis(200)
+    } else {
+        wait
+    };
+    warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// `base-operator run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "base-operator".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let mut elector = leader::Elector::new(
+        client.clone(),
+        leader::LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity: identity.clone(),
+            lease_duration: args.lease_duration,
+            renew_every: args.lease_renew,
+            retry_every: Duration::from_secs(2),
+        },
+    );
+    metrics
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    info!(%identity, lease = %args.lease_name, "waiting for the operator lease");
+    elector.acquire().await;
+    metrics.leader.set(1);
+    info!(%identity, "holding the operator lease; starting the controllers");
+
+    let mut config = OperatorConfig {
+        resync_ms: args.resync.as_millis() as u64,
+        ..OperatorConfig::default()
+    };
+    if let Some(img) = &args.agent_image {
+        config.agent_image = img.clone();
+    }
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<BaseKey>();
+    let (base_tx, base_rx) = mpsc::unbounded_channel::<ObjectRef<Base>>();
+    let (app_tx, app_rx) = mpsc::unbounded_channel::<ObjectRef<BaseApp>>();
+    tokio::spawn(async move {
+        while let Some((kind, ns, name)) = wake_rx.recv().await {
+            // A closed channel only means the controllers are shutting down.
+            match kind {
+                Kind::Base => drop(base_tx.send(ObjectRef::new(&name).within(&ns))),
+                Kind::BaseApp => drop(app_tx.send(ObjectRef::new(&name).within(&ns))),
+            }
+        }
+    });
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config,
+        metrics: metrics.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "base-operator".into(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        writers: Writers::new(wake_tx),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()?,
+        cleanup_timeout: args.cleanup_timeout,
+        failures: Mutex::default(),
+    });
+
+    let ns = args.namespace.clone();
+    let bases: Api<Base> = scoped(&client, &ns);
+    let apps: Api<BaseApp> = scoped(&client, &ns);
+    macro_rules! owned {
+        ($c:expr) => {{
+            $c.owns(
+                scoped::<k8s_openapi::api::apps::v1::StatefulSet>(&client, &ns),
+                watcher::Config::default(),
+            )
+            .owns(
+                scoped::<k8s_openapi::api::core::v1::Service>(&client, &ns),
+                watcher::Config::default(),
+            )
+            .owns(
+                scoped::<Pod>(&client, &ns),
+                watcher::Config::default().labels(base_core::reconcile::objects::LABEL_BASE),
+            )
+        }};
+    }
+    let wc = watcher::Config::default().any_semantic();
+    let base_ctl = owned!(Controller::new(bases, wc.clone()))
+        .reconcile_on(tokio_stream_from(base_rx))
+        .shutdown_on_signal()
+        .run(
+            |b: Arc<Base>, ctx: Arc<Context>| async move {
+                let r = b.object_ref(&());
+                reconcile(Kind::Base, (*b).clone(), r, ctx).await
+            },
+            |b: Arc<Base>, e: &Error, ctx: Arc<Context>| error_policy(b.uid(), e, &ctx),
+            ctx.clone(),
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+    let app_ctl = owned!(Controller::new(apps, wc))
+        .reconcile_on(tokio_stream_from(app_rx))
+        .shutdown_on_signal()
+        .run(
+            |b: Arc<BaseApp>, ctx: Arc<Context>| async move {
+                let r = b.object_ref(&());
+                reconcile(Kind::BaseApp, Base::from((*b).clone()), r, ctx).await
+            },
+            |b: Arc<BaseApp>, e: &Error, ctx: Arc<Context>| error_policy(b.uid(), e, &ctx),
+            ctx.clone(),
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+
+    let controllers = futures::future::join(base_ctl, app_ctl);
+    tokio::select! {
+        _ = controllers => info!("controllers stopped"),
+        _ = elector.keep() => {
+            error!("lost the operator lease; exiting so that only the holder reconciles");
+            metrics.leader.set(0);
+            std::process::exit(1);
+        }
+        r = server => {
+            if let Ok(Err(e)) = r {
+                error!(error = %e, "metrics server failed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An API over one namespace, or all of them.
+fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(n) => Api::namespaced(client.clone(), n),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// An mpsc receiver as a `Stream`.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
