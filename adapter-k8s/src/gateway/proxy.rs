@@ -1,0 +1,461 @@
+//! Forwarding one request: ask the tracker where, stream it there, retry once if it never arrived.
+
+use super::Shared;
+use super::metrics::UpstreamError;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::Response;
+use base_core::tracker::{
+    self, AfterOutcome, Attempt, ClientHeaders, Delivery, Outcome, Reject, RequestKind, Route,
+};
+use base_core::wire::HEADER_WRITER_REQUIRED;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_ORG_ID: &str = "x-org-id";
+const X_BASE_CLIENT: &str = "x-base-client";
+
+/// A request body ready to send: whole in memory (can be sent twice) or a stream (once).
+enum Outgoing {
+    Replayable(Bytes),
+    Streaming(Body),
+}
+
+impl Outgoing {
+    fn replayable(&self) -> bool {
+        matches!(self, Outgoing::Replayable(_))
+    }
+
+    /// The body for one try. A stream is handed out once; a second call gives an empty body, but
+    /// the tracker never asks for a retry of a body that is not replayable.
+    fn take(&mut self) -> Body {
+        match self {
+            Outgoing::Replayable(bytes) => Body::from(bytes.clone()),
+            Outgoing::Streaming(body) => std::mem::replace(body, Body::empty()),
+        }
+    }
+}
+
+/// The axum handler for every path that is not the gateway's own.
+pub(super) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let (parts, body) = request.into_parts();
+    let kind = RequestKind::from_method(parts.method.as_str());
+    let writer_required = header_str(&parts.headers, HEADER_WRITER_REQUIRED)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("required"));
+    let peer_text = peer.map(|ip| ip.to_string());
+    let client = tracker::client_identity(ClientHeaders {
+        base_client: header_str(&parts.headers, X_BASE_CLIENT),
+        forwarded_for: header_str(&parts.headers, X_FORWARDED_FOR),
+        org_id: header_str(&parts.headers, X_ORG_ID),
+        peer: peer_text.as_deref(),
+    });
+    let request = tracker::Request {
+        kind,
+        writer_required,
+        client: client.as_ref(),
+    };
+
+    let route = shared.lock_tracker().route(super::now_ms(), request);
+    let mut forward = match route {
+        Route::Forward(forward) => forward,
+        Route::Reject(reject) => return shared.reject(reject),
+    };
+
+    let mut outgoing = match prepare_body(body, kind, &parts.headers, &shared).await {
+        Ok(outgoing) => outgoing,
+        Err(response) => return response,
+    };
+    let Some(path_and_query) = parts.uri.path_and_query().map(|pq| pq.as_str().to_owned()) else {
+        return json_error(StatusCode::BAD_REQUEST, "bad_request_target");
+    };
+    let headers = forward_headers(&parts.headers, peer_text.as_deref());
+
+    let mut attempt = Attempt::First;
+    loop {
+        shared.metrics.routed(forward.why);
+        let target = &shared.replicas[forward.replica];
+        let uri = match target.uri_for(&path_and_query) {
+            Ok(uri) => uri,
+            Err(_) => return json_error(StatusCode::BAD_REQUEST, "bad_request_target"),
+        };
+        let result = send(&shared, &parts.method, uri, &headers, outgoing.take()).await;
+        let (delivery, failure) = match result {
+            Ok(response) => {
+                let outcome = Outcome {
+                    request,
+                    replica: forward.replica,
+                    attempt,
+                    delivery: Delivery::Reached { acknowledged: true },
+                    replayable: outgoing.replayable(),
+                };
+                let _done = shared.lock_tracker().on_outcome(super::now_ms(), outcome);
+                return response_to_client(response, shared.body_idle_timeout);
+            }
+            Err(error) => {
+                shared.metrics.upstream_error(error);
+                let delivery = match error {
+                    UpstreamError::Connect => Delivery::NotReached,
+                    UpstreamError::Timeout | UpstreamError::Broken => Delivery::Reached {
+                        acknowledged: false,
+                    },
+                };
+                (delivery, error)
+            }
+        };
+        let outcome = Outcome {
+            request,
+            replica: forward.replica,
+            attempt,
+            delivery,
+            replayable: outgoing.replayable(),
+        };
+        let after = shared.lock_tracker().on_outcome(super::now_ms(), outcome);
+        tracing::debug!(replica = %target.id, ?failure, ?after, "forwarding failed");
+        match after {
+            AfterOutcome::Retry(next) => {
+                shared.metrics.retried(kind);
+                attempt = Attempt::Retry;
+                forward = next;
+            }
+            AfterOutcome::Reject(reject) => return shared.reject(reject),
+            AfterOutcome::Done | AfterOutcome::GiveUp => {
+                return match failure {
+                    UpstreamError::Timeout => {
+                        json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+                    }
+                    UpstreamError::Connect | UpstreamError::Broken => {
+                        json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable")
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// Sends one try; classifies failures by whether the request can have reached the replica.
+async fn send(
+    shared: &Shared,
+    method: &Method,
+    uri: Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::http::Response<hyper::body::Incoming>, UpstreamError> {
+    let body = Body::new(IdleTimeout::new(body, shared.body_idle_timeout));
+    let mut request = axum::http::Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers.clone();
+    match tokio::time::timeout(shared.upstream_timeout, shared.client.request(request)).await {
+        Err(_elapsed) => Err(UpstreamError::Timeout),
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) if never_sent(&e) => Err(UpstreamError::Connect),
+        Ok(Err(_)) => Err(UpstreamError::Broken),
+    }
+}
+
+/// True when the request cannot have reached the replica: no connection was made, or hyper
+/// cancelled it before writing it (a pooled connection that closed under it).
+fn never_sent(error: &hyper_util::client::legacy::Error) -> bool {
+    error.is_connect()
+        || error
+            .source()
+            .and_then(|s| s.downcast_ref::<hyper::Error>())
+            .is_some_and(hyper::Error::is_canceled)
+}
+
+/// Reads (bounded) or passes on the request body. Reads stream through; a write is kept in memory
+/// up to `retry_buffer_bytes` so that it can be sent again if the first try never arrived; a larger
+/// one streams through and is not retried.
+async fn prepare_body(
+    mut body: Body,
+    kind: RequestKind,
+    headers: &HeaderMap,
+    shared: &Shared,
+) -> Result<Outgoing, Response> {
+    if body.is_end_stream() {
+        return Ok(Outgoing::Replayable(Bytes::new()));
+    }
+    let cap = shared.retry_buffer_bytes;
+    let declared = header_str(headers, header::CONTENT_LENGTH.as_str())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let too_big = declared.is_some_and(|n| n > cap as u64);
+    if kind == RequestKind::Read || too_big {
+        return Ok(Outgoing::Streaming(body));
+    }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let frame = match tokio::time::timeout(shared.body_idle_timeout, body.frame()).await {
+            Err(_) => return Err(json_error(StatusCode::REQUEST_TIMEOUT, "body_timeout")),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(json_error(StatusCode::BAD_REQUEST, "body_error")),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Request trailers are rare and Base ignores them: only data frames are kept.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        chunks.push(data);
+        if total > cap {
+            // Too big to keep: send what was read, then the rest as it comes. No retry.
+            let prefix = futures::stream::iter(chunks.into_iter().map(Ok::<_, axum::Error>));
+            let rest = body.into_data_stream();
+            return Ok(Outgoing::Streaming(Body::from_stream(prefix.chain(rest))));
+        }
+    }
+    let bytes = if chunks.len() == 1 {
+        chunks.pop().unwrap_or_default()
+    } else {
+        let mut all = Vec::with_capacity(total);
+        for chunk in &chunks {
+            all.extend_from_slice(chunk);
+        }
+        Bytes::from(all)
+    };
+    Ok(Outgoing::Replayable(bytes))
+}
+
+/// The headers sent upstream: the client's, less hop-by-hop ones and `Host` (the replica gets its
+/// own), plus `X-Forwarded-For` with the client's address appended, `X-Forwarded-Host` and
+/// `X-Forwarded-Proto` when the client did not set them.
+pub(crate) fn forward_headers(incoming: &HeaderMap, peer: Option<&str>) -> HeaderMap {
+    let mut headers = strip_hop_by_hop(incoming);
+    if let Some(host) = headers.remove(header::HOST)
+        && !headers.contains_key(X_FORWARDED_HOST)
+    {
+        headers.insert(HeaderName::from_static(X_FORWARDED_HOST), host);
+    }
+    if let Some(peer) = peer {
+        let prior: Vec<&str> = incoming
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        let value = if prior.is_empty() {
+            peer.to_owned()
+        } else {
+            format!("{}, {peer}", prior.join(", "))
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(X_FORWARDED_FOR), value);
+        }
+    }
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(
+            HeaderName::from_static(X_FORWARDED_PROTO),
+            HeaderValue::from_static("http"),
+        );
+    }
+    headers
+}
+
+/// A copy without hop-by-hop headers, including any that `Connection` names.
+pub(crate) fn strip_hop_by_hop(incoming: &HeaderMap) -> HeaderMap {
+    let named: Vec<String> = incoming
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect();
+    let mut headers = HeaderMap::with_capacity(incoming.len());
+    for (name, value) in incoming {
+        let name_str = name.as_str();
+        if HOP_BY_HOP.contains(&name_str) || named.iter().any(|n| n == name_str) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers
+}
+
+fn response_to_client(
+    response: axum::http::Response<hyper::body::Incoming>,
+    idle: Duration,
+) -> Response {
+    let (mut parts, body) = response.into_parts();
+    parts.headers = strip_hop_by_hop(&parts.headers);
+    Response::from_parts(parts, Body::new(IdleTimeout::new(body, idle)))
+}
+
+pub(super) fn json_error(status: StatusCode, error: &str) -> Response {
+    json_response(status, format!(r#"{{"error":"{error}"}}"#))
+}
+
+pub(super) fn json_response(status: StatusCode, body: String) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub(super) fn reject_response(reject: Reject) -> Response {
+    json_response(StatusCode::SERVICE_UNAVAILABLE, reject.body().to_owned())
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A body that fails when no frame arrives for `idle`: a stalled peer cannot hold a connection
+/// (and its upstream connection) forever, while a long download that keeps moving is fine.
+pub(crate) struct IdleTimeout<B> {
+    inner: B,
+    idle: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl<B> IdleTimeout<B> {
+    pub(crate) fn new(inner: B, idle: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+/// A body stalled longer than its idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("body idle for longer than {0:?}")]
+pub struct IdleTimeoutError(Duration);
+
+impl<B> HttpBody for IdleTimeout<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = Instant::now() + this.idle;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(IdleTimeoutError(this.idle).into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let h = strip_hop_by_hop(&map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("x-org-id", "acme"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+        ]));
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-org-id", "cookie"]);
+        assert_eq!(h.get_all("cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn forwarded_for_gets_the_peer_appended() {
+        let h = forward_headers(
+            &map(&[
+                ("host", "app.example"),
+                ("x-forwarded-for", "203.0.113.7"),
+                ("x-forwarded-for", "10.0.0.1"),
+            ]),
+            Some("10.0.0.9"),
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 10.0.0.1, 10.0.0.9");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("host"));
+        let h = forward_headers(&HeaderMap::new(), Some("10.0.0.9"));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_times_out() {
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let stream = tokio_stream_from(rx);
+        let body = IdleTimeout::new(Body::from_stream(stream), Duration::from_millis(20));
+        let result = body.collect().await;
+        assert!(result.is_err());
+    }
+
+    fn tokio_stream_from(
+        mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+}

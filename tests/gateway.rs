@@ -1,0 +1,570 @@
+//! `base-operator gateway` as a real process, in front of three stand-in replicas served by this
+//! test. Each stand-in answers `/_ha/leader` from a script the test changes (who is writer, term,
+//! lease) and records every other request it gets, so the test can see where requests went.
+//!
+//! No assertion depends on how fast the machine is: the test waits for conditions with generous
+//! deadlines, and checks "never" properties only over requests sent after the condition held.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+// -------------------------------------------------------------------------------------------------
+// Stand-in replicas
+// -------------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Lease {
+    /// Renewed on every answer: `now + d`.
+    Renewing(Duration),
+    /// Fixed: the writer stopped renewing, followers still report its last lease.
+    Until(SystemTime),
+}
+
+/// What the cluster says, and how each replica deviates from it.
+#[derive(Debug)]
+struct Script {
+    writer: Option<usize>,
+    term: u64,
+    lease: Lease,
+    /// Replicas whose `/_ha/leader` answers 500 (they still serve proxied requests).
+    polls_fail: [bool; 3],
+    /// A replica stuck at an older view: (term, writer it names).
+    stale: [Option<(u64, Option<usize>)>; 3],
+}
+
+#[derive(Clone, Debug)]
+struct Hit {
+    method: Method,
+    path: String,
+    forwarded_for: Option<String>,
+    body_len: usize,
+    at: SystemTime,
+}
+
+struct Cluster {
+    script: Mutex<Script>,
+    hits: Vec<Mutex<Vec<Hit>>>,
+    addrs: Vec<SocketAddr>,
+}
+
+fn name(i: usize) -> String {
+    format!("b-{i}")
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    // Civil-from-days (H. Hinnant), enough for a test's lease times.
+    let d = t.duration_since(UNIX_EPOCH).expect("after 1970");
+    let (secs, ms) = (d.as_secs() as i64, d.subsec_millis());
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
+#[derive(Clone)]
+struct ReplicaState {
+    cluster: Arc<Cluster>,
+    me: usize,
+}
+
+async fn leader(State(s): State<ReplicaState>) -> Response {
+    let script = s.cluster.script.lock().unwrap();
+    if script.polls_fail[s.me] {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
+    }
+    let (term, writer) = script.stale[s.me].unwrap_or((script.term, script.writer));
+    let lease = match script.lease {
+        Lease::Renewing(d) => SystemTime::now() + d,
+        Lease::Until(t) => t,
+    };
+    let addrs = &s.cluster.addrs;
+    let body = match writer {
+        Some(w) => serde_json::json!({
+            "leader_url": format!("http://{}", addrs[w]),
+            "node_id": name(w),
+            "term": term,
+            "lease_expires": rfc3339(lease),
+        }),
+        None => serde_json::json!({"leader_url": "", "node_id": "", "term": term, "lease_expires": ""}),
+    };
+    axum::Json(body).into_response()
+}
+
+async fn record(
+    State(s): State<ReplicaState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let hit = Hit {
+        method,
+        path: uri.path().to_owned(),
+        forwarded_for: headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body_len: body.len(),
+        at: SystemTime::now(),
+    };
+    s.cluster.hits[s.me].lock().unwrap().push(hit);
+    (
+        [("x-replica", name(s.me))],
+        format!(r#"{{"replica":"{}","len":{}}}"#, name(s.me), body.len()),
+    )
+        .into_response()
+}
+
+/// Three stand-ins on loopback, serving from a shared script, on a runtime of their own so that
+/// blocking test code does not stall them.
+struct StandIns {
+    cluster: Arc<Cluster>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl StandIns {
+    fn start(writer: Option<usize>, term: u64, lease: Lease) -> StandIns {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listeners: Vec<_> = (0..3)
+            .map(|_| {
+                runtime
+                    .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                    .unwrap()
+            })
+            .collect();
+        let cluster = Arc::new(Cluster {
+            script: Mutex::new(Script {
+                writer,
+                term,
+                lease,
+                polls_fail: [false; 3],
+                stale: [None; 3],
+            }),
+            hits: (0..3).map(|_| Mutex::new(Vec::new())).collect(),
+            addrs: listeners.iter().map(|l| l.local_addr().unwrap()).collect(),
+        });
+        for (me, listener) in listeners.into_iter().enumerate() {
+            let app = Router::new()
+                .route("/_ha/leader", axum::routing::get(leader))
+                .fallback(record)
+                .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
+                .with_state(ReplicaState {
+                    cluster: Arc::clone(&cluster),
+                    me,
+                });
+            runtime.spawn(async move { axum::serve(listener, app).await });
+        }
+        StandIns {
+            cluster,
+            _runtime: runtime,
+        }
+    }
+
+    fn script(&self, change: impl FnOnce(&mut Script)) {
+        change(&mut self.cluster.script.lock().unwrap());
+    }
+
+    fn replicas_flag(&self) -> String {
+        (0..3)
+            .map(|i| format!("{}=http://{}", name(i), self.cluster.addrs[i]))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn hits(&self, i: usize) -> Vec<Hit> {
+        self.cluster.hits[i].lock().unwrap().clone()
+    }
+
+    fn clear(&self) {
+        for h in &self.cluster.hits {
+            h.lock().unwrap().clear();
+        }
+    }
+
+    /// Which replicas got a request since `since`, as (replica, method) pairs.
+    fn hits_since(&self, since: SystemTime) -> Vec<(usize, Hit)> {
+        (0..3)
+            .flat_map(|i| {
+                self.hits(i)
+                    .into_iter()
+                    .filter(move |h| h.at >= since)
+                    .map(move |h| (i, h))
+            })
+            .collect()
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// The gateway process
+// -------------------------------------------------------------------------------------------------
+
+/// The gateway child process; killed when dropped.
+struct Gateway {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    fn start(replicas: &str, extra: &[&str]) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_base-operator"))
+            .args(["gateway", "--listen", "127.0.0.1:0", "--replicas", replicas])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start base-operator gateway");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&log);
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("gateway listening")
+                    && let Some(addr) = json_field(&line, "addr")
+                {
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut gateway = Gateway {
+            child,
+            base: String::new(),
+            log,
+        };
+        match rx.recv_timeout(DEADLINE) {
+            Ok(addr) => gateway.base = format!("http://{addr}"),
+            Err(_) => panic!("gateway did not start; log:\n{}", gateway.log_text()),
+        }
+        gateway
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_field(line: &str, field: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = value.get("fields").unwrap_or(&value);
+    fields.get(field)?.as_str().map(str::to_owned)
+}
+
+// -------------------------------------------------------------------------------------------------
+// Client helpers (blocking on a small runtime of the test's own)
+// -------------------------------------------------------------------------------------------------
+
+struct Client {
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    replica: Option<String>,
+    body: String,
+}
+
+impl Client {
+    fn new() -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
+        self.rt.block_on(async {
+            let mut request = self.http.request(method, url).body(body);
+            for (k, v) in headers {
+                request = request.header(*k, *v);
+            }
+            let response = request.send().await.expect("gateway answers");
+            let status = response.status();
+            let replica = response
+                .headers()
+                .get("x-replica")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = response.text().await.expect("body");
+            Answer {
+                status,
+                replica,
+                body,
+            }
+        })
+    }
+
+    fn get(&self, url: &str, client: &str) -> Answer {
+        self.send(Method::GET, url, &[("x-base-client", client)], Vec::new())
+    }
+
+    fn post(&self, url: &str, client: &str, body: Vec<u8>) -> Answer {
+        self.send(Method::POST, url, &[("x-base-client", client)], body)
+    }
+
+    fn state(&self, gw: &Gateway) -> serde_json::Value {
+        let answer = self.send(Method::GET, &gw.url("/_gateway/state"), &[], Vec::new());
+        serde_json::from_str(&answer.body).expect("state is JSON")
+    }
+}
+
+fn wait_until(what: &str, gw: &Gateway, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting until {what}; gateway log:\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn all_ready(client: &Client, gw: &Gateway, writer: &str) -> bool {
+    let state = client.state(gw);
+    state["writer"] == writer
+        && state["replicas"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().all(|r| r["ready"] == true))
+}
+
+const POLL: &str = "300ms";
+
+// -------------------------------------------------------------------------------------------------
+// Tests
+// -------------------------------------------------------------------------------------------------
+
+#[test]
+fn writes_go_to_the_writer_reads_spread_and_a_writers_reads_follow_it() {
+    let replicas = StandIns::start(Some(1), 5, Lease::Renewing(Duration::from_secs(3)));
+    let gw = Gateway::start(
+        &replicas.replicas_flag(),
+        &["--poll-interval", POLL, "--ryw-ttl", "1m"],
+    );
+    let client = Client::new();
+    wait_until("the gateway knows b-1 and all replicas are ready", &gw, || {
+        all_ready(&client, &gw, "b-1")
+    });
+    replicas.clear();
+
+    for i in 0..10 {
+        let a = client.post(&gw.url("/api/collections/x/records"), &format!("w{i}"), b"{}".to_vec());
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        assert_eq!(a.replica.as_deref(), Some("b-1"), "writes go to the writer");
+    }
+    let mut per_replica = [0; 3];
+    for i in 0..30 {
+        let a = client.get(&gw.url("/api/collections/x/records"), &format!("reader-{i}"));
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        let r: usize = a.replica.expect("x-replica")[2..].parse().unwrap();
+        per_replica[r] += 1;
+    }
+    assert!(
+        per_replica.iter().all(|&n| n >= 1),
+        "reads spread over every ready replica: {per_replica:?}"
+    );
+
+    // Read-your-writes: a client's reads right after its write go to the writer.
+    let a = client.post(&gw.url("/api/items"), "me", b"{\"a\":1}".to_vec());
+    assert_eq!(a.replica.as_deref(), Some("b-1"));
+    for _ in 0..6 {
+        let a = client.get(&gw.url("/api/items"), "me");
+        assert_eq!(a.replica.as_deref(), Some("b-1"), "pinned read: {a:?}");
+    }
+    // X-Base-Writer: required sends a read to the writer too.
+    for _ in 0..3 {
+        let a = client.send(
+            Method::GET,
+            &gw.url("/api/health"),
+            &[("x-base-writer", "required"), ("x-base-client", "fresh")],
+            Vec::new(),
+        );
+        assert_eq!(a.replica.as_deref(), Some("b-1"));
+    }
+
+    // Bodies stream through: one that fits the retry buffer and one larger than it.
+    for size in [1_000usize, 9 * 1024 * 1024] {
+        let a = client.post(&gw.url("/api/files"), "uploader", vec![7u8; size]);
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body, format!(r#"{{"replica":"b-1","len":{size}}}"#));
+    }
+
+    let hits = replicas.hits(1);
+    assert!(
+        hits.iter().all(|h| h
+            .forwarded_for
+            .as_deref()
+            .is_some_and(|x| x.contains("127.0.0.1"))),
+        "X-Forwarded-For carries the client's address"
+    );
+    assert!(hits.iter().any(|h| h.method == Method::POST && h.path == "/api/files"));
+    assert!(hits.iter().any(|h| h.body_len == 9 * 1024 * 1024));
+
+    let metrics = client
+        .send(Method::GET, &gw.url("/_gateway/metrics"), &[], Vec::new())
+        .body;
+    assert!(metrics.contains(r#"base_gateway_requests_routed_total{kind="write",why="write"}"#));
+    assert!(metrics.contains("base_gateway_term 5"), "{metrics}");
+    let root = client.send(Method::GET, &gw.url("/metrics"), &[], Vec::new());
+    assert!(root.body.contains("base_gateway_requests_routed_total"));
+}
+
+#[test]
+fn routing_follows_a_new_writer_at_a_higher_term_and_shuns_a_stale_replica() {
+    let replicas = StandIns::start(Some(0), 3, Lease::Renewing(Duration::from_secs(3)));
+    let gw = Gateway::start(&replicas.replicas_flag(), &["--poll-interval", POLL]);
+    let client = Client::new();
+    wait_until("the gateway knows b-0", &gw, || all_ready(&client, &gw, "b-0"));
+    let a = client.post(&gw.url("/w"), "c", Vec::new());
+    assert_eq!(a.replica.as_deref(), Some("b-0"));
+
+    // An election: b-2 leads term 4; b-0 did not hear of it and still believes in term 3.
+    replicas.script(|s| {
+        s.writer = Some(2);
+        s.term = 4;
+        s.stale[0] = Some((3, Some(0)));
+    });
+    wait_until("writes follow b-2", &gw, || {
+        client.post(&gw.url("/w"), "c", Vec::new()).replica.as_deref() == Some("b-2")
+    });
+    wait_until("the gateway sees b-0 as stale", &gw, || {
+        client.state(&gw)["replicas"][0]["ready"] == false
+    });
+    let since = SystemTime::now();
+    for i in 0..20 {
+        let w = client.post(&gw.url("/w"), &format!("c{i}"), Vec::new());
+        assert_eq!(w.replica.as_deref(), Some("b-2"), "{w:?}");
+        let r = client.get(&gw.url("/r"), &format!("r{i}"));
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert!(
+        replicas.hits_since(since).iter().all(|(i, _)| *i != 0),
+        "a replica at a lower term gets no requests"
+    );
+    assert_eq!(client.state(&gw)["term"], 4);
+}
+
+#[test]
+fn a_writer_whose_lease_passes_is_forgotten_and_never_used_after() {
+    let replicas = StandIns::start(Some(1), 7, Lease::Renewing(Duration::from_millis(1_500)));
+    let gw = Gateway::start(
+        &replicas.replicas_flag(),
+        &["--poll-interval", POLL, "--ryw-ttl", "1m"],
+    );
+    let client = Client::new();
+    wait_until("the gateway knows b-1", &gw, || all_ready(&client, &gw, "b-1"));
+    let a = client.post(&gw.url("/w"), "pinned", Vec::new());
+    assert_eq!(a.replica.as_deref(), Some("b-1"));
+
+    // b-1 vanishes from the election: its polls fail, nobody renews its lease; the followers keep
+    // naming it with its last lease. It still answers proxied requests (and records them).
+    let lease_end = SystemTime::now() + Duration::from_millis(1_500);
+    replicas.script(|s| {
+        s.polls_fail[1] = true;
+        s.lease = Lease::Until(lease_end);
+    });
+    while SystemTime::now() < lease_end + Duration::from_millis(50) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let since = SystemTime::now();
+    for i in 0..10 {
+        let w = client.post(&gw.url("/w"), &format!("c{i}"), Vec::new());
+        assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE, "{w:?}");
+        assert_eq!(w.body, r#"{"error":"no_writer"}"#);
+        let pinned = client.get(&gw.url("/r"), "pinned");
+        assert_eq!(
+            pinned.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a pinned read is refused rather than sent to a follower: {pinned:?}"
+        );
+        let r = client.get(&gw.url("/r"), &format!("r{i}"));
+        assert_eq!(r.status, StatusCode::OK, "followers still serve reads");
+        assert_ne!(r.replica.as_deref(), Some("b-1"));
+    }
+    assert!(
+        replicas.hits(1).iter().all(|h| h.at < since),
+        "nothing reached the dead writer after its lease"
+    );
+    let ready = client.send(Method::GET, &gw.url("/_gateway/readyz"), &[], Vec::new());
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // A new writer at a higher term brings writes back.
+    replicas.script(|s| {
+        s.writer = Some(2);
+        s.term = 8;
+        s.lease = Lease::Renewing(Duration::from_secs(3));
+    });
+    wait_until("writes go to b-2", &gw, || {
+        client.post(&gw.url("/w"), "c", Vec::new()).replica.as_deref() == Some("b-2")
+    });
+}
+
+#[test]
+fn nothing_known_means_503_and_a_garbled_answer_is_a_failed_poll() {
+    let replicas = StandIns::start(None, 1, Lease::Renewing(Duration::from_secs(3)));
+    let gw = Gateway::start(&replicas.replicas_flag(), &["--poll-interval", POLL]);
+    let client = Client::new();
+    // Replicas answer but name no writer: writes are refused, reads served.
+    wait_until("replicas are ready", &gw, || {
+        client.state(&gw)["replicas"][2]["ready"] == true
+    });
+    let w = client.post(&gw.url("/w"), "c", Vec::new());
+    assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(w.body, r#"{"error":"no_writer"}"#);
+    assert_eq!(client.get(&gw.url("/r"), "c").status, StatusCode::OK);
+    // Every poll fails: reads have nowhere to go either.
+    replicas.script(|s| s.polls_fail = [true; 3]);
+    wait_until("no replica is ready", &gw, || {
+        client.get(&gw.url("/r"), "c").status == StatusCode::SERVICE_UNAVAILABLE
+    });
+    assert!(gw.log_text().contains("poll failed"));
+}
