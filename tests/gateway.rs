@@ -38,6 +38,8 @@ struct Script {
     lease: Lease,
     /// Replicas whose `/_ha/leader` answers 500 (they still serve proxied requests).
     polls_fail: [bool; 3],
+    /// Replicas whose `/_ha/leader` answers 200 with a body that is not a leader answer.
+    garbled: [bool; 3],
     /// A replica stuck at an older view: (term, writer it names).
     stale: [Option<(u64, Option<usize>)>; 3],
 }
@@ -94,6 +96,9 @@ async fn leader(State(s): State<ReplicaState>) -> Response {
     if script.polls_fail[s.me] {
         return (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
     }
+    if script.garbled[s.me] {
+        return (StatusCode::OK, r#"{"node_id": 7, "term": "#).into_response();
+    }
     let (term, writer) = script.stale[s.me].unwrap_or((script.term, script.writer));
     let lease = match script.lease {
         Lease::Renewing(d) => SystemTime::now() + d,
@@ -107,7 +112,9 @@ async fn leader(State(s): State<ReplicaState>) -> Response {
             "term": term,
             "lease_expires": rfc3339(lease),
         }),
-        None => serde_json::json!({"leader_url": "", "node_id": "", "term": term, "lease_expires": ""}),
+        None => {
+            serde_json::json!({"leader_url": "", "node_id": "", "term": term, "lease_expires": ""})
+        }
     };
     axum::Json(body).into_response()
 }
@@ -164,6 +171,7 @@ impl StandIns {
                 term,
                 lease,
                 polls_fail: [false; 3],
+                garbled: [false; 3],
                 stale: [None; 3],
             }),
             hits: (0..3).map(|_| Mutex::new(Vec::new())).collect(),
@@ -391,19 +399,28 @@ fn writes_go_to_the_writer_reads_spread_and_a_writers_reads_follow_it() {
         &["--poll-interval", POLL, "--ryw-ttl", "1m"],
     );
     let client = Client::new();
-    wait_until("the gateway knows b-1 and all replicas are ready", &gw, || {
-        all_ready(&client, &gw, "b-1")
-    });
+    wait_until(
+        "the gateway knows b-1 and all replicas are ready",
+        &gw,
+        || all_ready(&client, &gw, "b-1"),
+    );
     replicas.clear();
 
     for i in 0..10 {
-        let a = client.post(&gw.url("/api/collections/x/records"), &format!("w{i}"), b"{}".to_vec());
+        let a = client.post(
+            &gw.url("/api/collections/x/records"),
+            &format!("w{i}"),
+            b"{}".to_vec(),
+        );
         assert_eq!(a.status, StatusCode::OK, "{a:?}");
         assert_eq!(a.replica.as_deref(), Some("b-1"), "writes go to the writer");
     }
     let mut per_replica = [0; 3];
     for i in 0..30 {
-        let a = client.get(&gw.url("/api/collections/x/records"), &format!("reader-{i}"));
+        let a = client.get(
+            &gw.url("/api/collections/x/records"),
+            &format!("reader-{i}"),
+        );
         assert_eq!(a.status, StatusCode::OK, "{a:?}");
         let r: usize = a.replica.expect("x-replica")[2..].parse().unwrap();
         per_replica[r] += 1;
@@ -446,7 +463,10 @@ fn writes_go_to_the_writer_reads_spread_and_a_writers_reads_follow_it() {
             .is_some_and(|x| x.contains("127.0.0.1"))),
         "X-Forwarded-For carries the client's address"
     );
-    assert!(hits.iter().any(|h| h.method == Method::POST && h.path == "/api/files"));
+    assert!(
+        hits.iter()
+            .any(|h| h.method == Method::POST && h.path == "/api/files")
+    );
     assert!(hits.iter().any(|h| h.body_len == 9 * 1024 * 1024));
 
     let metrics = client
@@ -463,7 +483,9 @@ fn routing_follows_a_new_writer_at_a_higher_term_and_shuns_a_stale_replica() {
     let replicas = StandIns::start(Some(0), 3, Lease::Renewing(Duration::from_secs(3)));
     let gw = Gateway::start(&replicas.replicas_flag(), &["--poll-interval", POLL]);
     let client = Client::new();
-    wait_until("the gateway knows b-0", &gw, || all_ready(&client, &gw, "b-0"));
+    wait_until("the gateway knows b-0", &gw, || {
+        all_ready(&client, &gw, "b-0")
+    });
     let a = client.post(&gw.url("/w"), "c", Vec::new());
     assert_eq!(a.replica.as_deref(), Some("b-0"));
 
@@ -474,7 +496,11 @@ fn routing_follows_a_new_writer_at_a_higher_term_and_shuns_a_stale_replica() {
         s.stale[0] = Some((3, Some(0)));
     });
     wait_until("writes follow b-2", &gw, || {
-        client.post(&gw.url("/w"), "c", Vec::new()).replica.as_deref() == Some("b-2")
+        client
+            .post(&gw.url("/w"), "c", Vec::new())
+            .replica
+            .as_deref()
+            == Some("b-2")
     });
     wait_until("the gateway sees b-0 as stale", &gw, || {
         client.state(&gw)["replicas"][0]["ready"] == false
@@ -501,7 +527,9 @@ fn a_writer_whose_lease_passes_is_forgotten_and_never_used_after() {
         &["--poll-interval", POLL, "--ryw-ttl", "1m"],
     );
     let client = Client::new();
-    wait_until("the gateway knows b-1", &gw, || all_ready(&client, &gw, "b-1"));
+    wait_until("the gateway knows b-1", &gw, || {
+        all_ready(&client, &gw, "b-1")
+    });
     let a = client.post(&gw.url("/w"), "pinned", Vec::new());
     assert_eq!(a.replica.as_deref(), Some("b-1"));
 
@@ -544,7 +572,11 @@ fn a_writer_whose_lease_passes_is_forgotten_and_never_used_after() {
         s.lease = Lease::Renewing(Duration::from_secs(3));
     });
     wait_until("writes go to b-2", &gw, || {
-        client.post(&gw.url("/w"), "c", Vec::new()).replica.as_deref() == Some("b-2")
+        client
+            .post(&gw.url("/w"), "c", Vec::new())
+            .replica
+            .as_deref()
+            == Some("b-2")
     });
 }
 
@@ -561,6 +593,24 @@ fn nothing_known_means_503_and_a_garbled_answer_is_a_failed_poll() {
     assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(w.body, r#"{"error":"no_writer"}"#);
     assert_eq!(client.get(&gw.url("/r"), "c").status, StatusCode::OK);
+    // A garbled answer is a failed poll: that replica leaves the read rotation, nothing panics.
+    replicas.script(|s| s.garbled[0] = true);
+    wait_until("b-0 is not ready", &gw, || {
+        client.state(&gw)["replicas"][0]["ready"] == false
+    });
+    assert!(
+        gw.log_text().contains("garbled answer"),
+        "{}",
+        gw.log_text()
+    );
+    let since = SystemTime::now();
+    for i in 0..9 {
+        assert_eq!(
+            client.get(&gw.url("/r"), &format!("r{i}")).status,
+            StatusCode::OK
+        );
+    }
+    assert!(replicas.hits_since(since).iter().all(|(i, _)| *i != 0));
     // Every poll fails: reads have nowhere to go either.
     replicas.script(|s| s.polls_fail = [true; 3]);
     wait_until("no replica is ready", &gw, || {
