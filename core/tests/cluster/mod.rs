@@ -1,0 +1,495 @@
+//! A simulated cluster of Quasar nodes, shared by the property tests and the scenario
+//! interpreter. Real time advances in 1 ms steps; every node reads its own drifting clock; the
+//! network delays, drops, duplicates and reorders messages and honours partitions. After every
+//! step it checks the two safety properties: at most one writer per term, and at no real instant
+//! two nodes whose `can_accept_writes` is true.
+
+#![allow(dead_code)]
+
+use base_core::quasar::{Effect, Input, Message, Node, PersistedState, Role, Timing};
+use base_core::{Millis, NodeId, Term};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+pub const PPM: u64 = 1_000_000;
+/// How often each node gets a `Tick` (real ms).
+pub const TICK_MS: u64 = 10;
+/// The writer accepts a simulated write this often, advancing its replication position.
+pub const WRITE_EVERY_MS: u64 = 25;
+/// Messages in flight beyond this are dropped (a bounded network buffer).
+pub const INFLIGHT_MAX: usize = 10_000;
+
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+    pub fn percent(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NetFaults {
+    pub drop_pct: u64,
+    pub dup_pct: u64,
+    pub delay_min_ms: u64,
+    pub delay_max_ms: u64,
+}
+
+impl NetFaults {
+    pub fn clean(delay_ms: u64) -> NetFaults {
+        NetFaults {
+            drop_pct: 0,
+            dup_pct: 0,
+            delay_min_ms: delay_ms,
+            delay_max_ms: delay_ms,
+        }
+    }
+}
+
+pub struct SimNode {
+    pub id: NodeId,
+    pub node: Option<Node>,
+    pub persisted: PersistedState,
+    /// Clock rate in parts per million of real time.
+    pub rate_ppm: u64,
+    pub offset_ms: u64,
+    pub paused: bool,
+    pub position: u64,
+    next_tick_real: u64,
+    next_write_real: u64,
+    restarts: u64,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    at: u64,
+    seq: u64,
+    from: usize,
+    to: usize,
+    msg: MsgBox,
+}
+
+/// `Message` has no `Ord`; order in-flight messages by (time, sequence) only.
+struct MsgBox(Message);
+impl PartialEq for MsgBox {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for MsgBox {}
+impl PartialOrd for MsgBox {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for MsgBox {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+pub struct Cluster {
+    pub real_ms: u64,
+    pub nodes: Vec<SimNode>,
+    inflight: BinaryHeap<Reverse<InFlight>>,
+    seq: u64,
+    /// `cut[i][j]`: messages from `i` to `j` are lost (partitions, and one-way or single-link cuts).
+    pub cut: Vec<Vec<bool>>,
+    pub net: NetFaults,
+    /// When set, messages wait in flight until `deliver_all`.
+    pub hold: bool,
+    rng: Rng,
+    seed: u64,
+    pub timing: Timing,
+    /// Term → the node index that became writer in it.
+    pub writers: BTreeMap<Term, usize>,
+    pub violation: Option<String>,
+    /// Real time at which each node last could accept writes.
+    pub last_accepting_real: Vec<Option<u64>>,
+    pub trace: bool,
+}
+
+impl Cluster {
+    /// `n` nodes named "1".."n", all starting at real time 0 with clock offsets drawn from `seed`.
+    pub fn new(n: usize, timing: Timing, seed: u64, net: NetFaults) -> Cluster {
+        let mut rng = Rng(seed);
+        let ids: Vec<NodeId> = (1..=n).map(|i| NodeId::new(i.to_string())).collect();
+        let mut nodes = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let offset_ms = rng.below(1_000_000);
+            let peers = ids.iter().filter(|p| *p != id).cloned().collect();
+            let node = Node::new(
+                id.clone(),
+                peers,
+                timing,
+                PersistedState::default(),
+                seed ^ ((i as u64 + 1) << 40),
+                Millis(offset_ms),
+            )
+            .expect("valid node");
+            nodes.push(SimNode {
+                id: id.clone(),
+                node: Some(node),
+                persisted: PersistedState::default(),
+                rate_ppm: PPM,
+                offset_ms,
+                paused: false,
+                position: 0,
+                next_tick_real: rng.below(TICK_MS),
+                next_write_real: 0,
+                restarts: 0,
+            });
+        }
+        Cluster {
+            real_ms: 0,
+            nodes,
+            inflight: BinaryHeap::new(),
+            seq: 0,
+            cut: vec![vec![false; n]; n],
+            net,
+            hold: false,
+            rng,
+            seed,
+            timing,
+            writers: BTreeMap::new(),
+            violation: None,
+            last_accepting_real: vec![None; n],
+            trace: false,
+        }
+    }
+
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id.as_str() == name)
+    }
+
+    /// The local clock of node `i` at the current real time.
+    pub fn local(&self, i: usize) -> Millis {
+        let n = &self.nodes[i];
+        Millis(n.offset_ms + self.real_ms * n.rate_ppm / PPM)
+    }
+
+    pub fn alive(&self, i: usize) -> bool {
+        self.nodes[i].node.is_some()
+    }
+
+    /// The nodes that can accept writes right now.
+    pub fn accepting(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i]
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.can_accept_writes(self.local(i)))
+            })
+            .collect()
+    }
+
+    pub fn role(&self, i: usize) -> Option<Role> {
+        self.nodes[i].node.as_ref().map(Node::role)
+    }
+
+    pub fn term(&self, i: usize) -> Term {
+        match &self.nodes[i].node {
+            Some(n) => n.term(),
+            None => self.nodes[i].persisted.term,
+        }
+    }
+
+    pub fn max_term(&self) -> Term {
+        (0..self.nodes.len())
+            .map(|i| self.term(i))
+            .max()
+            .unwrap_or_default()
+    }
+
+    pub fn step_node(&mut self, i: usize, input: Input) {
+        let now = self.local(i);
+        let Some(node) = self.nodes[i].node.as_mut() else {
+            return;
+        };
+        let effects = node.step(now, input);
+        for effect in effects {
+            self.perform(i, effect);
+        }
+    }
+
+    fn perform(&mut self, i: usize, effect: Effect) {
+        match effect {
+            Effect::Send { to, msg } => {
+                let Some(to) = self.index(to.as_str()) else {
+                    return;
+                };
+                self.send(i, to, msg);
+            }
+            Effect::Persist { term, voted_for } => {
+                self.nodes[i].persisted = PersistedState { term, voted_for };
+            }
+            Effect::BecomeWriter { term, lease_until } => {
+                if self.trace {
+                    eprintln!(
+                        "[{:>6}] {} becomes writer of term {} (lease until {})",
+                        self.real_ms, self.nodes[i].id, term, lease_until
+                    );
+                }
+                match self.writers.get(&term) {
+                    Some(&other) if other != i => {
+                        self.violate(format!(
+                            "two writers in term {term}: {} and {}",
+                            self.nodes[other].id, self.nodes[i].id
+                        ));
+                    }
+                    _ => {
+                        self.writers.insert(term, i);
+                    }
+                }
+            }
+            Effect::StepDown { term } => {
+                if self.trace {
+                    eprintln!(
+                        "[{:>6}] {} steps down from term {}",
+                        self.real_ms, self.nodes[i].id, term
+                    );
+                }
+            }
+            Effect::LeaseRenewed { .. } => {}
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: Message) {
+        if self.cut[from][to] || self.rng.percent(self.net.drop_pct) {
+            return;
+        }
+        let copies = if self.rng.percent(self.net.dup_pct) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            if self.inflight.len() >= INFLIGHT_MAX {
+                return;
+            }
+            let span = self.net.delay_max_ms.saturating_sub(self.net.delay_min_ms) + 1;
+            let at = self.real_ms + self.net.delay_min_ms + self.rng.below(span);
+            self.seq += 1;
+            self.inflight.push(Reverse(InFlight {
+                at,
+                seq: self.seq,
+                from,
+                to,
+                msg: MsgBox(msg.clone()),
+            }));
+        }
+    }
+
+    fn violate(&mut self, what: String) {
+        if self.violation.is_none() {
+            self.violation = Some(format!("at real {} ms: {what}", self.real_ms));
+        }
+    }
+
+    fn deliver(&mut self, m: InFlight) {
+        if self.cut[m.from][m.to] || !self.alive(m.to) {
+            return;
+        }
+        // Replication rides on heartbeats: a follower catches up to what the writer had.
+        if let Message::Heartbeat { position, .. } = &m.msg.0 {
+            let pos = self.nodes[m.to].position.max(*position);
+            self.nodes[m.to].position = pos;
+            self.step_node(m.to, Input::Position(pos));
+        }
+        let from = self.nodes[m.from].id.clone();
+        self.step_node(m.to, Input::Message { from, msg: m.msg.0 });
+    }
+
+    /// Deliver every message in flight now (ignoring its delay), in send order.
+    pub fn deliver_all(&mut self) {
+        let mut pending: Vec<InFlight> = std::mem::take(&mut self.inflight)
+            .into_iter()
+            .map(|Reverse(m)| m)
+            .collect();
+        pending.sort_by_key(|m| m.seq);
+        let mut kept = Vec::new();
+        for m in pending {
+            if self.nodes[m.to].paused {
+                kept.push(m);
+            } else {
+                self.deliver(m);
+            }
+        }
+        for m in kept {
+            self.inflight.push(Reverse(m));
+        }
+        self.check();
+    }
+
+    /// Drop every message in flight.
+    pub fn drop_all(&mut self) {
+        self.inflight.clear();
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// One real millisecond: deliver what is due, tick who is due, simulate writes, check.
+    pub fn step_ms(&mut self) {
+        self.real_ms += 1;
+        if !self.hold {
+            let mut kept = Vec::new();
+            while let Some(Reverse(m)) = self.inflight.peek() {
+                if m.at > self.real_ms {
+                    break;
+                }
+                let Some(Reverse(m)) = self.inflight.pop() else {
+                    break;
+                };
+                if self.nodes[m.to].paused {
+                    kept.push(m);
+                } else {
+                    self.deliver(m);
+                }
+            }
+            for mut m in kept {
+                m.at = self.real_ms + 1;
+                self.inflight.push(Reverse(m));
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].node.is_none() || self.nodes[i].paused {
+                continue;
+            }
+            if self.real_ms >= self.nodes[i].next_tick_real {
+                self.nodes[i].next_tick_real = self.real_ms + TICK_MS;
+                self.step_node(i, Input::Tick);
+            }
+            let now = self.local(i);
+            if self.real_ms >= self.nodes[i].next_write_real
+                && self.nodes[i]
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.can_accept_writes(now))
+            {
+                self.nodes[i].next_write_real = self.real_ms + WRITE_EVERY_MS;
+                self.nodes[i].position += 1;
+                let pos = self.nodes[i].position;
+                self.step_node(i, Input::Position(pos));
+            }
+        }
+        self.check();
+    }
+
+    pub fn advance(&mut self, ms: u64) {
+        for _ in 0..ms {
+            self.step_ms();
+        }
+    }
+
+    /// Advance until `pred` holds (checked every ms) or `limit_ms` pass. Returns the time waited.
+    pub fn advance_until(
+        &mut self,
+        limit_ms: u64,
+        mut pred: impl FnMut(&Cluster) -> bool,
+    ) -> Option<u64> {
+        for waited in 0..=limit_ms {
+            if pred(self) {
+                return Some(waited);
+            }
+            if waited < limit_ms {
+                self.step_ms();
+            }
+        }
+        None
+    }
+
+    pub fn check(&mut self) {
+        let accepting = self.accepting();
+        for &i in &accepting {
+            self.last_accepting_real[i] = Some(self.real_ms);
+        }
+        if accepting.len() > 1 {
+            let names: Vec<String> = accepting
+                .iter()
+                .map(|&i| format!("{} (term {})", self.nodes[i].id, self.term(i)))
+                .collect();
+            self.violate(format!("two nodes accept writes: {}", names.join(", ")));
+        }
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].node = None;
+        self.nodes[i].paused = false;
+    }
+
+    /// Restart a dead node from its persisted state (its Base data, the position, survives).
+    pub fn restart(&mut self, i: usize) {
+        if self.nodes[i].node.is_some() {
+            return;
+        }
+        self.nodes[i].restarts += 1;
+        let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id.clone()).collect();
+        let id = self.nodes[i].id.clone();
+        let peers = ids.into_iter().filter(|p| *p != id).collect();
+        let seed = self.seed ^ ((i as u64 + 1) << 40) ^ (self.nodes[i].restarts << 20);
+        let mut node = Node::new(
+            id,
+            peers,
+            self.timing,
+            self.nodes[i].persisted.clone(),
+            seed,
+            self.local(i),
+        )
+        .expect("valid node");
+        let _ = node.step(self.local(i), Input::Position(self.nodes[i].position));
+        self.nodes[i].node = Some(node);
+        self.nodes[i].next_tick_real = self.real_ms;
+    }
+
+    pub fn pause(&mut self, i: usize) {
+        if self.nodes[i].node.is_some() {
+            self.nodes[i].paused = true;
+        }
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        self.nodes[i].paused = false;
+        self.nodes[i].next_tick_real = self.real_ms;
+    }
+
+    /// Messages cross only within a group; nodes not named form a group of their own each.
+    pub fn partition(&mut self, groups: &[Vec<usize>]) {
+        let n = self.nodes.len();
+        let mut group: Vec<usize> = (groups.len()..groups.len() + n).collect();
+        for (k, members) in groups.iter().enumerate() {
+            for &i in members {
+                group[i] = k;
+            }
+        }
+        for i in 0..n {
+            for j in 0..n {
+                self.cut[i][j] = group[i] != group[j];
+            }
+        }
+    }
+
+    /// Cut the link between `i` and `j` in both directions (a non-transitive partition).
+    pub fn cut_link(&mut self, i: usize, j: usize) {
+        self.cut[i][j] = true;
+        self.cut[j][i] = true;
+    }
+
+    pub fn heal(&mut self) {
+        self.cut
+            .iter_mut()
+            .for_each(|row| row.iter_mut().for_each(|c| *c = false));
+    }
+}
