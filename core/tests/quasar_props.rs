@@ -139,8 +139,8 @@ fn apply(c: &mut Cluster, fault: &Fault) {
         Fault::Partition(groups) => {
             let mut a = Vec::new();
             let mut b = Vec::new();
-            for i in 0..n {
-                if groups[i] == 0 { a.push(i) } else { b.push(i) }
+            for (i, side) in groups.iter().take(n).enumerate() {
+                if *side == 0 { a.push(i) } else { b.push(i) }
             }
             c.partition(&[a, b]);
         }
@@ -179,7 +179,7 @@ fn safe_and_live(plan: Plan) -> TestResult {
         while let Some((_, f)) = faults.next_if(|(t, _)| *t <= c.real_ms) {
             apply(&mut c, f);
         }
-        if plan.eager && c.real_ms % cluster::TICK_MS == 0 {
+        if plan.eager && c.real_ms.is_multiple_of(cluster::TICK_MS) {
             for i in 0..c.nodes.len() {
                 let waiting = matches!(c.role(i), Some(Role::Follower | Role::PreCandidate));
                 if !c.nodes[i].paused && waiting {

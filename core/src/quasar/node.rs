@@ -345,7 +345,8 @@ impl Node {
     }
 
     fn quorum(&self) -> usize {
-        (self.peers.len() + 1) / 2 + 1
+        let cluster_size = self.peers.len() + 1;
+        cluster_size / 2 + 1
     }
 
     fn is_peer(&self, id: &NodeId) -> bool {

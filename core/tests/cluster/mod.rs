@@ -113,10 +113,14 @@ pub struct Cluster {
     pub timing: Timing,
     /// Term → the node index that became writer in it.
     pub writers: BTreeMap<Term, usize>,
+    /// Term → the real time its writer won.
+    pub won_real: BTreeMap<Term, u64>,
     pub violation: Option<String>,
     /// Real time at which each node last could accept writes.
     pub last_accepting_real: Vec<Option<u64>>,
     pub trace: bool,
+    /// Whether the writer accepts a simulated write every `WRITE_EVERY_MS`.
+    pub writes: bool,
 }
 
 impl Cluster {
@@ -162,9 +166,11 @@ impl Cluster {
             seed,
             timing,
             writers: BTreeMap::new(),
+            won_real: BTreeMap::new(),
             violation: None,
             last_accepting_real: vec![None; n],
             trace: false,
+            writes: true,
         }
     }
 
@@ -250,6 +256,7 @@ impl Cluster {
                     }
                     _ => {
                         self.writers.insert(term, i);
+                        self.won_real.entry(term).or_insert(self.real_ms);
                     }
                 }
             }
@@ -373,7 +380,8 @@ impl Cluster {
                 self.step_node(i, Input::Tick);
             }
             let now = self.local(i);
-            if self.real_ms >= self.nodes[i].next_write_real
+            if self.writes
+                && self.real_ms >= self.nodes[i].next_write_real
                 && self.nodes[i]
                     .node
                     .as_ref()
