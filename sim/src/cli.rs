@@ -1,0 +1,302 @@
+//! `cargo sim …`: run one seed with its timeline, or a campaign over many seeds in parallel
+//! worker processes.
+
+use crate::config::{Bug, Options};
+use crate::run::{Report, run_seed};
+use crate::stats::{SeedLine, Summary};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+const USAGE: &str = "\
+usage:
+  cargo sim run --seed N [--bug no-recheck|lease-overrun] [--quiet]
+      one seed: its timeline (every event), the figures, and any violation with its trace
+  cargo sim campaign [--seeds 1000] [--start 0] [--jobs 2] [--bug …]
+      many seeds in parallel processes; ends with one line of key=value figures
+  cargo sim worker --start S --step K --count N [--bug …]
+      (internal) the seeds S, S+K, … one result line each";
+
+struct Args {
+    cmd: String,
+    seed: u64,
+    seeds: u64,
+    start: u64,
+    step: u64,
+    count: u64,
+    jobs: u64,
+    bug: Option<Bug>,
+    quiet: bool,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        cmd: args.first().cloned().ok_or("no command")?,
+        seed: 0,
+        seeds: 1000,
+        start: 0,
+        step: 1,
+        count: 1,
+        jobs: std::thread::available_parallelism().map_or(2, |n| n.get() as u64),
+        bug: None,
+        quiet: false,
+    };
+    let mut it = args[1..].iter();
+    while let Some(flag) = it.next() {
+        if flag == "--quiet" {
+            a.quiet = true;
+            continue;
+        }
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let num = || {
+            value
+                .parse::<u64>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
+        match flag.as_str() {
+            "--seed" => a.seed = num()?,
+            "--seeds" => a.seeds = num()?,
+            "--start" => a.start = num()?,
+            "--step" => a.step = num()?.max(1),
+            "--count" => a.count = num()?,
+            "--jobs" => a.jobs = num()?.max(1),
+            "--bug" => a.bug = Some(Bug::parse(value)?),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(a)
+}
+
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a = match parse(&args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match a.cmd.as_str() {
+        "run" => run_one(&a),
+        "campaign" => campaign(&a),
+        "worker" => worker(&a),
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Keeps panics of the simulated core quiet: they are reported as violations.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|_| {}));
+}
+
+fn line_of(report: &Report, wall_ms: u64) -> SeedLine {
+    SeedLine {
+        seed: report.seed,
+        ok: report.ok(),
+        sim_ms: report.sim_ms,
+        wall_ms,
+        failovers_ms: report.stats.failovers_ms.clone(),
+        acked_writes: report.stats.acked_writes,
+        converge_ms: report.converge_ms.unwrap_or(0),
+        live_ms: report.live_ms.unwrap_or(0),
+        violation: report
+            .violation
+            .as_ref()
+            .map(|v| format!("{}: {}", v.invariant, v.detail))
+            .unwrap_or_default(),
+    }
+}
+
+fn run_one(a: &Args) -> ExitCode {
+    quiet_panics();
+    let options = Options {
+        bug: a.bug,
+        keep_trace: !a.quiet,
+    };
+    let t = Instant::now();
+    let report = run_seed(a.seed, &options);
+    let wall_ms = t.elapsed().as_millis() as u64;
+    if !a.quiet {
+        println!("timeline of seed {}:", a.seed);
+        for line in &report.trace_all {
+            println!("  {line}");
+        }
+    }
+    let s = &report.stats;
+    println!(
+        "seed {}: {} simulated ms in {wall_ms} wall ms; {} writes acknowledged, {} failed, {} rejected, {} reads; {} terms; failovers {:?} ms; heal→live {:?} ms, →converged {:?} ms; {} plans, {} API writes, {} transfers, {} process starts; {} messages; trace hash {:016x}",
+        report.seed,
+        report.sim_ms,
+        s.acked_writes,
+        s.failed_writes,
+        s.rejected,
+        s.reads,
+        s.terms,
+        s.failovers_ms,
+        report.live_ms,
+        report.converge_ms,
+        s.plans,
+        s.api_writes,
+        s.transfers,
+        s.pod_starts,
+        report.messages,
+        report.trace_hash
+    );
+    match report.failure_text() {
+        Some(text) => {
+            println!("{text}");
+            ExitCode::FAILURE
+        }
+        None => {
+            println!("no violation");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn worker(a: &Args) -> ExitCode {
+    quiet_panics();
+    let options = Options {
+        bug: a.bug,
+        keep_trace: false,
+    };
+    let stdout = std::io::stdout();
+    for i in 0..a.count {
+        let seed = a.start + i * a.step;
+        let t = Instant::now();
+        let report = run_seed(seed, &options);
+        let line = line_of(&report, t.elapsed().as_millis() as u64);
+        let mut out = stdout.lock();
+        let _ = writeln!(out, "{}", line.to_line());
+        if let Some(text) = report.failure_text() {
+            for l in text.lines() {
+                let _ = writeln!(out, "# {l}");
+            }
+        }
+        let _ = out.flush();
+    }
+    ExitCode::SUCCESS
+}
+
+fn campaign(a: &Args) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("cannot find my own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let jobs = a.jobs.min(a.seeds.max(1));
+    println!(
+        "campaign: seeds {}..{} on {jobs} worker processes{}",
+        a.start,
+        a.start + a.seeds,
+        a.bug
+            .map(|b| format!(", planted bug {}", b.name()))
+            .unwrap_or_default()
+    );
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for j in 0..jobs {
+        let count = a.seeds / jobs + u64::from(j < a.seeds % jobs);
+        let mut cmd = Command::new(&exe);
+        cmd.args(["worker", "--start", &(a.start + j).to_string()])
+            .args(["--step", &jobs.to_string(), "--count", &count.to_string()])
+            .stdout(Stdio::piped());
+        if let Some(b) = a.bug {
+            cmd.args(["--bug", b.name()]);
+        }
+        match cmd.spawn() {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                eprintln!("cannot start a worker: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let readers: Vec<_> = children
+        .iter_mut()
+        .filter_map(|c| c.stdout.take())
+        .map(|out| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut summary = Summary::default();
+    let mut reports: Vec<String> = Vec::new();
+    for line in rx {
+        if let Some(l) = line.strip_prefix("# ") {
+            reports.push(l.to_string());
+            continue;
+        }
+        let Some(seed_line) = SeedLine::parse(&line) else {
+            continue;
+        };
+        summary.add(&seed_line);
+        if summary.seeds.is_multiple_of(100) {
+            eprintln!(
+                "  … {} seeds, {} violations, {:.0} s",
+                summary.seeds,
+                summary.violations,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+    let wall_ms = started.elapsed().as_millis() as u64;
+    for line in reports.iter().take(200) {
+        println!("{line}");
+    }
+    if !summary.failed_seeds.is_empty() {
+        println!("failed seeds (replay each with `cargo sim run --seed N`):");
+        for (seed, why) in summary.failed_seeds.iter().take(50) {
+            println!("  {seed}: {why}");
+        }
+    }
+    let mut f = summary.failovers_ms.clone();
+    f.sort_unstable();
+    println!(
+        "seeds run: {}; violations: {}; simulated {:.0} s in {:.1} s wall ({}x, {}x per worker); {} writes acknowledged",
+        summary.seeds,
+        summary.violations,
+        summary.sim_ms as f64 / 1e3,
+        wall_ms as f64 / 1e3,
+        summary.sim_ms / wall_ms.max(1),
+        summary.sim_ms / summary.wall_ms.max(1),
+        summary.acked_writes
+    );
+    println!(
+        "failover (writer taken away → a new writer acknowledges a write through the gateway) over {} failovers: p50 {} ms, p99 {} ms, max {} ms",
+        f.len(),
+        crate::stats::percentile(&f, 50),
+        crate::stats::percentile(&f, 99),
+        f.last().copied().unwrap_or(0)
+    );
+    println!(
+        "worst heal→first write: {} ms (bound {}); worst heal→converged: {} ms (bound {})",
+        summary.max_live_ms,
+        crate::config::LIVENESS_BOUND_MS,
+        summary.max_converge_ms,
+        crate::config::CONVERGENCE_BOUND_MS
+    );
+    println!("{}", summary.key_values(wall_ms));
+    if summary.violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

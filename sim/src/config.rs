@@ -1,0 +1,285 @@
+//! Everything a run does, drawn from its seed before it starts: the cluster's shape, the clocks,
+//! the network, and the fault plan. `SimConfig::from_seed` is the only place that decides.
+
+use crate::clock::Clock;
+use crate::rng::Rng;
+use base_core::quasar::Timing;
+
+/// The Base the operator manages in every run.
+pub const BASE_NAME: &str = "my-app";
+pub const NAMESPACE: &str = "hanzo";
+/// Ordinals that may ever exist (scale changes move between 3 and 5).
+pub const MAX_ORDINALS: i32 = 5;
+/// Client tasks issuing requests through the gateway.
+pub const CLIENTS: u32 = 3;
+
+/// When the first fault may strike (the cluster first elects a writer).
+pub const FAULTS_FROM_MS: u64 = 4_000;
+/// Faults strike during this long; then every fault is healed.
+pub const FAULT_PHASE_MS: u64 = 20_000;
+/// After the heal, a writer must accept writes through the gateway within this (invariant 6).
+/// The budget: a crashed pod restarts within 3 s, a (re)started node waits `election_timeout_min`
+/// (1 s) before it votes, an election takes at most a few `election_timeout_max` rounds (2 s each),
+/// and the gateway learns the writer within a poll interval (≤ 1 s) plus the poll's timeout.
+pub const LIVENESS_BOUND_MS: u64 = 15_000;
+/// After the heal and the last spec change, the cluster matches the plan within this (invariant 7).
+/// The budget: a scale step or a rolling update touches at most 5 pods, one at a time, each taking
+/// at most ~6 s (grace 1 s, re-creation 1.5 s, readiness 1 s, the operator's 0.5 s loop, and a
+/// writer transfer bounded by `election_timeout_min`), plus the writer's election.
+pub const CONVERGENCE_BOUND_MS: u64 = 60_000;
+/// A run ends this long after both the liveness and the convergence checks passed.
+pub const SETTLE_MS: u64 = 2_000;
+
+/// A bug planted on purpose, to show that the checkers catch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// The agent checks the lease when a write arrives but not again right before the store applies
+    /// it; a pause in between lets a deposed writer apply a write while its successor accepts
+    /// writes (the residual window of `quasar/mod.rs` "What remains", with a Base that ignores the
+    /// `X-Base-Term` fencing token).
+    NoRecheck,
+    /// The store accepts writes for this many ms past the writer's lease: a lease longer than the
+    /// followers' election timeout, which `Timing::new` refuses, planted on the sim side.
+    LeaseOverrun(u64),
+}
+
+impl Bug {
+    pub fn parse(s: &str) -> Result<Bug, String> {
+        match s {
+            "no-recheck" => Ok(Bug::NoRecheck),
+            "lease-overrun" => Ok(Bug::LeaseOverrun(1_500)),
+            _ => Err(format!(
+                "unknown bug {s:?}: expected no-recheck or lease-overrun"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::NoRecheck => "no-recheck",
+            Bug::LeaseOverrun(_) => "lease-overrun",
+        }
+    }
+}
+
+/// Which replica a fault hits, resolved when it strikes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The node that accepts writes now (or any, when none does).
+    Writer,
+    /// Any replica that is not the writer.
+    Follower,
+}
+
+/// A change to the Base spec, as a user would `kubectl apply` it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpecChange {
+    /// A new image tag: a rolling update, writer last.
+    Image(String),
+    /// A new `spec.replicas` (odd).
+    Scale(i32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// One replica cut off from every other host.
+    Isolate {
+        target: Target,
+        for_ms: u64,
+    },
+    /// The replicas split in two groups; the writer's side is a minority or a majority.
+    Partition {
+        writer_in_minority: bool,
+        for_ms: u64,
+    },
+    /// Messages from one replica to another are lost; the other direction works.
+    OneWay {
+        from: Target,
+        to: Target,
+        for_ms: u64,
+    },
+    /// The gateway cannot reach one replica (the operator and the peers still can).
+    GatewayCut {
+        target: Target,
+        for_ms: u64,
+    },
+    /// The process dies and the kubelet restarts it in place: in-memory state is lost, the PVC stays.
+    Crash {
+        target: Target,
+        restart_after_ms: u64,
+    },
+    /// `kubectl delete pod`: the StatefulSet re-creates the pod (on the update revision).
+    DeletePod {
+        target: Target,
+    },
+    /// SIGSTOP … SIGCONT: the process keeps its memory but loses time (a GC pause, a frozen VM).
+    Pause {
+        target: Target,
+        for_ms: u64,
+    },
+    /// Lossy, duplicating, slow network for a while.
+    Chaos {
+        loss_pct: u64,
+        dup_pct: u64,
+        latency_max_ms: u64,
+        for_ms: u64,
+    },
+    Spec(SpecChange),
+}
+
+impl Fault {
+    /// Faults whose whole point is to take the writer away (their failover is measured).
+    pub fn hits_writer(&self) -> bool {
+        matches!(
+            self,
+            Fault::Isolate {
+                target: Target::Writer,
+                ..
+            } | Fault::Crash {
+                target: Target::Writer,
+                ..
+            } | Fault::DeletePod {
+                target: Target::Writer
+            } | Fault::Pause {
+                target: Target::Writer,
+                ..
+            } | Fault::Partition {
+                writer_in_minority: true,
+                ..
+            }
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Scheduled {
+    pub at_ms: u64,
+    pub fault: Fault,
+}
+
+/// Knobs a caller sets; everything else comes from the seed.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub bug: Option<Bug>,
+    /// Keep the whole event trace (for `run`), not only the ring buffer.
+    pub keep_trace: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub bug: Option<Bug>,
+    pub keep_trace: bool,
+    pub timing: Timing,
+    pub initial_replicas: i32,
+    pub retention: &'static str,
+    pub poll_interval_ms: u64,
+    pub ryw_ttl_ms: u64,
+    pub replica_clocks: Vec<Clock>,
+    pub gateway_clock: Clock,
+    pub operator_clock: Clock,
+    /// The network's latency range when no chaos is on.
+    pub latency_ms: (u64, u64),
+    pub faults: Vec<Scheduled>,
+    pub heal_at_ms: u64,
+}
+
+impl SimConfig {
+    pub fn from_seed(seed: u64, options: &Options) -> SimConfig {
+        let mut rng = Rng::new(seed);
+        let timing = Timing::default();
+        // Skews within ±ρ/2 keep every pair of clocks within the drift bound ρ:
+        // (1 − ρ/2)/(1 + ρ/2) ≥ 1 − ρ.
+        let half_drift = (timing.drift_bound_ppm() / 2) as i64;
+        // Offsets stay within ±50 ms of true time plus at most skew·period (≤ 75 ms): clocks
+        // kept in step by NTP, each running fast or slow by up to ρ/2 at any instant.
+        let clock = |rng: &mut Rng| Clock {
+            offset_ms: rng.range_i64(-50, 50),
+            skew_ppm: rng.range_i64(-half_drift, half_drift),
+            period_ms: rng.range(1_000, 3_000),
+        };
+        let replica_clocks = (0..MAX_ORDINALS).map(|_| clock(&mut rng)).collect();
+        let gateway_clock = clock(&mut rng);
+        let operator_clock = clock(&mut rng);
+        let initial_replicas = if rng.percent(25) { 5 } else { 3 };
+        let retention = if rng.percent(50) { "Retain" } else { "Delete" };
+        let poll_interval_ms = *rng.pick(&[200, 500, 1_000]);
+        let ryw_ttl_ms = *rng.pick(&[1_000, 5_000]);
+        let latency_ms = (1, rng.range(2, 10));
+
+        let mut faults = Vec::new();
+        let count = rng.range(4, 10);
+        for _ in 0..count {
+            let at_ms = FAULTS_FROM_MS + rng.below(FAULT_PHASE_MS - 2_000);
+            let target = |rng: &mut Rng| {
+                if rng.percent(60) {
+                    Target::Writer
+                } else {
+                    Target::Follower
+                }
+            };
+            let fault = match rng.below(100) {
+                0..=14 => Fault::Isolate {
+                    target: target(&mut rng),
+                    for_ms: rng.range(500, 5_000),
+                },
+                15..=26 => Fault::Partition {
+                    writer_in_minority: rng.percent(50),
+                    for_ms: rng.range(500, 5_000),
+                },
+                27..=34 => Fault::OneWay {
+                    from: target(&mut rng),
+                    to: target(&mut rng),
+                    for_ms: rng.range(500, 4_000),
+                },
+                35..=41 => Fault::GatewayCut {
+                    target: target(&mut rng),
+                    for_ms: rng.range(500, 4_000),
+                },
+                42..=56 => Fault::Crash {
+                    target: target(&mut rng),
+                    restart_after_ms: rng.range(100, 3_000),
+                },
+                57..=63 => Fault::DeletePod {
+                    target: target(&mut rng),
+                },
+                64..=79 => Fault::Pause {
+                    target: target(&mut rng),
+                    // Mostly longer than the lease (900 ms): the writer must be deposed meanwhile.
+                    for_ms: rng.range(300, 4_000),
+                },
+                80..=89 => Fault::Chaos {
+                    loss_pct: rng.range(1, 20),
+                    dup_pct: rng.range(0, 20),
+                    latency_max_ms: rng.range(10, 120),
+                    for_ms: rng.range(1_000, 6_000),
+                },
+                _ => Fault::Spec(if rng.percent(60) {
+                    SpecChange::Image(format!("v1.2.{}", rng.range(4, 99)))
+                } else if initial_replicas == 3 {
+                    SpecChange::Scale(5)
+                } else {
+                    SpecChange::Scale(3)
+                }),
+            };
+            faults.push(Scheduled { at_ms, fault });
+        }
+        faults.sort_by_key(|s| s.at_ms);
+        SimConfig {
+            seed,
+            bug: options.bug,
+            keep_trace: options.keep_trace,
+            timing,
+            initial_replicas,
+            retention,
+            poll_interval_ms,
+            ryw_ttl_ms,
+            replica_clocks,
+            gateway_clock,
+            operator_clock,
+            latency_ms,
+            faults,
+            heal_at_ms: FAULTS_FROM_MS + FAULT_PHASE_MS,
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! A small model of the Kubernetes side, driven by the real `base_core::reconcile::plan`:
+//! objects as the API server stores them, a StatefulSet controller (pods per ordinal, `OnDelete`
+//! updates, a PVC per ordinal that outlives its pods), a kubelet (starts and restarts processes,
+//! readiness), and the operator's loop: observe → plan → apply the plan's writes.
+//!
+//! Each pod is a madsim node; starting and killing a pod's process is `Handle::restart/kill`. The
+//! election state `{term, voted_for}` and the store's log live on the PVC, so they survive restarts;
+//! everything else of a process is lost when it dies.
+
+use crate::config::{BASE_NAME, NAMESPACE, SimConfig, SpecChange};
+use crate::rng::Fnv;
+use crate::world::{Entry, World, ordinal_of, pod_id, pod_name};
+use base_core::crd::{Base, RetentionPolicy};
+use base_core::quasar::PersistedState;
+use base_core::reconcile::{
+    GatewayView, ObjectKey, Observed, OperatorConfig, PodView, WriterView, objects, plan, route,
+};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// A pod is ready once its process has run this long (the agent's readiness probe).
+pub const READY_AFTER_MS: u64 = 1_000;
+/// How often the kubelet and the StatefulSet controller act.
+pub const CONTROLLER_TICK_MS: u64 = 100;
+/// How often the operator reconciles (as if watch events arrived this often).
+pub const OPERATOR_LOOP_MS: u64 = 500;
+
+/// A PVC's content: the persisted election state and the Base store.
+#[derive(Clone, Debug, Default)]
+pub struct Pvc {
+    pub persisted: PersistedState,
+    pub log: Vec<Entry>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodPhase {
+    /// Scheduled; the process starts at this real time.
+    Pending {
+        start_at: u64,
+    },
+    Running {
+        since: u64,
+    },
+    /// The process died; the kubelet restarts it at this real time.
+    Crashed {
+        restart_at: u64,
+    },
+    /// Deleted; the process is killed at the end of its grace period.
+    Terminating {
+        kill_at: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub revision: String,
+    /// The number of replicas in the pod's `BASE_PEERS` (its election's peer set).
+    pub cluster_size: i32,
+    pub phase: PodPhase,
+    pub writer_label: bool,
+}
+
+pub struct K8s {
+    pub base: Base,
+    pub objects: BTreeMap<ObjectKey, Value>,
+    pub pods: BTreeMap<i32, Pod>,
+    pub pvcs: BTreeMap<i32, Pvc>,
+    pub gateway_cr: Value,
+    pub last_spec_change_ns: u64,
+    pub pvcs_deleted: u64,
+}
+
+impl K8s {
+    pub fn new(cfg: &SimConfig) -> K8s {
+        let manifest = json!({
+            "apiVersion": "hanzo.ai/v1",
+            "kind": "Base",
+            "metadata": {
+                "name": BASE_NAME,
+                "namespace": NAMESPACE,
+                "uid": "6f1c2a4e-0000-4000-8000-000000000001",
+                "generation": 1,
+            },
+            "spec": {
+                "image": { "repository": "ghcr.io/hanzoai/base", "tag": "v1.2.3" },
+                "replicas": cfg.initial_replicas,
+                "port": 8090,
+                "consensus": "quasar",
+                "storage": { "size": "1Gi", "retentionPolicy": cfg.retention },
+                "gateway": {
+                    "route": "/v1/my-app",
+                    "gatewayName": "gateway",
+                    "gatewayNamespace": NAMESPACE,
+                    "leaderPollInterval": format!("{}ms", cfg.poll_interval_ms),
+                    "readYourWritesTTL": format!("{}ms", cfg.ryw_ttl_ms),
+                },
+            },
+        });
+        let (_, base) =
+            base_core::manifest::from_value(manifest).expect("the simulation's Base is valid");
+        K8s {
+            base,
+            objects: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            pvcs: BTreeMap::new(),
+            gateway_cr: json!({
+                "apiVersion": "hanzo.ai/v1",
+                "kind": "Gateway",
+                "metadata": { "name": "gateway", "namespace": NAMESPACE },
+                "spec": { "routes": [] },
+            }),
+            last_spec_change_ns: 0,
+            pvcs_deleted: 0,
+        }
+    }
+
+    fn sts(&self) -> Option<&Value> {
+        self.objects.get(&ObjectKey::new("StatefulSet", BASE_NAME))
+    }
+
+    pub fn generation(&self) -> i64 {
+        self.base.metadata.generation.unwrap_or(1)
+    }
+}
+
+/// `controller-revision-hash` of a pod template.
+fn revision(template: &Value) -> String {
+    let text = serde_json::to_string(template).unwrap_or_default();
+    format!(
+        "{BASE_NAME}-{:010x}",
+        Fnv::of(text.as_bytes()) & 0xFF_FFFF_FFFF
+    )
+}
+
+/// `BASE_REPLICAS` of the template's containers: the peer set the pod's agent will use.
+fn template_cluster_size(template: &Value) -> Option<i32> {
+    template
+        .pointer("/spec/containers")?
+        .as_array()?
+        .iter()
+        .filter_map(|c| c.get("env")?.as_array())
+        .flatten()
+        .find(|e| e.get("name").and_then(Value::as_str) == Some("BASE_REPLICAS"))?
+        .get("value")?
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+impl World {
+    fn pod_ready(&self, ordinal: i32, pod: &Pod, now: u64) -> bool {
+        matches!(pod.phase, PodPhase::Running { since } if now >= since + READY_AFTER_MS * 1_000_000)
+            && !self.replicas[ordinal as usize].paused
+            && self.replicas[ordinal as usize].agent.is_some()
+    }
+
+    /// Starts the process of `ordinal` (a madsim restart: a fresh process on the node).
+    fn start_process(&mut self, ordinal: i32) {
+        if let Some(id) = self.replicas[ordinal as usize].madsim_id {
+            self.handle.restart(id);
+        }
+    }
+
+    /// Kills the process of `ordinal`: its memory is gone.
+    pub fn kill_process(&mut self, ordinal: i32) {
+        if let Some(id) = self.replicas[ordinal as usize].madsim_id {
+            self.handle.kill(id);
+        }
+        self.drop_agent(ordinal);
+    }
+
+    /// The kubelet and the StatefulSet controller, every `CONTROLLER_TICK_MS`.
+    pub fn k8s_tick(&mut self) {
+        let now = self.now_ns();
+        // Kubelet: process lifecycles.
+        let ordinals: Vec<i32> = self.k8s.pods.keys().copied().collect();
+        for ordinal in ordinals {
+            let phase = self.k8s.pods[&ordinal].phase;
+            match phase {
+                PodPhase::Pending { start_at }
+                | PodPhase::Crashed {
+                    restart_at: start_at,
+                } if now >= start_at => {
+                    if let Some(p) = self.k8s.pods.get_mut(&ordinal) {
+                        p.phase = PodPhase::Running { since: now };
+                    }
+                    self.start_process(ordinal);
+                }
+                PodPhase::Terminating { kill_at } if now >= kill_at => {
+                    self.kill_process(ordinal);
+                    self.k8s.pods.remove(&ordinal);
+                    self.ev(format!("pod {} is gone", pod_name(ordinal)));
+                }
+                _ => {}
+            }
+        }
+        // StatefulSet controller.
+        let Some(sts) = self.k8s.sts().cloned() else {
+            return;
+        };
+        let replicas = sts
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1) as i32;
+        let template = sts
+            .pointer("/spec/template")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let update_revision = revision(&template);
+        let size = template_cluster_size(&template).unwrap_or(replicas);
+        for ordinal in 0..replicas.min(crate::config::MAX_ORDINALS) {
+            if self.k8s.pods.contains_key(&ordinal) {
+                continue;
+            }
+            if !self.k8s.pvcs.contains_key(&ordinal) {
+                self.k8s.pvcs.insert(ordinal, Pvc::default());
+                self.ev(format!(
+                    "PVC {} created",
+                    objects::pvc_name(BASE_NAME, ordinal)
+                ));
+            }
+            let delay_ms = self.rng.range(300, 1_500);
+            self.k8s.pods.insert(
+                ordinal,
+                Pod {
+                    revision: update_revision.clone(),
+                    cluster_size: size,
+                    phase: PodPhase::Pending {
+                        start_at: now + delay_ms * 1_000_000,
+                    },
+                    writer_label: false,
+                },
+            );
+            self.ev(format!(
+                "pod {} created ({update_revision}, cluster of {size})",
+                pod_name(ordinal)
+            ));
+        }
+        let extra: Vec<i32> = self
+            .k8s
+            .pods
+            .iter()
+            .filter(|(o, p)| **o >= replicas && !matches!(p.phase, PodPhase::Terminating { .. }))
+            .map(|(o, _)| *o)
+            .collect();
+        for ordinal in extra {
+            self.terminate_pod(ordinal, "scaled away");
+        }
+        let ready = (0..replicas)
+            .filter(|o| {
+                self.k8s
+                    .pods
+                    .get(o)
+                    .is_some_and(|p| self.pod_ready(*o, p, now))
+            })
+            .count();
+        let generation = sts
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        if let Some(obj) = self
+            .k8s
+            .objects
+            .get_mut(&ObjectKey::new("StatefulSet", BASE_NAME))
+        {
+            obj["status"] = json!({
+                "observedGeneration": generation,
+                "replicas": replicas,
+                "readyReplicas": ready,
+                "updateRevision": update_revision,
+            });
+        }
+    }
+
+    /// `kubectl delete pod` (or the StatefulSet removing an ordinal): a short grace period, then
+    /// the process is killed and the pod is gone.
+    pub fn terminate_pod(&mut self, ordinal: i32, why: &str) {
+        let now = self.now_ns();
+        let grace_ms = self.rng.range(100, 1_000);
+        if let Some(pod) = self.k8s.pods.get_mut(&ordinal)
+            && !matches!(pod.phase, PodPhase::Terminating { .. })
+        {
+            pod.phase = PodPhase::Terminating {
+                kill_at: now + grace_ms * 1_000_000,
+            };
+            self.ev(format!("pod {} terminating ({why})", pod_name(ordinal)));
+        }
+    }
+
+    /// The process of a running pod crashes; the kubelet restarts it later.
+    pub fn crash_pod(&mut self, ordinal: i32, restart_after_ms: u64) -> bool {
+        let now = self.now_ns();
+        let Some(pod) = self.k8s.pods.get_mut(&ordinal) else {
+            return false;
+        };
+        if !matches!(pod.phase, PodPhase::Running { .. }) {
+            return false;
+        }
+        pod.phase = PodPhase::Crashed {
+            restart_at: now + restart_after_ms * 1_000_000,
+        };
+        self.kill_process(ordinal);
+        true
+    }
+
+    /// A user edits the Base.
+    pub fn change_spec(&mut self, change: &SpecChange) {
+        match change {
+            SpecChange::Image(tag) => self.k8s.base.spec.image.tag = Some(tag.clone()),
+            SpecChange::Scale(n) => self.k8s.base.spec.replicas = *n,
+        }
+        let generation = self.k8s.generation() + 1;
+        self.k8s.base.metadata.generation = Some(generation);
+        self.k8s.last_spec_change_ns = self.now_ns();
+        self.ev(format!("spec change: {change:?} (generation {generation})"));
+    }
+
+    /// What the operator observes, as the adapter would assemble it.
+    fn observe(&self) -> Observed {
+        let now = self.now_ns();
+        let pods = self
+            .k8s
+            .pods
+            .iter()
+            .map(|(o, p)| PodView {
+                name: pod_name(*o),
+                ready: self.pod_ready(*o, p, now),
+                revision: Some(p.revision.clone()),
+                terminating: matches!(p.phase, PodPhase::Terminating { .. }),
+                writer_label: p.writer_label,
+            })
+            .collect();
+        let op_now = self.operator_now();
+        let writer = self
+            .operator
+            .tracker
+            .writer(op_now)
+            .map(|(ix, term, _)| WriterView {
+                pod: pod_name(ix as i32),
+                term: term.0,
+            });
+        Observed {
+            now: op_now,
+            objects: self.k8s.objects.clone(),
+            pods,
+            pvcs: self
+                .k8s
+                .pvcs
+                .keys()
+                .map(|o| objects::pvc_name(BASE_NAME, *o))
+                .collect(),
+            writer,
+            gateway: GatewayView::Found(self.k8s.gateway_cr.clone()),
+            config: OperatorConfig {
+                agent_image: "ghcr.io/hanzoai/base-operator:sim".into(),
+                resync_ms: 300_000,
+                ..OperatorConfig::default()
+            },
+        }
+    }
+
+    /// One pass of the operator: observe, plan with the real reconciler, apply the plan's writes.
+    /// Returns a writer transfer to request (from, to), which goes over the network.
+    pub fn reconcile(&mut self) -> Option<(i32, String)> {
+        let observed = self.observe();
+        let plan = plan(&self.k8s.base, &observed);
+        self.stats.plans += 1;
+        if let Some(invalid) = &plan.invalid {
+            self.fail(
+                "harness",
+                format!("the simulation's Base is invalid: {invalid:?}"),
+            );
+            return None;
+        }
+        let mut writes = 0;
+        for obj in &plan.apply {
+            let key = obj.key();
+            let mut body = obj.body.clone();
+            let old = self.k8s.objects.get(&key);
+            let old_generation = old
+                .and_then(|o| o.pointer("/metadata/generation"))
+                .and_then(Value::as_i64);
+            let spec_changed = old.is_none_or(|o| o.get("spec") != body.get("spec"));
+            let generation = match old_generation {
+                Some(g) if spec_changed => g + 1,
+                Some(g) => g,
+                None => 1,
+            };
+            if let Some(status) = old.and_then(|o| o.get("status")).cloned() {
+                body["status"] = status;
+            }
+            body["metadata"]["generation"] = json!(generation);
+            if spec_changed {
+                self.ev(format!("operator applies {} {}", key.kind, key.name));
+            }
+            self.k8s.objects.insert(key, body);
+            writes += 1;
+        }
+        for key in &plan.delete {
+            writes += 1;
+            match key.kind.as_str() {
+                "Pod" => {
+                    if let Some(o) = ordinal_of(&key.name) {
+                        self.terminate_pod(o, "deleted by the operator");
+                    }
+                }
+                "PersistentVolumeClaim" => self.delete_pvc(&key.name),
+                _ => {
+                    self.k8s.objects.remove(key);
+                }
+            }
+        }
+        for label in &plan.relabel {
+            writes += 1;
+            if let Some(pod) = ordinal_of(&label.pod).and_then(|o| self.k8s.pods.get_mut(&o)) {
+                pod.writer_label = label.writer;
+            }
+        }
+        if let Some(gw) = &plan.gateway {
+            writes += 1;
+            self.k8s.gateway_cr["spec"]["routes"] = Value::Array(gw.routes.clone());
+        }
+        if plan.status_changed {
+            writes += 1;
+            self.k8s.base.status = Some(plan.status.clone());
+        }
+        self.stats.api_writes += writes;
+        self.last_plan = Some((
+            plan.apply.len(),
+            plan.delete.len(),
+            plan.relabel.len(),
+            plan.transfer.is_some(),
+        ));
+        let transfer = plan.transfer.as_ref()?;
+        self.ev(format!(
+            "operator asks {} to hand the writer role to {}",
+            transfer.from, transfer.to
+        ));
+        Some((ordinal_of(&transfer.from)?, transfer.to.clone()))
+    }
+
+    /// Invariant 7b: a PVC under `retentionPolicy: Retain` is never deleted.
+    fn delete_pvc(&mut self, name: &str) {
+        let Some(ordinal) = name
+            .strip_prefix(&format!("{}-", objects::DATA_VOLUME))
+            .and_then(ordinal_of)
+        else {
+            return;
+        };
+        if self.k8s.base.spec.storage.retention() == RetentionPolicy::Retain {
+            self.fail(
+                "7 reconcile converges, Retain PVCs are kept",
+                format!("the operator deletes PVC {name} under retentionPolicy Retain"),
+            );
+            return;
+        }
+        if self.k8s.pods.contains_key(&ordinal) {
+            self.fail(
+                "7 reconcile converges, Retain PVCs are kept",
+                format!("the operator deletes PVC {name} while its pod exists"),
+            );
+            return;
+        }
+        if self.k8s.pvcs.remove(&ordinal).is_some() {
+            self.k8s.pvcs_deleted += 1;
+            self.ev(format!("PVC {name} deleted (retentionPolicy Delete)"));
+        }
+    }
+
+    /// Invariant 7: the cluster matches the spec and the operator has nothing left to do.
+    pub fn converged(&self) -> Result<(), String> {
+        let now = self.now_ns();
+        let spec = &self.k8s.base.spec;
+        let replicas = spec.replicas;
+        let sts = self.k8s.sts().ok_or("no StatefulSet")?;
+        let sts_replicas = sts.pointer("/spec/replicas").and_then(Value::as_i64);
+        if sts_replicas != Some(i64::from(replicas)) {
+            return Err(format!(
+                "StatefulSet replicas {sts_replicas:?} ≠ spec {replicas}"
+            ));
+        }
+        let image = spec.image.reference();
+        let template = sts
+            .pointer("/spec/template")
+            .cloned()
+            .unwrap_or(Value::Null);
+        if !serde_json::to_string(&template)
+            .unwrap_or_default()
+            .contains(&image)
+        {
+            return Err(format!("the pod template does not run {image}"));
+        }
+        let update_revision = revision(&template);
+        for ordinal in 0..replicas {
+            let Some(pod) = self.k8s.pods.get(&ordinal) else {
+                return Err(format!("pod {} missing", pod_name(ordinal)));
+            };
+            if pod.revision != update_revision {
+                return Err(format!("pod {} on an old revision", pod_name(ordinal)));
+            }
+            if !self.pod_ready(ordinal, pod, now) {
+                return Err(format!("pod {} not ready", pod_name(ordinal)));
+            }
+            if !self.k8s.pvcs.contains_key(&ordinal) {
+                return Err(format!("PVC of {} missing", pod_name(ordinal)));
+            }
+        }
+        if let Some(o) = self.k8s.pods.keys().find(|o| **o >= replicas) {
+            return Err(format!("pod {} should be gone", pod_name(*o)));
+        }
+        let writer = self
+            .operator
+            .tracker
+            .writer(self.operator_now())
+            .map(|(ix, _, _)| ix as i32);
+        let Some(writer) = writer else {
+            return Err("the operator knows no writer".into());
+        };
+        for (o, pod) in &self.k8s.pods {
+            if pod.writer_label != (*o == writer) {
+                return Err(format!("writer label of {} is wrong", pod_name(*o)));
+            }
+        }
+        let owner = route::owner_tag("Base", NAMESPACE, BASE_NAME);
+        let routed = route::routes_of(&self.k8s.gateway_cr)
+            .iter()
+            .any(|r| r.to_string().contains(&owner));
+        if !routed {
+            return Err("the Gateway has no route for the Base".into());
+        }
+        match self.last_plan {
+            Some((0, 0, 0, false)) => {}
+            Some((apply, delete, relabel, transfer)) => {
+                return Err(format!(
+                    "the last plan still writes: {apply} applies, {delete} deletes, {relabel} relabels, transfer {transfer}"
+                ));
+            }
+            None => return Err("no plan yet".into()),
+        }
+        let observed = self
+            .k8s
+            .base
+            .status
+            .as_ref()
+            .and_then(|s| s.observed_generation);
+        if observed != Some(self.k8s.generation()) {
+            return Err(format!(
+                "status.observedGeneration {observed:?} ≠ generation {}",
+                self.k8s.generation()
+            ));
+        }
+        let _ = pod_id;
+        Ok(())
+    }
+}

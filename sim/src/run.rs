@@ -1,0 +1,612 @@
+//! One run of the simulation: build the hosts, start the operator, gateway and clients, strike the
+//! seed's faults, heal, and check liveness and convergence; report the first violation.
+
+use crate::agent::replica_main;
+use crate::config::{
+    CLIENTS, CONVERGENCE_BOUND_MS, Fault, LIVENESS_BOUND_MS, MAX_ORDINALS, Options, SETTLE_MS,
+    SimConfig, Target,
+};
+use crate::gateway::{Who, client_main, gateway_main, poll_loop};
+use crate::k8s::{CONTROLLER_TICK_MS, OPERATOR_LOOP_MS, PodPhase};
+use crate::world::{Host, Packet, Shared, Stats, Violation, World, agent_addr, lock, pod_id};
+use madsim::net::{Endpoint, NetSim};
+use madsim::runtime::{Handle, Runtime};
+use madsim::time::{Duration, Instant, sleep, sleep_until};
+use std::sync::{Arc, Mutex};
+
+/// What one seed did.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub seed: u64,
+    pub bug: Option<crate::config::Bug>,
+    pub violation: Option<Violation>,
+    pub sim_ms: u64,
+    pub stats: Stats,
+    /// Heal → first write acknowledged through the gateway.
+    pub live_ms: Option<u64>,
+    /// Heal (or the last spec change, if later) → the cluster matches the plan.
+    pub converge_ms: Option<u64>,
+    pub trace_hash: u64,
+    pub trace_events: u64,
+    pub trace_all: Vec<String>,
+    pub messages: u64,
+    pub faults: Vec<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.violation.is_none()
+    }
+
+    /// The command that replays this seed.
+    pub fn replay_command(&self) -> String {
+        let bug = self
+            .bug
+            .map(|b| format!(" --bug {}", b.name()))
+            .unwrap_or_default();
+        format!("cargo sim run --seed {}{bug}", self.seed)
+    }
+
+    /// The failure report: seed, invariant, the trace around it, and how to replay it.
+    pub fn failure_text(&self) -> Option<String> {
+        let v = self.violation.as_ref()?;
+        let mut s = format!(
+            "VIOLATION seed={} invariant=\"{}\" at {:.3}s\n  {}\nfault plan:\n",
+            self.seed,
+            v.invariant,
+            v.at_ns as f64 / 1e9,
+            v.detail
+        );
+        for f in &self.faults {
+            s.push_str(&format!("  {f}\n"));
+        }
+        s.push_str(&format!(
+            "trace (the last {} events around it):\n",
+            v.trace.len()
+        ));
+        for line in &v.trace {
+            s.push_str(&format!("  {line}\n"));
+        }
+        let bug = self
+            .bug
+            .map(|b| format!(" MADSIM_SIM_BUG={}", b.name()))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "replay: {}\n    or: MADSIM_TEST_SEED={}{bug} cargo sim-test --test sim replay -- --nocapture\n",
+            self.replay_command(),
+            self.seed
+        ));
+        Some(s)
+    }
+}
+
+/// Runs one seed to the end (or to its first violation).
+pub fn run_seed(seed: u64, options: &Options) -> Report {
+    let cfg = SimConfig::from_seed(seed, options);
+    let mut config = madsim::Config::default();
+    config.net.send_latency =
+        Duration::from_millis(cfg.latency_ms.0)..Duration::from_millis(cfg.latency_ms.1);
+    let faults: Vec<String> = cfg
+        .faults
+        .iter()
+        .map(|s| format!("{:>6} ms {:?}", s.at_ms, s.fault))
+        .collect();
+    let slot: Arc<Mutex<Option<Shared>>> = Arc::new(Mutex::new(None));
+    let rt = Runtime::with_seed_and_config(seed, config);
+    let slot2 = slot.clone();
+    let bug = cfg.bug;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async move {
+            let world = build(cfg);
+            *slot2.lock().unwrap_or_else(|e| e.into_inner()) = Some(world.clone());
+            supervise(&world).await;
+        })
+    }));
+    let world = slot
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .expect("the world was built");
+    drop(rt);
+    let mut w = lock(&world);
+    if w.frozen_ns.is_none() {
+        w.frozen_ns = Some(w.last_event_ns);
+    }
+    let messages = w.messages;
+    if let Err(panic) = result {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".into());
+        w.violation = None;
+        w.fail("core assertion (panic)", msg);
+    }
+    let mut violation = w.violation.clone();
+    if let Some(v) = violation.as_mut() {
+        v.trace = w.trace.ring();
+    }
+    let healed = w.healed_ns.unwrap_or(u64::MAX);
+    Report {
+        seed,
+        bug,
+        violation,
+        sim_ms: w.now_ns() / 1_000_000,
+        stats: w.stats.clone(),
+        live_ms: w.live_ns.map(|t| t.saturating_sub(healed) / 1_000_000),
+        converge_ms: w
+            .converged_ns
+            .map(|t| t.saturating_sub(healed.max(w.k8s.last_spec_change_ns)) / 1_000_000),
+        trace_hash: w.trace.hash.0 ^ messages.rotate_left(17),
+        trace_events: w.trace.count,
+        trace_all: w.trace.all.take().unwrap_or_default(),
+        messages,
+        faults,
+    }
+}
+
+/// Creates the hosts and starts every process.
+fn build(cfg: SimConfig) -> Shared {
+    let handle = Handle::current();
+    let world: Shared = Arc::new(Mutex::new(World::new(cfg, handle.clone())));
+    for ordinal in 0..MAX_ORDINALS {
+        let w = world.clone();
+        let node = handle
+            .create_node()
+            .name(pod_id(ordinal).0)
+            .ip(Host::Replica(ordinal).ip())
+            .init(move || replica_main(w.clone(), ordinal))
+            .build();
+        // No pod yet: the process starts when the kubelet starts it.
+        handle.kill(node.id());
+        let mut w = lock(&world);
+        w.replicas[ordinal as usize].madsim_id = Some(node.id());
+        w.host_ids.insert(Host::Replica(ordinal), node.id());
+    }
+    let gateway = handle
+        .create_node()
+        .name("gateway")
+        .ip(Host::Gateway.ip())
+        .build();
+    let operator = handle
+        .create_node()
+        .name("operator")
+        .ip(Host::Operator.ip())
+        .build();
+    let clients = handle
+        .create_node()
+        .name("clients")
+        .ip(Host::Clients.ip())
+        .build();
+    {
+        let mut w = lock(&world);
+        w.host_ids.insert(Host::Gateway, gateway.id());
+        w.host_ids.insert(Host::Operator, operator.id());
+        w.host_ids.insert(Host::Clients, clients.id());
+        let c = &w.cfg;
+        let line = format!(
+            "seed {}: {} replicas, retention {}, poll {} ms, RYW TTL {} ms, latency {:?} ms, skews {:?} ppm",
+            c.seed,
+            c.initial_replicas,
+            c.retention,
+            c.poll_interval_ms,
+            c.ryw_ttl_ms,
+            c.latency_ms,
+            c.replica_clocks
+                .iter()
+                .map(|k| k.skew_ppm)
+                .collect::<Vec<_>>()
+        );
+        w.ev(line);
+    }
+    gateway.spawn(gateway_main(world.clone()));
+    for ordinal in 0..MAX_ORDINALS {
+        gateway.spawn(poll_loop(world.clone(), Who::Gateway, ordinal));
+        operator.spawn(poll_loop(world.clone(), Who::Operator, ordinal));
+    }
+    operator.spawn(controllers(world.clone()));
+    operator.spawn(operator_main(world.clone()));
+    for client in 0..CLIENTS {
+        clients.spawn(client_main(world.clone(), client));
+    }
+    world
+}
+
+/// The kubelet and the StatefulSet controller.
+async fn controllers(world: Shared) {
+    loop {
+        lock(&world).k8s_tick();
+        sleep(Duration::from_millis(CONTROLLER_TICK_MS)).await;
+    }
+}
+
+/// The operator's reconcile loop; a writer transfer is a request over the network.
+async fn operator_main(world: Shared) {
+    let Ok(ep) = Endpoint::bind("0.0.0.0:0").await else {
+        return;
+    };
+    loop {
+        sleep(Duration::from_millis(OPERATOR_LOOP_MS)).await;
+        let transfer = lock(&world).reconcile();
+        if let Some((from, to)) = transfer {
+            let out = lock(&world).out(
+                agent_addr(from),
+                Packet::Transfer {
+                    to: base_core::NodeId::new(to),
+                },
+            );
+            crate::world::send_all(&ep, vec![out]).await;
+        }
+    }
+}
+
+/// An action that ends a fault.
+enum Undo {
+    Unclog(Vec<(Host, Host)>),
+    Resume(i32, u64),
+    ChaosEnd,
+}
+
+impl World {
+    fn running(&self) -> Vec<i32> {
+        self.k8s
+            .pods
+            .iter()
+            .filter(|(o, p)| {
+                matches!(p.phase, PodPhase::Running { .. })
+                    && self.replicas[**o as usize].agent.is_some()
+            })
+            .map(|(o, _)| *o)
+            .collect()
+    }
+
+    fn resolve(&mut self, target: Target) -> Option<i32> {
+        let running = self.running();
+        if running.is_empty() {
+            return None;
+        }
+        let writer = self.current_writer().filter(|w| running.contains(w));
+        match (target, writer) {
+            (Target::Writer, Some(w)) => Some(w),
+            (Target::Follower, Some(w)) => {
+                let others: Vec<i32> = running.into_iter().filter(|o| *o != w).collect();
+                (!others.is_empty()).then(|| *self.rng.pick(&others))
+            }
+            _ => Some(*self.rng.pick(&running)),
+        }
+    }
+
+    fn cut(&mut self, a: Host, b: Host, cut: &mut Vec<(Host, Host)>) {
+        self.clog(a, b);
+        cut.push((a, b));
+    }
+
+    /// Notes the start of a failover when a fault takes the writer away for long enough.
+    fn note_failover(&mut self, victim: i32, long_enough: bool) {
+        if !long_enough || self.stats.failover_pending.is_some() {
+            return;
+        }
+        if self.current_writer() == Some(victim)
+            && let Some(term) = self.replicas[victim as usize]
+                .agent
+                .as_ref()
+                .map(|a| a.node.term())
+        {
+            self.stats.failover_pending = Some((self.now_ns(), term));
+        }
+    }
+
+    fn strike(&mut self, fault: &Fault) -> Option<(u64, Undo)> {
+        // A writer deposed for at least this long must be replaced: its lease and CheckQuorum end
+        // within `election_timeout_min`, and the followers' promises with it.
+        let long = |ms: u64| ms >= 1_500;
+        let mut cut = Vec::new();
+        match fault {
+            Fault::Isolate { target, for_ms } => {
+                let o = self.resolve(*target)?;
+                self.ev(format!("FAULT isolate {} for {for_ms} ms", pod_id(o)));
+                self.note_failover(o, long(*for_ms));
+                for h in self.all_hosts() {
+                    if h != Host::Replica(o) {
+                        self.cut(Host::Replica(o), h, &mut cut);
+                        self.cut(h, Host::Replica(o), &mut cut);
+                    }
+                }
+                Some((*for_ms, Undo::Unclog(cut)))
+            }
+            Fault::Partition {
+                writer_in_minority,
+                for_ms,
+            } => {
+                let mut replicas: Vec<i32> = self.k8s.pods.keys().copied().collect();
+                let n = replicas.len();
+                if n < 2 {
+                    return None;
+                }
+                let size = if *writer_in_minority {
+                    (n - 1) / 2
+                } else {
+                    n / 2 + 1
+                }
+                .max(1);
+                let first = self.resolve(Target::Writer)?;
+                replicas.retain(|o| *o != first);
+                let mut side = vec![first];
+                while side.len() < size {
+                    let i = self.rng.below(replicas.len() as u64) as usize;
+                    side.push(replicas.remove(i));
+                }
+                self.ev(format!(
+                    "FAULT partition {:?} | {:?} for {for_ms} ms",
+                    side.iter().map(|o| pod_id(*o).0).collect::<Vec<_>>(),
+                    replicas.iter().map(|o| pod_id(*o).0).collect::<Vec<_>>()
+                ));
+                if *writer_in_minority {
+                    self.note_failover(first, long(*for_ms));
+                }
+                for a in &side {
+                    for b in &replicas {
+                        self.cut(Host::Replica(*a), Host::Replica(*b), &mut cut);
+                        self.cut(Host::Replica(*b), Host::Replica(*a), &mut cut);
+                    }
+                }
+                Some((*for_ms, Undo::Unclog(cut)))
+            }
+            Fault::OneWay { from, to, for_ms } => {
+                let a = self.resolve(*from)?;
+                let b = self.resolve(*to)?;
+                if a == b {
+                    return None;
+                }
+                self.ev(format!(
+                    "FAULT one-way loss {} -> {} for {for_ms} ms",
+                    pod_id(a),
+                    pod_id(b)
+                ));
+                self.cut(Host::Replica(a), Host::Replica(b), &mut cut);
+                Some((*for_ms, Undo::Unclog(cut)))
+            }
+            Fault::GatewayCut { target, for_ms } => {
+                let o = self.resolve(*target)?;
+                self.ev(format!(
+                    "FAULT gateway cannot reach {} for {for_ms} ms",
+                    pod_id(o)
+                ));
+                self.cut(Host::Gateway, Host::Replica(o), &mut cut);
+                self.cut(Host::Replica(o), Host::Gateway, &mut cut);
+                Some((*for_ms, Undo::Unclog(cut)))
+            }
+            Fault::Crash {
+                target,
+                restart_after_ms,
+            } => {
+                let o = self.resolve(*target)?;
+                self.note_failover(o, true);
+                if self.crash_pod(o, *restart_after_ms) {
+                    self.ev(format!(
+                        "FAULT crash {} (restart in {restart_after_ms} ms)",
+                        pod_id(o)
+                    ));
+                }
+                None
+            }
+            Fault::DeletePod { target } => {
+                let o = self.resolve(*target)?;
+                self.note_failover(o, true);
+                self.ev(format!("FAULT kubectl delete pod {}", pod_id(o)));
+                self.terminate_pod(o, "deleted by a user");
+                None
+            }
+            Fault::Pause { target, for_ms } => {
+                let o = self.resolve(*target)?;
+                let slot = &self.replicas[o as usize];
+                if slot.paused {
+                    return None;
+                }
+                let (incarnation, madsim_id) = (slot.incarnation, slot.madsim_id);
+                self.note_failover(o, long(*for_ms));
+                self.ev(format!("FAULT pause {} for {for_ms} ms", pod_id(o)));
+                if let Some(id) = madsim_id {
+                    self.handle.pause(id);
+                }
+                self.replicas[o as usize].paused = true;
+                Some((*for_ms, Undo::Resume(o, incarnation)))
+            }
+            Fault::Chaos {
+                loss_pct,
+                dup_pct,
+                latency_max_ms,
+                for_ms,
+            } => {
+                self.ev(format!(
+                    "FAULT network: {loss_pct}% loss, {dup_pct}% duplicates, latency up to {latency_max_ms} ms, for {for_ms} ms"
+                ));
+                self.net.chaos += 1;
+                self.net.dup_pct = *dup_pct;
+                let (loss, max) = (*loss_pct as f64 / 100.0, *latency_max_ms);
+                NetSim::current().update_config(|c| {
+                    c.packet_loss_rate = loss;
+                    c.send_latency = Duration::from_millis(1)..Duration::from_millis(max);
+                });
+                Some((*for_ms, Undo::ChaosEnd))
+            }
+            Fault::Spec(change) => {
+                self.change_spec(change);
+                None
+            }
+        }
+    }
+
+    fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Unclog(links) => {
+                for (a, b) in links {
+                    self.unclog(a, b);
+                }
+                self.ev("fault ends: links restored");
+            }
+            Undo::Resume(o, incarnation) => {
+                let slot = &mut self.replicas[o as usize];
+                if slot.incarnation == incarnation && slot.paused {
+                    slot.paused = false;
+                    if let Some(id) = slot.madsim_id {
+                        self.handle.resume(id);
+                    }
+                    self.ev(format!("fault ends: {} resumes", pod_id(o)));
+                }
+            }
+            Undo::ChaosEnd => {
+                self.net.chaos -= 1;
+                if self.net.chaos == 0 {
+                    self.calm_network();
+                    self.ev("fault ends: network calm");
+                }
+            }
+        }
+    }
+
+    fn calm_network(&mut self) {
+        self.net.dup_pct = 0;
+        let (lo, hi) = self.cfg.latency_ms;
+        NetSim::current().update_config(|c| {
+            c.packet_loss_rate = 0.0;
+            c.send_latency = Duration::from_millis(lo)..Duration::from_millis(hi);
+        });
+    }
+
+    /// Every fault ends now.
+    fn heal(&mut self) {
+        let links: Vec<(Host, Host)> = self.net.clogged.keys().copied().collect();
+        for (a, b) in links {
+            self.net.clogged.remove(&(a, b));
+            NetSim::current().unclog_link(self.host_ids[&a], self.host_ids[&b]);
+        }
+        for o in 0..self.replicas.len() {
+            if self.replicas[o].paused {
+                self.replicas[o].paused = false;
+                if let Some(id) = self.replicas[o].madsim_id {
+                    self.handle.resume(id);
+                }
+            }
+        }
+        self.net.chaos = 0;
+        self.calm_network();
+        self.healed_ns = Some(self.now_ns());
+        self.ev("HEAL: every fault ends");
+    }
+
+    /// Invariant 5 at the end: the writer holds every acknowledged write.
+    fn final_checks(&mut self) {
+        if let Some((term, o)) = self.latest_writer()
+            && self.replicas[o as usize]
+                .agent
+                .as_ref()
+                .is_some_and(|a| a.writer_term == Some(term))
+        {
+            let log = &self.k8s.pvcs[&o].log;
+            let missing = self
+                .checks
+                .acked
+                .iter()
+                .find(|(i, e)| log.get(**i as usize - 1) != Some(e))
+                .map(|(i, e)| (*i, *e));
+            if let Some((i, e)) = missing {
+                self.fail(
+                    "5 no acknowledged write is lost",
+                    format!(
+                        "at the end, the writer {} (term {term}) lacks the acknowledged {e} at index {i}",
+                        pod_id(o)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The supervisor: strikes faults on schedule, heals, and watches the checkers.
+async fn supervise(world: &Shared) {
+    let start = Instant::now();
+    let (faults, heal_at) = {
+        let w = lock(world);
+        (w.cfg.faults.clone(), w.cfg.heal_at_ms)
+    };
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    let mut next = 0;
+    let mut undos: Vec<(Instant, Undo)> = Vec::new();
+    let mut last_convergence_check = start;
+    loop {
+        let now = Instant::now();
+        {
+            let mut w = lock(world);
+            if w.violation.is_some() {
+                break;
+            }
+            while w.healed_ns.is_none() && next < faults.len() && at(faults[next].at_ms) <= now {
+                if let Some((for_ms, undo)) = w.strike(&faults[next].fault) {
+                    undos.push((now + Duration::from_millis(for_ms), undo));
+                }
+                next += 1;
+            }
+            let (due, later): (Vec<_>, Vec<_>) = undos.into_iter().partition(|(t, _)| *t <= now);
+            undos = later;
+            for (_, undo) in due {
+                w.undo(undo);
+            }
+            if w.healed_ns.is_none() && at(heal_at) <= now {
+                undos.clear();
+                w.heal();
+            }
+            if let Some(healed) = w.healed_ns {
+                let now_ns = w.now_ns();
+                if w.live_ns.is_none() && now_ns > healed + LIVENESS_BOUND_MS * 1_000_000 {
+                    w.fail(
+                        "6 liveness",
+                        format!(
+                            "no write went through the gateway within {LIVENESS_BOUND_MS} ms of the heal"
+                        ),
+                    );
+                    break;
+                }
+                let since = healed.max(w.k8s.last_spec_change_ns);
+                if w.converged_ns.is_none()
+                    && now.duration_since(last_convergence_check) >= Duration::from_millis(250)
+                {
+                    last_convergence_check = now;
+                    match w.converged() {
+                        Ok(()) => {
+                            w.converged_ns = Some(now_ns);
+                            w.ev("convergence: the cluster matches the spec");
+                        }
+                        Err(why) if now_ns > since + CONVERGENCE_BOUND_MS * 1_000_000 => {
+                            w.fail(
+                                "7 reconcile converges, Retain PVCs are kept",
+                                format!(
+                                    "not converged {CONVERGENCE_BOUND_MS} ms after the heal and the last spec change: {why}"
+                                ),
+                            );
+                            break;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                if let (Some(live), Some(conv)) = (w.live_ns, w.converged_ns)
+                    && now_ns > live.max(conv) + SETTLE_MS * 1_000_000
+                {
+                    w.final_checks();
+                    break;
+                }
+            }
+        }
+        let mut wake = now + Duration::from_millis(50);
+        if next < faults.len() {
+            wake = wake.min(at(faults[next].at_ms));
+        }
+        for (t, _) in &undos {
+            wake = wake.min(*t);
+        }
+        sleep_until(wake.max(now + Duration::from_millis(1))).await;
+    }
+    let mut w = lock(world);
+    w.messages = NetSim::current().stat().msg_count;
+    w.frozen_ns = Some(w.now_ns());
+}

@@ -1,0 +1,201 @@
+//! Figures over many seeds: percentiles and the campaign's one-line summary. Plain Rust, so that
+//! it is unit-tested in the ordinary build too.
+
+/// The `p`-th percentile (0–100) of `sorted` by the nearest-rank method; 0 for no samples.
+#[must_use]
+pub fn percentile(sorted: &[u64], p: u64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    debug_assert!(
+        sorted.windows(2).all(|w| w[0] <= w[1]),
+        "samples not sorted"
+    );
+    let rank = (p as usize * sorted.len()).div_ceil(100).max(1);
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// What one seed reported, as a worker prints it on one line and the campaign reads it back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeedLine {
+    pub seed: u64,
+    pub ok: bool,
+    pub sim_ms: u64,
+    pub wall_ms: u64,
+    pub failovers_ms: Vec<u64>,
+    pub acked_writes: u64,
+    pub converge_ms: u64,
+    pub live_ms: u64,
+    pub violation: String,
+}
+
+impl SeedLine {
+    /// `seed=7 ok=1 sim_ms=… wall_ms=… acked=… live_ms=… converge_ms=… failovers=12,340 violation=…`
+    /// (the violation text last: it may contain spaces).
+    #[must_use]
+    pub fn to_line(&self) -> String {
+        let failovers: Vec<String> = self.failovers_ms.iter().map(u64::to_string).collect();
+        format!(
+            "seed={} ok={} sim_ms={} wall_ms={} acked={} live_ms={} converge_ms={} failovers={} violation={}",
+            self.seed,
+            u8::from(self.ok),
+            self.sim_ms,
+            self.wall_ms,
+            self.acked_writes,
+            self.live_ms,
+            self.converge_ms,
+            if failovers.is_empty() {
+                "-".to_string()
+            } else {
+                failovers.join(",")
+            },
+            if self.violation.is_empty() {
+                "-"
+            } else {
+                &self.violation
+            },
+        )
+    }
+
+    /// The inverse of [`SeedLine::to_line`]; `None` for any other line.
+    #[must_use]
+    pub fn parse(line: &str) -> Option<SeedLine> {
+        let (head, violation) = line.split_once(" violation=")?;
+        let mut out = SeedLine {
+            violation: if violation == "-" {
+                String::new()
+            } else {
+                violation.to_string()
+            },
+            ..SeedLine::default()
+        };
+        let mut seen = 0;
+        for field in head.split_whitespace() {
+            let (k, v) = field.split_once('=')?;
+            seen += 1;
+            match k {
+                "seed" => out.seed = v.parse().ok()?,
+                "ok" => out.ok = v == "1",
+                "sim_ms" => out.sim_ms = v.parse().ok()?,
+                "wall_ms" => out.wall_ms = v.parse().ok()?,
+                "acked" => out.acked_writes = v.parse().ok()?,
+                "live_ms" => out.live_ms = v.parse().ok()?,
+                "converge_ms" => out.converge_ms = v.parse().ok()?,
+                "failovers" if v == "-" => {}
+                "failovers" => {
+                    out.failovers_ms = v
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()
+                        .ok()?;
+                }
+                _ => return None,
+            }
+        }
+        (seen == 8).then_some(out)
+    }
+}
+
+/// The campaign's totals.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub seeds: u64,
+    pub violations: u64,
+    pub sim_ms: u64,
+    pub wall_ms: u64,
+    pub failovers_ms: Vec<u64>,
+    pub failed_seeds: Vec<(u64, String)>,
+    pub max_live_ms: u64,
+    pub max_converge_ms: u64,
+    pub acked_writes: u64,
+}
+
+impl Summary {
+    pub fn add(&mut self, line: &SeedLine) {
+        self.seeds += 1;
+        if !line.ok {
+            self.violations += 1;
+            self.failed_seeds.push((line.seed, line.violation.clone()));
+        }
+        self.sim_ms += line.sim_ms;
+        self.wall_ms += line.wall_ms;
+        self.failovers_ms.extend(&line.failovers_ms);
+        self.max_live_ms = self.max_live_ms.max(line.live_ms);
+        self.max_converge_ms = self.max_converge_ms.max(line.converge_ms);
+        self.acked_writes += line.acked_writes;
+    }
+
+    /// `seeds=… violations=… sim_speed=…x failover_p50_ms=… failover_p99_ms=… failover_max_ms=…`.
+    /// `sim_speed` is simulated time over the wall time the seeds took, summed over the workers
+    /// (per core); `elapsed_wall_ms` (the campaign's own wall time) gives the whole-machine figure.
+    #[must_use]
+    pub fn key_values(&self, elapsed_wall_ms: u64) -> String {
+        let mut f = self.failovers_ms.clone();
+        f.sort_unstable();
+        format!(
+            "seeds={} violations={} sim_speed={}x failover_p50_ms={} failover_p99_ms={} failover_max_ms={}",
+            self.seeds,
+            self.violations,
+            self.sim_ms / elapsed_wall_ms.max(1),
+            percentile(&f, 50),
+            percentile(&f, 99),
+            f.last().copied().unwrap_or(0),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50), 50);
+        assert_eq!(percentile(&v, 99), 99);
+        assert_eq!(percentile(&v, 100), 100);
+        assert_eq!(percentile(&[5], 99), 5);
+        assert_eq!(percentile(&[], 50), 0);
+    }
+
+    #[test]
+    fn seed_lines_round_trip() {
+        let line = SeedLine {
+            seed: 42,
+            ok: false,
+            sim_ms: 30_000,
+            wall_ms: 400,
+            failovers_ms: vec![1200, 2300],
+            acked_writes: 77,
+            converge_ms: 5000,
+            live_ms: 3000,
+            violation: "two writers in term 3: my-app-0 and my-app-1".into(),
+        };
+        assert_eq!(SeedLine::parse(&line.to_line()), Some(line));
+        let ok = SeedLine {
+            seed: 1,
+            ok: true,
+            ..SeedLine::default()
+        };
+        assert_eq!(SeedLine::parse(&ok.to_line()), Some(ok));
+        assert_eq!(SeedLine::parse("hello"), None);
+    }
+
+    #[test]
+    fn summary_line_has_every_key() {
+        let mut s = Summary::default();
+        s.add(&SeedLine {
+            seed: 1,
+            ok: true,
+            sim_ms: 10_000,
+            wall_ms: 10,
+            failovers_ms: vec![900],
+            ..SeedLine::default()
+        });
+        let kv = s.key_values(10);
+        assert_eq!(
+            kv,
+            "seeds=1 violations=0 sim_speed=1000x failover_p50_ms=900 failover_p99_ms=900 failover_max_ms=900"
+        );
+    }
+}
