@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Fuzz smoke test (CI): builds every cargo-fuzz target in fuzz/ and runs each for a short, bounded
+# time from its seed corpus. Any crash, panic, timeout or out-of-memory fails the run.
+#
+# Stable Rust only: `-s none` (no sanitizer) needs no nightly toolchain.
+# FUZZ_SECONDS sets the time per target (default 20). New corpus entries go to fuzz/target/corpus
+# (ignored by git), so the seeds in fuzz/corpus/<target>/ stay as committed.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+
+seconds="${FUZZ_SECONDS:-20}"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "== installing cargo-fuzz (into ~/.cargo/bin)"
+    cargo install cargo-fuzz --locked
+fi
+
+# fuzz/Cargo.lock is committed: refuse to build if it would have to change.
+cargo metadata --locked --format-version 1 >/dev/null
+
+targets=$(cargo fuzz list)
+echo "== cargo fuzz build -s none (targets: $(echo $targets))"
+cargo fuzz build -s none
+
+failed=()
+for t in $targets; do
+    work="target/corpus/$t"
+    mkdir -p "$work" "corpus/$t"
+    echo "== fuzz $t for ${seconds}s"
+    if ! cargo fuzz run -s none "$t" "$work" "corpus/$t" -- \
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        >"target/fuzz-smoke-$t.log" 2>&1; then
+        failed+=("$t")
+        tail -n 60 "target/fuzz-smoke-$t.log"
+        echo "== fuzz $t: FAILED (log: fuzz/target/fuzz-smoke-$t.log, input in fuzz/artifacts/$t/)"
+    else
+        grep -E '^(Done|stat::number_of_executed_units)' "target/fuzz-smoke-$t.log" || true
+        echo "== fuzz $t: ok"
+    fi
+done
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "fuzz smoke: ${#failed[@]} of $(echo $targets | wc -w) targets failed: ${failed[*]}"
+    exit 1
+fi
+echo "fuzz smoke: all $(echo $targets | wc -w) targets ran ${seconds}s without a crash"
