@@ -65,7 +65,10 @@ start() {
   etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port); kcm_port=$(free_port)
   openssl genrsa -out "$D/pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$D/pki/sa.key" -pubout -out "$D/pki/sa.pub" 2>/dev/null
-  echo 'envtest-admin-token,admin,admin-uid,"system:masters"' > "$D/pki/tokens.csv"
+  # An admin, and a plain user the tests bind to the operator's ClusterRole (deploy/rbac.yaml).
+  printf '%s\n' 'envtest-admin-token,admin,admin-uid,"system:masters"' 'envtest-operator-token,base-operator,operator-uid' > "$D/pki/tokens.csv"
+  # Audit every request's metadata, so tests can compare the operator's API calls with its RBAC.
+  printf 'apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n  omitStages: ["RequestReceived"]\n' > "$D/audit-policy.yaml"
   "$W/bin/etcd" --data-dir "$D/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
     --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" --initial-cluster "default=http://127.0.0.1:$peer_port" \
@@ -76,7 +79,8 @@ start() {
     --token-auth-file="$D/pki/tokens.csv" --authorization-mode=RBAC \
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$D/pki/sa.pub" \
     --service-account-signing-key-file="$D/pki/sa.key" --service-cluster-ip-range=10.0.0.0/24 \
-    --disable-admission-plugins=ServiceAccount --allow-privileged=true > "$D/apiserver.log" 2>&1 &
+    --disable-admission-plugins=ServiceAccount --allow-privileged=true \
+    --audit-policy-file="$D/audit-policy.yaml" --audit-log-path="$D/audit.log" > "$D/apiserver.log" 2>&1 &
   echo $! > "$D/apiserver.pid"
   local ok=0
   for _ in $(seq 600); do
@@ -84,7 +88,7 @@ start() {
     sleep 0.1
   done
   [ $ok = 1 ] || { echo "k8s-envtest: apiserver not ready; see $D/apiserver.log" >&2; stop "$D"; return 1; }
-  cat > "$D/kubeconfig.tmp" <<EOK
+  cat > "$D/kubeconfig" <<EOK
 apiVersion: v1
 kind: Config
 clusters: [{name: envtest, cluster: {server: "https://127.0.0.1:$api_port", certificate-authority: $D/certs/apiserver.crt}}]
@@ -92,13 +96,13 @@ users: [{name: admin, user: {token: envtest-admin-token}}]
 contexts: [{name: envtest, context: {cluster: envtest, user: admin, namespace: default}}]
 current-context: envtest
 EOK
-  "$W/bin/kube-controller-manager" --kubeconfig="$D/kubeconfig.tmp" --leader-elect=false --bind-address=127.0.0.1 \
+  "$W/bin/kube-controller-manager" --kubeconfig="$D/kubeconfig" --leader-elect=false --bind-address=127.0.0.1 \
     --secure-port="$kcm_port" --port=0 --service-account-private-key-file="$D/pki/sa.key" \
     --root-ca-file="$D/certs/apiserver.crt" --use-service-account-credentials=false \
     --controllers='*,-nodeipam,-nodelifecycle,-attachdetach,-persistentvolume-binder,-cloud-node-lifecycle,-service,-route' \
     > "$D/kcm.log" 2>&1 &
   echo $! > "$D/kcm.pid"
-  mv "$D/kubeconfig.tmp" "$D/kubeconfig"
+  sed 's/envtest-admin-token/envtest-operator-token/; s/name: admin/name: operator/g; s/user: admin/user: operator/' "$D/kubeconfig" > "$D/kubeconfig-operator"
   echo "$D/kubeconfig"
 }
 

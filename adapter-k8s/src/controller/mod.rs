@@ -4,6 +4,7 @@
 mod kube_io;
 pub mod leader;
 pub mod metrics;
+pub mod rbac;
 pub mod writers;
 
 pub use kube_io::{ANNOTATION_AGENT_URL, FIELD_MANAGER};
@@ -388,6 +389,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     if let Some(img) = &args.agent_image {
         config.agent_image = img.clone();
+    }
+    // Feature detection, not a version table in the core: the plan is told what the server takes.
+    match client.apiserver_version().await {
+        Ok(v) => {
+            let minor: u32 = v.minor.trim_end_matches('+').parse().unwrap_or(0);
+            config.sts_pvc_retention_policy = v.major == "1" && minor >= 27;
+            if v.major == "1" && minor < 21 {
+                config.pdb_api_version = "policy/v1beta1".into();
+            }
+            info!(version = %v.git_version, pvc_retention_policy = config.sts_pvc_retention_policy, "API server");
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the API server version; assuming a current server")
+        }
     }
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<BaseKey>();
     let (base_tx, base_rx) = mpsc::unbounded_channel::<ObjectRef<Base>>();

@@ -26,6 +26,12 @@ pub struct OperatorConfig {
     pub agent_image: String,
     /// How often to re-plan when nothing happens (drift detection).
     pub resync_ms: u64,
+    /// The API server knows StatefulSet `persistentVolumeClaimRetentionPolicy` (Kubernetes ≥ 1.27).
+    /// Older servers refuse it under server-side apply, so it is left out there; the operator
+    /// deletes PVCs itself under `Delete` either way.
+    pub sts_pvc_retention_policy: bool,
+    /// `policy/v1` (Kubernetes ≥ 1.21) or `policy/v1beta1` for older servers; same fields.
+    pub pdb_api_version: String,
 }
 
 impl Default for OperatorConfig {
@@ -36,6 +42,8 @@ impl Default for OperatorConfig {
                 env!("CARGO_PKG_VERSION")
             ),
             resync_ms: 300_000,
+            sts_pvc_retention_policy: true,
+            pdb_api_version: "policy/v1".to_string(),
         }
     }
 }
@@ -469,7 +477,7 @@ fn desired_objects(c: &Ctx) -> Vec<Object> {
     ));
     if let Some(pdb) = objects::pdb(c) {
         out.push(Object::typed(
-            "policy/v1",
+            &c.config.pdb_api_version,
             "PodDisruptionBudget",
             c.namespace,
             c.name,

@@ -380,7 +380,7 @@ pub(super) fn statefulset(c: &Ctx) -> StatefulSet {
                 type_: Some("OnDelete".into()),
                 rolling_update: None,
             }),
-            persistent_volume_claim_retention_policy: Some(
+            persistent_volume_claim_retention_policy: c.config.sts_pvc_retention_policy.then_some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
                     when_deleted: Some(retention.into()),
                     when_scaled: Some(retention.into()),

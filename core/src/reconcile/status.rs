@@ -102,7 +102,7 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
     let mut conds = Vec::new();
     match outcome {
         Outcome::Deleting => {
-            st.phase = Some(Phase::Deleting);
+            st.phase = Phase::Deleting;
             conds.push(cond(
                 CONDITION_READY,
                 false,
@@ -111,11 +111,11 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
             ));
         }
         Outcome::Invalid(invalid) => {
-            st.phase = Some(if old.phase.is_some_and(|p| p != Phase::Pending) {
-                Phase::Degraded
-            } else {
+            st.phase = if old.phase == Phase::Pending {
                 Phase::Pending
-            });
+            } else {
+                Phase::Degraded
+            };
             let reason = invalid
                 .0
                 .first()
@@ -124,7 +124,7 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
             conds.push(writer_cond);
         }
         Outcome::OwnedByAnother(other) => {
-            st.phase = Some(Phase::Degraded);
+            st.phase = Phase::Degraded;
             conds.push(cond(
                 CONDITION_READY,
                 false,
@@ -141,20 +141,13 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
             st.ready_replicas = sts.as_ref().map_or(0, |s| s.ready_replicas);
             let quorum = spec_replicas / 2 + 1;
             let has_writer = observed.writer.is_some();
-            st.phase = Some(match &sts {
+            st.phase = match &sts {
                 None => Phase::Creating,
                 Some(_) if st.ready_replicas >= spec_replicas && has_writer => Phase::Running,
-                Some(_)
-                    if matches!(
-                        old.phase,
-                        None | Some(Phase::Pending) | Some(Phase::Creating)
-                    ) =>
-                {
-                    Phase::Creating
-                }
+                Some(_) if matches!(old.phase, Phase::Pending | Phase::Creating) => Phase::Creating,
                 Some(_) => Phase::Degraded,
-            });
-            let mut ready = if st.phase == Some(Phase::Running) {
+            };
+            let mut ready = if st.phase == Phase::Running {
                 cond(
                     CONDITION_READY,
                     true,
@@ -280,9 +273,8 @@ fn events(old: &BaseStatus, new: &BaseStatus) -> Vec<PlanEvent> {
             message: message.to_string(),
         });
     }
-    if new.phase != old.phase
-        && let Some(p) = new.phase
-    {
+    if new.phase != old.phase {
+        let p = new.phase;
         out.push(PlanEvent {
             type_: if p == Phase::Degraded {
                 EventType::Warning

@@ -1,0 +1,10 @@
+# base-operator image: the operator, and the Quasar agent it injects into every Base pod.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p base-adapter-k8s && cp target/release/base-operator /base-operator
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /base-operator /usr/local/bin/base-operator
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/base-operator"]
