@@ -6,3 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/k8s-envtest.sh build
 cargo test --workspace --locked --no-fail-fast
+./scripts/fuzz-smoke.sh
