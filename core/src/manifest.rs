@@ -65,6 +65,14 @@ pub fn from_value(v: Value) -> Result<(Kind, Base), ManifestError> {
             Base::from(serde_path_to_error::deserialize::<_, BaseApp>(v).map_err(field_err)?)
         }
     };
+    // The API server guarantees a valid namespace (an RFC 1123 label); a file does not.
+    if let Some(ns) = base.metadata.namespace.as_deref()
+        && (ns.len() > 63 || ns.contains('.') || crate::validate::check_dns_subdomain(ns).is_err())
+    {
+        return Err(ManifestError::Field(format!(
+            "metadata.namespace: {ns:?} must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+        )));
+    }
     Ok((kind, base))
 }
 

@@ -142,6 +142,14 @@ fn check_objects(objects: &[base_core::reconcile::Object]) {
             "{} name in body and key differ",
             o.kind
         );
+        // A namespace is an RFC 1123 label (it may start with a digit).
+        assert!(
+            o.namespace.len() <= 63 && !o.namespace.contains('.') && check_dns_subdomain(&o.namespace).is_ok(),
+            "{} {:?} in namespace {:?}",
+            o.kind,
+            o.name,
+            o.namespace
+        );
         if let Err(e) = check_dns_subdomain(&o.name) {
             panic!("{} {:?}: {e}", o.kind, o.name);
         }
