@@ -1,0 +1,164 @@
+//! The driver: one task owns the order of inputs to the core `Node` (ticks, peer messages,
+//! position updates, transfer requests) and performs the effects in the order given: a `Persist`
+//! is on disk before any later `Send` is queued.
+
+use super::Shared;
+use super::state::{StateError, StateStore};
+use super::transport::Transport;
+use base_core::quasar::{Effect, Envelope, Input, Message, PersistedState, Role};
+use base_core::{Millis, NodeId};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// Inputs queued for the driver; bounded by `CONTROL_QUEUE_MAX`.
+pub enum Control {
+    Peer {
+        from: NodeId,
+        msg: Message,
+    },
+    Position(u64),
+    /// Hand the writer role over (to the best up-to-date peer when `to` is `None`).
+    Transfer {
+        to: Option<NodeId>,
+    },
+    /// Transfer the writer role if we hold it, wait (bounded) for a successor, then stop.
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+pub const CONTROL_QUEUE_MAX: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("persisting the election state: {0}")]
+    Persist(#[from] StateError),
+    #[error("the persisting task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub struct Driver {
+    pub shared: Arc<Shared>,
+    pub store: StateStore,
+    pub transport: Transport,
+    pub rx: mpsc::Receiver<Control>,
+    pub tick: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+struct ShuttingDown {
+    deadline: Instant,
+    done: oneshot::Sender<()>,
+    was_writer: bool,
+}
+
+impl Driver {
+    pub async fn run(mut self) -> Result<(), DriverError> {
+        let mut interval = tokio::time::interval(self.tick);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut shutting: Option<ShuttingDown> = None;
+        loop {
+            let input = tokio::select! {
+                _ = interval.tick() => Some(Input::Tick),
+                control = self.rx.recv() => match control {
+                    None => return Ok(()),
+                    Some(Control::Peer { from, msg }) => Some(Input::Message { from, msg }),
+                    Some(Control::Position(position)) => Some(Input::Position(position)),
+                    Some(Control::Transfer { to }) => self.transfer_target(to)
+                        .map(|to| Input::TransferWriter { to }),
+                    Some(Control::Shutdown { done }) => {
+                        let was_writer = self.shared.lock_node().role() == Role::Writer;
+                        tracing::info!(was_writer, "shutting down");
+                        shutting = Some(ShuttingDown {
+                            deadline: Instant::now() + self.shutdown_timeout,
+                            done,
+                            was_writer,
+                        });
+                        self.transfer_target(None).map(|to| Input::TransferWriter { to })
+                    }
+                },
+            };
+            if let Some(input) = input {
+                if let Input::TransferWriter { to } = &input {
+                    tracing::info!(%to, "handing the writer role over");
+                }
+                self.step(input).await?;
+            }
+            if let Some(s) = shutting.take() {
+                if self.handed_over(&s) || Instant::now() >= s.deadline {
+                    let _ = s.done.send(());
+                    return Ok(());
+                }
+                shutting = Some(s);
+            }
+        }
+    }
+
+    /// Shutdown may proceed: we were not the writer, or another node now is (we heard it).
+    fn handed_over(&self, s: &ShuttingDown) -> bool {
+        if !s.was_writer {
+            return true;
+        }
+        let node = self.shared.lock_node();
+        node.role() != Role::Writer && node.leader().is_some_and(|l| l != node.id())
+    }
+
+    fn transfer_target(&self, to: Option<NodeId>) -> Option<NodeId> {
+        let node = self.shared.lock_node();
+        if node.role() != Role::Writer {
+            return None;
+        }
+        let target = to.or_else(|| node.best_transfer_target());
+        if target.is_none() {
+            tracing::warn!("no up-to-date peer to hand the writer role to");
+        }
+        target
+    }
+
+    async fn step(&mut self, input: Input) -> Result<(), DriverError> {
+        let now = self.shared.clock.now();
+        let effects = {
+            let mut node = self.shared.lock_node();
+            let effects = node.step(now, input);
+            if node.writer_view(now).writer.is_some() {
+                self.shared.seen_writer.store(true, Ordering::Relaxed);
+            }
+            effects
+        };
+        for effect in effects {
+            self.perform(now, effect).await?;
+        }
+        Ok(())
+    }
+
+    async fn perform(&mut self, now: Millis, effect: Effect) -> Result<(), DriverError> {
+        match effect {
+            Effect::Persist { term, voted_for } => {
+                let store = self.store.clone();
+                let state = PersistedState { term, voted_for };
+                tokio::task::spawn_blocking(move || store.save(&state)).await??;
+            }
+            Effect::Send { to, msg } => self.transport.send(Envelope {
+                from: self.shared.id.clone(),
+                to,
+                msg,
+            }),
+            Effect::BecomeWriter { term, lease_until } => {
+                tracing::info!(%term, lease_ms = lease_until.0.saturating_sub(now.0), "became the writer");
+            }
+            Effect::LeaseRenewed { lease_until } => {
+                tracing::trace!(
+                    lease_ms = lease_until.0.saturating_sub(now.0),
+                    "lease renewed"
+                );
+            }
+            Effect::StepDown { term } => {
+                tracing::info!(%term, "no longer the writer");
+            }
+        }
+        Ok(())
+    }
+}

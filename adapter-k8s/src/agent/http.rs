@@ -1,0 +1,311 @@
+//! The agent's HTTP side: the peer endpoint, `/_ha/*`, health, and the front door that forwards
+//! to the local Base: reads always, writes only while this node holds a valid writer lease.
+
+use super::Shared;
+use super::clock::format_rfc3339;
+use super::driver::Control;
+use super::transport::MESSAGE_PATH;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base_core::quasar::{Envelope, MAX_MESSAGE_BYTES};
+use base_core::wire::{
+    HEADER_LEADER, HEADER_TERM, HEADER_WRITER_REQUIRED, LeaderAnswer, NO_WRITER_BODY,
+};
+use base_core::{Millis, Term};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(MESSAGE_PATH, post(peer_message))
+        .route("/_ha/leader", get(leader))
+        .route("/_ha/peers", get(peers))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(front_door)
+        .layer(axum::middleware::map_response_with_state(
+            shared.clone(),
+            stamp_headers,
+        ))
+        .with_state(shared)
+}
+
+/// Who this agent believes is the writer: (URL, node id, term, lease end).
+fn writer_snapshot(shared: &Shared) -> (String, String, Term, Option<Millis>) {
+    let now = shared.clock.now();
+    let view = shared.lock_node().writer_view(now);
+    match view.writer {
+        Some(id) => (
+            shared.url_of(&id),
+            id.to_string(),
+            view.term,
+            view.lease_until,
+        ),
+        None => (String::new(), String::new(), view.term, None),
+    }
+}
+
+async fn stamp_headers(State(shared): State<Arc<Shared>>, mut response: Response) -> Response {
+    let (url, _, term, _) = writer_snapshot(&shared);
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&url) {
+        headers.insert(HeaderName::from_static("x-base-leader"), v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-base-term"),
+        HeaderValue::from(term.0),
+    );
+    response
+}
+
+async fn peer_message(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let bytes = match axum::body::to_bytes(request.into_body(), MAX_MESSAGE_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "message_too_large"),
+    };
+    let envelope: Envelope = match serde_json::from_slice(&bytes) {
+        Ok(envelope) => envelope,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "bad_message"),
+    };
+    if envelope.to != shared.id {
+        return error(StatusCode::MISDIRECTED_REQUEST, "wrong_node");
+    }
+    let Some(peer) = shared.peers.get(&envelope.from) else {
+        return error(StatusCode::FORBIDDEN, "unknown_peer");
+    };
+    peer.last_seen_ms
+        .store(shared.clock.now().0, Ordering::Relaxed);
+    let control = Control::Peer {
+        from: envelope.from,
+        msg: envelope.msg,
+    };
+    match shared.control.try_send(control) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "busy"),
+    }
+}
+
+async fn leader(State(shared): State<Arc<Shared>>) -> Response {
+    let (leader_url, node_id, term, lease_until) = writer_snapshot(&shared);
+    let answer = LeaderAnswer {
+        leader_url,
+        node_id,
+        term: term.0,
+        lease_expires: lease_until.map(format_rfc3339).unwrap_or_default(),
+    };
+    let mut response = axum::Json(answer).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// One entry of `GET /_ha/peers`, in the shape hanzoai/base-ha serves.
+#[derive(Serialize)]
+struct PeerAnswer {
+    node_id: String,
+    target: String,
+    up: bool,
+    ordinal: i64,
+    /// RFC 3339, empty if never heard from.
+    last_seen: String,
+}
+
+async fn peers(State(shared): State<Arc<Shared>>) -> Response {
+    let now = shared.clock.now();
+    let up_window = shared.peer_up_window_ms;
+    let mut list: Vec<PeerAnswer> = shared
+        .peers
+        .iter()
+        .map(|(id, p)| {
+            let seen = p.last_seen_ms.load(Ordering::Relaxed);
+            PeerAnswer {
+                node_id: id.to_string(),
+                target: p.url.clone(),
+                up: seen != 0 && now.0.saturating_sub(seen) <= up_window,
+                ordinal: ordinal_of(id.as_str()),
+                last_seen: if seen == 0 {
+                    String::new()
+                } else {
+                    format_rfc3339(Millis(seen))
+                },
+            }
+        })
+        .collect();
+    list.sort_by(|a, b| (a.ordinal, &a.node_id).cmp(&(b.ordinal, &b.node_id)));
+    let mut response = axum::Json(list).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The numeric suffix of a StatefulSet pod name (`foo-3` → 3), or −1.
+fn ordinal_of(id: &str) -> i64 {
+    id.rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<i64>().ok())
+        .unwrap_or(-1)
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.seen_writer.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "no_writer_seen")
+    }
+}
+
+fn error(status: StatusCode, code: &str) -> Response {
+    let body = serde_json::json!({ "error": code }).to_string();
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn is_write(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Not the writer (or not inside the lease): send the client to the writer, or 503.
+fn not_here(shared: &Shared, uri: &Uri) -> Response {
+    let (url, node_id, _, _) = writer_snapshot(shared);
+    if url.is_empty() || node_id == shared.id.as_str() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            NO_WRITER_BODY,
+        )
+            .into_response();
+    }
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    match HeaderValue::from_str(&format!("{url}{path_and_query}")) {
+        Ok(location) => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response(),
+        Err(_) => error(StatusCode::BAD_REQUEST, "bad_request_target"),
+    }
+}
+
+async fn front_door(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let writer_required = parts
+        .headers
+        .get(HEADER_WRITER_REQUIRED)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("required"));
+    let write = is_write(&parts.method) || writer_required;
+    if write && !shared.can_accept_writes() {
+        return not_here(&shared, &parts.uri);
+    }
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let uri: Uri = match format!("{}{}", shared.upstream, path_and_query).parse() {
+        Ok(uri) => uri,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "bad_request_target"),
+    };
+    let mut headers = forward_headers(&parts.headers, peer);
+    let mut outgoing = axum::http::Request::new(body);
+    *outgoing.method_mut() = parts.method.clone();
+    *outgoing.uri_mut() = uri;
+    // The fencing check, as late as it can be: right before the request leaves for Base.
+    if write {
+        let now = shared.clock.now();
+        let (accept, term) = {
+            let node = shared.lock_node();
+            (node.can_accept_writes(now), node.term())
+        };
+        if !accept {
+            return not_here(&shared, &parts.uri);
+        }
+        headers.insert(
+            HeaderName::from_static("x-base-term"),
+            HeaderValue::from(term.0),
+        );
+    }
+    *outgoing.headers_mut() = headers;
+    let sent = tokio::time::timeout(shared.upstream_timeout, shared.client.request(outgoing)).await;
+    match sent {
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "upstream request failed");
+            error(StatusCode::BAD_GATEWAY, "upstream_unreachable")
+        }
+        Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn forward_headers(incoming: &HeaderMap, peer: SocketAddr) -> HeaderMap {
+    let mut headers = incoming.clone();
+    strip_hop_by_hop(&mut headers);
+    // A client must not choose the fencing token.
+    headers.remove(HEADER_TERM);
+    headers.remove(HEADER_LEADER);
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    headers
+}

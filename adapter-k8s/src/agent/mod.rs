@@ -1,0 +1,463 @@
+//! `base-operator agent`: the Quasar agent that runs beside Base in every pod. It runs the core
+//! election (`base_core::quasar`) with its peers over HTTP and is the pod's front door: reads go to
+//! the local Base; a write goes there only while this node holds a valid writer lease (checked
+//! again right before forwarding, with the term as the fencing token `X-Base-Term`), otherwise the
+//! client gets `307` to the writer or `503 {"error":"no_writer"}`.
+//!
+//! Endpoints: `POST /_quasar/msg` (peers), `GET /_ha/leader`, `GET /_ha/peers`, `GET /healthz`,
+//! `GET /readyz`; everything else is proxied. Every response carries `X-Base-Leader` (the writer's
+//! URL, empty if none is known) and `X-Base-Term`.
+//!
+//! Layers: [`driver`] feeds the core node and performs its effects in order (persisting through
+//! [`state`] before sending through [`transport`]); [`http`] serves; [`clock`] gives a monotonic
+//! Unix-millisecond `now`. On SIGTERM/SIGINT a writer hands its role to an up-to-date peer
+//! (bounded by `--shutdown-transfer-timeout-ms`) before the process exits.
+
+pub mod clock;
+pub mod config;
+pub mod driver;
+pub mod http;
+pub mod state;
+pub mod transport;
+
+use base_core::NodeId;
+use base_core::quasar::{Node, PersistedState, timing as qt};
+use clock::Clock;
+use config::{ConfigError, PeerSpec};
+use driver::{CONTROL_QUEUE_MAX, Control, Driver};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use state::StateStore;
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Longest accepted `--tick-ms`: the tick must be well inside the heartbeat interval.
+pub const TICK_MS_MAX: u64 = 50;
+/// How often `--position-url` is polled.
+const POSITION_POLL: Duration = Duration::from_millis(200);
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// This replica's id (the pod name).
+    #[arg(long, env = "BASE_NODE_ID")]
+    pub node_id: String,
+    /// The cluster's agents: `id=http://host:port,…`, or plain URLs whose first DNS label is the
+    /// id (`http://<name>-<i>.<name>-hs.<ns>.svc.cluster.local:<port>`). This node's own entry, if
+    /// present, gives its advertised URL.
+    #[arg(long, env = "BASE_PEERS", default_value = "")]
+    pub peers: String,
+    /// Address to listen on, HOST:PORT.
+    #[arg(long, env = "BASE_AGENT_LISTEN", default_value = "0.0.0.0:8090")]
+    pub listen: String,
+    /// The local Base process (`http://127.0.0.1:<internal port>`).
+    #[arg(
+        long,
+        env = "BASE_AGENT_UPSTREAM",
+        default_value = "http://127.0.0.1:8091"
+    )]
+    pub upstream: String,
+    /// Where the term and vote are kept (must survive restarts: the pod's volume).
+    #[arg(long, env = "BASE_AGENT_STATE_DIR", default_value = "/data/quasar")]
+    pub state_dir: PathBuf,
+    /// The URL peers and clients reach this agent at (default: this node's `--peers` entry, else
+    /// `http://<listen>`).
+    #[arg(long, env = "BASE_AGENT_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Optional: a URL on the local Base answering its replication position (a number, or JSON
+    /// `{"position": N}`). Without it every node counts as equally up to date.
+    #[arg(long, env = "BASE_AGENT_POSITION_URL")]
+    pub position_url: Option<String>,
+    #[arg(long, env = "BASE_QUASAR_HEARTBEAT_MS", default_value_t = qt::DEFAULT_HEARTBEAT_INTERVAL_MS)]
+    pub heartbeat_interval_ms: u64,
+    #[arg(long, env = "BASE_QUASAR_ELECTION_TIMEOUT_MIN_MS", default_value_t = qt::DEFAULT_ELECTION_TIMEOUT_MIN_MS)]
+    pub election_timeout_min_ms: u64,
+    #[arg(long, env = "BASE_QUASAR_ELECTION_TIMEOUT_MAX_MS", default_value_t = qt::DEFAULT_ELECTION_TIMEOUT_MAX_MS)]
+    pub election_timeout_max_ms: u64,
+    /// Bound on the relative clock drift between any two nodes, in parts per million.
+    #[arg(long, env = "BASE_QUASAR_DRIFT_BOUND_PPM", default_value_t = qt::DEFAULT_DRIFT_BOUND_PPM)]
+    pub drift_bound_ppm: u64,
+    #[arg(long, env = "BASE_QUASAR_LEASE_MARGIN_MS", default_value_t = qt::DEFAULT_LEASE_MARGIN_MS)]
+    pub lease_margin_ms: u64,
+    /// How often the election is ticked.
+    #[arg(long, env = "BASE_QUASAR_TICK_MS", default_value_t = 10)]
+    pub tick_ms: u64,
+    /// Timeout of each message POST to a peer.
+    #[arg(long, env = "BASE_QUASAR_PEER_TIMEOUT_MS", default_value_t = 500)]
+    pub peer_timeout_ms: u64,
+    /// Timeout for the local Base to answer a forwarded request (response headers).
+    #[arg(long, env = "BASE_AGENT_UPSTREAM_TIMEOUT_MS", default_value_t = 30_000)]
+    pub upstream_timeout_ms: u64,
+    /// How long a writer waits for its successor on SIGTERM before exiting anyway.
+    #[arg(
+        long,
+        env = "BASE_AGENT_SHUTDOWN_TRANSFER_TIMEOUT_MS",
+        default_value_t = 3_000
+    )]
+    pub shutdown_transfer_timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "--tick-ms: {tick_ms} must be between 1 and {TICK_MS_MAX} and below the heartbeat interval"
+    )]
+    Tick { tick_ms: u64 },
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("quasar node: {0}")]
+    Node(#[from] base_core::quasar::NodeError),
+    #[error("peer transport: {0}")]
+    Transport(#[from] reqwest::Error),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+    #[error("election driver: {0}")]
+    Driver(#[from] driver::DriverError),
+    #[error("election driver stopped unexpectedly: {0}")]
+    DriverPanicked(String),
+}
+
+/// A peer as the HTTP side sees it.
+pub struct PeerEntry {
+    pub url: String,
+    /// Unix ms of the last message received from it; 0 = never.
+    pub last_seen_ms: AtomicU64,
+}
+
+/// State shared by the driver and the HTTP handlers.
+pub struct Shared {
+    pub id: NodeId,
+    pub self_url: String,
+    pub peers: BTreeMap<NodeId, PeerEntry>,
+    node: Mutex<Node>,
+    pub clock: Clock,
+    pub control: mpsc::Sender<Control>,
+    pub seen_writer: AtomicBool,
+    /// `scheme://authority` of the local Base, without a trailing slash.
+    pub upstream: String,
+    pub client: Client<HttpConnector, axum::body::Body>,
+    pub upstream_timeout: Duration,
+    /// A peer heard from within this window counts as up in `/_ha/peers`.
+    pub peer_up_window_ms: u64,
+}
+
+impl Shared {
+    /// The node, even if a panicking thread poisoned the lock (the driver's panics end the
+    /// process anyway; readers must not add their own).
+    pub fn lock_node(&self) -> MutexGuard<'_, Node> {
+        self.node.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn can_accept_writes(&self) -> bool {
+        let now = self.clock.now();
+        self.lock_node().can_accept_writes(now)
+    }
+
+    pub fn url_of(&self, id: &NodeId) -> String {
+        if *id == self.id {
+            return self.self_url.clone();
+        }
+        self.peers
+            .get(id)
+            .map(|p| p.url.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Validated arguments, ready to start.
+struct Plan {
+    id: NodeId,
+    self_url: String,
+    peers: Vec<PeerSpec>,
+    timing: base_core::quasar::Timing,
+    listen: SocketAddr,
+    upstream: String,
+}
+
+fn plan(args: &AgentArgs) -> Result<Plan, AgentError> {
+    let id = args.node_id.trim();
+    if id.is_empty() {
+        return Err(ConfigError::EmptyNodeId.into());
+    }
+    let id = NodeId::new(id);
+    let listen: SocketAddr = args.listen.parse().map_err(|_| ConfigError::Listen {
+        value: args.listen.clone(),
+    })?;
+    let upstream = args.upstream.trim().trim_end_matches('/').to_string();
+    let upstream_ok = upstream
+        .strip_prefix("http://")
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+    if !upstream_ok {
+        return Err(ConfigError::Upstream {
+            value: args.upstream.clone(),
+        }
+        .into());
+    }
+    let timing = config::timing(
+        args.heartbeat_interval_ms,
+        args.election_timeout_min_ms,
+        args.election_timeout_max_ms,
+        args.drift_bound_ppm,
+        args.lease_margin_ms,
+    )?;
+    if args.tick_ms == 0 || args.tick_ms > TICK_MS_MAX || args.tick_ms >= args.heartbeat_interval_ms
+    {
+        return Err(AgentError::Tick {
+            tick_ms: args.tick_ms,
+        });
+    }
+    let mut all = config::parse_peers(&args.peers)?;
+    let own = all.iter().position(|p| p.id == id).map(|k| all.remove(k));
+    let self_url = args
+        .advertise_url
+        .clone()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .or(own.map(|p| p.url))
+        .unwrap_or_else(|| format!("http://{listen}"));
+    Ok(Plan {
+        id,
+        self_url,
+        peers: all,
+        timing,
+        listen,
+        upstream,
+    })
+}
+
+/// Runs the agent until SIGTERM/SIGINT (after handing the writer role over) or a fatal error.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    init_logging();
+    let plan = plan(&args)?;
+    let store = StateStore::open(&args.state_dir)?;
+    let persisted: PersistedState = store.load()?;
+    let clock = Clock::new();
+    let seed =
+        std::collections::hash_map::RandomState::new().hash_one((plan.id.as_str(), clock.now().0));
+    let peer_ids: Vec<NodeId> = plan.peers.iter().map(|p| p.id.clone()).collect();
+    let node = Node::new(
+        plan.id.clone(),
+        peer_ids,
+        plan.timing,
+        persisted.clone(),
+        seed,
+        clock.now(),
+    )
+    .map_err(AgentError::from)?;
+    tracing::info!(
+        node_id = %plan.id, url = %plan.self_url, term = %persisted.term,
+        voted_for = ?persisted.voted_for, peers = plan.peers.len(), "quasar agent starting"
+    );
+
+    let (control, rx) = mpsc::channel(CONTROL_QUEUE_MAX);
+    let peer_timeout = Duration::from_millis(args.peer_timeout_ms.max(1));
+    let transport = transport::Transport::start(
+        &plan
+            .peers
+            .iter()
+            .map(|p| (p.id.clone(), p.url.clone()))
+            .collect::<Vec<_>>(),
+        peer_timeout,
+        Duration::from_millis(plan.timing.election_timeout_min_ms().0 / 2),
+    )
+    .map_err(AgentError::from)?;
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let shared = Arc::new(Shared {
+        id: plan.id.clone(),
+        self_url: plan.self_url.clone(),
+        peers: plan
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.id.clone(),
+                    PeerEntry {
+                        url: p.url.clone(),
+                        last_seen_ms: AtomicU64::new(0),
+                    },
+                )
+            })
+            .collect(),
+        node: Mutex::new(node),
+        clock,
+        control: control.clone(),
+        seen_writer: AtomicBool::new(false),
+        upstream: plan.upstream.clone(),
+        client,
+        upstream_timeout: Duration::from_millis(args.upstream_timeout_ms.max(1)),
+        peer_up_window_ms: plan.timing.election_timeout_min_ms().0,
+    });
+
+    let driver = Driver {
+        shared: shared.clone(),
+        store,
+        transport,
+        rx,
+        tick: Duration::from_millis(args.tick_ms),
+        shutdown_timeout: Duration::from_millis(args.shutdown_transfer_timeout_ms),
+    };
+    let mut driver_task = tokio::spawn(driver.run());
+    if let Some(url) = args.position_url.clone() {
+        tokio::spawn(poll_position(url, control.clone(), peer_timeout));
+    }
+
+    let listener = tokio::net::TcpListener::bind(plan.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: plan.listen.to_string(),
+            source,
+        })?;
+    tracing::info!(addr = %plan.listen, upstream = %plan.upstream, "serving");
+    let app = http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let (stop_http, http_stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await
+    });
+
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => {
+            let (done, handed_over) = oneshot::channel();
+            if control.send(Control::Shutdown { done }).await.is_ok() {
+                let _ = handed_over.await;
+            }
+            match driver_task.await {
+                Ok(result) => result.map_err(AgentError::from),
+                Err(e) => Err(AgentError::DriverPanicked(e.to_string())),
+            }
+        }
+        joined = &mut driver_task => match joined {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AgentError::from(e)),
+            Err(e) => Err(AgentError::DriverPanicked(e.to_string())),
+        },
+    };
+    let _ = stop_http.send(());
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("HTTP connections still open at exit"),
+    }
+    outcome?;
+    tracing::info!("quasar agent stopped");
+    Ok(())
+}
+
+async fn poll_position(url: String, control: mpsc::Sender<Control>, timeout: Duration) {
+    let Ok(client) = reqwest::Client::builder().timeout(timeout).build() else {
+        tracing::warn!("cannot build the position client");
+        return;
+    };
+    let mut interval = tokio::time::interval(POSITION_POLL);
+    loop {
+        interval.tick().await;
+        let Ok(response) = client.get(&url).send().await else {
+            continue;
+        };
+        let Ok(text) = response.text().await else {
+            continue;
+        };
+        let position = text.trim().parse::<u64>().ok().or_else(|| {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .ok()?
+                .get("position")?
+                .as_u64()
+        });
+        if let Some(position) = position
+            && control.send(Control::Position(position)).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Fails only when a subscriber is already set, which is fine.
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    #[test]
+    fn own_entry_gives_the_advertised_url() {
+        let cli = Cli::parse_from([
+            "x",
+            "--node-id",
+            "app-1",
+            "--peers",
+            "http://app-0.app-hs.ns.svc.cluster.local:8090,http://app-1.app-hs.ns.svc.cluster.local:8090",
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        let p = plan(&cli.agent).unwrap();
+        assert_eq!(p.self_url, "http://app-1.app-hs.ns.svc.cluster.local:8090");
+        assert_eq!(p.peers.len(), 1);
+        assert_eq!(p.peers[0].id.as_str(), "app-0");
+    }
+
+    #[test]
+    fn refuses_a_bad_upstream_and_timing() {
+        let base = ["x", "--node-id", "a", "--listen", "127.0.0.1:0"];
+        let cli = Cli::parse_from(base.iter().chain(&["--upstream", "https://x/y"]));
+        assert!(plan(&cli.agent).is_err());
+        let cli = Cli::parse_from(base.iter().chain(&["--lease-margin-ms", "0"]));
+        assert!(plan(&cli.agent).is_err());
+    }
+}
