@@ -25,6 +25,8 @@ enum Command {
     Gateway(base_adapter_k8s::gateway::GatewayArgs),
     /// Run the controller (kubeconfig or in-cluster config).
     Run(base_adapter_k8s::controller::RunArgs),
+    /// Run the Quasar agent beside Base: writer election with its peers, and the pod's front door.
+    Agent(base_adapter_k8s::agent::AgentArgs),
 }
 
 #[tokio::main]
@@ -37,5 +39,6 @@ async fn main() -> Result<()> {
         }
         Command::Gateway(args) => base_adapter_k8s::gateway::run(args).await,
         Command::Run(args) => base_adapter_k8s::controller::run(args).await,
+        Command::Agent(args) => base_adapter_k8s::agent::run(args).await,
     }
 }
