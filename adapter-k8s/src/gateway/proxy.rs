@@ -98,6 +98,13 @@ pub(super) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -
         Ok(outgoing) => outgoing,
         Err(response) => return response,
     };
+    if matches!(&outgoing, Outgoing::Replayable(bytes) if !bytes.is_empty()) {
+        // Reading the body took time: decide again, so that the write goes to the writer of now.
+        match shared.lock_tracker().route(super::now_ms(), request) {
+            Route::Forward(again) => forward = again,
+            Route::Reject(reject) => return shared.reject(reject),
+        }
+    }
     let Some(path_and_query) = parts.uri.path_and_query().map(|pq| pq.as_str().to_owned()) else {
         return json_error(StatusCode::BAD_REQUEST, "bad_request_target");
     };
