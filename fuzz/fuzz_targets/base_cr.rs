@@ -286,6 +286,8 @@ impl World {
             }
             obs.objects.insert(ObjectKey::new("StatefulSet", name), sts);
         }
+        // Pod names are unique in a namespace: the first of each name is kept.
+        let mut names = std::collections::BTreeSet::new();
         obs.pods = self
             .pods
             .iter()
@@ -299,6 +301,7 @@ impl World {
                 terminating: p.terminating,
                 writer_label: p.writer_label,
             })
+            .filter(|p| names.insert(p.name.clone()))
             .collect();
         obs.pvcs = self
             .pvcs
