@@ -9,15 +9,19 @@ pub mod writers;
 
 pub use kube_io::{ANNOTATION_AGENT_URL, FIELD_MANAGER};
 
-use base_core::crd::{Base, BaseApp, Kind};
+use base_core::crd::{Base, BaseApp, BaseSpec, Kind};
+use base_core::reconcile::route;
 use base_core::reconcile::{EventType as PlanEventType, OperatorConfig, Plan, Transfer, plan_for};
 use base_core::validate::parse_duration_ms;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::DynamicObject;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use metrics::Metrics;
@@ -455,7 +459,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }};
     }
     let wc = watcher::Config::default().any_semantic();
-    let base_ctl = owned!(Controller::new(bases, wc.clone()))
+    let gw_ar = kube_io::resource(route::GATEWAY_API_VERSION, route::GATEWAY_KIND);
+    // Gateways may live in other namespaces than their Bases: watch them cluster-wide unless scoped.
+    let gw_api: Api<DynamicObject> = match &ns {
+        Some(n) => Api::namespaced_with(client.clone(), n, &gw_ar),
+        None => Api::all_with(client.clone(), &gw_ar),
+    };
+    // With backoff: where the Gateway CRD is not installed the watch fails, and must not spin.
+    let gw_events = || {
+        watcher::watcher(gw_api.clone(), watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+    };
+    let base_ctl = Controller::new(bases, wc.clone());
+    let base_store = base_ctl.store();
+    let base_ctl = owned!(base_ctl)
+        .watches_stream_with(
+            gw_events(),
+            move |gw| referring(&base_store, &gw, |b: &Base| &b.spec),
+            gw_ar.clone(),
+        )
         .reconcile_on(tokio_stream_from(base_rx))
         .shutdown_on_signal()
         .run(
@@ -471,7 +494,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 tracing::debug!(error = %e, "controller event");
             }
         });
-    let app_ctl = owned!(Controller::new(apps, wc))
+    let app_ctl = Controller::new(apps, wc);
+    let app_store = app_ctl.store();
+    let app_ctl = owned!(app_ctl)
+        .watches_stream_with(
+            gw_events(),
+            move |gw| referring(&app_store, &gw, |b: &BaseApp| &b.spec.0),
+            gw_ar.clone(),
+        )
         .reconcile_on(tokio_stream_from(app_rx))
         .shutdown_on_signal()
         .run(
@@ -503,6 +533,37 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The Bases (or BaseApps) whose route goes into this Gateway, to re-plan when it changes.
+fn referring<K>(
+    store: &Store<K>,
+    gw: &DynamicObject,
+    spec_of: fn(&K) -> &BaseSpec,
+) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (gw_name, gw_ns) = (gw.name_any(), gw.namespace().unwrap_or_default());
+    store
+        .state()
+        .into_iter()
+        .filter(|b| {
+            let ns = b.meta().namespace.clone().unwrap_or_default();
+            spec_of(b)
+                .gateway
+                .as_ref()
+                .filter(|g| g.route.is_some())
+                .is_some_and(|g| {
+                    g.gateway_name
+                        .as_deref()
+                        .unwrap_or(base_core::crd::DEFAULT_GATEWAY_NAME)
+                        == gw_name
+                        && g.gateway_namespace.as_deref().unwrap_or(&ns) == gw_ns
+                })
+        })
+        .map(|b| ObjectRef::from_obj(&*b))
+        .collect()
 }
 
 /// An API over one namespace, or all of them.

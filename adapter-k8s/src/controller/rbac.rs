@@ -8,7 +8,7 @@ pub const CLUSTER_CALLS: &[(&str, &str, &[&str])] = &[
     ("hanzo.ai", "baseapps", &["get", "list", "watch", "patch"]),
     ("hanzo.ai", "bases/status", &["patch"]),
     ("hanzo.ai", "baseapps/status", &["patch"]),
-    ("hanzo.ai", "gateways", &["get", "patch"]),
+    ("hanzo.ai", "gateways", &["get", "list", "watch", "patch"]),
     (
         "apps",
         "statefulsets",
