@@ -618,3 +618,169 @@ fn nothing_known_means_503_and_a_garbled_answer_is_a_failed_poll() {
     });
     assert!(gw.log_text().contains("poll failed"));
 }
+
+// -------------------------------------------------------------------------------------------------
+// With real agents
+// -------------------------------------------------------------------------------------------------
+
+/// A `base-operator agent` process with its own state dir; killed (SIGKILL: a crash, no hand-over)
+/// when dropped.
+struct Agent {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    fn start(
+        i: usize,
+        peers: &str,
+        port: u16,
+        upstream: SocketAddr,
+        state_dir: &std::path::Path,
+    ) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_base-operator"))
+            .arg("agent")
+            .args(["--node-id", &name(i), "--peers", peers])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--upstream", &format!("http://{upstream}")])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start base-operator agent");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Agent { child, log }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago (the agents must know each other's ports before they start).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[test]
+fn with_real_agents_the_gateway_never_routes_to_a_killed_writer_after_its_lease() {
+    // Base stand-ins behind the agents: upstream i is behind agent b-i (its script is unused).
+    let upstreams = StandIns::start(None, 0, Lease::Renewing(Duration::from_secs(1)));
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = (0..3)
+        .map(|i| format!("{}=http://127.0.0.1:{}", name(i), ports[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "base-gateway-agents-{}-{nanos}",
+        std::process::id()
+    ));
+    let mut agents: Vec<Option<Agent>> = (0..3)
+        .map(|i| {
+            let state = dir.join(name(i));
+            std::fs::create_dir_all(&state).unwrap();
+            Some(Agent::start(
+                i,
+                &peers,
+                ports[i],
+                upstreams.cluster.addrs[i],
+                &state,
+            ))
+        })
+        .collect();
+    let gw = Gateway::start(&peers, &["--poll-interval", "200ms", "--ryw-ttl", "2s"]);
+    // Redirects are answers here: a 307 from an agent must be seen, not followed.
+    let client = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        ..Client::new()
+    };
+    let agent_logs = |agents: &[Option<Agent>]| {
+        agents
+            .iter()
+            .flatten()
+            .map(|a| a.log.lock().unwrap().join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+
+    let mut writer = String::new();
+    let start = Instant::now();
+    while writer.is_empty() {
+        if let Some(w) = client.state(&gw)["writer"].as_str() {
+            writer = w.to_owned();
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no writer elected; agents:\n{}\ngateway:\n{}",
+            agent_logs(&agents),
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dead: usize = writer[2..].parse().expect("b-<i>");
+    wait_until("a write goes through the writer's agent", &gw, || {
+        let a = client.post(&gw.url("/api/w"), "c", b"{}".to_vec());
+        a.status == StatusCode::OK && a.replica.as_deref() == Some(writer.as_str())
+    });
+
+    // Crash the writer. Until the gateway lets go of it (its lease passes, or a higher term is
+    // seen) writes may still be tried there and fail; from then on, never.
+    agents[dead] = None;
+    wait_until("the gateway forgets the killed writer", &gw, || {
+        client.state(&gw)["writer"] != writer.as_str()
+    });
+    let start = Instant::now();
+    let (mut sent, mut served_by_new_writer) = (0, 0);
+    while served_by_new_writer < 10 || sent < 30 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no new writer took writes; agents:\n{}\ngateway:\n{}",
+            agent_logs(&agents),
+            gw.log_text()
+        );
+        let a = client.post(&gw.url("/api/w"), &format!("c{sent}"), b"{}".to_vec());
+        sent += 1;
+        match a.status {
+            StatusCode::OK => {
+                assert_ne!(a.replica.as_deref(), Some(writer.as_str()));
+                served_by_new_writer += 1;
+            }
+            // No writer yet, or an agent fencing a write it may no longer take: both are answers
+            // that do not involve the dead writer.
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TEMPORARY_REDIRECT => {}
+            other => panic!(
+                "after the killed writer's lease, a write got {other}: {a:?}; gateway:\n{}",
+                gw.log_text()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let term = client.state(&gw)["term"].as_u64().unwrap_or(0);
+    assert!(term >= 2, "a new term was elected: {term}");
+    drop(agents);
+    let _ = std::fs::remove_dir_all(&dir);
+}
