@@ -26,3 +26,92 @@ fn base_cr_invalid_namespace_is_refused() {
         assert!(plan.desired.iter().all(|o| o.namespace == good));
     }
 }
+
+/// `agent`: one peer message with a term near `u64::MAX` made the node adopt it; its next
+/// election timeout then overflowed `term + 1` (a panic, or a term going back to 0 in release).
+/// Such terms are now dropped, and a node whose persisted term has no room left stays a follower.
+#[test]
+fn agent_huge_term_from_a_peer_is_dropped() {
+    use base_core::quasar::node::TERM_MAX;
+    use base_core::quasar::{Effect, Input, Message, Node, PersistedState, Role, Timing};
+    use base_core::{Millis, NodeId, Term};
+
+    let peers = || vec![NodeId::from("b-1"), NodeId::from("b-2")];
+    let mut node = Node::new(
+        NodeId::from("b-0"),
+        peers(),
+        Timing::default(),
+        PersistedState::default(),
+        1,
+        Millis(0),
+    )
+    .expect("a node");
+    for term in [u64::MAX, TERM_MAX.0 + 1] {
+        let heartbeat = Message::Heartbeat {
+            term: Term(term),
+            sent_ms: Millis(0),
+            position: 0,
+        };
+        let _ = node.step(
+            Millis(10),
+            Input::Message {
+                from: NodeId::from("b-1"),
+                msg: heartbeat,
+            },
+        );
+        assert_eq!(node.term(), Term(0));
+    }
+    assert_eq!(node.drops().bad_term, 2);
+    let mut pre_votes = 0;
+    for t in (100..10_000).step_by(100) {
+        for e in node.step(Millis(t), Input::Tick) {
+            if let Effect::Send {
+                msg: Message::PreVote { term, .. },
+                ..
+            } = e
+            {
+                assert_eq!(term, Term(1));
+                pre_votes += 1;
+            }
+        }
+    }
+    assert!(pre_votes > 0, "the node still campaigns");
+
+    // A corrupt state file with no term left: no panic, no campaign, no writer.
+    let persisted = PersistedState {
+        term: Term(u64::MAX),
+        voted_for: None,
+    };
+    let mut node = Node::new(
+        NodeId::from("b-0"),
+        peers(),
+        Timing::default(),
+        persisted,
+        1,
+        Millis(0),
+    )
+    .expect("a node");
+    for t in (0..10_000).step_by(100) {
+        let _ = node.step(Millis(t), Input::Tick);
+        let _ = node.step(Millis(t), Input::Campaign);
+    }
+    assert_eq!(node.term(), Term(u64::MAX));
+    assert_eq!(node.role(), Role::Follower);
+    let single = PersistedState {
+        term: Term(u64::MAX),
+        voted_for: None,
+    };
+    let mut alone = Node::new(
+        NodeId::from("b-0"),
+        vec![],
+        Timing::default(),
+        single,
+        1,
+        Millis(0),
+    )
+    .expect("a node");
+    for t in (0..10_000).step_by(100) {
+        let _ = alone.step(Millis(t), Input::Tick);
+    }
+    assert_eq!(alone.role(), Role::Follower);
+}

@@ -46,7 +46,10 @@ fn check(kind: Kind, base: &Base, observed: Option<&[u8]>) {
     match manifest::from_value(text) {
         Ok((kind2, base2)) => {
             assert_eq!(kind2, Kind::Base);
-            assert_eq!(base2.spec, base.spec, "spec changed through a JSON round trip");
+            assert_eq!(
+                base2.spec, base.spec,
+                "spec changed through a JSON round trip"
+            );
         }
         Err(e) => panic!("a parsed Base does not read back from its own JSON: {e}"),
     }
@@ -95,12 +98,20 @@ fn check(kind: Kind, base: &Base, observed: Option<&[u8]>) {
                 // The StatefulSet moves from what is there towards the spec, never past it, and
                 // an odd count stays odd.
                 let replicas = |body: Option<&Value>| {
-                    body.and_then(|b| b.pointer("/spec/replicas")).and_then(Value::as_i64)
+                    body.and_then(|b| b.pointer("/spec/replicas"))
+                        .and_then(Value::as_i64)
                 };
                 let spec = i64::from(base.spec.replicas);
                 // (Nothing is planned when another controller owns the StatefulSet.)
-                let planned = p.desired.iter().find(|o| o.kind == "StatefulSet").map(|o| &o.body);
-                match (planned, obs.objects.get(&ObjectKey::new("StatefulSet", &name))) {
+                let planned = p
+                    .desired
+                    .iter()
+                    .find(|o| o.kind == "StatefulSet")
+                    .map(|o| &o.body);
+                match (
+                    planned,
+                    obs.objects.get(&ObjectKey::new("StatefulSet", &name)),
+                ) {
                     (None, _) => assert!(p.desired.is_empty()),
                     (Some(planned), None) => assert_eq!(replicas(Some(planned)), Some(spec)),
                     (Some(planned), Some(sts)) => {
@@ -144,7 +155,9 @@ fn check_objects(objects: &[base_core::reconcile::Object]) {
         );
         // A namespace is an RFC 1123 label (it may start with a digit).
         assert!(
-            o.namespace.len() <= 63 && !o.namespace.contains('.') && check_dns_subdomain(&o.namespace).is_ok(),
+            o.namespace.len() <= 63
+                && !o.namespace.contains('.')
+                && check_dns_subdomain(&o.namespace).is_ok(),
             "{} {:?} in namespace {:?}",
             o.kind,
             o.name,
@@ -161,8 +174,14 @@ fn check_objects(objects: &[base_core::reconcile::Object]) {
         for path in ["/metadata/labels", "/spec/template/metadata/labels"] {
             if let Some(labels) = o.body.pointer(path).and_then(Value::as_object) {
                 for (k, v) in labels {
-                    let v = v.as_str().unwrap_or_else(|| panic!("label {k} not a string"));
-                    assert!(is_label_value(v), "{} label {k}={v:?} is not a label value", o.kind);
+                    let v = v
+                        .as_str()
+                        .unwrap_or_else(|| panic!("label {k} not a string"));
+                    assert!(
+                        is_label_value(v),
+                        "{} label {k}={v:?} is not a label value",
+                        o.kind
+                    );
                 }
             }
         }
@@ -176,7 +195,8 @@ fn check_objects(objects: &[base_core::reconcile::Object]) {
 fn is_label_value(v: &str) -> bool {
     v.is_empty()
         || (v.len() <= 63
-            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
             && v.as_bytes()[0].is_ascii_alphanumeric()
             && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric())
 }

@@ -46,49 +46,118 @@ enum Action {
     Bounce(u8),
     Pause(u8),
     Resume(u8),
-    Transfer { from: u8, to: u8 },
+    Transfer {
+        from: u8,
+        to: u8,
+    },
     Campaign(u8),
-    Position { node: u8, delta: u16 },
+    Position {
+        node: u8,
+        delta: u16,
+    },
     /// Deliver again, now, a message sent earlier (possibly many terms ago), to its recipient.
     Replay(u16),
     /// Flip bytes of a message in flight, as a bad link would; the agent's parser decides.
-    Garble { index: u16, at: u16, xor: u8 },
+    Garble {
+        index: u16,
+        at: u16,
+        xor: u8,
+    },
     /// A message from an id outside the cluster.
-    Stranger { to: u8, msg: FuzzMsg },
-    Network { loss_pct: u8, dup_pct: u8, delay_max_ms: u16 },
+    Stranger {
+        to: u8,
+        msg: FuzzMsg,
+    },
+    Network {
+        loss_pct: u8,
+        dup_pct: u8,
+        delay_max_ms: u16,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
 enum FuzzMsg {
-    PreVote { term: u64, position: u64 },
-    PreVoteResponse { term: u64, granted: bool },
-    Vote { term: u64, position: u64, sent_ms: u64, transfer_from: Option<u8> },
-    VoteResponse { term: u64, granted: bool, sent_ms: u64 },
-    Heartbeat { term: u64, sent_ms: u64, position: u64 },
-    HeartbeatAck { term: u64, ok: bool, sent_ms: u64, position: u64 },
-    TimeoutNow { term: u64 },
+    PreVote {
+        term: u64,
+        position: u64,
+    },
+    PreVoteResponse {
+        term: u64,
+        granted: bool,
+    },
+    Vote {
+        term: u64,
+        position: u64,
+        sent_ms: u64,
+        transfer_from: Option<u8>,
+    },
+    VoteResponse {
+        term: u64,
+        granted: bool,
+        sent_ms: u64,
+    },
+    Heartbeat {
+        term: u64,
+        sent_ms: u64,
+        position: u64,
+    },
+    HeartbeatAck {
+        term: u64,
+        ok: bool,
+        sent_ms: u64,
+        position: u64,
+    },
+    TimeoutNow {
+        term: u64,
+    },
 }
 
 impl FuzzMsg {
     fn message(&self) -> Message {
         match *self {
-            FuzzMsg::PreVote { term, position } => Message::PreVote { term: Term(term), position },
-            FuzzMsg::PreVoteResponse { term, granted } => {
-                Message::PreVoteResponse { term: Term(term), granted }
-            }
-            FuzzMsg::Vote { term, position, sent_ms, transfer_from } => Message::Vote {
+            FuzzMsg::PreVote { term, position } => Message::PreVote {
+                term: Term(term),
+                position,
+            },
+            FuzzMsg::PreVoteResponse { term, granted } => Message::PreVoteResponse {
+                term: Term(term),
+                granted,
+            },
+            FuzzMsg::Vote {
+                term,
+                position,
+                sent_ms,
+                transfer_from,
+            } => Message::Vote {
                 term: Term(term),
                 position,
                 sent_ms: Millis(sent_ms),
                 transfer_from: transfer_from.map(|i| node_id(usize::from(i % 6))),
             },
-            FuzzMsg::VoteResponse { term, granted, sent_ms } => {
-                Message::VoteResponse { term: Term(term), granted, sent_ms: Millis(sent_ms) }
-            }
-            FuzzMsg::Heartbeat { term, sent_ms, position } => {
-                Message::Heartbeat { term: Term(term), sent_ms: Millis(sent_ms), position }
-            }
-            FuzzMsg::HeartbeatAck { term, ok, sent_ms, position } => Message::HeartbeatAck {
+            FuzzMsg::VoteResponse {
+                term,
+                granted,
+                sent_ms,
+            } => Message::VoteResponse {
+                term: Term(term),
+                granted,
+                sent_ms: Millis(sent_ms),
+            },
+            FuzzMsg::Heartbeat {
+                term,
+                sent_ms,
+                position,
+            } => Message::Heartbeat {
+                term: Term(term),
+                sent_ms: Millis(sent_ms),
+                position,
+            },
+            FuzzMsg::HeartbeatAck {
+                term,
+                ok,
+                sent_ms,
+                position,
+            } => Message::HeartbeatAck {
                 term: Term(term),
                 ok,
                 sent_ms: Millis(sent_ms),
@@ -140,12 +209,17 @@ struct Sim {
 
 impl Sim {
     fn local(&self, i: usize, real: u64) -> Millis {
-        Millis(self.offset_ms[i] + ((u128::from(real) * u128::from(self.rate_ppm[i])) / u128::from(PPM)) as u64)
+        Millis(
+            self.offset_ms[i]
+                + ((u128::from(real) * u128::from(self.rate_ppm[i])) / u128::from(PPM)) as u64,
+        )
     }
 
     /// The first real ms at which node `i`'s clock reads at least `t`.
     fn real_at(&self, i: usize, t: Millis) -> u64 {
-        let Some(d) = t.0.checked_sub(self.offset_ms[i]) else { return 0 };
+        let Some(d) = t.0.checked_sub(self.offset_ms[i]) else {
+            return 0;
+        };
         let r = u128::from(self.rate_ppm[i]);
         let real = (u128::from(d) * u128::from(PPM)).div_ceil(r);
         u64::try_from(real).unwrap_or(u64::MAX)
@@ -157,10 +231,22 @@ impl Sim {
 
     fn start(&mut self, i: usize) {
         let now = self.local(i, self.now);
-        self.seeds[i] = self.seeds[i].wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        let node = Node::new(node_id(i), self.peers_of(i), self.timing, self.disk[i].clone(), self.seeds[i], now)
-            .expect("a valid node");
-        assert!(!node.can_accept_writes(now), "a node accepts writes as it starts");
+        self.seeds[i] = self.seeds[i]
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        let node = Node::new(
+            node_id(i),
+            self.peers_of(i),
+            self.timing,
+            self.disk[i].clone(),
+            self.seeds[i],
+            now,
+        )
+        .expect("a valid node");
+        assert!(
+            !node.can_accept_writes(now),
+            "a node accepts writes as it starts"
+        );
         self.nodes[i] = Some(node);
         self.paused[i] = false;
     }
@@ -200,22 +286,33 @@ impl Sim {
         if self.paused[i] {
             return;
         }
-        let Some(node) = self.nodes[i].as_mut() else { return };
-        let local = Millis(self.offset_ms[i] + ((u128::from(self.now) * u128::from(self.rate_ppm[i])) / u128::from(PPM)) as u64);
+        let Some(node) = self.nodes[i].as_mut() else {
+            return;
+        };
+        let local = Millis(
+            self.offset_ms[i]
+                + ((u128::from(self.now) * u128::from(self.rate_ppm[i])) / u128::from(PPM)) as u64,
+        );
         let term_before = node.term();
         let effects = node.step(local, input);
         let term_after = node.term();
         let role = node.role();
         self.steps += 1;
         assert!(term_after >= term_before);
-        assert!(term_after >= self.max_term_seen[i], "node {i}: term went down across a restart");
+        assert!(
+            term_after >= self.max_term_seen[i],
+            "node {i}: term went down across a restart"
+        );
         self.max_term_seen[i] = term_after;
         for e in effects {
             match e {
                 Effect::Persist { term, voted_for } => {
                     assert!(term >= self.disk[i].term, "node {i} persisted a lower term");
                     if term == self.disk[i].term && self.disk[i].voted_for.is_some() {
-                        assert_eq!(voted_for, self.disk[i].voted_for, "node {i} changed its vote in {term}");
+                        assert_eq!(
+                            voted_for, self.disk[i].voted_for,
+                            "node {i} changed its vote in {term}"
+                        );
                     }
                     if let Some(v) = &voted_for {
                         if let Some(prev) = self.votes.insert((i, term), v.clone()) {
@@ -229,7 +326,13 @@ impl Sim {
                     if let Some(prev) = self.writer_of_term.insert(term, i) {
                         assert_eq!(prev, i, "two writers in term {term}: q-{prev} and q-{i}");
                     }
-                    assert_eq!(self.disk[i], PersistedState { term, voted_for: Some(node_id(i)) });
+                    assert_eq!(
+                        self.disk[i],
+                        PersistedState {
+                            term,
+                            voted_for: Some(node_id(i))
+                        }
+                    );
                     let _ = lease_until;
                 }
                 Effect::LeaseRenewed { .. } | Effect::StepDown { .. } => {}
@@ -237,13 +340,30 @@ impl Sim {
                     let persisted = &self.disk[i];
                     match &msg {
                         Message::PreVote { .. } | Message::PreVoteResponse { .. } => {}
-                        Message::VoteResponse { term, granted: true, .. } => {
-                            assert_eq!(persisted.term, *term, "vote granted before its term was persisted");
-                            assert_eq!(persisted.voted_for.as_ref(), Some(&to), "vote granted before it was persisted");
+                        Message::VoteResponse {
+                            term,
+                            granted: true,
+                            ..
+                        } => {
+                            assert_eq!(
+                                persisted.term, *term,
+                                "vote granted before its term was persisted"
+                            );
+                            assert_eq!(
+                                persisted.voted_for.as_ref(),
+                                Some(&to),
+                                "vote granted before it was persisted"
+                            );
                         }
-                        m => assert!(m.term() <= persisted.term, "{} sent in an unpersisted term", m.kind()),
+                        m => assert!(
+                            m.term() <= persisted.term,
+                            "{} sent in an unpersisted term",
+                            m.kind()
+                        ),
                     }
-                    let j = (0..self.n).find(|&j| node_id(j) == to).expect("sent to a peer");
+                    let j = (0..self.n)
+                        .find(|&j| node_id(j) == to)
+                        .expect("sent to a peer");
                     self.send(i, j, msg, u);
                 }
             }
@@ -262,12 +382,21 @@ impl Sim {
         if roll % 100 < self.loss_pct % 101 {
             return;
         }
-        let copies = if (roll / 3) % 100 < self.dup_pct % 101 { 2 } else { 1 };
+        let copies = if (roll / 3) % 100 < self.dup_pct % 101 {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let d: u16 = u.arbitrary().unwrap_or(0);
-            let delay = if self.delay_max_ms == 0 { 0 } else { u64::from(d) % (self.delay_max_ms + 1) };
+            let delay = if self.delay_max_ms == 0 {
+                0
+            } else {
+                u64::from(d) % (self.delay_max_ms + 1)
+            };
             self.seq += 1;
-            self.inflight.insert((self.now + delay, self.seq), (from, to, msg.clone()));
+            self.inflight
+                .insert((self.now + delay, self.seq), (from, to, msg.clone()));
         }
     }
 
@@ -341,7 +470,14 @@ fn timing(u: &mut Unstructured) -> Result<Timing> {
     let emax = emin + u.int_in_range(1..=5_000)?;
     let drift = u.int_in_range(0..=200_000)?;
     let margin = u.int_in_range(1..=200)?;
-    Ok(Timing::new(Millis(hb), Millis(emin), Millis(emax), drift, Millis(margin)).unwrap_or_default())
+    Ok(Timing::new(
+        Millis(hb),
+        Millis(emin),
+        Millis(emax),
+        drift,
+        Millis(margin),
+    )
+    .unwrap_or_default())
 }
 
 fn run(data: &[u8]) -> Result<()> {
@@ -433,19 +569,33 @@ fn run(data: &[u8]) -> Result<()> {
             }
             Action::Transfer { from, to } => {
                 // From the writer when there is one, else from whoever was picked.
-                let writer = (0..n).find(|&i| sim.nodes[i].as_ref().is_some_and(|x| x.role() == Role::Writer));
+                let writer = (0..n).find(|&i| {
+                    sim.nodes[i]
+                        .as_ref()
+                        .is_some_and(|x| x.role() == Role::Writer)
+                });
                 let from = writer.unwrap_or(pick(from));
-                sim.step(from, Input::TransferWriter { to: node_id(pick(to)) }, &mut u);
+                sim.step(
+                    from,
+                    Input::TransferWriter {
+                        to: node_id(pick(to)),
+                    },
+                    &mut u,
+                );
             }
             Action::Campaign(i) => sim.step(pick(i), Input::Campaign, &mut u),
             Action::Position { node, delta } => {
                 let i = pick(node);
-                let pos = sim.nodes[i].as_ref().map_or(0, Node::position).saturating_add(u64::from(delta));
+                let pos = sim.nodes[i]
+                    .as_ref()
+                    .map_or(0, Node::position)
+                    .saturating_add(u64::from(delta));
                 sim.step(i, Input::Position(pos), &mut u);
             }
             Action::Replay(index) => {
                 if !sim.history.is_empty() {
-                    let (from, to, msg) = sim.history[usize::from(index) % sim.history.len()].clone();
+                    let (from, to, msg) =
+                        sim.history[usize::from(index) % sim.history.len()].clone();
                     if !sim.cut[from][to] {
                         sim.deliver(node_id(from), to, msg, &mut u);
                     }
@@ -453,9 +603,17 @@ fn run(data: &[u8]) -> Result<()> {
             }
             Action::Garble { index, at, xor } => {
                 if !sim.inflight.is_empty() {
-                    let key = *sim.inflight.keys().nth(usize::from(index) % sim.inflight.len()).expect("in range");
+                    let key = *sim
+                        .inflight
+                        .keys()
+                        .nth(usize::from(index) % sim.inflight.len())
+                        .expect("in range");
                     let (from, to, msg) = sim.inflight.remove(&key).expect("present");
-                    let env = Envelope { from: node_id(from), to: node_id(to), msg };
+                    let env = Envelope {
+                        from: node_id(from),
+                        to: node_id(to),
+                        msg,
+                    };
                     let mut bytes = serde_json::to_vec(&env).expect("an envelope serialises");
                     let at = usize::from(at) % bytes.len();
                     bytes[at] ^= xor;
@@ -471,7 +629,11 @@ fn run(data: &[u8]) -> Result<()> {
                 let to = pick(to);
                 sim.deliver(NodeId::new("intruder"), to, msg.message(), &mut u);
             }
-            Action::Network { loss_pct, dup_pct, delay_max_ms } => {
+            Action::Network {
+                loss_pct,
+                dup_pct,
+                delay_max_ms,
+            } => {
                 sim.loss_pct = loss_pct % 101;
                 sim.dup_pct = dup_pct % 101;
                 sim.delay_max_ms = u64::from(delay_max_ms % 2_000);

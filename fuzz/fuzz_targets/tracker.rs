@@ -42,19 +42,41 @@ enum Op {
     Rewind(u16),
     /// A jump to a far time (overflow hunting).
     Jump(u64),
-    Poll { replica: u8, answer: Answer },
+    Poll {
+        replica: u8,
+        answer: Answer,
+    },
     Request(Req),
-    Outcome { req: Req, replica: u8, retry: bool, delivery: u8, replayable: bool },
-    Identity { base_client: Option<String>, xff: Option<String>, org: Option<String>, peer: Option<String> },
+    Outcome {
+        req: Req,
+        replica: u8,
+        retry: bool,
+        delivery: u8,
+        replayable: bool,
+    },
+    Identity {
+        base_client: Option<String>,
+        xff: Option<String>,
+        org: Option<String>,
+        peer: Option<String>,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
 enum Answer {
     Failed,
     /// term, named writer (index; past the list names an unknown node), lease from now (ms).
-    Claim { term: u8, writer: Option<u8>, lease: u16 },
+    Claim {
+        term: u8,
+        writer: Option<u8>,
+        lease: u16,
+    },
     /// A claim with any numbers at all.
-    Wild { term: u64, writer: Option<u8>, lease_expires: u64 },
+    Wild {
+        term: u64,
+        writer: Option<u8>,
+        lease_expires: u64,
+    },
     /// A raw `/_ha/leader` body, as the gateway's poller reads it.
     Body(Vec<u8>),
 }
@@ -67,7 +89,11 @@ struct Req {
 }
 
 fn node(i: u8, n: usize) -> NodeId {
-    if usize::from(i) < n { NodeId::new(format!("b-{i}")) } else { NodeId::new(format!("elsewhere-{i}")) }
+    if usize::from(i) < n {
+        NodeId::new(format!("b-{i}"))
+    } else {
+        NodeId::new(format!("elsewhere-{i}"))
+    }
 }
 
 struct Model {
@@ -96,18 +122,22 @@ impl Model {
             .map(|w| &w.node)
             .collect();
         let named = !live_names.is_empty() && live_names.iter().all(|n| *n == id);
-        let own_ok = self.claims[r]
-            .as_ref()
-            .is_none_or(|c| c.term == self.max_term && c.writer.as_ref().is_some_and(|w| &w.node == id));
+        let own_ok = self.claims[r].as_ref().is_none_or(|c| {
+            c.term == self.max_term && c.writer.as_ref().is_some_and(|w| &w.node == id)
+        });
         named && own_ok
     }
 
     fn current(&self, r: usize) -> bool {
-        self.claims[r].as_ref().is_some_and(|c| c.term == self.max_term)
+        self.claims[r]
+            .as_ref()
+            .is_some_and(|c| c.term == self.max_term)
     }
 
     fn pinned(&self, client: u8) -> bool {
-        self.pins.get(&client).is_some_and(|&(until, _)| until > self.now)
+        self.pins
+            .get(&client)
+            .is_some_and(|&(until, _)| until > self.now)
     }
 
     /// Every input moves time (never back) and drops the pins that ended.
@@ -125,7 +155,8 @@ impl Model {
                 self.pins.remove(&c);
             }
         }
-        self.pins.insert(client, (self.now.saturating_add(ttl), self.seq));
+        self.pins
+            .insert(client, (self.now.saturating_add(ttl), self.seq));
         self.seq += 1;
     }
 }
@@ -136,19 +167,40 @@ fn client(c: u8) -> ClientId {
 
 fn check_route(m: &Model, req: Req, route: Route) {
     let Route::Forward(f) = route else { return };
-    assert!(f.replica < m.n, "forward to replica {} of {}", f.replica, m.n);
+    assert!(
+        f.replica < m.n,
+        "forward to replica {} of {}",
+        f.replica,
+        m.n
+    );
     match f.why {
         Why::Write | Why::WriterRequired | Why::PinnedRead => {
-            assert!(m.may_write(f.replica), "{:?} sent to replica {} which is not the writer: {:?}", f.why, f.replica, m.claims);
+            assert!(
+                m.may_write(f.replica),
+                "{:?} sent to replica {} which is not the writer: {:?}",
+                f.why,
+                f.replica,
+                m.claims
+            );
             assert_eq!(f.term, m.max_term, "writer term below the highest seen");
         }
         Why::Read => {
             assert!(!req.write, "a write routed as a read");
-            assert!(!req.writer_required, "a writer-required read routed to any replica");
+            assert!(
+                !req.writer_required,
+                "a writer-required read routed to any replica"
+            );
             if let Some(c) = req.client {
-                assert!(!m.pinned(c % 16), "a pinned client's read went to a follower");
+                assert!(
+                    !m.pinned(c % 16),
+                    "a pinned client's read went to a follower"
+                );
             }
-            assert!(m.current(f.replica) || m.may_write(f.replica), "read sent to stale replica {}", f.replica);
+            assert!(
+                m.current(f.replica) || m.may_write(f.replica),
+                "read sent to stale replica {}",
+                f.replica
+            );
         }
     }
     match (req.write, f.why) {
@@ -162,7 +214,10 @@ fuzz_target!(|s: Scenario| {
     let ids: Vec<NodeId> = (0..n as u8).map(|i| node(i, n)).collect();
     let config = TrackerConfig {
         max_pins: usize::from(s.max_pins % 8) + 1,
-        ..TrackerConfig::new(Millis(u64::from(s.poll_interval)), Millis(u64::from(s.ryw_ttl)))
+        ..TrackerConfig::new(
+            Millis(u64::from(s.poll_interval)),
+            Millis(u64::from(s.ryw_ttl)),
+        )
     };
     let mut t = Tracker::new(ids.clone(), config).expect("a valid tracker");
     let mut m = Model {
@@ -185,16 +240,29 @@ fuzz_target!(|s: Scenario| {
                 let r = usize::from(*replica) % n;
                 let result = match answer {
                     Answer::Failed => PollResult::Failed,
-                    Answer::Claim { term, writer, lease } => PollResult::Answered(LeaderClaim {
+                    Answer::Claim {
+                        term,
+                        writer,
+                        lease,
+                    } => PollResult::Answered(LeaderClaim {
                         term: Term(u64::from(*term % 8)),
                         writer: writer.map(|w| WriterClaim {
                             node: node(w % 7, n),
-                            lease_expires: clock.max(m.now).saturating_add(Millis(u64::from(*lease))),
+                            lease_expires: clock
+                                .max(m.now)
+                                .saturating_add(Millis(u64::from(*lease))),
                         }),
                     }),
-                    Answer::Wild { term, writer, lease_expires } => PollResult::Answered(LeaderClaim {
+                    Answer::Wild {
+                        term,
+                        writer,
+                        lease_expires,
+                    } => PollResult::Answered(LeaderClaim {
                         term: Term(*term),
-                        writer: writer.map(|w| WriterClaim { node: node(w % 7, n), lease_expires: Millis(*lease_expires) }),
+                        writer: writer.map(|w| WriterClaim {
+                            node: node(w % 7, n),
+                            lease_expires: Millis(*lease_expires),
+                        }),
                     }),
                     Answer::Body(b) => match parse_leader_claim(b) {
                         Ok(c) => PollResult::Answered(c),
@@ -212,45 +280,83 @@ fuzz_target!(|s: Scenario| {
                 m.advance(clock);
                 let c = req.client.map(client);
                 let request = Request {
-                    kind: if req.write { RequestKind::Write } else { RequestKind::Read },
+                    kind: if req.write {
+                        RequestKind::Write
+                    } else {
+                        RequestKind::Read
+                    },
                     writer_required: req.writer_required,
                     client: c.as_ref(),
                 };
                 let route = t.route(clock, request);
                 check_route(&m, *req, route);
             }
-            Op::Outcome { req, replica, retry, delivery, replayable } => {
+            Op::Outcome {
+                req,
+                replica,
+                retry,
+                delivery,
+                replayable,
+            } => {
                 m.advance(clock);
                 let c = req.client.map(client);
                 let request = Request {
-                    kind: if req.write { RequestKind::Write } else { RequestKind::Read },
+                    kind: if req.write {
+                        RequestKind::Write
+                    } else {
+                        RequestKind::Read
+                    },
                     writer_required: req.writer_required,
                     client: c.as_ref(),
                 };
                 let delivery = match delivery % 3 {
                     0 => Delivery::NotReached,
                     1 => Delivery::Reached { acknowledged: true },
-                    _ => Delivery::Reached { acknowledged: false },
+                    _ => Delivery::Reached {
+                        acknowledged: false,
+                    },
                 };
-                let attempt = if *retry { Attempt::Retry } else { Attempt::First };
+                let attempt = if *retry {
+                    Attempt::Retry
+                } else {
+                    Attempt::First
+                };
                 let after = t.on_outcome(
                     clock,
-                    Outcome { request, replica: usize::from(*replica) % n, attempt, delivery, replayable: *replayable },
+                    Outcome {
+                        request,
+                        replica: usize::from(*replica) % n,
+                        attempt,
+                        delivery,
+                        replayable: *replayable,
+                    },
                 );
-                if let (Delivery::Reached { .. }, true, Some(cl)) = (delivery, req.write, req.client) {
+                if let (Delivery::Reached { .. }, true, Some(cl)) =
+                    (delivery, req.write, req.client)
+                {
                     m.pin(cl % 16, config.ryw_ttl);
                 }
                 match after {
                     AfterOutcome::Retry(f) => {
-                        assert!(delivery == Delivery::NotReached && !*retry && *replayable, "retry not allowed here");
+                        assert!(
+                            delivery == Delivery::NotReached && !*retry && *replayable,
+                            "retry not allowed here"
+                        );
                         check_route(&m, *req, Route::Forward(f));
                     }
-                    AfterOutcome::Reject(_) => assert!(delivery == Delivery::NotReached && !*retry && *replayable),
+                    AfterOutcome::Reject(_) => {
+                        assert!(delivery == Delivery::NotReached && !*retry && *replayable)
+                    }
                     AfterOutcome::GiveUp => assert!(delivery == Delivery::NotReached),
                     AfterOutcome::Done => assert!(delivery != Delivery::NotReached),
                 }
             }
-            Op::Identity { base_client, xff, org, peer } => {
+            Op::Identity {
+                base_client,
+                xff,
+                org,
+                peer,
+            } => {
                 let id = client_identity(ClientHeaders {
                     base_client: base_client.as_deref(),
                     forwarded_for: xff.as_deref(),
@@ -269,9 +375,17 @@ fuzz_target!(|s: Scenario| {
             }
         }
         // Invariants after every input.
-        assert_eq!(t.highest_term(), m.max_term, "highest term differs from the highest reported");
+        assert_eq!(
+            t.highest_term(),
+            m.max_term,
+            "highest term differs from the highest reported"
+        );
         assert!(t.pin_count() <= config.max_pins, "pins over the cap");
-        assert_eq!(t.pin_count(), m.pins.len(), "pins held differ from the pins made and not yet ended");
+        assert_eq!(
+            t.pin_count(),
+            m.pins.len(),
+            "pins held differ from the pins made and not yet ended"
+        );
         if let Some((w, term, lease)) = t.writer(m.now) {
             assert!(m.may_write(w), "writer {w} is known stale");
             assert_eq!(term, m.max_term);

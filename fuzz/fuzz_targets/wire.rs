@@ -12,7 +12,9 @@ use base_core::wire::{LeaderAnswer, MAX_LEADER_ANSWER_BYTES, parse_leader_answer
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, rest)) = data.split_first() else { return };
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
     match which % 4 {
         0 => leader_answer(rest),
         1 => rfc3339(rest),
@@ -54,7 +56,9 @@ fn leader_answer(bytes: &[u8]) {
 }
 
 fn rfc3339(bytes: &[u8]) {
-    let Ok(text) = std::str::from_utf8(bytes) else { return };
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return;
+    };
     let ours = parse_rfc3339(text);
     if let Ok(ms) = ours {
         // At most year 9999.
@@ -64,14 +68,20 @@ fn rfc3339(bytes: &[u8]) {
         let leap = trimmed.get(17..19) == Some("60");
         if !leap && let Ok(ts) = trimmed.parse::<jiff::Timestamp>() {
             let theirs = ts.as_millisecond();
-            assert_eq!(ms.0 as i64, theirs, "{text:?}: ours {} ms, jiff {theirs} ms", ms.0);
+            assert_eq!(
+                ms.0 as i64, theirs,
+                "{text:?}: ours {} ms, jiff {theirs} ms",
+                ms.0
+            );
         }
     }
 }
 
 fn peer_message(bytes: &[u8]) {
     use base_core::quasar::{Envelope, MAX_MESSAGE_BYTES};
-    let Ok(env) = serde_json::from_slice::<Envelope>(bytes) else { return };
+    let Ok(env) = serde_json::from_slice::<Envelope>(bytes) else {
+        return;
+    };
     let json = serde_json::to_vec(&env).expect("an envelope serialises");
     let back: Envelope = serde_json::from_slice(&json).expect("a serialised envelope parses");
     assert_eq!(back, env, "envelope changed through a round trip");
@@ -79,11 +89,18 @@ fn peer_message(bytes: &[u8]) {
     // What a node sends (ids of at most a pod name, numbers) always fits the limit.
     if env.from.as_str().len() <= 253 && env.to.as_str().len() <= 253 {
         let transfer = match &env.msg {
-            base_core::quasar::Message::Vote { transfer_from: Some(t), .. } => t.as_str().len(),
+            base_core::quasar::Message::Vote {
+                transfer_from: Some(t),
+                ..
+            } => t.as_str().len(),
             _ => 0,
         };
         if transfer <= 253 {
-            assert!(json.len() <= MAX_MESSAGE_BYTES, "a well-formed envelope of {} bytes", json.len());
+            assert!(
+                json.len() <= MAX_MESSAGE_BYTES,
+                "a well-formed envelope of {} bytes",
+                json.len()
+            );
         }
     }
 }

@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 /// Largest cluster a node accepts (the operator runs at most 9 replicas; this leaves room).
 pub const CLUSTER_SIZE_MAX: usize = 15;
 
+/// No real cluster reaches this term (2^63 elections); a message claiming more is garbage, and
+/// adopting it would leave the cluster no term to grow into.
+pub const TERM_MAX: Term = Term(u64::MAX >> 1);
+
 /// What a node must find again after a restart: written durably *before* any message that
 /// depends on it is sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +95,8 @@ pub struct DropCounts {
     pub bad_echo: u64,
     /// Vote and pre-vote requests ignored because of a promise.
     pub in_promise: u64,
+    /// Messages carrying a term above [`TERM_MAX`].
+    pub bad_term: u64,
 }
 
 /// "I will not vote or pre-vote for anyone but `holder` until `until`" (on this node's clock).
@@ -431,6 +437,10 @@ impl Node {
             self.drops.unknown_peer += 1;
             return;
         }
+        if msg.term() > TERM_MAX {
+            self.drops.bad_term += 1;
+            return;
+        }
         match msg {
             Message::PreVote { term, position } => self.on_pre_vote(now, from, term, position, out),
             Message::Vote {
@@ -444,7 +454,7 @@ impl Node {
                     // Granted responses carry our *future* term: not a reason to change ours.
                     let me = self.id.clone();
                     if self.role == Role::PreCandidate
-                        && term.0 == self.term.0 + 1
+                        && Some(term.0) == self.term.0.checked_add(1)
                         && !self.in_promise(now, &me)
                     {
                         self.campaign.granted.insert(from, now);
@@ -642,7 +652,7 @@ impl Node {
         // the very next term: that writer gave up its lease before it sent TimeoutNow.
         let honoured_transfer = transfer_from.is_some()
             && transfer_from == self.promise.holder
-            && term.0 == self.promise.term.0 + 1;
+            && Some(term.0) == self.promise.term.0.checked_add(1);
         if !honoured_transfer && self.in_promise(now, &from) {
             // Ignored entirely: not even our term moves (this is what keeps a node back from a
             // partition from deposing a healthy writer).
@@ -751,6 +761,9 @@ impl Node {
     /// Election timeout: ask whether we could win before raising any term.
     fn pre_campaign(&mut self, now: Millis, out: &mut Vec<Effect>) {
         assert!(self.role != Role::Writer);
+        if self.term.0 == u64::MAX {
+            return; // no term left to campaign for (only a corrupt persisted state gets here)
+        }
         self.role = Role::PreCandidate;
         self.leader = None;
         self.leader_contact_at = None;
@@ -783,6 +796,9 @@ impl Node {
             "quasar: campaign inside a promise"
         );
         assert!(self.role != Role::Writer);
+        if self.term.0 == u64::MAX {
+            return;
+        }
         self.term = Term(self.term.0 + 1);
         self.voted_for = Some(me.clone());
         out.push(Effect::Persist {

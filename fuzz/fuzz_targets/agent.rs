@@ -1,0 +1,259 @@
+//! `agent`: what the Quasar agent (`adapter-k8s/src/agent`) reads from outside.
+//!
+//! - Peer messages, as its `POST /_quasar/message` handler reads them: at most `MAX_MESSAGE_BYTES`,
+//!   JSON `Envelope`, addressed to this node, from a listed peer. What gets through is stepped into
+//!   a real `quasar::Node` (member of a 3-node cluster), interleaved with ticks and time passing:
+//!   a peer's message, however odd its numbers (terms near `u64::MAX`, echoes from the future),
+//!   must never make the node panic. Raw bodies and structured messages (serialised first, so they
+//!   take the same path) are both fed.
+//! - `clock::format_rfc3339` (the `lease_expires` the agent serves) and `wire::parse_rfc3339` (what
+//!   the gateway reads it with) round-trip every time up to year 9999.
+//! - `config::parse_peers` (`--peers` / `BASE_PEERS`): never panics; what it accepts is a list of
+//!   unique non-empty ids with http(s) URLs without a trailing slash.
+//!
+//! The agent's modules that need no I/O are compiled in from their source files (`#[path]`), so this
+//! target tests the agent's own code without building the whole adapter (kube, TLS, axum).
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../../adapter-k8s/src/agent/clock.rs"]
+mod clock;
+#[allow(dead_code)]
+#[path = "../../adapter-k8s/src/agent/config.rs"]
+mod config;
+
+use arbitrary::Arbitrary;
+use base_core::quasar::{
+    Envelope, Input, MAX_MESSAGE_BYTES, Message, Node, PersistedState, Timing,
+};
+use base_core::{Millis, NodeId, Term};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+struct Scenario {
+    start: u32,
+    persisted_term: u64,
+    persisted_vote: Option<u8>,
+    steps: Vec<Step>,
+    peers_flag: String,
+    times: Vec<u64>,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Step {
+    Wait(u16),
+    Tick,
+    /// A raw request body.
+    Body(Vec<u8>),
+    /// A well-formed body with any numbers in it.
+    Msg {
+        from: u8,
+        to: u8,
+        msg: FuzzMsg,
+    },
+    Position(u64),
+    Transfer(u8),
+    Campaign,
+}
+
+#[derive(Arbitrary, Debug)]
+enum FuzzMsg {
+    PreVote {
+        term: u64,
+        position: u64,
+    },
+    PreVoteResponse {
+        term: u64,
+        granted: bool,
+    },
+    Vote {
+        term: u64,
+        position: u64,
+        sent_ms: u64,
+        transfer_from: Option<u8>,
+    },
+    VoteResponse {
+        term: u64,
+        granted: bool,
+        sent_ms: u64,
+    },
+    Heartbeat {
+        term: u64,
+        sent_ms: u64,
+        position: u64,
+    },
+    HeartbeatAck {
+        term: u64,
+        ok: bool,
+        sent_ms: u64,
+        position: u64,
+    },
+    TimeoutNow {
+        term: u64,
+    },
+}
+
+/// Small numbers near the node's own state are the interesting ones; the top bit picks the far end.
+fn num(x: u64, near: u64) -> u64 {
+    if x >> 63 == 1 {
+        u64::MAX - (x & 0xff)
+    } else {
+        near.saturating_add(x % 8).saturating_sub(2)
+    }
+}
+
+impl FuzzMsg {
+    fn message(&self, term: Term, now: Millis) -> Message {
+        let t = |x: u64| Term(num(x, term.0));
+        let ms = |x: u64| Millis(num(x, now.0.saturating_sub(500)).saturating_add(x % 1024));
+        match *self {
+            FuzzMsg::PreVote { term, position } => Message::PreVote {
+                term: t(term),
+                position,
+            },
+            FuzzMsg::PreVoteResponse { term, granted } => Message::PreVoteResponse {
+                term: t(term),
+                granted,
+            },
+            FuzzMsg::Vote {
+                term,
+                position,
+                sent_ms,
+                transfer_from,
+            } => Message::Vote {
+                term: t(term),
+                position,
+                sent_ms: ms(sent_ms),
+                transfer_from: transfer_from.map(|i| id(i % 4)),
+            },
+            FuzzMsg::VoteResponse {
+                term,
+                granted,
+                sent_ms,
+            } => Message::VoteResponse {
+                term: t(term),
+                granted,
+                sent_ms: ms(sent_ms),
+            },
+            FuzzMsg::Heartbeat {
+                term,
+                sent_ms,
+                position,
+            } => Message::Heartbeat {
+                term: t(term),
+                sent_ms: ms(sent_ms),
+                position,
+            },
+            FuzzMsg::HeartbeatAck {
+                term,
+                ok,
+                sent_ms,
+                position,
+            } => Message::HeartbeatAck {
+                term: t(term),
+                ok,
+                sent_ms: ms(sent_ms),
+                position,
+            },
+            FuzzMsg::TimeoutNow { term } => Message::TimeoutNow { term: t(term) },
+        }
+    }
+}
+
+fn id(i: u8) -> NodeId {
+    NodeId::new(format!("b-{i}"))
+}
+
+/// The handler's checks, in its order: size, JSON, addressee, sender. `Some` is what reaches the node.
+fn accept(me: &NodeId, peers: &[NodeId], body: &[u8]) -> Option<(NodeId, Message)> {
+    if body.len() > MAX_MESSAGE_BYTES {
+        return None;
+    }
+    let envelope: Envelope = serde_json::from_slice(body).ok()?;
+    let json = serde_json::to_vec(&envelope).expect("an envelope serialises");
+    assert_eq!(
+        serde_json::from_slice::<Envelope>(&json).ok().as_ref(),
+        Some(&envelope)
+    );
+    if &envelope.to != me || !peers.contains(&envelope.from) {
+        return None;
+    }
+    Some((envelope.from, envelope.msg))
+}
+
+fuzz_target!(|s: Scenario| {
+    // The timestamps the agent serves.
+    for &t in &s.times {
+        let t = Millis(t % 253_402_300_800_000);
+        let text = clock::format_rfc3339(t);
+        assert_eq!(base_core::wire::parse_rfc3339(&text), Ok(t), "{text}");
+    }
+
+    // Its peer list.
+    if let Ok(peers) = config::parse_peers(&s.peers_flag) {
+        assert!(peers.len() <= base_core::quasar::CLUSTER_SIZE_MAX);
+        for (i, p) in peers.iter().enumerate() {
+            assert!(
+                !p.id.as_str().is_empty(),
+                "empty id from {:?}",
+                s.peers_flag
+            );
+            assert!(peers[..i].iter().all(|q| q.id != p.id));
+            assert!(p.url.starts_with("http://") || p.url.starts_with("https://"));
+            assert!(!p.url.ends_with('/'));
+        }
+    }
+
+    // Its peer messages, into a node.
+    let me = id(0);
+    let peers = vec![id(1), id(2)];
+    let persisted = PersistedState {
+        term: Term(num(s.persisted_term, 0)),
+        voted_for: s.persisted_vote.map(|v| id(v % 4)),
+    };
+    let mut now = Millis(u64::from(s.start));
+    let Ok(mut node) = Node::new(
+        me.clone(),
+        peers.clone(),
+        Timing::default(),
+        persisted,
+        7,
+        now,
+    ) else {
+        return;
+    };
+    for step in s.steps.iter().take(256) {
+        let input = match step {
+            Step::Wait(ms) => {
+                now = now.saturating_add(Millis(u64::from(*ms)));
+                Input::Tick
+            }
+            Step::Tick => Input::Tick,
+            Step::Body(body) => match accept(&me, &peers, body) {
+                Some((from, msg)) => Input::Message { from, msg },
+                None => continue,
+            },
+            Step::Msg { from, to, msg } => {
+                let envelope = Envelope {
+                    from: id(from % 4),
+                    to: id(to % 2),
+                    msg: msg.message(node.term(), now),
+                };
+                let body = serde_json::to_vec(&envelope).expect("an envelope serialises");
+                match accept(&me, &peers, &body) {
+                    Some((from, msg)) => Input::Message { from, msg },
+                    None => continue,
+                }
+            }
+            Step::Position(p) => Input::Position(*p),
+            Step::Transfer(to) => Input::TransferWriter { to: id(to % 4) },
+            Step::Campaign => Input::Campaign,
+        };
+        let _ = node.step(now, input);
+        let view = node.writer_view(now);
+        assert_eq!(view.term, node.term());
+        if node.can_accept_writes(now) {
+            assert_eq!(view.writer.as_ref(), Some(&me));
+        }
+    }
+});
