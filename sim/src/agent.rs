@@ -12,7 +12,7 @@ use crate::world::{
     Agent, Entry, Out, Packet, Shared, World, WriteId, WriteReply, agent_addr, lock, ordinal_of,
     pod_id, send_all,
 };
-use base_core::quasar::{Effect, Input, Node, Role};
+use base_core::quasar::{Effect, Input, Message, Node, Role};
 use base_core::wire::LeaderAnswer;
 use base_core::{Millis, NodeId, Term};
 use madsim::net::Endpoint;
@@ -352,7 +352,15 @@ impl World {
     /// A packet reached the agent of `ordinal`.
     pub fn agent_receive(&mut self, ordinal: i32, packet: Packet, src: SocketAddr) -> Vec<Out> {
         match packet {
-            Packet::Peer { from, msg } => self.step_agent(ordinal, Input::Message { from, msg }),
+            Packet::Peer { from, msg } => {
+                if !matches!(
+                    msg,
+                    Message::Heartbeat { .. } | Message::HeartbeatAck { .. }
+                ) {
+                    self.ev(format!("{} <- {from}: {msg:?}", pod_id(ordinal)));
+                }
+                self.step_agent(ordinal, Input::Message { from, msg })
+            }
             Packet::Append {
                 from,
                 term,
@@ -577,8 +585,20 @@ impl World {
         }
     }
 
+    /// The agent's check when a write arrives.
     pub fn admit_write(&mut self, ordinal: i32, incarnation: u64, term: Term) -> Result<(), Term> {
         self.may_write(ordinal, incarnation, term)
+    }
+
+    /// A pause armed for this writer strikes between the agent's check and the store applying the
+    /// write (the residual window of `quasar/mod.rs` "What remains").
+    pub fn pause_mid_write(&mut self, ordinal: i32) {
+        if let Some((o, for_ms, _)) = self.armed_pause
+            && o == ordinal
+        {
+            self.armed_pause = None;
+            self.pause_now(ordinal, for_ms, " (mid-write)");
+        }
     }
 
     /// The store applies a write admitted earlier: re-checks the lease (unless the planted bug
@@ -696,6 +716,7 @@ async fn write_task(
     write: WriteId,
 ) -> WriteReply {
     // The agent forwards to Base over localhost: a pause may strike in between.
+    lock(world).pause_mid_write(ordinal);
     madsim::time::sleep(Duration::from_millis(FORWARD_HOP_MS)).await;
     let (applied, out) = lock(world).apply_write(ordinal, incarnation, term, write);
     send_all(ep, out).await;

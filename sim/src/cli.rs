@@ -10,10 +10,13 @@ use std::time::Instant;
 
 const USAGE: &str = "\
 usage:
-  cargo sim run --seed N [--bug no-recheck|lease-overrun] [--quiet]
+  cargo sim run --seed N [--bug no-recheck|lease-overrun] [--membership-faults] [--quiet]
       one seed: its timeline (every event), the figures, and any violation with its trace
-  cargo sim campaign [--seeds 1000] [--start 0] [--jobs 2] [--bug …]
+  cargo sim campaign [--seeds 1000] [--start 0] [--jobs 2] [--bug …] [--membership-faults]
       many seeds in parallel processes; ends with one line of key=value figures
+  --poll-ms N: force leaderPollInterval (default: drawn from 200 and 500 ms per seed)
+  --membership-faults: let faults strike while a scale change rolls out (a known hole: the
+      election has no joint consensus, so this can split the brain)
   cargo sim worker --start S --step K --count N [--bug …]
       (internal) the seeds S, S+K, … one result line each";
 
@@ -27,6 +30,8 @@ struct Args {
     jobs: u64,
     bug: Option<Bug>,
     quiet: bool,
+    membership_faults: bool,
+    poll_ms: Option<u64>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -40,11 +45,17 @@ fn parse(args: &[String]) -> Result<Args, String> {
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get() as u64),
         bug: None,
         quiet: false,
+        membership_faults: false,
+        poll_ms: None,
     };
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
         if flag == "--quiet" {
             a.quiet = true;
+            continue;
+        }
+        if flag == "--membership-faults" {
+            a.membership_faults = true;
             continue;
         }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -61,6 +72,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--count" => a.count = num()?,
             "--jobs" => a.jobs = num()?.max(1),
             "--bug" => a.bug = Some(Bug::parse(value)?),
+            "--poll-ms" => a.poll_ms = Some(num()?.max(100)),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -102,6 +114,8 @@ fn line_of(report: &Report, wall_ms: u64) -> SeedLine {
         acked_writes: report.stats.acked_writes,
         converge_ms: report.converge_ms.unwrap_or(0),
         live_ms: report.live_ms.unwrap_or(0),
+        refused: report.stats.writes_refused_by_gateway,
+        refused_with_writer: report.stats.no_writer_while_one_accepts,
         violation: report
             .violation
             .as_ref()
@@ -115,6 +129,8 @@ fn run_one(a: &Args) -> ExitCode {
     let options = Options {
         bug: a.bug,
         keep_trace: !a.quiet,
+        membership_faults: a.membership_faults,
+        poll_ms: a.poll_ms,
     };
     let t = Instant::now();
     let report = run_seed(a.seed, &options);
@@ -127,12 +143,14 @@ fn run_one(a: &Args) -> ExitCode {
     }
     let s = &report.stats;
     println!(
-        "seed {}: {} simulated ms in {wall_ms} wall ms; {} writes acknowledged, {} failed, {} rejected, {} reads; {} terms; failovers {:?} ms; heal→live {:?} ms, →converged {:?} ms; {} plans, {} API writes, {} transfers, {} process starts; {} messages; trace hash {:016x}",
+        "seed {}: {} simulated ms in {wall_ms} wall ms; {} writes acknowledged, {} failed, {} rejected ({} no_writer at the gateway, {} of them while a node accepted writes), {} reads; {} terms; failovers {:?} ms; heal→live {:?} ms, →converged {:?} ms; {} plans, {} API writes, {} transfers, {} process starts; {} messages; trace hash {:016x}",
         report.seed,
         report.sim_ms,
         s.acked_writes,
         s.failed_writes,
         s.rejected,
+        s.writes_refused_by_gateway,
+        s.no_writer_while_one_accepts,
         s.reads,
         s.terms,
         s.failovers_ms,
@@ -162,6 +180,8 @@ fn worker(a: &Args) -> ExitCode {
     let options = Options {
         bug: a.bug,
         keep_trace: false,
+        membership_faults: a.membership_faults,
+        poll_ms: a.poll_ms,
     };
     let stdout = std::io::stdout();
     for i in 0..a.count {
@@ -208,6 +228,12 @@ fn campaign(a: &Args) -> ExitCode {
             .stdout(Stdio::piped());
         if let Some(b) = a.bug {
             cmd.args(["--bug", b.name()]);
+        }
+        if a.membership_faults {
+            cmd.arg("--membership-faults");
+        }
+        if let Some(ms) = a.poll_ms {
+            cmd.args(["--poll-ms", &ms.to_string()]);
         }
         match cmd.spawn() {
             Ok(c) => children.push(c),
@@ -285,6 +311,10 @@ fn campaign(a: &Args) -> ExitCode {
         crate::stats::percentile(&f, 50),
         crate::stats::percentile(&f, 99),
         f.last().copied().unwrap_or(0)
+    );
+    println!(
+        "writes refused by the gateway (503 no_writer): {}; of them while a node could accept writes: {}",
+        summary.refused, summary.refused_with_writer
     );
     println!(
         "worst heal→first write: {} ms (bound {}); worst heal→converged: {} ms (bound {})",

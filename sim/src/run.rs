@@ -4,7 +4,7 @@
 use crate::agent::replica_main;
 use crate::config::{
     CLIENTS, CONVERGENCE_BOUND_MS, Fault, LIVENESS_BOUND_MS, MAX_ORDINALS, Options, SETTLE_MS,
-    SimConfig, Target,
+    SimConfig, SpecChange, Target,
 };
 use crate::gateway::{Who, client_main, gateway_main, poll_loop};
 use crate::k8s::{CONTROLLER_TICK_MS, OPERATOR_LOOP_MS, PodPhase};
@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 pub struct Report {
     pub seed: u64,
     pub bug: Option<crate::config::Bug>,
+    pub membership_faults: bool,
+    pub poll_ms: Option<u64>,
     pub violation: Option<Violation>,
     pub sim_ms: u64,
     pub stats: Stats,
@@ -44,7 +46,16 @@ impl Report {
             .bug
             .map(|b| format!(" --bug {}", b.name()))
             .unwrap_or_default();
-        format!("cargo sim run --seed {}{bug}", self.seed)
+        let membership = if self.membership_faults {
+            " --membership-faults"
+        } else {
+            ""
+        };
+        let poll = self
+            .poll_ms
+            .map(|ms| format!(" --poll-ms {ms}"))
+            .unwrap_or_default();
+        format!("cargo sim run --seed {}{bug}{membership}{poll}", self.seed)
     }
 
     /// The failure report: seed, invariant, the trace around it, and how to replay it.
@@ -69,10 +80,19 @@ impl Report {
         }
         let bug = self
             .bug
-            .map(|b| format!(" MADSIM_SIM_BUG={}", b.name()))
+            .map(|b| format!(" SIM_BUG={}", b.name()))
             .unwrap_or_default();
+        let membership = if self.membership_faults {
+            " SIM_MEMBERSHIP_FAULTS=1"
+        } else {
+            ""
+        };
+        let membership = match self.poll_ms {
+            Some(ms) => format!("{membership} SIM_POLL_MS={ms}"),
+            None => membership.to_string(),
+        };
         s.push_str(&format!(
-            "replay: {}\n    or: MADSIM_TEST_SEED={}{bug} cargo sim-test --test sim replay -- --nocapture\n",
+            "replay: {}\n    or: MADSIM_TEST_SEED={}{bug}{membership} cargo sim-test --test sim replay -- --nocapture\n",
             self.replay_command(),
             self.seed
         ));
@@ -95,6 +115,8 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
     let rt = Runtime::with_seed_and_config(seed, config);
     let slot2 = slot.clone();
     let bug = cfg.bug;
+    let membership_faults = cfg.membership_faults;
+    let poll_ms = options.poll_ms;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async move {
             let world = build(cfg);
@@ -130,6 +152,8 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
     Report {
         seed,
         bug,
+        membership_faults,
+        poll_ms,
         violation,
         sim_ms: w.now_ns() / 1_000_000,
         stats: w.stats.clone(),
@@ -243,7 +267,6 @@ async fn operator_main(world: Shared) {
 /// An action that ends a fault.
 enum Undo {
     Unclog(Vec<(Host, Host)>),
-    Resume(i32, u64),
     ChaosEnd,
 }
 
@@ -258,6 +281,30 @@ impl World {
             })
             .map(|(o, _)| *o)
             .collect()
+    }
+
+    /// No process paused or crashed, no chaos on the network.
+    fn quiet(&self) -> bool {
+        self.net.chaos == 0
+            && self.net.clogged.is_empty()
+            && !self.replicas.iter().any(|s| s.paused)
+            && self.armed_pause.is_none()
+            && !self
+                .k8s
+                .pods
+                .values()
+                .any(|p| matches!(p.phase, PodPhase::Crashed { .. }))
+    }
+
+    /// Every pod of the spec runs with the spec's peer set.
+    fn membership_settled(&self) -> bool {
+        let replicas = self.k8s.base.spec.replicas;
+        self.k8s.pods.len() == replicas as usize
+            && self.k8s.pods.iter().all(|(o, p)| {
+                *o < replicas
+                    && p.cluster_size == replicas
+                    && matches!(p.phase, PodPhase::Running { .. })
+            })
     }
 
     fn resolve(&mut self, target: Target) -> Option<i32> {
@@ -399,18 +446,17 @@ impl World {
             }
             Fault::Pause { target, for_ms } => {
                 let o = self.resolve(*target)?;
-                let slot = &self.replicas[o as usize];
-                if slot.paused {
+                if self.replicas[o as usize].paused {
                     return None;
                 }
-                let (incarnation, madsim_id) = (slot.incarnation, slot.madsim_id);
-                self.note_failover(o, long(*for_ms));
-                self.ev(format!("FAULT pause {} for {for_ms} ms", pod_id(o)));
-                if let Some(id) = madsim_id {
-                    self.handle.pause(id);
+                if self.current_writer() == Some(o) {
+                    // The writer is paused in the middle of a write (between the agent's lease
+                    // check and the store applying it) as soon as one comes; within 300 ms anyway.
+                    self.armed_pause = Some((o, *for_ms, self.now_ns() + 300_000_000));
+                } else {
+                    self.pause_now(o, *for_ms, "");
                 }
-                self.replicas[o as usize].paused = true;
-                Some((*for_ms, Undo::Resume(o, incarnation)))
+                None
             }
             Fault::Chaos {
                 loss_pct,
@@ -445,16 +491,6 @@ impl World {
                 }
                 self.ev("fault ends: links restored");
             }
-            Undo::Resume(o, incarnation) => {
-                let slot = &mut self.replicas[o as usize];
-                if slot.incarnation == incarnation && slot.paused {
-                    slot.paused = false;
-                    if let Some(id) = slot.madsim_id {
-                        self.handle.resume(id);
-                    }
-                    self.ev(format!("fault ends: {} resumes", pod_id(o)));
-                }
-            }
             Undo::ChaosEnd => {
                 self.net.chaos -= 1;
                 if self.net.chaos == 0 {
@@ -462,6 +498,34 @@ impl World {
                     self.ev("fault ends: network calm");
                 }
             }
+        }
+    }
+
+    /// SIGSTOP `o` for `for_ms` (the supervisor sends SIGCONT).
+    pub fn pause_now(&mut self, o: i32, for_ms: u64, how: &str) {
+        let slot = &self.replicas[o as usize];
+        if slot.paused || slot.agent.is_none() {
+            return;
+        }
+        let (incarnation, madsim_id) = (slot.incarnation, slot.madsim_id);
+        self.note_failover(o, for_ms >= 1_500);
+        self.ev(format!("FAULT pause {} for {for_ms} ms{how}", pod_id(o)));
+        if let Some(id) = madsim_id {
+            self.handle.pause(id);
+        }
+        self.replicas[o as usize].paused = true;
+        let at = self.now_ns() + for_ms * 1_000_000;
+        self.resumes.push((at, o, incarnation));
+    }
+
+    fn resume(&mut self, o: i32, incarnation: u64) {
+        let slot = &mut self.replicas[o as usize];
+        if slot.incarnation == incarnation && slot.paused {
+            slot.paused = false;
+            if let Some(id) = slot.madsim_id {
+                self.handle.resume(id);
+            }
+            self.ev(format!("fault ends: {} resumes", pod_id(o)));
         }
     }
 
@@ -481,13 +545,9 @@ impl World {
             self.net.clogged.remove(&(a, b));
             NetSim::current().unclog_link(self.host_ids[&a], self.host_ids[&b]);
         }
-        for o in 0..self.replicas.len() {
-            if self.replicas[o].paused {
-                self.replicas[o].paused = false;
-                if let Some(id) = self.replicas[o].madsim_id {
-                    self.handle.resume(id);
-                }
-            }
+        self.armed_pause = None;
+        for (_, o, incarnation) in std::mem::take(&mut self.resumes) {
+            self.resume(o, incarnation);
         }
         self.net.chaos = 0;
         self.calm_network();
@@ -534,6 +594,8 @@ async fn supervise(world: &Shared) {
     let mut next = 0;
     let mut undos: Vec<(Instant, Undo)> = Vec::new();
     let mut last_convergence_check = start;
+    // A scale change is rolling out (faults wait, unless `membership_faults`).
+    let mut membership_change = false;
     loop {
         let now = Instant::now();
         {
@@ -541,8 +603,27 @@ async fn supervise(world: &Shared) {
             if w.violation.is_some() {
                 break;
             }
+            if membership_change && w.membership_settled() {
+                membership_change = false;
+                w.ev("the new peer set is in place");
+            }
             while w.healed_ns.is_none() && next < faults.len() && at(faults[next].at_ms) <= now {
-                if let Some((for_ms, undo)) = w.strike(&faults[next].fault) {
+                let fault = &faults[next].fault;
+                let scale = matches!(fault, Fault::Spec(SpecChange::Scale(_)));
+                if !w.cfg.membership_faults {
+                    if scale && !(undos.is_empty() && w.quiet()) {
+                        break; // the scale change waits until no fault is active
+                    }
+                    if membership_change && !matches!(fault, Fault::Spec(_)) {
+                        w.ev(format!(
+                            "fault skipped (a scale change is rolling out): {fault:?}"
+                        ));
+                        next += 1;
+                        continue;
+                    }
+                }
+                membership_change |= scale;
+                if let Some((for_ms, undo)) = w.strike(fault) {
                     undos.push((now + Duration::from_millis(for_ms), undo));
                 }
                 next += 1;
@@ -551,6 +632,20 @@ async fn supervise(world: &Shared) {
             undos = later;
             for (_, undo) in due {
                 w.undo(undo);
+            }
+            let now_ns = w.now_ns();
+            if let Some((o, for_ms, deadline)) = w.armed_pause
+                && now_ns >= deadline
+            {
+                w.armed_pause = None;
+                w.pause_now(o, for_ms, "");
+            }
+            let resumes = std::mem::take(&mut w.resumes);
+            let (due, later): (Vec<_>, Vec<_>) =
+                resumes.into_iter().partition(|(at, _, _)| *at <= now_ns);
+            w.resumes = later;
+            for (_, o, incarnation) in due {
+                w.resume(o, incarnation);
             }
             if w.healed_ns.is_none() && at(heal_at) <= now {
                 undos.clear();
@@ -603,6 +698,16 @@ async fn supervise(world: &Shared) {
         }
         for (t, _) in &undos {
             wake = wake.min(*t);
+        }
+        {
+            let w = lock(world);
+            let now_ns = w.now_ns();
+            for (at, _, _) in &w.resumes {
+                wake = wake.min(now + Duration::from_nanos(at.saturating_sub(now_ns)));
+            }
+            if w.armed_pause.is_some() {
+                wake = wake.min(now + Duration::from_millis(5));
+            }
         }
         sleep_until(wake.max(now + Duration::from_millis(1))).await;
     }

@@ -26,6 +26,8 @@ pub struct SeedLine {
     pub acked_writes: u64,
     pub converge_ms: u64,
     pub live_ms: u64,
+    pub refused: u64,
+    pub refused_with_writer: u64,
     pub violation: String,
 }
 
@@ -36,7 +38,7 @@ impl SeedLine {
     pub fn to_line(&self) -> String {
         let failovers: Vec<String> = self.failovers_ms.iter().map(u64::to_string).collect();
         format!(
-            "seed={} ok={} sim_ms={} wall_ms={} acked={} live_ms={} converge_ms={} failovers={} violation={}",
+            "seed={} ok={} sim_ms={} wall_ms={} acked={} live_ms={} converge_ms={} refused={} refused_with_writer={} failovers={} violation={}",
             self.seed,
             u8::from(self.ok),
             self.sim_ms,
@@ -44,6 +46,8 @@ impl SeedLine {
             self.acked_writes,
             self.live_ms,
             self.converge_ms,
+            self.refused,
+            self.refused_with_writer,
             if failovers.is_empty() {
                 "-".to_string()
             } else {
@@ -81,6 +85,8 @@ impl SeedLine {
                 "acked" => out.acked_writes = v.parse().ok()?,
                 "live_ms" => out.live_ms = v.parse().ok()?,
                 "converge_ms" => out.converge_ms = v.parse().ok()?,
+                "refused" => out.refused = v.parse().ok()?,
+                "refused_with_writer" => out.refused_with_writer = v.parse().ok()?,
                 "failovers" if v == "-" => {}
                 "failovers" => {
                     out.failovers_ms = v
@@ -92,7 +98,7 @@ impl SeedLine {
                 _ => return None,
             }
         }
-        (seen == 8).then_some(out)
+        (seen == 10).then_some(out)
     }
 }
 
@@ -108,6 +114,8 @@ pub struct Summary {
     pub max_live_ms: u64,
     pub max_converge_ms: u64,
     pub acked_writes: u64,
+    pub refused: u64,
+    pub refused_with_writer: u64,
 }
 
 impl Summary {
@@ -123,6 +131,8 @@ impl Summary {
         self.max_live_ms = self.max_live_ms.max(line.live_ms);
         self.max_converge_ms = self.max_converge_ms.max(line.converge_ms);
         self.acked_writes += line.acked_writes;
+        self.refused += line.refused;
+        self.refused_with_writer += line.refused_with_writer;
     }
 
     /// `seeds=… violations=… sim_speed=…x failover_p50_ms=… failover_p99_ms=… failover_max_ms=…`.
@@ -169,6 +179,8 @@ mod tests {
             acked_writes: 77,
             converge_ms: 5000,
             live_ms: 3000,
+            refused: 12,
+            refused_with_writer: 3,
             violation: "two writers in term 3: my-app-0 and my-app-1".into(),
         };
         assert_eq!(SeedLine::parse(&line.to_line()), Some(line));

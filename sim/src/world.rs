@@ -304,6 +304,10 @@ pub struct Stats {
     pub failovers_ms: Vec<u64>,
     /// A writer-targeted fault struck at (real ns) the writer of this term.
     pub failover_pending: Option<(u64, Term)>,
+    /// Writes the gateway refused (503 `no_writer`), and those of them refused while some node
+    /// could accept writes (the gateway's view lagging behind the election).
+    pub writes_refused_by_gateway: u64,
+    pub no_writer_while_one_accepts: u64,
     pub plans: u64,
     pub api_writes: u64,
     pub pod_starts: u64,
@@ -397,6 +401,10 @@ pub struct World {
     pub messages: u64,
     /// Request ids of the gateway's forwards (replies are matched on them).
     pub next_req: u64,
+    /// A pause of the writer waiting for its next write: (ordinal, for ms, strike anyway at ns).
+    pub armed_pause: Option<(i32, u64, u64)>,
+    /// Paused processes to resume: (at ns, ordinal, incarnation).
+    pub resumes: Vec<(u64, i32, u64)>,
 }
 
 impl World {
@@ -439,6 +447,8 @@ impl World {
             last_event_ns: 0,
             messages: 0,
             next_req: 0,
+            armed_pause: None,
+            resumes: Vec::new(),
             start: Instant::now(),
             handle,
             cfg,
