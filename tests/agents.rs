@@ -467,3 +467,78 @@ async fn sigterm_hands_the_writer_role_over() {
     check_writes(&c, w2, t2, "after-term").await;
     let _ = std::fs::remove_dir_all(&c.dir);
 }
+
+/// An agent whose peers are all missing knows no writer: writes get 503 `no_writer`, reads are
+/// still served, and it is not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_majority_writes_get_no_writer() {
+    let dir = std::env::temp_dir().join(format!("base-agents-lone-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (up, upstream_port) = start_upstream().await;
+    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+    let peers = (0..NODES)
+        .map(|i| format!("base-{i}=http://127.0.0.1:{}", ports[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut agent = Agent {
+        id: "base-0".to_string(),
+        port: ports[0],
+        upstream_port,
+        state_dir: dir.join("state-0"),
+        log: dir.join("agent-0.log"),
+        peers,
+        child: None,
+    };
+    agent.start();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let start = Instant::now();
+    let response = loop {
+        if let Ok(r) = http
+            .post(format!("{}/api/collections/items/records", agent.url()))
+            .body("{}")
+            .send()
+            .await
+        {
+            break r;
+        }
+        assert!(start.elapsed() < DEADLINE, "the agent never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["x-base-leader"], "");
+    assert_eq!(response.headers()["x-base-term"], "0");
+    assert_eq!(response.text().await.unwrap(), r#"{"error":"no_writer"}"#);
+    let read = http
+        .get(format!("{}/api/health", agent.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    let ready = http
+        .get(format!("{}/readyz", agent.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let leader: Value = http
+        .get(format!("{}/_ha/leader", agent.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(leader["leader_url"], "");
+    assert_eq!(leader["lease_expires"], "");
+    assert!(
+        up.writes().is_empty(),
+        "a write reached Base without a lease"
+    );
+    agent.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}

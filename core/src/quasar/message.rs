@@ -9,7 +9,7 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024;
 /// One election message. Times (`sent_ms`) are on the *sender's* clock and only ever compared by
 /// the sender, which gets them echoed back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
     /// "Would you vote for me at `term`?" (`term` is the sender's term + 1; nothing changes).
     PreVote { term: Term, position: u64 },
@@ -74,9 +74,9 @@ impl Message {
     }
 }
 
-/// A message on the wire between two agents.
+/// A message on the wire between two agents. Unknown fields are ignored, so agents of adjacent
+/// versions keep electing during a rolling update.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Envelope {
     pub from: NodeId,
     pub to: NodeId,
