@@ -15,6 +15,10 @@
 //!   a granted vote and every term-bearing message are sent only after the term and vote that
 //!   justify them were persisted.
 //!
+//! `ELECTION_DEBUG=1` prints a summary of each run (and every election); `ELECTION_SELFTEST=1`
+//! checks the checker: it slows an elected writer's clock to half speed, far outside the drift
+//! bound, and cuts it off, so that runs must end in "both accept writes" (see fuzz/README.md).
+//!
 //! The network has integrity (as TCP and the agent's JSON parsing give): a garbled message is
 //! parsed as the agent would; it is delivered only if it still reads as the message sent, else
 //! it is lost. Peers are not Byzantine: strangers (ids outside the cluster) may send anything.
@@ -166,6 +170,10 @@ impl FuzzMsg {
             FuzzMsg::TimeoutNow { term } => Message::TimeoutNow { term: Term(term) },
         }
     }
+}
+
+fn debug() -> bool {
+    std::env::var_os("ELECTION_DEBUG").is_some()
 }
 
 fn node_id(i: usize) -> NodeId {
@@ -322,6 +330,12 @@ impl Sim {
                     self.disk[i] = PersistedState { term, voted_for };
                 }
                 Effect::BecomeWriter { term, lease_until } => {
+                    if debug() {
+                        eprintln!(
+                            "real {} q-{i} local {} writer of {term} lease_until {lease_until}",
+                            self.now, local
+                        );
+                    }
                     assert_eq!(role, Role::Writer);
                     if let Some(prev) = self.writer_of_term.insert(term, i) {
                         assert_eq!(prev, i, "two writers in term {term}: q-{prev} and q-{i}");
@@ -493,6 +507,10 @@ fn run(data: &[u8]) -> Result<()> {
         offset_ms.push(u64::from(u.arbitrary::<u32>()?));
         seeds.push(u.arbitrary::<u64>()?);
     }
+    // Self-test of the checker (ELECTION_SELFTEST=1): once a writer is elected, its clock slows
+    // to half speed (far outside the drift bound) and it is cut off from the others. The run must
+    // end in "both accept writes"; if it does not, the checker is broken.
+    let selftest = std::env::var_os("ELECTION_SELFTEST").is_some();
     let tick_ms = u.int_in_range(1..=timing.heartbeat_interval_ms().0.max(1))?;
     let mut sim = Sim {
         n,
@@ -526,8 +544,38 @@ fn run(data: &[u8]) -> Result<()> {
     for i in 0..n {
         sim.start(i);
     }
-    while !u.is_empty() && sim.now < MAX_REAL_MS && sim.steps < MAX_STEPS {
-        let action: Action = u.arbitrary()?;
+    let mut script: Vec<Action> = Vec::new();
+    if selftest {
+        sim.loss_pct = 0;
+        sim.delay_max_ms = 0;
+        script.extend((0..100).map(|_| Action::Run(300)));
+    }
+    let mut script = script.into_iter();
+    loop {
+        let writer = (0..n).find(|&i| {
+            sim.nodes[i]
+                .as_ref()
+                .is_some_and(|x| x.role() == Role::Writer)
+        });
+        if let (true, Some(w)) = (selftest, writer) {
+            let local = sim.local(w, sim.now).0;
+            sim.rate_ppm[w] = PPM / 2;
+            sim.offset_ms[w] = local - sim.now / 2;
+            for a in 0..n {
+                for b in 0..n {
+                    sim.cut[a][b] = (a == w) != (b == w);
+                }
+            }
+            let until = sim.now + 10_000;
+            sim.run(until, &mut u);
+            break;
+        }
+        let action: Action = match script.next() {
+            Some(a) => a,
+            None if selftest => break,
+            None if u.is_empty() || sim.now >= MAX_REAL_MS || sim.steps >= MAX_STEPS => break,
+            None => u.arbitrary()?,
+        };
         let pick = |x: u8| usize::from(x) % n;
         match action {
             Action::Run(ms) => {
