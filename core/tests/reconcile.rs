@@ -385,3 +385,85 @@ fn deletion_removes_the_route_and_honours_retention() {
     );
     assert!(!p.finalized);
 }
+
+#[test]
+fn switchover_and_fencing_through_annotations() {
+    use base_core::reconcile::objects::{ANNOTATION_FENCED_INSTANCES, ANNOTATION_SWITCHOVER_TO};
+    use base_core::reconcile::{CONDITION_FENCED, CONDITION_SWITCHOVER};
+    let mut base = example();
+    let mut observed = Observed::default();
+    for o in &plan(&base, &observed).desired {
+        observed.insert(o);
+    }
+    observed.pods = (0..3)
+        .map(|i| PodView {
+            name: format!("my-app-{i}"),
+            ready: true,
+            writer_label: i == 0,
+            ..Default::default()
+        })
+        .collect();
+    observed.writer = Some(WriterView {
+        pod: "my-app-0".into(),
+        term: 2,
+    });
+    let cond = |p: &base_core::reconcile::Plan, t: &str| {
+        p.status.conditions.iter().find(|c| c.type_ == t).cloned()
+    };
+
+    base.metadata.annotations =
+        Some([(ANNOTATION_SWITCHOVER_TO.to_string(), "my-app-2".to_string())].into());
+    let p = plan(&base, &observed);
+    let t = p.transfer.clone().expect("asks the writer to transfer");
+    assert_eq!((t.from.as_str(), t.to.as_str()), ("my-app-0", "my-app-2"));
+    assert_eq!(cond(&p, CONDITION_SWITCHOVER).unwrap().reason, "InProgress");
+    assert!(p.clear_annotations.is_empty());
+
+    base.status = Some(p.status);
+    observed.writer = Some(WriterView {
+        pod: "my-app-2".into(),
+        term: 3,
+    });
+    let p = plan(&base, &observed);
+    assert_eq!(cond(&p, CONDITION_SWITCHOVER).unwrap().reason, "Done");
+    assert_eq!(
+        p.clear_annotations,
+        vec![ANNOTATION_SWITCHOVER_TO.to_string()]
+    );
+    assert!(p.events.iter().any(|e| e.reason == "SwitchoverDone"));
+
+    // Fencing: the named pod gets the pod annotation; a bad value is reported, nothing changes.
+    base.metadata.annotations = Some(
+        [(
+            ANNOTATION_FENCED_INSTANCES.to_string(),
+            r#"["my-app-1"]"#.to_string(),
+        )]
+        .into(),
+    );
+    let p = plan(&base, &observed);
+    assert_eq!(p.fence.len(), 1);
+    assert_eq!(
+        (p.fence[0].pod.as_str(), p.fence[0].fenced),
+        ("my-app-1", true)
+    );
+    assert_eq!(cond(&p, CONDITION_FENCED).unwrap().status, "True");
+    observed.pods[1].fenced = true;
+    assert!(plan(&base, &observed).fence.is_empty());
+    base.metadata.annotations = Some(
+        [(
+            ANNOTATION_FENCED_INSTANCES.to_string(),
+            "my-app-1".to_string(),
+        )]
+        .into(),
+    );
+    let p = plan(&base, &observed);
+    assert!(p.fence.is_empty(), "an unreadable list changes no fencing");
+    assert_eq!(
+        cond(&p, CONDITION_FENCED).unwrap().reason,
+        "InvalidFencedInstances"
+    );
+    base.metadata.annotations = None;
+    let p = plan(&base, &observed);
+    assert_eq!(p.fence.len(), 1);
+    assert!(!p.fence[0].fenced, "unfenced when the annotation goes");
+}

@@ -140,6 +140,7 @@ fn with_world(base: &Base, g: &mut Gen) -> Observed {
             revision: Some("rev".into()),
             terminating: false,
             writer_label: i == writer,
+            fenced: false,
         })
         .collect();
     observed.writer = Some(WriterView {

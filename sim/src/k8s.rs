@@ -315,7 +315,9 @@ impl World {
         self.ev(format!("spec change: {change:?} (generation {generation})"));
     }
 
-    /// What the operator observes, as the adapter would assemble it.
+    /// What the operator observes, as the adapter would assemble it. Fields the core adds later
+    /// keep their defaults (hence `..Default::default()`, needless or not).
+    #[allow(clippy::needless_update)]
     fn observe(&self) -> Observed {
         let now = self.now_ns();
         let pods = self

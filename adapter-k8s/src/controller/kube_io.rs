@@ -3,7 +3,7 @@
 
 use super::{Context, Error};
 use base_core::crd::{Base, Kind};
-use base_core::reconcile::objects::{LABEL_BASE, LABEL_ROLE, ROLE_WRITER};
+use base_core::reconcile::objects::{ANNOTATION_POD_FENCED, LABEL_BASE, LABEL_ROLE, ROLE_WRITER};
 use base_core::reconcile::route::{GATEWAY_API_VERSION, GATEWAY_KIND};
 use base_core::reconcile::{GatewayView, ObjectKey, Observed, Plan, PodView};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -71,6 +71,11 @@ fn pod_view(p: &Pod) -> PodView {
         revision: labels.get("controller-revision-hash").cloned(),
         terminating: p.metadata.deletion_timestamp.is_some(),
         writer_label: labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_WRITER),
+        fenced: p
+            .annotations()
+            .get(ANNOTATION_POD_FENCED)
+            .map(String::as_str)
+            == Some("true"),
     }
 }
 
@@ -177,6 +182,41 @@ pub async fn perform(
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(Error::Kube(e)),
         }
+    }
+    for f in &plan.fence {
+        let value = if f.fenced { json!("true") } else { Value::Null };
+        ctx.metrics.write("patch", "Pod");
+        match pods
+            .patch(
+                &f.pod,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {ANNOTATION_POD_FENCED: value}}})),
+            )
+            .await
+        {
+            Ok(_) => info!(base = %name, pod = %f.pod, fenced = f.fenced, "fencing changed"),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(Error::Kube(e)),
+        }
+    }
+    if !plan.clear_annotations.is_empty() {
+        let ar = resource(
+            &format!("{}/{}", base_core::crd::GROUP, base_core::crd::VERSION),
+            kind.as_str(),
+        );
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+        let cleared: serde_json::Map<String, Value> = plan
+            .clear_annotations
+            .iter()
+            .map(|a| (a.clone(), Value::Null))
+            .collect();
+        ctx.metrics.write("patch", kind.as_str());
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": cleared, "resourceVersion": base.resource_version()}})),
+        )
+        .await?;
     }
     if let Some(t) = &plan.transfer {
         ctx.transfer(&ns, t).await;

@@ -4,12 +4,16 @@
 
 mod diff;
 pub mod objects;
+pub mod operations;
 pub mod rollout;
 pub mod route;
 mod status;
 
 pub use diff::is_subset;
-pub use status::{CONDITION_GATEWAY, CONDITION_PROGRESSING, CONDITION_READY, CONDITION_WRITER};
+pub use status::{
+    CONDITION_FENCED, CONDITION_GATEWAY, CONDITION_PROGRESSING, CONDITION_READY,
+    CONDITION_SWITCHOVER, CONDITION_WRITER,
+};
 
 use crate::crd::{Base, BaseStatus, DEFAULT_GATEWAY_NAME, Kind, RetentionPolicy};
 use crate::ids::Millis;
@@ -118,6 +122,8 @@ pub struct PodView {
     pub terminating: bool,
     /// Carries `hanzo.ai/role=writer`.
     pub writer_label: bool,
+    /// Carries the annotation `hanzo.ai/fenced: "true"`.
+    pub fenced: bool,
 }
 
 /// The StatefulSet's state, read from its JSON.
@@ -200,6 +206,13 @@ pub struct GatewayWrite {
     pub routes: Vec<Value>,
 }
 
+/// Set or clear the fencing annotation on one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodFence {
+    pub pod: String,
+    pub fenced: bool,
+}
+
 /// Ask writer `from` to hand its role to `to`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transfer {
@@ -231,6 +244,9 @@ pub struct Plan {
     /// Objects to delete: optional objects no longer wanted, pods to roll, PVCs under `Delete`.
     pub delete: Vec<ObjectKey>,
     pub relabel: Vec<PodLabel>,
+    pub fence: Vec<PodFence>,
+    /// Annotations to remove from the Base (a finished or refused switchover request).
+    pub clear_annotations: Vec<String>,
     pub gateway: Option<GatewayWrite>,
     pub transfer: Option<Transfer>,
     pub status: BaseStatus,
@@ -249,6 +265,8 @@ impl Plan {
         self.apply.is_empty()
             && self.delete.is_empty()
             && self.relabel.is_empty()
+            && self.fence.is_empty()
+            && self.clear_annotations.is_empty()
             && self.gateway.is_none()
             && self.transfer.is_none()
             && !self.status_changed
@@ -385,6 +403,84 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
     }
     plan.relabel = relabel(&observed.pods, writer);
 
+    let mut extra = Vec::new();
+    match operations::fenced(base) {
+        Ok(fenced) => {
+            plan.fence = observed
+                .pods
+                .iter()
+                .filter(|p| !p.terminating && p.fenced != fenced.contains(&p.name))
+                .map(|p| PodFence {
+                    pod: p.name.clone(),
+                    fenced: !p.fenced,
+                })
+                .collect();
+            let names: Vec<&str> = observed
+                .pods
+                .iter()
+                .filter(|p| fenced.contains(&p.name))
+                .map(|p| p.name.as_str())
+                .collect();
+            if fenced != operations::Fenced::None {
+                extra.push(status::Cond::new(
+                    CONDITION_FENCED,
+                    true,
+                    "Fenced",
+                    format!("fenced: {}", names.join(", ")),
+                ));
+            }
+            let started = status::in_progress_since(base, CONDITION_SWITCHOVER);
+            match operations::switchover(
+                base,
+                step.replicas,
+                &observed.pods,
+                observed.writer.as_ref(),
+                &fenced,
+                started,
+                observed.now,
+            ) {
+                Some(operations::Switchover::InProgress { transfer, message }) => {
+                    if transfer.is_some() {
+                        plan.transfer = transfer;
+                    }
+                    extra.push(status::Cond::new(
+                        CONDITION_SWITCHOVER,
+                        true,
+                        "InProgress",
+                        message,
+                    ));
+                }
+                Some(operations::Switchover::Done(message)) => {
+                    plan.clear_annotations
+                        .push(objects::ANNOTATION_SWITCHOVER_TO.to_string());
+                    extra.push(status::Cond::new(
+                        CONDITION_SWITCHOVER,
+                        false,
+                        "Done",
+                        message,
+                    ));
+                }
+                Some(operations::Switchover::Refused(message)) => {
+                    plan.clear_annotations
+                        .push(objects::ANNOTATION_SWITCHOVER_TO.to_string());
+                    extra.push(status::Cond::new(
+                        CONDITION_SWITCHOVER,
+                        false,
+                        "Refused",
+                        message,
+                    ));
+                }
+                None => {}
+            }
+        }
+        Err(message) => extra.push(status::Cond::new(
+            CONDITION_FENCED,
+            false,
+            "InvalidFencedInstances",
+            message,
+        )),
+    }
+
     let mut route_outcome = status::RouteOutcome::NotConfigured;
     if let (Some((gw_ns, gw_name)), Some(g)) = (gateway_ref, base.spec.gateway.as_ref()) {
         let entry = route::RouteEntry {
@@ -439,6 +535,7 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
             sts: sts_view,
             route: route_outcome,
             progressing,
+            extra,
         },
     );
     // Safety: a PVC under Retain is never deleted, whatever the observation said.

@@ -36,6 +36,12 @@ pub const LABEL_BASE: &str = "hanzo.ai/base";
 /// Set to `writer` on the writer pod only; the `<name>-writer` Service selects it.
 pub const LABEL_ROLE: &str = "hanzo.ai/role";
 pub const ROLE_WRITER: &str = "writer";
+/// On the Base: hand the writer role to this pod (see `operations`).
+pub const ANNOTATION_SWITCHOVER_TO: &str = "hanzo.ai/switchover-to";
+/// On the Base: a JSON list of pod names to fence, or `["*"]`.
+pub const ANNOTATION_FENCED_INSTANCES: &str = "hanzo.ai/fenced-instances";
+/// On a pod: `"true"` while it is fenced; its agent reads it through the downward API.
+pub const ANNOTATION_POD_FENCED: &str = "hanzo.ai/fenced";
 /// Tells the three Services apart: `headless`, `client`, `writer`.
 pub const LABEL_SERVICE: &str = "hanzo.ai/service";
 pub const MANAGED_BY: &str = "base-operator";

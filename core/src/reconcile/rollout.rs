@@ -138,6 +138,7 @@ mod tests {
             revision: Some(rev.into()),
             terminating: false,
             writer_label: false,
+            fenced: false,
         }
     }
 

@@ -13,6 +13,8 @@ pub const CONDITION_READY: &str = "Ready";
 pub const CONDITION_WRITER: &str = "WriterElected";
 pub const CONDITION_GATEWAY: &str = "GatewayRouted";
 pub const CONDITION_PROGRESSING: &str = "Progressing";
+pub const CONDITION_SWITCHOVER: &str = "Switchover";
+pub const CONDITION_FENCED: &str = "Fenced";
 
 pub(super) enum RouteOutcome {
     NotConfigured,
@@ -29,7 +31,21 @@ pub(super) enum Outcome {
         sts: Option<StsView>,
         route: RouteOutcome,
         progressing: bool,
+        /// Switchover and fencing conditions (see `operations`).
+        extra: Vec<Cond>,
     },
+}
+
+/// When the condition `type_` entered `InProgress`, from the Base's current status.
+pub(super) fn in_progress_since(base: &Base, type_: &str) -> Option<crate::ids::Millis> {
+    let c = base
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    (c.reason == "InProgress")
+        .then(|| crate::ids::Millis(c.last_transition_time.0.as_millisecond().max(0) as u64))
 }
 
 /// `spec.gateway.leaderPollInterval` → `InvalidGatewayLeaderPollInterval`: a condition reason
@@ -50,11 +66,22 @@ pub fn invalid_reason(field: &str) -> String {
     out
 }
 
-struct Cond {
+pub(super) struct Cond {
     type_: &'static str,
     ok: bool,
     reason: String,
     message: String,
+}
+
+impl Cond {
+    pub(super) fn new(
+        type_: &'static str,
+        ok: bool,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Cond {
+        cond(type_, ok, reason, message)
+    }
 }
 
 fn cond(
@@ -137,6 +164,7 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
             sts,
             route,
             progressing,
+            extra,
         } => {
             st.ready_replicas = sts.as_ref().map_or(0, |s| s.ready_replicas);
             let quorum = spec_replicas / 2 + 1;
@@ -211,6 +239,22 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
                     "all replicas run the current spec",
                 )
             });
+            // A finished switchover stays in status as history until the next request.
+            let has_switchover = extra.iter().any(|c| c.type_ == CONDITION_SWITCHOVER);
+            conds.extend(extra);
+            if !has_switchover
+                && let Some(prev) = old
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == CONDITION_SWITCHOVER && c.reason != "InProgress")
+            {
+                conds.push(cond(
+                    CONDITION_SWITCHOVER,
+                    prev.status == "True",
+                    prev.reason.clone(),
+                    prev.message.clone(),
+                ));
+            }
         }
     }
     let now =
@@ -272,6 +316,22 @@ fn events(old: &BaseStatus, new: &BaseStatus) -> Vec<PlanEvent> {
             reason: reason.to_string(),
             message: message.to_string(),
         });
+    }
+    for type_ in [CONDITION_SWITCHOVER, CONDITION_FENCED] {
+        if let Some((reason, message)) = reason_of(new, type_)
+            && reason_of(old, type_).map(|r| r.0) != Some(reason)
+        {
+            let warning = reason == "Refused" || reason.starts_with("Invalid");
+            out.push(PlanEvent {
+                type_: if warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: format!("{type_}{reason}"),
+                message: message.to_string(),
+            });
+        }
     }
     if new.phase != old.phase {
         let p = new.phase;
