@@ -78,7 +78,7 @@ start() {
     --advertise-address=127.0.0.1 --secure-port="$api_port" --cert-dir="$D/certs" \
     --token-auth-file="$D/pki/tokens.csv" --authorization-mode=RBAC \
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$D/pki/sa.pub" \
-    --service-account-signing-key-file="$D/pki/sa.key" --service-cluster-ip-range=10.0.0.0/24 \
+    --service-account-signing-key-file="$D/pki/sa.key" --service-cluster-ip-range=10.0.0.0/16 \
     --disable-admission-plugins=ServiceAccount --allow-privileged=true \
     --audit-policy-file="$D/audit-policy.yaml" --audit-log-path="$D/audit.log" > "$D/apiserver.log" 2>&1 &
   echo $! > "$D/apiserver.pid"
@@ -96,12 +96,15 @@ users: [{name: admin, user: {token: envtest-admin-token}}]
 contexts: [{name: envtest, context: {cluster: envtest, user: admin, namespace: default}}]
 current-context: envtest
 EOK
+  # WITH_KCM=0 leaves the controller-manager out (no pods, PVCs or garbage collection).
+  if [ "${WITH_KCM:-1}" = 1 ]; then
   "$W/bin/kube-controller-manager" --kubeconfig="$D/kubeconfig" --leader-elect=false --bind-address=127.0.0.1 \
     --secure-port="$kcm_port" --port=0 --service-account-private-key-file="$D/pki/sa.key" \
     --root-ca-file="$D/certs/apiserver.crt" --use-service-account-credentials=false \
     --controllers='*,-nodeipam,-nodelifecycle,-attachdetach,-persistentvolume-binder,-cloud-node-lifecycle,-service,-route' \
     > "$D/kcm.log" 2>&1 &
   echo $! > "$D/kcm.pid"
+  fi
   sed 's/envtest-admin-token/envtest-operator-token/; s/name: admin/name: operator/g; s/user: admin/user: operator/' "$D/kubeconfig" > "$D/kubeconfig-operator"
   echo "$D/kubeconfig"
 }
