@@ -317,9 +317,13 @@ pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
     }
 }
 
-/// Parses a Go/Kubernetes duration (`500ms`, `2s`, `1m30s`, `1.5h`, `0`) into milliseconds,
-/// truncating below a millisecond. Errors say what was expected, for a status condition.
-pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+/// Go's limit: durations are an `i64` of nanoseconds (~292 years).
+const MAX_DURATION_NS: u128 = i64::MAX as u128;
+
+/// Parses a Go/Kubernetes duration (`500ms`, `2s`, `1m30s`, `1.5h`, `0`, `-1s`) into nanoseconds,
+/// exactly (integer arithmetic; fractions below a nanosecond are dropped, as Go does).
+/// Errors say what was expected, for a status condition or a command-line flag.
+pub fn parse_duration_ns(s: &str) -> Result<i64, String> {
     let bad = || format!("{s:?} is not a duration (expected e.g. 500ms, 2s, 1m30s)");
     let (neg, mut rest) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
@@ -332,38 +336,65 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
     if rest.is_empty() {
         return Err(bad());
     }
-    let mut total_ns: f64 = 0.0;
+    let mut total_ns: u128 = 0;
     while !rest.is_empty() {
-        let num_len = rest
+        let number_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(bad)?;
-        let num = &rest[..num_len];
-        if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-            return Err(bad());
-        }
-        let value: f64 = num.parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
+        let (number, after) = rest.split_at(number_len);
+        let unit_len = after
             .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit_ns = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let unit_ns: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return Err(bad()),
         };
-        rest = &rest[unit_len..];
-        total_ns += value * unit_ns;
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+            return Err(bad());
+        }
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole
+                .parse()
+                .map_err(|_| format!("{s:?} is too long a duration"))?
+        };
+        let mut part = whole
+            .checked_mul(unit_ns)
+            .ok_or_else(|| format!("{s:?} is too long a duration"))?;
+        let mut scale = unit_ns;
+        for digit in fraction.bytes().take(18) {
+            scale /= 10;
+            part += u128::from(digit - b'0') * scale;
+        }
+        total_ns = total_ns
+            .checked_add(part)
+            .filter(|t| *t <= MAX_DURATION_NS)
+            .ok_or_else(|| format!("{s:?} is too long a duration"))?;
+        rest = after;
     }
-    // Go rejects durations beyond ~292 years; so do we, rather than saturate silently.
-    if !total_ns.is_finite() || total_ns > i64::MAX as f64 {
-        return Err(format!("{s:?} is too long a duration"));
-    }
-    let ms = (total_ns / 1e6) as i64;
-    Ok(if neg { -ms } else { ms })
+    let ns = total_ns as i64; // ≤ i64::MAX, checked above
+    Ok(if neg { -ns } else { ns })
+}
+
+/// [`parse_duration_ns`] in milliseconds, truncated toward zero.
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    parse_duration_ns(s).map(|ns| ns / 1_000_000)
+}
+
+/// A non-negative duration, for timeouts and intervals given on a command line.
+pub fn parse_std_duration(s: &str) -> Result<std::time::Duration, String> {
+    let ns = parse_duration_ns(s.trim())?;
+    u64::try_from(ns)
+        .map(std::time::Duration::from_nanos)
+        .map_err(|_| format!("{s:?} must not be negative"))
 }
 
 /// Parses a Kubernetes quantity (`10Gi`, `500M`, `1.5`, `100m`, `1e3`) into its value.

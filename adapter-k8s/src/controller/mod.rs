@@ -75,9 +75,9 @@ pub fn init_logging(format: LogFormat) {
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
-    match parse_duration_ms(s)? {
-        ms if ms > 0 => Ok(Duration::from_millis(ms as u64)),
-        _ => Err(format!("{s:?} must be positive")),
+    match base_core::validate::parse_std_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} must be positive")),
+        d => Ok(d),
     }
 }
 

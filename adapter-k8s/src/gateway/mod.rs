@@ -145,57 +145,9 @@ pub fn parse_replica(s: &str) -> Result<ReplicaArg, String> {
     })
 }
 
-/// Parses a duration in Go/Kubernetes form: a sequence of decimal numbers, each with a unit
-/// (`ns`, `us`/`µs`, `ms`, `s`, `m`, `h`), e.g. `500ms`, `2s`, `1m30s`, `1.5h`; `0` alone is zero.
+/// Parses a duration in Go/Kubernetes form (`500ms`, `2s`, `1m30s`, `1.5h`; `0` alone is zero).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let text = s.trim();
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if text.is_empty() {
-        return Err("empty duration".into());
-    }
-    let bad = || format!("`{s}` is not a duration like 500ms, 2s, 1m30s");
-    let mut rest = text.strip_prefix('+').unwrap_or(text);
-    let mut total_ns: u128 = 0;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let (number, after) = rest.split_at(number_len);
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_len);
-        let unit_ns: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => return Err(bad()),
-        };
-        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
-            return Err(bad());
-        }
-        let whole: u128 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().map_err(|_| bad())?
-        };
-        let mut part = whole.checked_mul(unit_ns).ok_or_else(bad)?;
-        let mut scale = unit_ns;
-        for digit in fraction.bytes().take(18) {
-            scale /= 10;
-            part += u128::from(digit - b'0') * scale;
-        }
-        total_ns = total_ns.checked_add(part).ok_or_else(bad)?;
-        rest = after;
-    }
-    let secs = u64::try_from(total_ns / 1_000_000_000).map_err(|_| bad())?;
-    Ok(Duration::new(secs, (total_ns % 1_000_000_000) as u32))
+    base_core::validate::parse_std_duration(s)
 }
 
 /// A replica's addresses, resolved once.
