@@ -4,3 +4,4 @@ pub mod agent;
 pub mod cli;
 pub mod controller;
 pub mod gateway;
+pub mod plugin;
