@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/k8s-envtest.sh build
 cargo test --workspace --locked --no-fail-fast
+# The deterministic simulation (madsim build, in its own target dir; README "Simulation").
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}-sim" cargo sim-test --locked
 ./scripts/fuzz-smoke.sh

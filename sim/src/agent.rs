@@ -519,13 +519,14 @@ impl World {
         let mut matched: Vec<u64> = a.match_index.values().copied().collect();
         matched.push(log_len);
         matched.sort_unstable_by(|x, y| y.cmp(x));
-        let quorum = (a.peers.len() + 1) / 2 + 1;
+        let cluster = a.peers.len() + 1;
+        let quorum = cluster / 2 + 1;
         let candidate = matched[quorum - 1];
-        if candidate > a.commit && self.k8s.pvcs[&ordinal].log[candidate as usize - 1].term == term
+        if candidate > a.commit
+            && self.k8s.pvcs[&ordinal].log[candidate as usize - 1].term == term
+            && let Some(a) = self.agent_mut(ordinal)
         {
-            if let Some(a) = self.agent_mut(ordinal) {
-                a.commit = candidate;
-            }
+            a.commit = candidate;
         }
         Vec::new()
     }

@@ -212,12 +212,10 @@ impl World {
             if self.k8s.pods.contains_key(&ordinal) {
                 continue;
             }
-            if !self.k8s.pvcs.contains_key(&ordinal) {
-                self.k8s.pvcs.insert(ordinal, Pvc::default());
-                self.ev(format!(
-                    "PVC {} created",
-                    objects::pvc_name(BASE_NAME, ordinal)
-                ));
+            if let std::collections::btree_map::Entry::Vacant(e) = self.k8s.pvcs.entry(ordinal) {
+                e.insert(Pvc::default());
+                let name = objects::pvc_name(BASE_NAME, ordinal);
+                self.ev(format!("PVC {name} created"));
             }
             let delay_ms = self.rng.range(300, 1_500);
             self.k8s.pods.insert(
