@@ -597,6 +597,47 @@ async fn kubectl_base_against_a_real_apiserver() {
         "{stderr}"
     );
 
+    // Refused again for the same reason: status does not change at all, only the request goes.
+    let child = tokio::process::Command::new(PLUGIN)
+        .args([
+            "switchover",
+            "app",
+            "--to",
+            "app-2",
+            "-n",
+            NS,
+            "--kubeconfig",
+        ])
+        .arg(&c.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(T, "the switchover annotation", || async {
+        (annotation(&bases, SWITCHOVER).await.as_deref() == Some("app-2")).then_some(())
+    })
+    .await;
+    set_annotation(&bases, SWITCHOVER, Value::Null).await;
+    let out = tokio::time::timeout(T, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("switchover to app-2 refused: app-2 is not ready"),
+        "{stderr}"
+    );
+    // A fenced target is refused up front.
+    plugin_ok(&c, &fence(&["fence", "app", "app-2"])).await;
+    plugin_err(
+        &c,
+        &["switchover", "app", "--to", "app-2", "-n", NS],
+        "pod app-2 is fenced, so it cannot become the writer",
+    )
+    .await;
+    plugin_ok(&c, &fence(&["unfence", "app", "app-2"])).await;
+    assert_eq!(annotation(&bases, SWITCHOVER).await, None);
+
     // Nobody acts: the wait is bounded, the request stays, and a second target is refused.
     let o = plugin_err(
         &c,

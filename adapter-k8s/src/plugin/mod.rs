@@ -26,14 +26,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Set by the user on the Base: the pod that should become the writer.
-pub const ANNOTATION_SWITCHOVER_TO: &str = "hanzo.ai/switchover-to";
-/// Set by the user on the Base: a JSON list of fenced pod names, or `["*"]` for all of them.
-pub const ANNOTATION_FENCED_INSTANCES: &str = "hanzo.ai/fenced-instances";
-/// Set by the operator on a pod it has fenced (`"true"`).
-pub const ANNOTATION_POD_FENCED: &str = "hanzo.ai/fenced";
+/// The annotations of the contract: `switchover-to` and `fenced-instances` on the Base (set by
+/// the user), `fenced` on a pod (set by the operator).
+pub use base_core::reconcile::objects::{
+    ANNOTATION_FENCED_INSTANCES, ANNOTATION_POD_FENCED, ANNOTATION_SWITCHOVER_TO,
+};
 /// The status condition the operator reports switchovers in.
-pub const CONDITION_SWITCHOVER: &str = "Switchover";
+pub const CONDITION_SWITCHOVER: &str = base_core::reconcile::CONDITION_SWITCHOVER;
 /// The condition whose last transition is the last change of writer.
 pub const CONDITION_WRITER: &str = base_core::reconcile::CONDITION_WRITER;
 /// Pods carry their Base's name in this label.
@@ -81,6 +80,14 @@ pub enum PluginError {
         base: String,
         namespace: String,
         pending: String,
+    },
+    #[error(
+        "pod {pod} is fenced, so it cannot become the writer; unfence it first: kubectl base unfence {base} {pod} -n {namespace}"
+    )]
+    TargetFenced {
+        pod: String,
+        base: String,
+        namespace: String,
     },
     #[error("switchover to {to} refused: {message}")]
     SwitchoverRefused { to: String, message: String },

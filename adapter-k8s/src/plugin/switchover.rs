@@ -5,7 +5,9 @@
 use super::format::{one_line, short};
 use super::status::{Cond, conditions};
 use super::target::{BaseRef, pods_of};
-use super::{ANNOTATION_SWITCHOVER_TO, CONDITION_SWITCHOVER, PluginError};
+use super::{
+    ANNOTATION_FENCED_INSTANCES, ANNOTATION_SWITCHOVER_TO, CONDITION_SWITCHOVER, PluginError,
+};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use std::io::Write;
@@ -48,13 +50,20 @@ fn switchover_cond(status: &Value) -> Option<Cond> {
         .find(|c| c.type_ == CONDITION_SWITCHOVER)
 }
 
+/// Polls the request must have been gone for before an unchanged `Switchover` condition is taken
+/// as its outcome (the operator removes the annotation just before it writes status).
+pub const GONE_POLLS: u32 = 3;
+
 /// Judges progress. `before` is the `Switchover` condition as it was before this request, so an
-/// outcome left over from an earlier switchover is not taken for this one's.
+/// outcome left over from an earlier switchover is not taken for this one's, unless the request
+/// has been gone for `GONE_POLLS` reads (`gone` counts them): an outcome equal to the previous
+/// one (refused again for the same reason) keeps its transition time and looks unchanged.
 pub fn judge(
     to: &str,
     before: Option<&Cond>,
     status: &Value,
     annotation: Option<&str>,
+    gone: u32,
 ) -> Progress {
     let writer = status.get("currentWriter").and_then(Value::as_str);
     let term = status
@@ -72,6 +81,15 @@ pub fn judge(
     }
     if writer == Some(to) && annotation.is_none() {
         return Progress::Done(format!("{to} is the writer in term {term}"));
+    }
+    if annotation.is_none() && gone >= GONE_POLLS {
+        return Progress::Refused(match cond.as_ref() {
+            Some(c) if c.reason == "Refused" => one_line(&c.message, 300),
+            _ => format!(
+                "the request was removed before {to} became the writer (writer {})",
+                writer.map_or_else(|| "none".to_string(), |w| one_line(w, 80))
+            ),
+        });
     }
     let seen = match &cond {
         Some(c) if Some(c) != before => format!(
@@ -115,6 +133,15 @@ pub async fn run(
         )?;
         return Ok(());
     }
+    let fenced = super::fence::parse_list(base.annotation(ANNOTATION_FENCED_INSTANCES))
+        .is_ok_and(|l| l.iter().any(|p| *p == to || p == "*"));
+    if fenced {
+        return Err(PluginError::TargetFenced {
+            pod: to,
+            base: base.name.clone(),
+            namespace: base.namespace.clone(),
+        });
+    }
     let before = switchover_cond(base.status());
     base.edit_annotation(ANNOTATION_SWITCHOVER_TO, |b| {
         match b.annotation(ANNOTATION_SWITCHOVER_TO).map(str::trim) {
@@ -147,13 +174,11 @@ pub async fn run(
     }
     let start = Instant::now();
     let mut last = String::new();
+    let mut gone = 0;
     loop {
-        let progress = judge(
-            &to,
-            before.as_ref(),
-            base.status(),
-            base.annotation(ANNOTATION_SWITCHOVER_TO),
-        );
+        let annotation = base.annotation(ANNOTATION_SWITCHOVER_TO);
+        gone = if annotation.is_some() { 0 } else { gone + 1 };
+        let progress = judge(&to, before.as_ref(), base.status(), annotation, gone);
         let elapsed = short(start.elapsed().as_millis() as u64);
         match progress {
             Progress::Done(message) => {
@@ -203,41 +228,67 @@ mod tests {
         let before = switchover_cond(&old);
         // The old outcome is not this request's.
         assert!(matches!(
-            judge("a-1", before.as_ref(), &old, Some("a-1")),
+            judge("a-1", before.as_ref(), &old, Some("a-1"), 0),
             Progress::Waiting(_)
         ));
         let going = json!({"currentWriter": "a-0", "term": 3,
             "conditions": [cond("InProgress", "asked a-0", "2024-01-01T00:01:00Z")]});
-        match judge("a-1", before.as_ref(), &going, Some("a-1")) {
+        match judge("a-1", before.as_ref(), &going, Some("a-1"), 0) {
             Progress::Waiting(t) => assert!(t.contains("InProgress: asked a-0"), "{t}"),
             p => panic!("{p:?}"),
         }
         let done = json!({"currentWriter": "a-1", "term": 4,
             "conditions": [cond("Done", "a-1 is the writer", "2024-01-01T00:01:05Z")]});
         assert_eq!(
-            judge("a-1", before.as_ref(), &done, None),
+            judge("a-1", before.as_ref(), &done, None, 1),
             Progress::Done("a-1 is the writer".into())
         );
         let refused =
             json!({"conditions": [cond("Refused", "a-1 is not ready", "2024-01-01T00:01:05Z")]});
         assert_eq!(
-            judge("a-1", before.as_ref(), &refused, None),
+            judge("a-1", before.as_ref(), &refused, None, 1),
             Progress::Refused("a-1 is not ready".into())
         );
         // No condition at all (an operator that does not report it): the writer decides.
         let plain = json!({"currentWriter": "a-1", "term": 4});
         assert!(matches!(
-            judge("a-1", None, &plain, None),
+            judge("a-1", None, &plain, None, 1),
             Progress::Done(_)
         ));
         assert!(matches!(
-            judge("a-1", None, &plain, Some("a-1")),
+            judge("a-1", None, &plain, Some("a-1"), 0),
             Progress::Waiting(_)
         ));
         assert!(matches!(
-            judge("a-1", None, &json!("junk"), None),
+            judge("a-1", None, &json!("junk"), None, 1),
             Progress::Waiting(_)
         ));
+    }
+
+    #[test]
+    fn an_outcome_like_the_previous_one() {
+        let refused = json!({"currentWriter": "a-0",
+            "conditions": [cond("Refused", "a-2 is not ready", "2024-01-01T00:00:00Z")]});
+        let before = switchover_cond(&refused);
+        // Refused again for the same reason: the condition does not change at all.
+        for gone in 0..GONE_POLLS {
+            assert!(matches!(
+                judge("a-2", before.as_ref(), &refused, None, gone),
+                Progress::Waiting(_)
+            ));
+        }
+        assert_eq!(
+            judge("a-2", before.as_ref(), &refused, None, GONE_POLLS),
+            Progress::Refused("a-2 is not ready".into())
+        );
+        // Removed by someone else, with an old Done in status.
+        let done = json!({"currentWriter": "a-0",
+            "conditions": [cond("Done", "a-0 is the writer", "2024-01-01T00:00:00Z")]});
+        let before = switchover_cond(&done);
+        match judge("a-1", before.as_ref(), &done, None, GONE_POLLS) {
+            Progress::Refused(m) => assert!(m.contains("removed before a-1"), "{m}"),
+            p => panic!("{p:?}"),
+        }
     }
 
     #[test]
