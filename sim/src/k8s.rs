@@ -357,6 +357,8 @@ impl World {
                 resync_ms: 300_000,
                 ..OperatorConfig::default()
             },
+            // Not modelled: the peer-key Secret (the sim's peer messages are not authenticated).
+            ..Observed::default()
         }
     }
 
