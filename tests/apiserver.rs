@@ -242,6 +242,20 @@ async fn operator_against_a_real_apiserver() {
     let spec = sts.spec.clone().unwrap();
     assert_eq!(spec.replicas, Some(3));
     assert_eq!(spec.service_name.as_deref(), Some("my-app-hs"));
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(c.client.clone(), "hanzo");
+    let key = eventually(T, "the peer-key Secret", || async {
+        secrets.get_opt("my-app-peer-key").await.ok()?
+    })
+    .await;
+    assert_eq!(key.owner_references()[0].uid, base_uid);
+    assert_eq!(
+        key.data
+            .as_ref()
+            .and_then(|d| d.get("current"))
+            .map(|v| v.0.len()),
+        Some(64)
+    );
     let base_fin = bases(&c, "hanzo").get("my-app").await.unwrap();
     assert!(base_fin.finalizers().iter().any(|f| f == FINALIZER));
 

@@ -50,6 +50,11 @@ pub fn render(args: &RenderArgs, out: &mut impl Write) -> Result<()> {
         out.write_all(b"---\n")?;
         out.write_all(serde_norway::to_string(&obj.body)?.as_bytes())?;
     }
+    writeln!(
+        out,
+        "# Secret {} (key `current`) is created once by the operator with a random key; never printed.",
+        base_core::reconcile::objects::peer_key_secret_name(&name)
+    )?;
     if let Some(gw) = &plan.gateway {
         let patch = serde_json::json!({
             "apiVersion": base_core::reconcile::route::GATEWAY_API_VERSION,

@@ -467,3 +467,106 @@ fn switchover_and_fencing_through_annotations() {
     assert_eq!(p.fence.len(), 1);
     assert!(!p.fence[0].fenced, "unfenced when the annotation goes");
 }
+
+#[test]
+fn peer_key_secret_is_created_once_and_mounted() {
+    let base = example();
+    let mut observed = Observed {
+        fresh_peer_key: Some("k3y".into()),
+        ..Default::default()
+    };
+    let p = plan(&base, &observed);
+    assert_eq!(p.create.len(), 1);
+    let secret = &p.create[0];
+    assert_eq!(
+        (secret.kind.as_str(), secret.name.as_str()),
+        ("Secret", "my-app-peer-key")
+    );
+    assert_eq!(secret.body["stringData"]["current"], "k3y");
+    assert_eq!(
+        secret.body["metadata"]["ownerReferences"][0]["uid"],
+        "uid-1"
+    );
+    assert!(
+        !p.desired.iter().any(|o| o.kind == "Secret"),
+        "never re-applied, so never overwritten"
+    );
+    observed.peer_key_exists = true;
+    assert!(plan(&base, &observed).create.is_empty());
+    // The agent reads it, its fencing annotation, and serves peers on their own port.
+    let sts = find(&p, "StatefulSet", "my-app");
+    let pod = &sts["spec"]["template"]["spec"];
+    let args: Vec<&str> = pod["containers"][1]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for a in [
+        "--peer-key-dir",
+        "/etc/base/peer-key",
+        "--peer-port",
+        "8092",
+        "--fence-file",
+        "/etc/podinfo/annotations",
+    ] {
+        assert!(args.contains(&a), "agent args lack {a}: {args:?}");
+    }
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "my-app-peer-key")
+    );
+    assert!(
+        volumes.iter().any(
+            |v| v["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] == "metadata.annotations"
+        )
+    );
+}
+
+#[test]
+fn network_policy_keeps_the_peer_port_to_the_base_pods() {
+    let mut base = example();
+    base.spec.network_policy = Some(base_core::crd::NetworkPolicySpec {
+        enabled: Some(true),
+        allow_ingress: Some(true),
+        ..Default::default()
+    });
+    let observed = Observed {
+        config: base_core::reconcile::OperatorConfig {
+            operator_namespace: Some("base-system".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let p = plan(&base, &observed);
+    let rules = find(&p, "NetworkPolicy", "my-app")["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let peer: Vec<&Value> = rules
+        .iter()
+        .filter(|r| r["ports"][0]["port"] == 8092)
+        .collect();
+    assert_eq!(peer.len(), 1, "one rule for the peer port");
+    assert_eq!(
+        peer[0]["from"],
+        json!([{"podSelector": {"matchLabels": {"hanzo.ai/base": "my-app"}}}])
+    );
+    // allowIngress opens the client port only.
+    assert!(
+        rules
+            .iter()
+            .filter(|r| r["from"].is_null())
+            .all(|r| r["ports"][0]["port"] == 8090)
+    );
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["from"].as_array().is_some_and(|f| f.iter().any(
+                |p| p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    == "base-system"
+            )))
+    );
+}

@@ -31,6 +31,7 @@ pub fn resource(api_version: &str, kind: &str) -> ApiResource {
         "Pod" => "pods",
         "PersistentVolumeClaim" => "persistentvolumeclaims",
         "Gateway" => "gateways",
+        "Secret" => "secrets",
         "Base" => "bases",
         "BaseApp" => "baseapps",
         other => return ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, other)),
@@ -88,8 +89,12 @@ pub async fn observe(ctx: &Context, base: &Base) -> Result<(Observed, Vec<Pod>),
         // Condition times are stored with second precision; plan with the same.
         now: base_core::Millis(super::writers::now_ms().0 / 1000 * 1000),
         config: ctx.config.clone(),
+        peer_key_exists: ctx.peer_key_known(&ns, &name),
         ..Default::default()
     };
+    if !observed.peer_key_exists {
+        observed.fresh_peer_key = Some(fresh_key());
+    }
     for (api_version, k) in owned_kinds(&ctx.config.pdb_api_version) {
         let list = match dynamic(ctx, &ns, api_version, k).list(&lp).await {
             Ok(l) => l,
@@ -137,6 +142,12 @@ pub async fn observe(ctx: &Context, base: &Base) -> Result<(Observed, Vec<Pod>),
     Ok((observed, pods))
 }
 
+/// 32 random bytes, hex: the HMAC key of a new peer-key Secret.
+fn fresh_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Performs a plan's writes: each one counted, none issued when the plan is a no-op.
 pub async fn perform(
     ctx: &Context,
@@ -148,6 +159,18 @@ pub async fn perform(
     let ns = base.namespace().unwrap_or_else(|| "default".into());
     let name = base.name_any();
     let ssa = PatchParams::apply(FIELD_MANAGER).force();
+    // Create-only objects first (the StatefulSet's pods mount the peer-key Secret).
+    for obj in &plan.create {
+        let api = dynamic(ctx, &ns, &obj.api_version, &obj.kind);
+        let new: DynamicObject = serde_json::from_value(obj.body.clone()).map_err(Error::Json)?;
+        ctx.metrics.write("create", &obj.kind);
+        match api.create(&kube::api::PostParams::default(), &new).await {
+            Ok(_) => info!(base = %name, kind = %obj.kind, object = %obj.name, "created"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(Error::Kube(e)),
+        }
+        ctx.remember_peer_key(&ns, &name);
+    }
     for obj in &plan.apply {
         let api = dynamic(ctx, &ns, &obj.api_version, &obj.kind);
         ctx.metrics.write("apply", &obj.kind);

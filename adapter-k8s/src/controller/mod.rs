@@ -126,9 +126,24 @@ pub struct Context {
     cleanup_timeout: Duration,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Bases whose peer-key Secret exists (we created it, or the API said it already existed).
+    peer_keys: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Context {
+    fn peer_key_known(&self, ns: &str, name: &str) -> bool {
+        self.peer_keys
+            .lock()
+            .map(|s| s.contains(&(ns.to_string(), name.to_string())))
+            .unwrap_or(false)
+    }
+
+    fn remember_peer_key(&self, ns: &str, name: &str) {
+        if let Ok(mut s) = self.peer_keys.lock() {
+            s.insert((ns.to_string(), name.to_string()));
+        }
+    }
+
     /// Asks the writer's agent to hand its role to `to` (writer-last rolling, scale-down).
     async fn transfer(&self, ns: &str, t: &Transfer) {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
@@ -389,6 +404,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut config = OperatorConfig {
         resync_ms: args.resync.as_millis() as u64,
+        operator_namespace: Some(args.lease_namespace.clone()),
         ..OperatorConfig::default()
     };
     if let Some(img) = &args.agent_image {
@@ -437,6 +453,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .build()?,
         cleanup_timeout: args.cleanup_timeout,
         failures: Mutex::default(),
+        peer_keys: Mutex::default(),
     });
 
     let ns = args.namespace.clone();

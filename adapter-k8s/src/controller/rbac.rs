@@ -26,6 +26,8 @@ pub const CLUSTER_CALLS: &[(&str, &str, &[&str])] = &[
     ),
     ("", "pods", &["get", "list", "watch", "patch", "delete"]),
     ("", "persistentvolumeclaims", &["list", "delete"]),
+    // Create only: the peer-key Secret is never read or updated by the operator.
+    ("", "secrets", &["create"]),
     (
         "policy",
         "poddisruptionbudgets",

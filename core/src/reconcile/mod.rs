@@ -36,6 +36,8 @@ pub struct OperatorConfig {
     pub sts_pvc_retention_policy: bool,
     /// `policy/v1` (Kubernetes ≥ 1.21) or `policy/v1beta1` for older servers; same fields.
     pub pdb_api_version: String,
+    /// The operator's own namespace, admitted to the agents' client port by the NetworkPolicy.
+    pub operator_namespace: Option<String>,
 }
 
 impl Default for OperatorConfig {
@@ -48,6 +50,7 @@ impl Default for OperatorConfig {
             resync_ms: 300_000,
             sts_pvc_retention_policy: true,
             pdb_api_version: "policy/v1".to_string(),
+            operator_namespace: None,
         }
     }
 }
@@ -183,6 +186,11 @@ pub struct Observed {
     pub writer: Option<WriterView>,
     pub gateway: GatewayView,
     pub config: OperatorConfig,
+    /// The peer-key Secret is known to exist (the operator never reads Secrets: it creates this one
+    /// once and remembers that it did, or that the API said it already existed).
+    pub peer_key_exists: bool,
+    /// Random key material for a new peer-key Secret (the core has no randomness of its own).
+    pub fresh_peer_key: Option<String>,
 }
 
 impl Observed {
@@ -241,6 +249,8 @@ pub struct Plan {
     pub desired: Vec<Object>,
     /// The desired objects that differ from what was observed.
     pub apply: Vec<Object>,
+    /// Objects to create if absent and never update (the peer-key Secret): an existing one is kept.
+    pub create: Vec<Object>,
     /// Objects to delete: optional objects no longer wanted, pods to roll, PVCs under `Delete`.
     pub delete: Vec<ObjectKey>,
     pub relabel: Vec<PodLabel>,
@@ -263,6 +273,7 @@ impl Plan {
     /// True when performing this plan would issue no API write at all.
     pub fn is_noop(&self) -> bool {
         self.apply.is_empty()
+            && self.create.is_empty()
             && self.delete.is_empty()
             && self.relabel.is_empty()
             && self.fence.is_empty()
@@ -352,6 +363,19 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         config: &observed.config,
     };
     plan.desired = desired_objects(&ctx);
+    if !observed.peer_key_exists
+        && let Some(key) = &observed.fresh_peer_key
+    {
+        let secret = objects::peer_key_secret(&ctx, key);
+        let secret_name = objects::peer_key_secret_name(name);
+        plan.create.push(Object::typed(
+            "v1",
+            "Secret",
+            namespace,
+            &secret_name,
+            &secret,
+        ));
+    }
     // Keep the operator's view and the cluster's aligned: an object is written only when it differs.
     plan.apply = plan
         .desired

@@ -10,11 +10,13 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+    DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecretEnvSource, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -69,6 +71,19 @@ pub fn pvc_name(base: &str, ordinal: i32) -> String {
 }
 pub fn pod_name(base: &str, ordinal: i32) -> String {
     format!("{base}-{ordinal}")
+}
+
+/// The Secret holding the per-Base key that authenticates election messages (`current`, and
+/// `previous` during a rotation). Created once by the operator, never updated by it.
+pub fn peer_key_secret_name(base: &str) -> String {
+    format!("{base}-peer-key")
+}
+pub const PEER_KEY_MOUNT: &str = "/etc/base/peer-key";
+pub const PODINFO_MOUNT: &str = "/etc/podinfo";
+
+/// The agents' peer port: election traffic only, admitted from the Base's own pods.
+pub fn peer_port(port: i32) -> i32 {
+    if port <= 65533 { port + 2 } else { port - 2 }
 }
 
 /// The port Base itself listens on inside the pod; the Quasar agent owns `spec.port`.
@@ -311,18 +326,32 @@ pub(super) fn statefulset(c: &Ctx) -> StatefulSet {
             format!("http://127.0.0.1:{internal}"),
             "--state-dir".into(),
             AGENT_STATE_DIR.into(),
+            "--peer-port".into(),
+            peer_port(port).to_string(),
+            "--peer-key-dir".into(),
+            PEER_KEY_MOUNT.into(),
+            "--fence-file".into(),
+            format!("{PODINFO_MOUNT}/annotations"),
         ]),
         env: Some(vec![
             pod_name_env(),
             env("BASE_PEERS", c.peers()),
             env("RUST_LOG", "info"),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: port,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: port,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("peer".into()),
+                container_port: peer_port(port),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
         readiness_probe: Some(http_probe("/readyz", port, 2, 2)),
         liveness_probe: Some(http_probe("/healthz", port, 10, 6)),
         resources: Some(ResourceRequirements {
@@ -337,13 +366,53 @@ pub(super) fn statefulset(c: &Ctx) -> StatefulSet {
             ..Default::default()
         }),
         security_context: Some(restricted_security_context()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: DATA_VOLUME.into(),
-            mount_path: DATA_MOUNT.into(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: DATA_VOLUME.into(),
+                mount_path: DATA_MOUNT.into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "peer-key".into(),
+                mount_path: PEER_KEY_MOUNT.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "podinfo".into(),
+                mount_path: PODINFO_MOUNT.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
         ..Default::default()
     };
+    // The peer key as files, so a rotation reaches running agents without a restart; the pod's
+    // annotations through the downward API, so fencing reaches the agent without API access.
+    volumes.push(Volume {
+        name: "peer-key".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(peer_key_secret_name(c.name)),
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    volumes.push(Volume {
+        name: "podinfo".into(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: "annotations".into(),
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: None,
+                    field_path: "metadata.annotations".into(),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
 
     let retention = match spec.storage.retention() {
         RetentionPolicy::Retain => "Retain",
@@ -530,10 +599,40 @@ pub(super) fn network_policy(c: &Ctx) -> Option<NetworkPolicy> {
             ..Default::default()
         });
     }
-    let mut rules = vec![NetworkPolicyIngressRule {
-        from: Some(from),
-        ports: Some(port.clone()),
-    }];
+    if let Some(ns) = &c.config.operator_namespace {
+        // The operator polls /_ha/leader and asks for transfers on the client port.
+        from.push(NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    ns.clone(),
+                )])),
+                match_expressions: None,
+            }),
+            ..Default::default()
+        });
+    }
+    let mut rules = vec![
+        // Election traffic: only this Base's own pods reach the peer port.
+        NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(c.selector()),
+                    match_expressions: None,
+                }),
+                ..Default::default()
+            }]),
+            ports: Some(vec![NetworkPolicyPort {
+                port: Some(IntOrString::Int(peer_port(c.base.spec.port))),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+        },
+        NetworkPolicyIngressRule {
+            from: Some(from),
+            ports: Some(port.clone()),
+        },
+    ];
     if np.allow_ingress == Some(true) {
         rules.push(NetworkPolicyIngressRule {
             from: None,
@@ -586,4 +685,14 @@ pub(super) fn service_monitor(c: &Ctx) -> Option<Object> {
         c.name,
         body,
     ))
+}
+
+/// The peer-key Secret with a fresh key: created once, never updated (see `Plan::create`).
+pub(super) fn peer_key_secret(c: &Ctx, key: &str) -> Secret {
+    Secret {
+        metadata: c.meta(peer_key_secret_name(c.name)),
+        string_data: Some(BTreeMap::from([("current".to_string(), key.to_string())])),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
 }
