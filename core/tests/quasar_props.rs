@@ -3,6 +3,7 @@
 //! (random delays), partitions, pauses, kills and restarts (with persisted state), transfers.
 //!
 //! - never two writers in one term;
+//! - a fenced node never becomes writer and never accepts writes (fences come and go as faults);
 //! - at no real instant (checked every simulated ms) two nodes whose `can_accept_writes` is true;
 //! - once the faults stop, a connected cluster elects a writer within a bound;
 //! - a stable connected majority elects a writer within a bound, and fails over within one.
@@ -35,6 +36,8 @@ enum Fault {
     Resume(usize),
     TransferFromWriter(usize),
     Campaign(usize),
+    Fence(usize),
+    Unfence(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -61,7 +64,9 @@ impl Arbitrary for Fault {
     fn arbitrary(g: &mut Gen) -> Fault {
         // Node indices are reduced modulo the cluster size when applied.
         let i = below(g, 5) as usize;
-        match below(g, 15) {
+        match below(g, 17) {
+            15 => Fault::Fence(i),
+            16 => Fault::Unfence(i),
             0 | 1 => Fault::Partition((0..5).map(|_| below(g, 2) as u8).collect()),
             12 => Fault::CutLink(i, below(g, 5) as usize),
             13 | 14 => Fault::Bounce(i),
@@ -163,6 +168,8 @@ fn apply(c: &mut Cluster, fault: &Fault) {
                 }
             }
         }
+        Fault::Fence(i) => c.set_fenced(i % n, true),
+        Fault::Unfence(i) => c.set_fenced(i % n, false),
         Fault::Campaign(i) => {
             if !c.nodes[i % n].paused {
                 c.step_node(i % n, Input::Campaign);
@@ -199,6 +206,7 @@ fn safe_and_live(plan: Plan) -> TestResult {
     for i in 0..c.nodes.len() {
         c.restart(i);
         c.resume(i);
+        c.set_fenced(i, false);
     }
     let elected = c.advance_until(LIVENESS_BOUND_MS, |c| !c.accepting().is_empty());
     if let Some(v) = &c.violation {
@@ -211,6 +219,56 @@ fn safe_and_live(plan: Plan) -> TestResult {
         ));
     }
     TestResult::passed()
+}
+
+/// A fenced writer never accepts a write: it stops at once, and its successor wins a later term;
+/// a fenced minority does not stop the others from electing (it still votes).
+fn fenced_never_writes(seed: u64, five: bool, fence_count: u8) -> TestResult {
+    let size = if five { 5 } else { 3 };
+    let mut c = Cluster::new(
+        size,
+        Timing::default(),
+        seed,
+        NetFaults::clean(1 + seed % 10),
+    );
+    if c.advance_until(10_000, |c| !c.accepting().is_empty())
+        .is_none()
+    {
+        return TestResult::error("no first writer");
+    }
+    c.advance(500);
+    let w = c.accepting()[0];
+    let term = c.term(w);
+    c.set_fenced(w, true);
+    if !c.accepting().is_empty() {
+        return TestResult::error("the fenced writer still accepts writes");
+    }
+    // Fence more, keeping a majority unfenced minus one: the fenced still vote.
+    let extra = usize::from(fence_count) % (size / 2);
+    for k in 1..=extra {
+        c.set_fenced((w + k) % size, true);
+    }
+    if c.advance_until(5_000, |c| !c.accepting().is_empty())
+        .is_none()
+    {
+        return TestResult::error("no writer after the fence");
+    }
+    let w2 = c.accepting()[0];
+    if c.nodes[w2].fenced || c.term(w2) <= term {
+        return TestResult::error(format!("bad successor {w2} in term {}", c.term(w2)));
+    }
+    c.advance(3_000);
+    match &c.violation {
+        Some(v) => TestResult::error(format!("safety: {v}")),
+        None => TestResult::passed(),
+    }
+}
+
+#[test]
+fn quasar_fenced_writer_never_accepts_writes() {
+    QuickCheck::new()
+        .tests(60)
+        .quickcheck(fenced_never_writes as fn(u64, bool, u8) -> TestResult);
 }
 
 #[test]

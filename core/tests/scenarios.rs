@@ -21,6 +21,8 @@
 //! pause N | resume N              freeze N (its clock runs on) / let it run again
 //! campaign N                      N's election timeout fires now
 //! transfer FROM TO                ask FROM (the writer) to hand over to TO
+//! fence N | unfence N             set N's fence (kept across its restarts, like the annotation)
+//! timeout-now FROM TO             FROM sends TO a `TimeoutNow` for FROM's term, as a writer would
 //! expect writer N term T          exactly N accepts writes, in term T
 //! expect writer none              no node accepts writes
 //! expect term N T                 node N is in term T
@@ -163,6 +165,27 @@ impl Interp {
                 let i = self.node(from)?;
                 let to = NodeId::from(*to);
                 self.cluster()?.step_node(i, Input::TransferWriter { to });
+            }
+            ["fence", n] => {
+                let i = self.node(n)?;
+                self.cluster()?.set_fenced(i, true);
+            }
+            ["unfence", n] => {
+                let i = self.node(n)?;
+                self.cluster()?.set_fenced(i, false);
+            }
+            ["timeout-now", from, to] => {
+                let (f, t) = (self.node(from)?, self.node(to)?);
+                let c = self.cluster()?;
+                let term = c.term(f);
+                let from = c.nodes[f].id.clone();
+                c.step_node(
+                    t,
+                    Input::Message {
+                        from,
+                        msg: base_core::quasar::Message::TimeoutNow { term },
+                    },
+                );
             }
             ["expect", "writer", "none"] => {
                 let c = self.cluster()?;

@@ -36,6 +36,17 @@
 //! only when the promise is to exactly that old writer and the request is for the very next term
 //! — the old writer had stopped accepting writes before the target could learn of the transfer.
 //!
+//! # Fencing
+//! `Input::SetFenced(true)` takes a replica out of the running without taking it out of the quorum
+//! (an operator's or a user's decision, e.g. a node on failing hardware). A fenced node never
+//! campaigns or pre-votes for itself and refuses `TimeoutNow`; `can_accept_writes` is false while it
+//! is fenced, so a fenced writer stops accepting writes at once, then hands over as above to the
+//! best up-to-date peer (or steps down without a successor if none catches up within
+//! `election_timeout_min_ms`). It still grants votes and acks heartbeats, so a cluster with a fenced
+//! member keeps its full fault tolerance for elections. Reads are not the machine's business: the
+//! agent keeps serving them. Fencing is not persisted: the driver re-applies it from its source of
+//! truth (the pod annotation) before the restarted node may campaign.
+//!
 //! # What remains
 //! The lease is checked when a write is admitted, not when the Base process applies it. A write
 //! checked inside the lease and then delayed (a GC or scheduling pause, a slow socket) may reach
@@ -45,7 +56,8 @@
 //! the window; one that ignores the header leaves it open for the length of such a pause.
 //! The clock-drift bound is an assumption, not a measurement: clocks that drift more than ρ
 //! relative to one another (or a node whose monotonic clock stalls while the process runs) void
-//! the argument. Peer messages are not authenticated here; that is the transport's job.
+//! the argument. Peer messages are not authenticated here; that is the transport's job (the
+//! agent signs them with a per-Base HMAC key).
 
 pub mod message;
 pub mod node;

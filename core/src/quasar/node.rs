@@ -34,8 +34,15 @@ pub enum Input {
     /// Hand the writer role to `to` (ignored unless this node is the writer and `to` a peer).
     TransferWriter { to: NodeId },
     /// Start an election now, as if the election timeout had fired (still pre-votes, and still
-    /// honours this node's promise). For operators and scripted tests.
+    /// honours this node's promise). For operators and scripted tests. Ignored while fenced.
     Campaign,
+    /// Fence (`true`) or unfence this replica. A fenced node accepts no writes and does not stand
+    /// for election: it never campaigns or pre-votes for itself and refuses `TimeoutNow`; a
+    /// fenced writer stops accepting writes at once and hands over to the best up-to-date peer
+    /// (stepping down if none catches up within `election_timeout_min_ms`). It still votes for
+    /// others: it is a healthy member of the quorum. Not persisted: the driver re-applies it
+    /// from its source of truth (the pod annotation) after a restart.
+    SetFenced(bool),
 }
 
 /// What the caller must do, in the order given. `Persist` always comes before the `Send`s that
@@ -97,6 +104,8 @@ pub struct DropCounts {
     pub in_promise: u64,
     /// Messages carrying a term above [`TERM_MAX`].
     pub bad_term: u64,
+    /// `TimeoutNow` refused because this node is fenced.
+    pub fenced: u64,
 }
 
 /// "I will not vote or pre-vote for anyone but `holder` until `until`" (on this node's clock).
@@ -195,6 +204,8 @@ pub struct Node {
 
     last_now: Millis,
     drops: DropCounts,
+    /// Fenced: accepts no writes, does not stand for election (see [`Input::SetFenced`]).
+    fenced: bool,
 }
 
 impl Node {
@@ -251,6 +262,7 @@ impl Node {
             writer: None,
             last_now: now,
             drops: DropCounts::default(),
+            fenced: false,
         };
         node.reset_election_deadline(now);
         Ok(node)
@@ -285,6 +297,17 @@ impl Node {
     pub fn drops(&self) -> DropCounts {
         self.drops
     }
+    /// Is this node fenced (no writes, not standing for election)?
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+    /// For a writer handing over: the peer it is handing to.
+    pub fn transferring_to(&self) -> Option<&NodeId> {
+        self.writer
+            .as_ref()
+            .and_then(|w| w.transfer.as_ref())
+            .map(|t| &t.to)
+    }
     pub fn persisted(&self) -> PersistedState {
         PersistedState {
             term: self.term,
@@ -293,10 +316,15 @@ impl Node {
     }
 
     /// May this node accept a write at local time `now`? Only the writer of the current term,
-    /// not handing over, and strictly inside its lease.
+    /// not fenced, not handing over, and strictly inside its lease.
     pub fn can_accept_writes(&self, now: Millis) -> bool {
         match &self.writer {
-            Some(w) => self.role == Role::Writer && w.transfer.is_none() && now < w.lease_until,
+            Some(w) => {
+                self.role == Role::Writer
+                    && !self.fenced
+                    && w.transfer.is_none()
+                    && now < w.lease_until
+            }
             None => false,
         }
     }
@@ -307,7 +335,7 @@ impl Node {
             (Some(w), _) => WriterView {
                 writer: Some(self.id.clone()),
                 term: self.term,
-                lease_until: Some(if w.transfer.is_some() {
+                lease_until: Some(if w.transfer.is_some() || self.fenced {
                     now.min(w.lease_until)
                 } else {
                     w.lease_until
@@ -386,10 +414,14 @@ impl Node {
             Input::Position(position) => self.position = self.position.max(position),
             Input::TransferWriter { to } => self.start_transfer(now, to, &mut out),
             Input::Campaign => {
-                if self.role != Role::Writer && !self.in_promise(now, &self.id.clone()) {
+                if self.role != Role::Writer
+                    && !self.fenced
+                    && !self.in_promise(now, &self.id.clone())
+                {
                     self.pre_campaign(now, &mut out);
                 }
             }
+            Input::SetFenced(fenced) => self.set_fenced(now, fenced, &mut out),
         }
         self.check_invariants(now, before, &out);
         out
@@ -400,6 +432,11 @@ impl Node {
             Role::Writer => self.tick_writer(now, out),
             Role::Follower | Role::PreCandidate | Role::Candidate => {
                 if now < self.election_deadline {
+                    return;
+                }
+                if self.fenced {
+                    // A fenced node does not stand for election.
+                    self.reset_election_deadline(now);
                     return;
                 }
                 let me = self.id.clone();
@@ -419,6 +456,12 @@ impl Node {
             unreachable!("role Writer without writer state")
         };
         if w.transfer.as_ref().is_some_and(|t| now >= t.deadline) {
+            if self.fenced {
+                // Fenced, and the target never caught up: give the role up without a successor
+                // (the followers' promises run out, then they elect one of themselves).
+                self.become_follower(now, self.term, None, out);
+                return;
+            }
             // The target never caught up: keep the role, accept writes again.
             w.transfer = None;
         }
@@ -454,6 +497,7 @@ impl Node {
                     // Granted responses carry our *future* term: not a reason to change ours.
                     let me = self.id.clone();
                     if self.role == Role::PreCandidate
+                        && !self.fenced
                         && Some(term.0) == self.term.0.checked_add(1)
                         && !self.in_promise(now, &me)
                     {
@@ -508,6 +552,11 @@ impl Node {
         match msg {
             Message::Heartbeat { sent_ms, .. } => self.on_heartbeat(now, from, sent_ms, out),
             Message::TimeoutNow { .. } => {
+                if self.fenced {
+                    // A fenced node does not stand for election, not even when asked to.
+                    self.drops.fenced += 1;
+                    return;
+                }
                 // Only the writer we follow (whose promise we hold) can release us from it.
                 let from_leader = self.leader.as_ref() == Some(&from)
                     || self.promise.holder.as_ref() == Some(&from);
@@ -761,6 +810,7 @@ impl Node {
     /// Election timeout: ask whether we could win before raising any term.
     fn pre_campaign(&mut self, now: Millis, out: &mut Vec<Effect>) {
         assert!(self.role != Role::Writer);
+        assert!(!self.fenced, "quasar: a fenced node pre-campaigned");
         if self.term.0 == u64::MAX {
             return; // no term left to campaign for (only a corrupt persisted state gets here)
         }
@@ -795,6 +845,7 @@ impl Node {
             transfer_from.is_some() || !self.in_promise(now, &me),
             "quasar: campaign inside a promise"
         );
+        assert!(!self.fenced, "quasar: a fenced node campaigned");
         assert!(self.role != Role::Writer);
         if self.term.0 == u64::MAX {
             return;
@@ -842,6 +893,7 @@ impl Node {
 
     fn become_writer(&mut self, now: Millis, out: &mut Vec<Effect>) {
         assert_eq!(self.role, Role::Candidate);
+        assert!(!self.fenced, "quasar: a fenced node won an election");
         assert_eq!(self.voted_for.as_ref(), Some(&self.id));
         assert!(self.campaign.granted.len() + 1 >= self.quorum());
         let campaign_at = self.campaign.started_at;
@@ -931,6 +983,38 @@ impl Node {
         }
     }
 
+    fn set_fenced(&mut self, now: Millis, fenced: bool, out: &mut Vec<Effect>) {
+        let was = std::mem::replace(&mut self.fenced, fenced);
+        if !fenced || was {
+            return;
+        }
+        match self.role {
+            Role::Follower => {}
+            // Abandon our own campaign (always safe: it only forgoes a win).
+            Role::PreCandidate | Role::Candidate => {
+                self.become_follower(now, self.term, None, out);
+            }
+            Role::Writer => {
+                // No more writes from here on (`can_accept_writes` checks `fenced`); hand over to
+                // the best up-to-date peer, else to the most advanced one (the transfer waits,
+                // bounded, for it to catch up), else give the role up at once.
+                let in_progress = self.transferring_to().is_some();
+                let target = self.best_transfer_target().or_else(|| {
+                    let w = self.writer.as_ref()?;
+                    w.peer_position
+                        .iter()
+                        .max_by_key(|(peer, pos)| (**pos, std::cmp::Reverse((*peer).clone())))
+                        .map(|(peer, _)| peer.clone())
+                });
+                match target {
+                    _ if in_progress => {}
+                    Some(to) => self.start_transfer(now, to, out),
+                    None => self.become_follower(now, self.term, None, out),
+                }
+            }
+        }
+    }
+
     fn start_transfer(&mut self, now: Millis, to: NodeId, out: &mut Vec<Effect>) {
         if self.role != Role::Writer || !self.is_peer(&to) {
             return;
@@ -984,6 +1068,22 @@ impl Node {
                 "quasar: voted twice in term {}",
                 self.term
             );
+        }
+        if self.fenced {
+            assert!(
+                !self.can_accept_writes(now),
+                "quasar: a fenced node accepts writes"
+            );
+            assert!(
+                matches!(self.role, Role::Follower | Role::Writer),
+                "quasar: a fenced node stands for election"
+            );
+            if self.role == Role::Writer {
+                assert!(
+                    self.transferring_to().is_some(),
+                    "quasar: a fenced writer that is not handing over"
+                );
+            }
         }
         match self.role {
             Role::Writer => {
@@ -1087,6 +1187,83 @@ mod tests {
                 term: Term(1),
                 voted_for: None
             }
+        );
+        assert!(out.iter().any(|e| matches!(
+            e,
+            Effect::Send {
+                msg: Message::VoteResponse { granted: true, .. },
+                ..
+            }
+        )));
+    }
+
+    fn elect_single(n: &mut Node) -> u64 {
+        let mut now = 0;
+        while n.role() != Role::Writer {
+            now += 10;
+            let _ = n.step(Millis(now), Input::Tick);
+            assert!(now < 3000, "never elected");
+        }
+        now
+    }
+
+    #[test]
+    fn a_fenced_node_never_stands_for_election() {
+        let mut n = node("a", &[]);
+        let _ = n.step(Millis(0), Input::SetFenced(true));
+        assert!(n.is_fenced());
+        for now in (10..6000).step_by(10) {
+            let _ = n.step(Millis(now), Input::Tick);
+            let _ = n.step(Millis(now), Input::Campaign);
+            assert_eq!(n.role(), Role::Follower);
+            assert!(!n.can_accept_writes(Millis(now)));
+        }
+        let _ = n.step(Millis(6000), Input::SetFenced(false));
+        let mut now = 6000;
+        while n.role() != Role::Writer {
+            now += 10;
+            let _ = n.step(Millis(now), Input::Tick);
+            assert!(now < 9000);
+        }
+    }
+
+    #[test]
+    fn a_fenced_writer_stops_accepting_writes_at_once() {
+        // Alone, it has nobody to hand over to: it steps down.
+        let mut n = node("a", &[]);
+        let now = elect_single(&mut n);
+        assert!(n.can_accept_writes(Millis(now)));
+        let out = n.step(Millis(now), Input::SetFenced(true));
+        assert!(!n.can_accept_writes(Millis(now)));
+        assert!(out.contains(&Effect::StepDown { term: Term(1) }), "{out:?}");
+        assert_eq!(n.role(), Role::Follower);
+    }
+
+    #[test]
+    fn a_fenced_node_refuses_timeout_now_but_still_votes() {
+        let mut n = node("a", &["b", "c"]);
+        let _ = n.step(Millis(0), Input::SetFenced(true));
+        let out = n.step(
+            Millis(1500),
+            Input::Message {
+                from: NodeId::from("b"),
+                msg: Message::TimeoutNow { term: Term(0) },
+            },
+        );
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(n.role(), Role::Follower);
+        assert_eq!(n.drops().fenced, 1);
+        let out = n.step(
+            Millis(1500),
+            Input::Message {
+                from: NodeId::from("b"),
+                msg: Message::Vote {
+                    term: Term(1),
+                    position: 0,
+                    sent_ms: Millis(1400),
+                    transfer_from: None,
+                },
+            },
         );
         assert!(out.iter().any(|e| matches!(
             e,

@@ -65,6 +65,8 @@ pub struct SimNode {
     pub offset_ms: u64,
     pub paused: bool,
     pub position: u64,
+    /// The fence as its source of truth (the pod annotation) says: survives restarts.
+    pub fenced: bool,
     next_tick_real: u64,
     next_write_real: u64,
     restarts: u64,
@@ -121,6 +123,7 @@ pub struct Cluster {
     pub trace: bool,
     /// Whether the writer accepts a simulated write every `WRITE_EVERY_MS`.
     pub writes: bool,
+    fenced_wins: Vec<Term>,
 }
 
 impl Cluster {
@@ -149,6 +152,7 @@ impl Cluster {
                 offset_ms,
                 paused: false,
                 position: 0,
+                fenced: false,
                 next_tick_real: rng.below(TICK_MS),
                 next_write_real: 0,
                 restarts: 0,
@@ -171,6 +175,7 @@ impl Cluster {
             last_accepting_real: vec![None; n],
             trace: false,
             writes: true,
+            fenced_wins: Vec::new(),
         }
     }
 
@@ -229,6 +234,11 @@ impl Cluster {
         }
     }
 
+    /// Terms in which a fenced node became writer (must stay empty).
+    pub fn fenced_wins(&self) -> Vec<Term> {
+        self.fenced_wins.clone()
+    }
+
     fn perform(&mut self, i: usize, effect: Effect) {
         match effect {
             Effect::Send { to, msg } => {
@@ -246,6 +256,11 @@ impl Cluster {
                         "[{:>6}] {} becomes writer of term {} (lease until {})",
                         self.real_ms, self.nodes[i].id, term, lease_until
                     );
+                }
+                if self.nodes[i].fenced {
+                    self.fenced_wins.push(term);
+                    let id = self.nodes[i].id.clone();
+                    self.violate(format!("fenced node {id} became writer of term {term}"));
                 }
                 match self.writers.get(&term) {
                     Some(&other) if other != i => {
@@ -423,6 +438,10 @@ impl Cluster {
         let accepting = self.accepting();
         for &i in &accepting {
             self.last_accepting_real[i] = Some(self.real_ms);
+            if self.nodes[i].fenced {
+                let id = self.nodes[i].id.clone();
+                self.violate(format!("fenced node {id} accepts writes"));
+            }
         }
         if accepting.len() > 1 {
             let names: Vec<String> = accepting
@@ -458,8 +477,16 @@ impl Cluster {
         )
         .expect("valid node");
         let _ = node.step(self.local(i), Input::Position(self.nodes[i].position));
+        // The agent re-reads the annotation before the node may campaign.
+        let _ = node.step(self.local(i), Input::SetFenced(self.nodes[i].fenced));
         self.nodes[i].node = Some(node);
         self.nodes[i].next_tick_real = self.real_ms;
+    }
+
+    /// Fence or unfence node `i` (kept across its restarts, like the pod annotation).
+    pub fn set_fenced(&mut self, i: usize, fenced: bool) {
+        self.nodes[i].fenced = fenced;
+        self.step_node(i, Input::SetFenced(fenced));
     }
 
     pub fn pause(&mut self, i: usize) {
