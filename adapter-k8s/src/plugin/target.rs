@@ -40,6 +40,8 @@ impl BaseRef {
                 }
                 // 404: no such object, or the kind is not installed.
                 Err(kube::Error::Api(s)) if s.code == 404 => continue,
+                // A user allowed Bases but not the legacy kind: there is no Base of that name.
+                Err(kube::Error::Api(s)) if s.code == 403 && kind == "BaseApp" => continue,
                 Err(e) => return Err(e.into()),
             }
         }
