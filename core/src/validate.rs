@@ -442,7 +442,12 @@ pub fn parse_quantity(s: &str) -> Result<f64, String> {
         }
         _ => return Err(bad()),
     };
-    Ok(sign * value * mult)
+    // `1e400` is infinite and `0e400` not a number: neither is a size or a limit.
+    let v = sign * value * mult;
+    if !v.is_finite() {
+        return Err(format!("{s:?} is too large a quantity"));
+    }
+    Ok(v)
 }
 
 #[cfg(test)]

@@ -115,3 +115,25 @@ fn agent_huge_term_from_a_peer_is_dropped() {
     }
     assert_eq!(alone.role(), Role::Follower);
 }
+
+/// `wire`: `parse_quantity("0e233333")` was NaN and `1e400` infinite, both accepted (an infinite
+/// storage size passed validation as "greater than zero").
+#[test]
+fn wire_quantities_are_finite() {
+    use base_core::validate::parse_quantity;
+    for huge in [
+        "0e233333",
+        "1e400",
+        "1E309",
+        &"9".repeat(400),
+        &format!("{}Ei", "9".repeat(300)),
+    ] {
+        let r = parse_quantity(huge);
+        assert!(
+            r.as_ref().is_err_and(|e| e.contains("too large")),
+            "{huge}: {r:?}"
+        );
+    }
+    assert!(parse_quantity("1e308").is_ok_and(f64::is_finite));
+    assert_eq!(parse_quantity("0e10"), Ok(0.0));
+}

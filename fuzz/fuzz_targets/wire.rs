@@ -3,6 +3,8 @@
 //! - `/_ha/leader` answers (`wire::parse_leader_answer`, `tracker::parse_leader_claim`): a parsed
 //!   answer serialises and reads back equal; the claim agrees with the answer.
 //! - RFC 3339 times (`wire::parse_rfc3339`): agree with `jiff` wherever both accept a time.
+//! - Go durations and quantities (`validate::parse_duration_ns`, `parse_quantity`): accepted exactly
+//!   when the CRD's admission pattern admits them.
 //! - Quasar peer messages (`quasar::Envelope`, the body the agents POST to each other): a parsed
 //!   envelope serialises and reads back equal, and one with pod-name-sized ids fits the size limit.
 #![no_main]
@@ -15,18 +17,86 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    match which % 4 {
+    match which % 5 {
         0 => leader_answer(rest),
         1 => rfc3339(rest),
         2 => peer_message(rest),
+        4 => duration_and_quantity(rest),
         _ => {
             // Everything at once, for inputs the other arms found.
             leader_answer(rest);
             rfc3339(rest);
             peer_message(rest);
+            duration_and_quantity(rest);
         }
     }
 });
+
+/// Go durations (spec fields, gateway and agent flags) and quantities (spec fields): the parsers
+/// accept exactly what the CRD's admission patterns admit (bar values too large to hold), and
+/// agree with one another.
+fn duration_and_quantity(bytes: &[u8]) {
+    use base_core::crd::{DURATION_PATTERN, QUANTITY_PATTERN};
+    use base_core::validate::{
+        parse_duration_ms, parse_duration_ns, parse_quantity, parse_std_duration,
+    };
+    use std::sync::OnceLock;
+    static PATTERNS: OnceLock<(regex::Regex, regex::Regex)> = OnceLock::new();
+    let (duration_re, quantity_re) = PATTERNS.get_or_init(|| {
+        (
+            regex::Regex::new(DURATION_PATTERN).expect("pattern"),
+            regex::Regex::new(QUANTITY_PATTERN).expect("pattern"),
+        )
+    });
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return;
+    };
+
+    let ns = parse_duration_ns(text);
+    match &ns {
+        Ok(ns) => {
+            assert!(
+                duration_re.is_match(text),
+                "{text:?} parsed as {ns} ns but admission refuses it"
+            );
+            assert_eq!(parse_duration_ms(text), Ok(ns / 1_000_000));
+            assert_eq!(
+                parse_duration_ns(&format!("{}ns", ns.unsigned_abs())),
+                Ok(ns.abs())
+            );
+            if !text.starts_with(['-', '+']) {
+                assert_eq!(parse_duration_ns(&format!("-{text}")), Ok(-ns));
+            }
+            if let Ok(d) = parse_std_duration(text) {
+                assert_eq!(i128::try_from(d.as_nanos()).ok(), Some(i128::from(*ns)));
+            }
+        }
+        Err(e) => {
+            assert!(parse_duration_ms(text).is_err());
+            if duration_re.is_match(text) {
+                assert!(
+                    e.contains("too long"),
+                    "{text:?} is admitted but refused: {e}"
+                );
+            }
+        }
+    }
+
+    match parse_quantity(text) {
+        Ok(v) => {
+            assert!(
+                quantity_re.is_match(text),
+                "{text:?} parsed as {v} but admission refuses it"
+            );
+            assert!(v.is_finite(), "{text:?} is {v}");
+        }
+        // Admission also admits decimal exponents (`1e2.5`), which Kubernetes itself refuses.
+        Err(e) => assert!(
+            !quantity_re.is_match(text) || text.contains(['e', 'E']) || e.contains("too large"),
+            "{text:?} is admitted but refused: {e}"
+        ),
+    }
+}
 
 fn leader_answer(bytes: &[u8]) {
     let parsed = parse_leader_answer(bytes);
