@@ -113,6 +113,10 @@ pub struct RunArgs {
     pub cleanup_timeout: Duration,
     #[arg(long, env = "BASE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Reconciles running at once, per kind. Bounded so a cold start with many Bases does not
+    /// flood the API server (429s) and starve the Lease renewal.
+    #[arg(long, env = "BASE_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
 }
 
 /// Shared by every reconcile.
@@ -490,7 +494,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let base_ctl = Controller::new(bases, wc.clone());
     let base_store = base_ctl.store();
-    let base_ctl = owned!(base_ctl)
+    let ctl_config =
+        kube::runtime::controller::Config::default().concurrency(args.concurrency.max(1));
+    let base_ctl = owned!(base_ctl.with_config(ctl_config.clone()))
         .watches_stream_with(
             gw_events(),
             move |gw| referring(&base_store, &gw, |b: &Base| &b.spec),
@@ -513,7 +519,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     let app_ctl = Controller::new(apps, wc);
     let app_store = app_ctl.store();
-    let app_ctl = owned!(app_ctl)
+    let app_ctl = owned!(app_ctl.with_config(ctl_config))
         .watches_stream_with(
             gw_events(),
             move |gw| referring(&app_store, &gw, |b: &BaseApp| &b.spec.0),

@@ -159,6 +159,16 @@ async fn poll_loop(w: Writers, key: BaseKey, interval: Duration) {
                 let _ = w.wake.send(key.clone());
             }
         }
-        tokio::time::sleep(interval).await;
+        // Poll again before the writer's lease passes (it may be shorter than the interval), so a
+        // healthy writer is never forgotten between polls and its label never flaps.
+        let wait = tracker
+            .as_ref()
+            .and_then(|(_, t)| t.writer(now_ms()))
+            .map_or(interval, |(_, _, lease)| {
+                interval.min(Duration::from_millis(
+                    (lease.0.saturating_sub(now_ms().0) / 2).max(50),
+                ))
+            });
+        tokio::time::sleep(wait).await;
     }
 }

@@ -6,7 +6,6 @@ use base_core::tracker::{self, PollEffect, PollResult, ReplicaIx};
 use base_core::wire::MAX_LEADER_ANSWER_BYTES;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::MissedTickBehavior;
 
 /// Why a poll failed (logged; the tracker only sees `Failed`).
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +89,30 @@ pub(super) async fn poll_and_record(shared: &Shared, replica: ReplicaIx, last: &
 
 /// Polls one replica every `poll_interval` until the task is aborted.
 pub(super) async fn poll_loop(shared: Arc<Shared>, replica: ReplicaIx) {
-    let mut ticks = tokio::time::interval(shared.poll_interval);
-    // A slow poll delays the next one rather than bunching them up.
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last = PollKind::Ok;
     loop {
-        ticks.tick().await;
         poll_and_record(&shared, replica, &mut last).await;
+        // A slow poll delays the next one rather than bunching them up.
+        tokio::time::sleep(next_poll_in(&shared, replica)).await;
     }
 }
+
+/// The writer's lease (900 ms by default) can be shorter than the poll interval (1 s by default);
+/// the tracker forgets a writer whose lease passed without a fresh poll, so the writer is polled
+/// again before that happens: a healthy writer is never forgotten between polls.
+pub(super) fn next_poll_in(shared: &Shared, replica: ReplicaIx) -> Duration {
+    let now = super::now_ms();
+    let tracker = shared.lock_tracker();
+    match tracker.writer(now) {
+        Some((writer, _, lease_expires)) if writer == replica => {
+            let left_ms = lease_expires.0.saturating_sub(now.0);
+            shared
+                .poll_interval
+                .min(Duration::from_millis((left_ms / 2).max(MIN_WRITER_POLL_MS)))
+        }
+        _ => shared.poll_interval,
+    }
+}
+
+/// Never poll the writer more often than this, however short its lease looks.
+pub const MIN_WRITER_POLL_MS: u64 = 50;
