@@ -30,6 +30,37 @@ pub enum ConfigError {
     Upstream { value: String },
     #[error("timing: {0}")]
     Timing(#[from] TimingError),
+    #[error("--peer-port: {port} must be nonzero and differ from the --listen port")]
+    PeerPort { port: u16 },
+    #[error("--peer-port: cannot put a port on the peer URL {url:?}")]
+    PeerUrl { url: String },
+}
+
+/// The peer URL `http://host[:port]` with its port replaced by `port` (`--peer-port`: peers
+/// listen for messages on that port of the same host). IPv6 literals (`[::1]:80`) are handled.
+pub fn with_port(url: &str, port: u16) -> Result<String, ConfigError> {
+    let fail = || ConfigError::PeerUrl {
+        url: url.chars().take(200).collect(),
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(fail)?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') || authority.contains('@') {
+        return Err(fail());
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        let end = v6.find(']').ok_or_else(fail)?;
+        &authority[..end + 2]
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, p)) if p.chars().all(|c| c.is_ascii_digit()) => host,
+            Some(_) => return Err(fail()),
+            None => authority,
+        }
+    };
+    if host.is_empty() {
+        return Err(fail());
+    }
+    Ok(format!("{scheme}://{host}:{port}"))
 }
 
 /// Parses a comma list of `id=http://host:port` entries. The Base runtime's form, plain URLs
@@ -121,6 +152,24 @@ mod tests {
         assert_eq!(p[0].id.as_str(), "app-0");
         assert_eq!(p[1].id.as_str(), "app-1");
         assert_eq!(p[1].url, "http://app-1.app-hs.ns.svc.cluster.local:8090");
+    }
+
+    #[test]
+    fn peer_port_rewrite() {
+        assert_eq!(
+            with_port("http://app-0.app-hs.ns.svc.cluster.local:8090", 8092).unwrap(),
+            "http://app-0.app-hs.ns.svc.cluster.local:8092"
+        );
+        assert_eq!(
+            with_port("http://127.0.0.1:1/", 2).unwrap(),
+            "http://127.0.0.1:2"
+        );
+        assert_eq!(with_port("http://host", 2).unwrap(), "http://host:2");
+        assert_eq!(with_port("http://[::1]:80", 81).unwrap(), "http://[::1]:81");
+        assert_eq!(with_port("http://[::1]", 81).unwrap(), "http://[::1]:81");
+        assert!(with_port("http://:80", 81).is_err());
+        assert!(with_port("http://h:x", 81).is_err());
+        assert!(with_port("nourl", 81).is_err());
     }
 
     #[test]

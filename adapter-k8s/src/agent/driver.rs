@@ -1,6 +1,6 @@
 //! The driver: one task owns the order of inputs to the core `Node` (ticks, peer messages,
-//! position updates, transfer requests) and performs the effects in the order given: a `Persist`
-//! is on disk before any later `Send` is queued.
+//! position updates, transfer requests, the fence) and performs the effects in the order given: a
+//! `Persist` is on disk before any later `Send` is queued.
 
 use super::Shared;
 use super::state::{StateError, StateStore};
@@ -20,10 +20,14 @@ pub enum Control {
         msg: Message,
     },
     Position(u64),
-    /// Hand the writer role over (to the best up-to-date peer when `to` is `None`).
+    /// Hand the writer role over (to the best up-to-date peer when `to` is `None`); the outcome
+    /// goes to `reply`.
     Transfer {
         to: Option<NodeId>,
+        reply: oneshot::Sender<TransferOutcome>,
     },
+    /// The fence changed (`--fence-file`).
+    Fence(bool),
     /// Transfer the writer role if we hold it, wait (bounded) for a successor, then stop.
     Shutdown {
         done: oneshot::Sender<()>,
@@ -31,6 +35,21 @@ pub enum Control {
 }
 
 pub const CONTROL_QUEUE_MAX: usize = 1024;
+
+/// What became of a transfer request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// The hand-over to this peer started (this node accepts no more writes).
+    Started { to: NodeId, term: base_core::Term },
+    /// This node is not the writer.
+    NotWriter,
+    /// A hand-over is already under way (to this peer): one at a time.
+    InProgress { to: Option<NodeId> },
+    /// `to` is not a peer of this node.
+    UnknownTarget,
+    /// No peer is known to be as up to date as this node.
+    NoTarget,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -67,8 +86,15 @@ impl Driver {
                     None => return Ok(()),
                     Some(Control::Peer { from, msg }) => Some(Input::Message { from, msg }),
                     Some(Control::Position(position)) => Some(Input::Position(position)),
-                    Some(Control::Transfer { to }) => self.transfer_target(to)
-                        .map(|to| Input::TransferWriter { to }),
+                    Some(Control::Transfer { to, reply }) => {
+                        let outcome = self.request_transfer(to).await?;
+                        let _ = reply.send(outcome);
+                        None
+                    }
+                    Some(Control::Fence(fenced)) => {
+                        self.shared.fenced.store(fenced, Ordering::Relaxed);
+                        Some(Input::SetFenced(fenced))
+                    }
                     Some(Control::Shutdown { done }) => {
                         let was_writer = self.shared.lock_node().role() == Role::Writer;
                         tracing::info!(was_writer, "shutting down");
@@ -85,7 +111,7 @@ impl Driver {
                 if let Input::TransferWriter { to } = &input {
                     tracing::info!(%to, "handing the writer role over");
                 }
-                self.step(input).await?;
+                self.step_counting_transfers(input).await?;
             }
             if let Some(s) = shutting.take() {
                 if self.handed_over(&s) || Instant::now() >= s.deadline {
@@ -104,6 +130,64 @@ impl Driver {
         }
         let node = self.shared.lock_node();
         node.role() != Role::Writer && node.leader().is_some_and(|l| l != node.id())
+    }
+
+    /// `POST /_ha/transfer`: checks the request against the node, then starts the hand-over.
+    async fn request_transfer(
+        &mut self,
+        to: Option<NodeId>,
+    ) -> Result<TransferOutcome, DriverError> {
+        let target = {
+            let node = self.shared.lock_node();
+            if node.role() != Role::Writer {
+                return Ok(TransferOutcome::NotWriter);
+            }
+            if let Some(current) = node.transferring_to() {
+                return Ok(TransferOutcome::InProgress {
+                    to: Some(current.clone()),
+                });
+            }
+            if node.is_fenced() {
+                return Ok(TransferOutcome::InProgress { to: None });
+            }
+            match to {
+                Some(to) if !node.peers().contains(&to) => {
+                    return Ok(TransferOutcome::UnknownTarget);
+                }
+                Some(to) => to,
+                None => match node.best_transfer_target() {
+                    Some(to) => to,
+                    None => return Ok(TransferOutcome::NoTarget),
+                },
+            }
+        };
+        let term = self.shared.lock_node().term();
+        tracing::info!(to = %target, "handing the writer role over (requested)");
+        self.step_counting_transfers(Input::TransferWriter { to: target.clone() })
+            .await?;
+        Ok(TransferOutcome::Started { to: target, term })
+    }
+
+    /// Steps, and counts a hand-over this input started (a transfer, or a fence on a writer).
+    async fn step_counting_transfers(&mut self, input: Input) -> Result<(), DriverError> {
+        let was_transferring = {
+            let node = self.shared.lock_node();
+            node.role() == Role::Writer && node.transferring_to().is_some()
+        };
+        let could_hand_over =
+            matches!(input, Input::TransferWriter { .. } | Input::SetFenced(true))
+                && self.shared.lock_node().role() == Role::Writer;
+        let term = self.shared.lock_node().term();
+        self.step(input).await?;
+        if could_hand_over && !was_transferring {
+            let node = self.shared.lock_node();
+            let started = node.transferring_to().is_some()
+                || (node.role() != Role::Writer && node.term() == term);
+            if started {
+                self.shared.metrics.transfers.inc();
+            }
+        }
+        Ok(())
     }
 
     fn transfer_target(&self, to: Option<NodeId>) -> Option<NodeId> {

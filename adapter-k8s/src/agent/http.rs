@@ -1,9 +1,13 @@
-//! The agent's HTTP side: the peer endpoint, `/_ha/*`, health, and the front door that forwards
-//! to the local Base: reads always, writes only while this node holds a valid writer lease.
+//! The agent's HTTP side: the peer endpoint, `/_ha/*`, `/_quasar/metrics`, health, and the front
+//! door that forwards to the local Base: reads always, writes only while this node holds a valid
+//! writer lease (never while fenced), at most `--proxy-max-concurrent` at once, and bodies that
+//! go idle are cut (see [`proxy`](super::proxy)).
 
 use super::Shared;
+use super::auth::{DropReason, HEADER_MAC, HEADER_NONCE, HEADER_TIMESTAMP};
 use super::clock::format_rfc3339;
-use super::driver::Control;
+use super::driver::{Control, TransferOutcome};
+use super::proxy::IdleTimeout;
 use super::transport::MESSAGE_PATH;
 use axum::Router;
 use axum::body::Body;
@@ -12,12 +16,13 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use base_core::quasar::Role;
 use base_core::quasar::{Envelope, MAX_MESSAGE_BYTES};
 use base_core::wire::{
     HEADER_LEADER, HEADER_TERM, HEADER_WRITER_REQUIRED, LeaderAnswer, NO_WRITER_BODY,
 };
-use base_core::{Millis, Term};
-use serde::Serialize;
+use base_core::{Millis, NodeId, Term};
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,11 +39,25 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// Answers to a transfer that is not answered within this bound say 503.
+const TRANSFER_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Marks `/_ha/peers` and `/readyz` answers of a fenced replica.
+const HEADER_FENCED: &str = "x-base-fenced";
+
+/// The client port. With `--peer-port`, peer messages are not served here.
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route(MESSAGE_PATH, post(peer_message))
-        .route("/_ha/leader", get(leader))
+    let base = if shared.separate_peer_port {
+        Router::new().route(
+            MESSAGE_PATH,
+            axum::routing::any(|| async { error(StatusCode::NOT_FOUND, "use_the_peer_port") }),
+        )
+    } else {
+        Router::new().route(MESSAGE_PATH, post(peer_message))
+    };
+    base.route("/_ha/leader", get(leader))
         .route("/_ha/peers", get(peers))
+        .route("/_ha/transfer", post(transfer))
+        .route("/_quasar/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(front_door)
@@ -77,31 +96,172 @@ async fn stamp_headers(State(shared): State<Arc<Shared>>, mut response: Response
     response
 }
 
+/// The peer port (`--peer-port`): peer messages only.
+pub fn peer_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(MESSAGE_PATH, post(peer_message))
+        .with_state(shared)
+}
+
+fn drop_response(reason: DropReason) -> Response {
+    let status = match reason {
+        DropReason::BadMac => StatusCode::UNAUTHORIZED,
+        DropReason::StaleTimestamp | DropReason::Replay | DropReason::Malformed => {
+            StatusCode::BAD_REQUEST
+        }
+        DropReason::WrongReceiver => StatusCode::MISDIRECTED_REQUEST,
+        DropReason::UnknownPeer => StatusCode::FORBIDDEN,
+        DropReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        DropReason::Busy => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, reason.as_str())
+}
+
+/// Checks one peer message (see [`auth`](super::auth) for the order of the checks) and queues it
+/// for the driver.
 async fn peer_message(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let bytes = match axum::body::to_bytes(request.into_body(), MAX_MESSAGE_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "message_too_large"),
-    };
-    let envelope: Envelope = match serde_json::from_slice(&bytes) {
-        Ok(envelope) => envelope,
-        Err(_) => return error(StatusCode::BAD_REQUEST, "bad_message"),
-    };
-    if envelope.to != shared.id {
-        return error(StatusCode::MISDIRECTED_REQUEST, "wrong_node");
+    match admit_peer_message(&shared, request).await {
+        Ok(()) => {
+            shared.metrics.accepted.inc();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(reason) => {
+            shared.metrics.dropped(reason);
+            tracing::debug!(reason = reason.as_str(), "peer message dropped");
+            drop_response(reason)
+        }
     }
-    let Some(peer) = shared.peers.get(&envelope.from) else {
-        return error(StatusCode::FORBIDDEN, "unknown_peer");
-    };
-    peer.last_seen_ms
-        .store(shared.clock.now().0, Ordering::Relaxed);
+}
+
+async fn admit_peer_message(shared: &Shared, request: Request) -> Result<(), DropReason> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_MESSAGE_BYTES)
+        .await
+        .map_err(|_| DropReason::TooLarge)?;
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let stamp = shared.auth.check_mac(
+        header(HEADER_TIMESTAMP),
+        header(HEADER_NONCE),
+        header(HEADER_MAC),
+        &bytes,
+    )?;
+    let envelope: Envelope = serde_json::from_slice(&bytes).map_err(|_| DropReason::Malformed)?;
+    if envelope.to != shared.id {
+        return Err(DropReason::WrongReceiver);
+    }
+    let peer = shared
+        .peers
+        .get(&envelope.from)
+        .ok_or(DropReason::UnknownPeer)?;
+    let now = shared.clock.now();
+    if let Some(stamp) = &stamp {
+        shared.auth.check_fresh(&envelope.from, stamp, now.0)?;
+    }
+    peer.last_seen_ms.store(now.0, Ordering::Relaxed);
     let control = Control::Peer {
         from: envelope.from,
         msg: envelope.msg,
     };
-    match shared.control.try_send(control) {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "busy"),
+    shared
+        .control
+        .try_send(control)
+        .map_err(|_| DropReason::Busy)
+}
+
+/// The body of `POST /_ha/transfer`: `{"to": "<node id>"}`, or `{}` for the best up-to-date peer.
+#[derive(Debug, Default, Deserialize)]
+struct TransferRequest {
+    #[serde(default)]
+    to: Option<String>,
+}
+
+/// `POST /_ha/transfer`: the writer hands over (it stops accepting writes at once). 202 with the
+/// target; 409 `not_writer`; 400 `unknown_target`; 409 `no_up_to_date_peer`; 429
+/// `transfer_in_progress` (one at a time).
+async fn transfer(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let bytes = match axum::body::to_bytes(request.into_body(), MAX_MESSAGE_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
+    };
+    let body: TransferRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        TransferRequest::default()
+    } else {
+        match serde_json::from_slice(&bytes) {
+            Ok(body) => body,
+            Err(_) => return error(StatusCode::BAD_REQUEST, "bad_request"),
+        }
+    };
+    let to = body
+        .to
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .map(NodeId::new);
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    if shared
+        .control
+        .try_send(Control::Transfer { to, reply })
+        .is_err()
+    {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "busy");
     }
+    let outcome = match tokio::time::timeout(TRANSFER_REPLY_TIMEOUT, outcome).await {
+        Ok(Ok(outcome)) => outcome,
+        _ => return error(StatusCode::SERVICE_UNAVAILABLE, "busy"),
+    };
+    match outcome {
+        TransferOutcome::Started { to, term } => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({
+                "to": to.as_str(),
+                "url": shared.url_of(&to),
+                "term": term.0,
+            })),
+        )
+            .into_response(),
+        TransferOutcome::NotWriter => error(StatusCode::CONFLICT, "not_writer"),
+        TransferOutcome::UnknownTarget => error(StatusCode::BAD_REQUEST, "unknown_target"),
+        TransferOutcome::NoTarget => error(StatusCode::CONFLICT, "no_up_to_date_peer"),
+        TransferOutcome::InProgress { to } => {
+            let body = serde_json::json!({
+                "error": "transfer_in_progress",
+                "to": to.as_ref().map(NodeId::as_str),
+            });
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+                axum::Json(body),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `GET /_quasar/metrics`: Prometheus text.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let (term, writer, fenced) = {
+        let node = shared.lock_node();
+        (node.term(), node.role() == Role::Writer, node.is_fenced())
+    };
+    let m = &shared.metrics;
+    m.term.set(i64::try_from(term.0).unwrap_or(i64::MAX));
+    m.is_writer.set(i64::from(writer));
+    m.fenced.set(i64::from(fenced));
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        m.render(),
+    )
+        .into_response()
+}
+
+fn fenced_header(shared: &Shared, response: &mut Response) {
+    let fenced = shared.fenced.load(Ordering::Relaxed);
+    response.headers_mut().insert(
+        HeaderName::from_static(HEADER_FENCED),
+        HeaderValue::from_static(if fenced { "true" } else { "false" }),
+    );
 }
 
 async fn leader(State(shared): State<Arc<Shared>>) -> Response {
@@ -156,6 +316,7 @@ async fn peers(State(shared): State<Arc<Shared>>) -> Response {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    fenced_header(&shared, &mut response);
     response
 }
 
@@ -166,12 +327,21 @@ fn ordinal_of(id: &str) -> i64 {
         .unwrap_or(-1)
 }
 
+/// Ready once a writer was seen. A fenced replica stays ready: it serves reads (and redirects
+/// writes); the body and `X-Base-Fenced` say it is fenced.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.seen_writer.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready").into_response()
+    let mut response = if shared.seen_writer.load(Ordering::Relaxed) {
+        let body = if shared.fenced.load(Ordering::Relaxed) {
+            "ready (fenced: reads only)"
+        } else {
+            "ready"
+        };
+        (StatusCode::OK, body).into_response()
     } else {
         error(StatusCode::SERVICE_UNAVAILABLE, "no_writer_seen")
-    }
+    };
+    fenced_header(&shared, &mut response);
+    response
 }
 
 fn error(status: StatusCode, code: &str) -> Response {
@@ -224,6 +394,21 @@ async fn front_door(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
+    let Ok(permit) = shared.proxy_limit.clone().try_acquire_owned() else {
+        shared.metrics.proxy_rejected.inc();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (header::RETRY_AFTER, HeaderValue::from_static("1")),
+            ],
+            r#"{"error":"overloaded"}"#,
+        )
+            .into_response();
+    };
     let (parts, body) = request.into_parts();
     let writer_required = parts
         .headers
@@ -240,6 +425,7 @@ async fn front_door(
         Err(_) => return error(StatusCode::BAD_REQUEST, "bad_request_target"),
     };
     let mut headers = forward_headers(&parts.headers, peer);
+    let body = Body::new(IdleTimeout::new(body, shared.proxy_idle_timeout, None));
     let mut outgoing = axum::http::Request::new(body);
     *outgoing.method_mut() = parts.method.clone();
     *outgoing.uri_mut() = uri;
@@ -264,6 +450,7 @@ async fn front_door(
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            let body = IdleTimeout::new(body, shared.proxy_idle_timeout, Some(permit));
             Response::from_parts(parts, Body::new(body))
         }
         Ok(Err(e)) => {

@@ -13,10 +13,14 @@
 //! Unix-millisecond `now`. On SIGTERM/SIGINT a writer hands its role to an up-to-date peer
 //! (bounded by `--shutdown-transfer-timeout-ms`) before the process exits.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod driver;
+pub mod fence;
 pub mod http;
+pub mod metrics;
+pub mod proxy;
 pub mod state;
 pub mod transport;
 
@@ -36,7 +40,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Longest accepted `--tick-ms`: the tick must be well inside the heartbeat interval.
 pub const TICK_MS_MAX: u64 = 50;
@@ -101,6 +105,30 @@ pub struct AgentArgs {
         default_value_t = 3_000
     )]
     pub shutdown_transfer_timeout_ms: u64,
+    /// The pod's annotations as the downward API writes them (`key="value"` lines). The replica
+    /// is fenced (no writes, not standing for election; reads go on) while it holds
+    /// `hanzo.ai/fenced="true"`. Re-read every second; missing or unreadable = not fenced.
+    #[arg(long, env = "BASE_FENCE_FILE")]
+    pub fence_file: Option<PathBuf>,
+    /// A mounted Secret with the Base's peer key: `current` (required) and `previous`
+    /// (optional, still accepted during a rotation). Peer messages are then signed and checked
+    /// (HMAC-SHA256); without it they are not authenticated.
+    #[arg(long, env = "BASE_PEER_KEY_DIR")]
+    pub peer_key_dir: Option<PathBuf>,
+    /// How often the peer key files are re-read (a rotation needs no restart).
+    #[arg(long, env = "BASE_PEER_KEY_RELOAD_MS", default_value_t = auth::KEY_RELOAD_DEFAULT_MS)]
+    pub peer_key_reload_ms: u64,
+    /// Serve peer messages only on this port (same host as `--listen`), and send them to this
+    /// port of each peer's host; `/_quasar/msg` is then not served on the client port.
+    #[arg(long, env = "BASE_PEER_PORT")]
+    pub peer_port: Option<u16>,
+    /// Most proxied requests in flight at once; beyond it clients get 503 `overloaded`.
+    #[arg(long, env = "BASE_AGENT_PROXY_MAX_CONCURRENT", default_value_t = proxy::PROXY_MAX_CONCURRENT_DEFAULT)]
+    pub proxy_max_concurrent: usize,
+    /// A proxied request or response body that produces nothing for this long while the other
+    /// side waits is cut.
+    #[arg(long, env = "BASE_AGENT_PROXY_IDLE_TIMEOUT_MS", default_value_t = proxy::PROXY_IDLE_TIMEOUT_DEFAULT_MS)]
+    pub proxy_idle_timeout_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +141,10 @@ pub enum AgentError {
     Tick { tick_ms: u64 },
     #[error(transparent)]
     State(#[from] state::StateError),
+    #[error(transparent)]
+    Keys(#[from] auth::KeyError),
+    #[error("--proxy-max-concurrent and --proxy-idle-timeout-ms must be positive")]
+    Proxy,
     #[error("quasar node: {0}")]
     Node(#[from] base_core::quasar::NodeError),
     #[error("peer transport: {0}")]
@@ -153,6 +185,16 @@ pub struct Shared {
     pub upstream_timeout: Duration,
     /// A peer heard from within this window counts as up in `/_ha/peers`.
     pub peer_up_window_ms: u64,
+    /// Peer keys and nonce caches (no keys: unauthenticated).
+    pub auth: Arc<auth::PeerAuth>,
+    pub metrics: metrics::AgentMetrics,
+    /// Mirrors the node's fence, for the HTTP side.
+    pub fenced: AtomicBool,
+    /// Peer messages arrive on `--peer-port`, not on the client port.
+    pub separate_peer_port: bool,
+    /// Permits for proxied requests in flight.
+    pub proxy_limit: Arc<Semaphore>,
+    pub proxy_idle_timeout: Duration,
 }
 
 impl Shared {
@@ -186,6 +228,10 @@ struct Plan {
     timing: base_core::quasar::Timing,
     listen: SocketAddr,
     upstream: String,
+    /// Where peer messages are served, when not on `listen`.
+    peer_listen: Option<SocketAddr>,
+    /// Per peer: the base URL its messages go to (its `--peer-port` when set).
+    message_urls: Vec<(NodeId, String)>,
 }
 
 fn plan(args: &AgentArgs) -> Result<Plan, AgentError> {
@@ -220,6 +266,9 @@ fn plan(args: &AgentArgs) -> Result<Plan, AgentError> {
             tick_ms: args.tick_ms,
         });
     }
+    if args.proxy_max_concurrent == 0 || args.proxy_idle_timeout_ms == 0 {
+        return Err(AgentError::Proxy);
+    }
     let mut all = config::parse_peers(&args.peers)?;
     let own = all.iter().position(|p| p.id == id).map(|k| all.remove(k));
     let self_url = args
@@ -228,6 +277,23 @@ fn plan(args: &AgentArgs) -> Result<Plan, AgentError> {
         .map(|u| u.trim_end_matches('/').to_string())
         .or(own.map(|p| p.url))
         .unwrap_or_else(|| format!("http://{listen}"));
+    let peer_listen = match args.peer_port {
+        None => None,
+        Some(port) if port == 0 || port == listen.port() => {
+            return Err(ConfigError::PeerPort { port }.into());
+        }
+        Some(port) => Some(SocketAddr::new(listen.ip(), port)),
+    };
+    let message_urls = all
+        .iter()
+        .map(|p| {
+            let url = match args.peer_port {
+                Some(port) => config::with_port(&p.url, port)?,
+                None => p.url.clone(),
+            };
+            Ok((p.id.clone(), url))
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
     Ok(Plan {
         id,
         self_url,
@@ -235,6 +301,8 @@ fn plan(args: &AgentArgs) -> Result<Plan, AgentError> {
         timing,
         listen,
         upstream,
+        peer_listen,
+        message_urls,
     })
 }
 
@@ -244,6 +312,32 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let plan = plan(&args)?;
     let store = StateStore::open(&args.state_dir)?;
     let persisted: PersistedState = store.load()?;
+    let keys = match &args.peer_key_dir {
+        Some(dir) => {
+            let keys = auth::load_keys(dir)?;
+            if keys.current.len() < auth::KEY_BYTES_RECOMMENDED {
+                tracing::warn!(
+                    bytes = keys.current.len(),
+                    "the peer key is shorter than {} bytes",
+                    auth::KEY_BYTES_RECOMMENDED
+                );
+            }
+            Some(keys)
+        }
+        None => {
+            tracing::warn!(
+                "no --peer-key-dir: peer messages are NOT authenticated; anyone who can reach the peer endpoint can vote"
+            );
+            None
+        }
+    };
+    let peer_auth = Arc::new(auth::PeerAuth::new(keys));
+    // The fence is read before the node may campaign (a restarted node waits out its promise).
+    let mut fence_seen = None;
+    let fenced = args
+        .fence_file
+        .as_deref()
+        .is_some_and(|f| fence::read_and_log(f, &mut fence_seen));
     let clock = Clock::new();
     let seed =
         std::collections::hash_map::RandomState::new().hash_one((plan.id.as_str(), clock.now().0));
@@ -257,21 +351,23 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         clock.now(),
     )
     .map_err(AgentError::from)?;
+    let mut node = node;
+    let _ = node.step(clock.now(), base_core::quasar::Input::SetFenced(fenced));
     tracing::info!(
         node_id = %plan.id, url = %plan.self_url, term = %persisted.term,
-        voted_for = ?persisted.voted_for, peers = plan.peers.len(), "quasar agent starting"
+        voted_for = ?persisted.voted_for, peers = plan.peers.len(), fenced,
+        authenticated = peer_auth.enabled(), peer_listen = ?plan.peer_listen,
+        "quasar agent starting"
     );
 
     let (control, rx) = mpsc::channel(CONTROL_QUEUE_MAX);
     let peer_timeout = Duration::from_millis(args.peer_timeout_ms.max(1));
     let transport = transport::Transport::start(
-        &plan
-            .peers
-            .iter()
-            .map(|p| (p.id.clone(), p.url.clone()))
-            .collect::<Vec<_>>(),
+        &plan.message_urls,
         peer_timeout,
         Duration::from_millis(plan.timing.election_timeout_min_ms().0 / 2),
+        peer_auth.clone(),
+        clock,
     )
     .map_err(AgentError::from)?;
     let mut connector = HttpConnector::new();
@@ -301,7 +397,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         client,
         upstream_timeout: Duration::from_millis(args.upstream_timeout_ms.max(1)),
         peer_up_window_ms: plan.timing.election_timeout_min_ms().0,
+        auth: peer_auth.clone(),
+        metrics: metrics::AgentMetrics::default(),
+        fenced: AtomicBool::new(fenced),
+        separate_peer_port: plan.peer_listen.is_some(),
+        proxy_limit: Arc::new(Semaphore::new(args.proxy_max_concurrent)),
+        proxy_idle_timeout: Duration::from_millis(args.proxy_idle_timeout_ms),
     });
+    shared.metrics.peer_auth.set(i64::from(peer_auth.enabled()));
 
     let driver = Driver {
         shared: shared.clone(),
@@ -315,6 +418,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(url) = args.position_url.clone() {
         tokio::spawn(poll_position(url, control.clone(), peer_timeout));
     }
+    if let Some(file) = args.fence_file.clone() {
+        tokio::spawn(fence::watch(file, fence_seen, fenced, control.clone()));
+    }
+    if let Some(dir) = args.peer_key_dir.clone() {
+        let every = Duration::from_millis(args.peer_key_reload_ms.max(100));
+        tokio::spawn(auth::reload_keys(peer_auth.clone(), dir, every));
+    }
 
     let listener = tokio::net::TcpListener::bind(plan.listen)
         .await
@@ -324,12 +434,33 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         })?;
     tracing::info!(addr = %plan.listen, upstream = %plan.upstream, "serving");
     let app = http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let (stop_http, http_stopped) = oneshot::channel::<()>();
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let peer_server = match plan.peer_listen {
+        Some(addr) => {
+            let peer_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            tracing::info!(%addr, "serving peer messages");
+            let peer_app = http::peer_router(shared.clone());
+            let until = stopped(http_stopped.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(peer_listener, peer_app)
+                    .with_graceful_shutdown(until)
+                    .await
+            }))
+        }
+        None => None,
+    };
+    let until = stopped(http_stopped.clone());
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
+            .with_graceful_shutdown(until)
             .await
     });
 
@@ -350,11 +481,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             Err(e) => Err(AgentError::DriverPanicked(e.to_string())),
         },
     };
-    let _ = stop_http.send(());
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
-        Ok(_) => {}
-        Err(_) => tracing::warn!("HTTP connections still open at exit"),
+    let _ = stop_http.send(true);
+    for server in std::iter::once(server).chain(peer_server) {
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("HTTP connections still open at exit"),
+        }
     }
     outcome?;
     tracing::info!("quasar agent stopped");

@@ -1,0 +1,140 @@
+//! The agent's counters, served as Prometheus text at `GET /_quasar/metrics` (client port):
+//! `quasar_peer_messages_accepted_total`, `quasar_peer_messages_dropped_total{reason}` (see
+//! [`DropReason`]), `quasar_transfers_total`, `quasar_proxy_rejected_total`, and the gauges
+//! `quasar_fenced`, `quasar_term`, `quasar_is_writer`, `quasar_peer_auth` (1 when peer messages
+//! are authenticated).
+
+use super::auth::DropReason;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+pub struct AgentMetrics {
+    registry: Registry,
+    pub accepted: Counter,
+    dropped: Family<ReasonLabel, Counter>,
+    pub transfers: Counter,
+    pub proxy_rejected: Counter,
+    pub fenced: Gauge,
+    pub term: Gauge,
+    pub is_writer: Gauge,
+    pub peer_auth: Gauge,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("quasar");
+        let accepted = Counter::default();
+        let dropped = Family::<ReasonLabel, Counter>::default();
+        let transfers = Counter::default();
+        let proxy_rejected = Counter::default();
+        let fenced = Gauge::default();
+        let term = Gauge::default();
+        let is_writer = Gauge::default();
+        let peer_auth = Gauge::default();
+        registry.register(
+            "peer_messages_accepted",
+            "Peer messages that passed every check and reached the election",
+            accepted.clone(),
+        );
+        registry.register(
+            "peer_messages_dropped",
+            "Peer messages dropped, by reason",
+            dropped.clone(),
+        );
+        registry.register(
+            "transfers",
+            "Writer hand-overs this node started (requests, shutdown, fencing)",
+            transfers.clone(),
+        );
+        registry.register(
+            "proxy_rejected",
+            "Proxied requests refused with 503 because too many were in flight",
+            proxy_rejected.clone(),
+        );
+        registry.register("fenced", "1 while this replica is fenced", fenced.clone());
+        registry.register("term", "The election term", term.clone());
+        registry.register(
+            "is_writer",
+            "1 while this node is the writer",
+            is_writer.clone(),
+        );
+        registry.register(
+            "peer_auth",
+            "1 when peer messages are authenticated",
+            peer_auth.clone(),
+        );
+        // Every reason shows from the start, at 0.
+        for reason in DropReason::ALL {
+            let _ = dropped.get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_string(),
+            });
+        }
+        AgentMetrics {
+            registry,
+            accepted,
+            dropped,
+            transfers,
+            proxy_rejected,
+            fenced,
+            term,
+            is_writer,
+            peer_auth,
+        }
+    }
+}
+
+impl AgentMetrics {
+    pub fn dropped(&self, reason: DropReason) {
+        self.dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    pub fn dropped_count(&self, reason: DropReason) -> u64 {
+        self.dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_string(),
+            })
+            .get()
+    }
+
+    /// The text exposition (OpenMetrics text, which Prometheus reads).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode the agent's metrics");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_drop_reason() {
+        let m = AgentMetrics::default();
+        m.dropped(DropReason::Replay);
+        m.accepted.inc();
+        let text = m.render();
+        assert!(
+            text.contains(r#"quasar_peer_messages_dropped_total{reason="replay"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"quasar_peer_messages_dropped_total{reason="bad_mac"} 0"#));
+        assert!(text.contains("quasar_peer_messages_accepted_total 1"));
+        assert!(text.contains("quasar_fenced 0"));
+        assert_eq!(m.dropped_count(DropReason::Replay), 1);
+    }
+}
