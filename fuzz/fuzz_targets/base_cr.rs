@@ -234,6 +234,7 @@ struct Pod {
     revision: Option<u8>,
     terminating: bool,
     writer_label: bool,
+    fenced: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -320,6 +321,7 @@ impl World {
                 revision: p.revision.map(|r| format!("{name}-rev{}", r % 3)),
                 terminating: p.terminating,
                 writer_label: p.writer_label,
+                fenced: p.fenced,
             })
             .filter(|p| names.insert(p.name.clone()))
             .collect();
