@@ -2,7 +2,12 @@
 //! (an in-process HTTP server that records the writes it receives). A writer is elected; its
 //! process is killed; another agent wins a higher term and only it forwards writes; the killed
 //! one, restarted with its state dir, rejoins as a follower without raising the term. A writer
-//! that gets SIGTERM hands its role over before it exits.
+//! that gets SIGTERM hands its role over before it exits. `POST /_ha/transfer` hands the role to
+//! a named follower (term + 1). A fenced replica (downward-API annotations file) hands over, stays
+//! ready for reads, and never becomes writer again while fenced. With peer keys and a peer port,
+//! a rogue process on loopback (wrong key, another Base's key, replays, stale and misaddressed
+//! messages) changes neither the term nor the writer, and the drop counters show it; a key
+//! rotation goes through without an outage. The proxy bounds concurrency and cuts idle bodies.
 //!
 //! Everything is polled with generous deadlines; nothing asserts on a fixed sleep.
 
@@ -20,12 +25,21 @@ const DEADLINE: Duration = Duration::from_secs(20);
 const NODES: usize = 3;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    free_port_on("127.0.0.1")
+}
+
+fn free_port_on(host: &str) -> u16 {
+    std::net::TcpListener::bind((host, 0))
         .expect("bind")
         .local_addr()
         .expect("addr")
         .port()
 }
+
+/// The peer key every agent of the test Base starts with, and the one it rotates to.
+const KEY_1: &str = "test-base-peer-key-one-0123456789abcdef";
+const KEY_2: &str = "test-base-peer-key-two-fedcba9876543210";
+const OTHER_BASE_KEY: &str = "another-base-peer-key-0000000000000000";
 
 /// One write as the stand-in Base saw it.
 #[derive(Clone, Debug)]
@@ -37,6 +51,9 @@ struct Seen {
 #[derive(Clone, Default)]
 struct Upstream {
     writes: Arc<Mutex<Vec<Seen>>>,
+    /// `/slow` has been entered; it answers once `release` is notified (or after 10 s).
+    slow_started: Arc<std::sync::atomic::AtomicBool>,
+    release: Arc<tokio::sync::Notify>,
 }
 
 impl Upstream {
@@ -66,6 +83,24 @@ async fn record(State(up): State<Upstream>, request: Request) -> (StatusCode, St
     (StatusCode::OK, "stand-in".to_string())
 }
 
+/// Answers when the test says so (to hold a proxy permit).
+async fn slow(State(up): State<Upstream>) -> &'static str {
+    let released = up.release.notified();
+    up.slow_started
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = tokio::time::timeout(Duration::from_secs(10), released).await;
+    "slow"
+}
+
+/// Sends one chunk, then nothing, forever.
+async fn stall() -> axum::body::Body {
+    use futures::StreamExt;
+    let first = futures::stream::once(async {
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(b"first chunk"))
+    });
+    axum::body::Body::from_stream(first.chain(futures::stream::pending()))
+}
+
 /// Starts a stand-in Base on a free port; returns its recorder and port.
 async fn start_upstream() -> (Upstream, u16) {
     let up = Upstream::default();
@@ -73,7 +108,11 @@ async fn start_upstream() -> (Upstream, u16) {
         .await
         .expect("bind upstream");
     let port = listener.local_addr().expect("addr").port();
-    let app = Router::new().fallback(record).with_state(up.clone());
+    let app = Router::new()
+        .route("/slow", axum::routing::get(slow))
+        .route("/stall", axum::routing::get(stall))
+        .fallback(record)
+        .with_state(up.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -82,17 +121,20 @@ async fn start_upstream() -> (Upstream, u16) {
 
 struct Agent {
     id: String,
+    host: String,
     port: u16,
     upstream_port: u16,
     state_dir: PathBuf,
     log: PathBuf,
     peers: String,
+    /// More flags.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Agent {
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     fn start(&mut self) {
@@ -106,13 +148,14 @@ impl Agent {
             .arg("agent")
             .args(["--node-id", &self.id])
             .args(["--peers", &self.peers])
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--listen", &format!("{}:{}", self.host, self.port)])
             .args([
                 "--upstream",
                 &format!("http://127.0.0.1:{}", self.upstream_port),
             ])
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -155,21 +198,54 @@ impl Drop for Agent {
     }
 }
 
+/// What a test cluster runs with beyond the defaults.
+#[derive(Clone, Copy, Default)]
+struct Options {
+    /// `--peer-key-dir <dir>/keys-<i>` (one dir per agent, so rotations can be staggered).
+    keys: bool,
+    /// `--peer-port`: agent i listens on 127.0.0.<i+1>, peer messages on one shared port number.
+    peer_port: bool,
+    /// `--fence-file <dir>/annotations-<i>` (absent at start).
+    fence: bool,
+}
+
+/// Writes a file the way the kubelet updates a mounted volume: all at once.
+fn write_atomically(path: &std::path::Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
 struct Cluster {
     dir: PathBuf,
     agents: Vec<Agent>,
     upstreams: Vec<Upstream>,
     http: reqwest::Client,
+    peer_port: Option<u16>,
 }
 
 impl Cluster {
     async fn start(name: &str) -> Cluster {
+        Cluster::start_with(name, Options::default()).await
+    }
+
+    async fn start_with(name: &str, options: Options) -> Cluster {
         let dir = std::env::temp_dir().join(format!("base-agents-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+        let hosts: Vec<String> = (0..NODES)
+            .map(|i| {
+                if options.peer_port {
+                    format!("127.0.0.{}", i + 1)
+                } else {
+                    "127.0.0.1".to_string()
+                }
+            })
+            .collect();
+        let ports: Vec<u16> = hosts.iter().map(|h| free_port_on(h)).collect();
+        let peer_port = options.peer_port.then(free_port);
         let peers = (0..NODES)
-            .map(|i| format!("base-{i}=http://127.0.0.1:{}", ports[i]))
+            .map(|i| format!("base-{i}=http://{}:{}", hosts[i], ports[i]))
             .collect::<Vec<_>>()
             .join(",");
         let mut agents = Vec::new();
@@ -177,13 +253,31 @@ impl Cluster {
         for (i, port) in ports.iter().enumerate() {
             let (up, upstream_port) = start_upstream().await;
             upstreams.push(up);
+            let mut extra: Vec<String> = Vec::new();
+            if options.keys {
+                let keys = dir.join(format!("keys-{i}"));
+                std::fs::create_dir_all(&keys).expect("key dir");
+                write_atomically(&keys.join("current"), KEY_1);
+                extra.push("--peer-key-dir".into());
+                extra.push(keys.display().to_string());
+                extra.extend(["--peer-key-reload-ms".into(), "300".into()]);
+            }
+            if let Some(p) = peer_port {
+                extra.extend(["--peer-port".into(), p.to_string()]);
+            }
+            if options.fence {
+                extra.push("--fence-file".into());
+                extra.push(dir.join(format!("annotations-{i}")).display().to_string());
+            }
             let mut agent = Agent {
                 id: format!("base-{i}"),
+                host: hosts[i].clone(),
                 port: *port,
                 upstream_port,
                 state_dir: dir.join(format!("state-{i}")),
                 log: dir.join(format!("agent-{i}.log")),
                 peers: peers.clone(),
+                extra,
                 child: None,
             };
             agent.start();
@@ -199,7 +293,63 @@ impl Cluster {
             agents,
             upstreams,
             http,
+            peer_port,
         }
+    }
+
+    async fn metrics(&self, i: usize) -> String {
+        self.http
+            .get(format!("{}/_quasar/metrics", self.agents[i].url()))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Waits until the writer has heard from every live peer (it hands over only to an up-to-date
+    /// one).
+    async fn wait_peers_up(&self, w: usize) {
+        let start = Instant::now();
+        loop {
+            let peers: Option<Value> = match self
+                .http
+                .get(format!("{}/_ha/peers", self.agents[w].url()))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            let all_up = peers.as_ref().and_then(Value::as_array).is_some_and(|a| {
+                a.iter().all(|p| {
+                    let alive = self
+                        .agents
+                        .iter()
+                        .any(|x| p["node_id"] == x.id.as_str() && x.child.is_some());
+                    p["up"] == true || !alive
+                })
+            });
+            if all_up {
+                return;
+            }
+            assert!(start.elapsed() < DEADLINE, "peers never up: {peers:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn transfer(&self, i: usize, body: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(format!("{}/_ha/transfer", self.agents[i].url()))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("agent answers");
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     async fn leader_view(&self, i: usize) -> Option<Value> {
@@ -483,6 +633,8 @@ async fn without_a_majority_writes_get_no_writer() {
         .join(",");
     let mut agent = Agent {
         id: "base-0".to_string(),
+        host: "127.0.0.1".to_string(),
+        extra: Vec::new(),
         port: ports[0],
         upstream_port,
         state_dir: dir.join("state-0"),
@@ -539,6 +691,491 @@ async fn without_a_majority_writes_get_no_writer() {
         up.writes().is_empty(),
         "a write reached Base without a lease"
     );
+    agent.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The value of one sample line of Prometheus text (`name` includes the labels), or 0.
+fn sample(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+fn dropped(metrics: &str, reason: &str) -> u64 {
+    sample(
+        metrics,
+        &format!("quasar_peer_messages_dropped_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_on_request() {
+    let c = Cluster::start("transfer").await;
+    let (w1, t1) = c.agreed_writer("a first writer", |_, _| true).await;
+    c.wait_peers_up(w1).await;
+    let f = (w1 + 1) % NODES;
+    let (status, body) = c.transfer(f, r#"{"to":"base-0"}"#).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"], "not_writer");
+    let (status, body) = c.transfer(w1, r#"{"to":"base-9"}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "unknown_target");
+    let (status, _) = c.transfer(w1, "not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Still the writer after the refusals.
+    assert_eq!(
+        c.agreed_writer("the same writer", |_, _| true).await,
+        (w1, t1)
+    );
+
+    let target = c.agents[f].id.clone();
+    let (status, body) = c.transfer(w1, &format!(r#"{{"to":"{target}"}}"#)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["to"], target.as_str());
+    assert_eq!(body["url"], c.agents[f].url().as_str());
+    let (w2, t2) = c
+        .agreed_writer("the named follower as writer", |w, t| w != w1 && t > t1)
+        .await;
+    assert_eq!(w2, f, "the role went to another node than the one named");
+    assert_eq!(t2, t1 + 1, "a hand-over is exactly one new term");
+    check_writes(&c, w2, t2, "after-transfer").await;
+    let m = c.metrics(w1).await;
+    assert_eq!(sample(&m, "quasar_transfers_total"), 1, "{m}");
+    assert_eq!(sample(&m, "quasar_is_writer"), 0, "{m}");
+    assert_eq!(sample(&c.metrics(w2).await, "quasar_is_writer"), 1);
+
+    // `{}`: the best up-to-date peer.
+    c.wait_peers_up(w2).await;
+    let (status, body) = c.transfer(w2, "{}").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (w3, t3) = c
+        .agreed_writer("a writer after the second transfer", |w, t| {
+            w != w2 && t > t2
+        })
+        .await;
+    assert_eq!(body["to"], c.agents[w3].id.as_str());
+    assert_eq!(t3, t2 + 1);
+    let _ = std::fs::remove_dir_all(&c.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_replica_hands_over_and_keeps_serving_reads() {
+    let mut c = Cluster::start_with(
+        "fence",
+        Options {
+            fence: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (w1, t1) = c.agreed_writer("a first writer", |_, _| true).await;
+    c.wait_peers_up(w1).await;
+    let annotations = c.dir.join(format!("annotations-{w1}"));
+    write_atomically(
+        &annotations,
+        "hanzo.ai/base=\"base\"\nhanzo.ai/fenced=\"true\"\n",
+    );
+    let (w2, t2) = c
+        .agreed_writer("a writer other than the fenced one", |w, t| {
+            w != w1 && t > t1
+        })
+        .await;
+    assert_eq!(t2, t1 + 1, "a fenced writer hands over (one new term)");
+    // Fenced: ready, serving reads, redirecting writes; metrics say so.
+    let r = c
+        .http
+        .get(format!("{}/readyz", c.agents[w1].url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-base-fenced"], "true");
+    assert!(r.text().await.unwrap().contains("fenced"));
+    let read = c
+        .http
+        .get(format!("{}/api/health", c.agents[w1].url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    check_writes(&c, w2, t2, "fenced").await;
+    assert_eq!(sample(&c.metrics(w1).await, "quasar_fenced"), 1);
+    assert_eq!(sample(&c.metrics(w2).await, "quasar_fenced"), 0);
+    // The writer dies: the third node wins, with the fenced node's vote; never the fenced one.
+    c.agents[w2].kill();
+    let (w3, t3) = c
+        .agreed_writer("a writer after the kill", |w, t| w != w2 && t > t2)
+        .await;
+    assert_ne!(w3, w1, "a fenced replica became writer");
+    // Unfenced, it may be handed the role again.
+    write_atomically(&annotations, "hanzo.ai/fenced=\"false\"\n");
+    let start = Instant::now();
+    while sample(&c.metrics(w1).await, "quasar_fenced") != 0 {
+        assert!(start.elapsed() < DEADLINE, "never unfenced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.wait_peers_up(w3).await;
+    let (status, body) = c
+        .transfer(w3, &format!(r#"{{"to":"{}"}}"#, c.agents[w1].id))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (w4, t4) = c
+        .agreed_writer("the unfenced node as writer", |w, t| w == w1 && t > t3)
+        .await;
+    check_writes(&c, w4, t4, "unfenced").await;
+    let _ = std::fs::remove_dir_all(&c.dir);
+}
+
+/// A rogue process on loopback sends signed-looking peer messages to every agent's peer port.
+struct Rogue<'a> {
+    c: &'a Cluster,
+}
+
+impl Rogue<'_> {
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64
+    }
+
+    fn body(from: &str, to: &str, msg: Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"from": from, "to": to, "msg": msg})).unwrap()
+    }
+
+    /// Posts `body` to agent `i`'s peer port with the given auth headers (`None`: unsigned).
+    async fn post(&self, i: usize, body: &[u8], auth: Option<(u64, &str, &str)>) -> StatusCode {
+        let port = self.c.peer_port.expect("peer port");
+        let mut r = self
+            .c
+            .http
+            .post(format!(
+                "http://{}:{port}/_quasar/msg",
+                self.c.agents[i].host
+            ))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some((ts, nonce, mac)) = auth {
+            r = r
+                .header("x-quasar-timestamp", ts.to_string())
+                .header("x-quasar-nonce", nonce)
+                .header("x-quasar-mac", mac);
+        }
+        r.send().await.expect("peer port answers").status()
+    }
+
+    async fn post_signed(
+        &self,
+        i: usize,
+        key: &str,
+        ts: u64,
+        nonce: &str,
+        body: &[u8],
+    ) -> StatusCode {
+        use base_adapter_k8s::agent::auth::mac_hex;
+        let mac = mac_hex(key.as_bytes(), ts, nonce, body);
+        self.post(i, body, Some((ts, nonce, &mac))).await
+    }
+}
+
+fn nonce(k: u64) -> String {
+    format!("{k:032x}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_peers_drop_forgeries_and_replays_and_rotate_keys() {
+    let c = Cluster::start_with(
+        "auth",
+        Options {
+            keys: true,
+            peer_port: true,
+            fence: true, // the files are absent: not fenced, with a warning
+        },
+    )
+    .await;
+    let (w, t) = c.agreed_writer("a first writer", |_, _| true).await;
+    check_writes(&c, w, t, "auth").await;
+    // Peer messages are not served on the client port.
+    let r = c
+        .http
+        .post(format!("{}/_quasar/msg", c.agents[w].url()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let rogue = Rogue { c: &c };
+    let now = Rogue::now_ms;
+    let high = t + 100;
+    for i in 0..NODES {
+        let me = format!("base-{i}");
+        let peer = format!("base-{}", (i + 1) % NODES);
+        let third = format!("base-{}", (i + 2) % NODES);
+        let vote = Rogue::body(
+            &peer,
+            &me,
+            serde_json::json!({"type": "vote", "term": high, "position": u64::MAX >> 2, "sent_ms": 0}),
+        );
+        let heartbeat = Rogue::body(
+            &peer,
+            &me,
+            serde_json::json!({"type": "heartbeat", "term": high, "sent_ms": 0, "position": 0}),
+        );
+        // (a) Unsigned, and signed with a wrong key.
+        assert_eq!(rogue.post(i, &vote, None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            rogue
+                .post_signed(i, "guessed", now(), &nonce(1), &heartbeat)
+                .await,
+            StatusCode::UNAUTHORIZED
+        );
+        // ... and a message whose MAC was made for another body.
+        let mac = base_adapter_k8s::agent::auth::mac_hex(KEY_1.as_bytes(), now(), &nonce(2), b"{}");
+        assert_eq!(
+            rogue.post(i, &vote, Some((now(), &nonce(2), &mac))).await,
+            StatusCode::UNAUTHORIZED
+        );
+        // (b) Another Base's key.
+        assert_eq!(
+            rogue
+                .post_signed(i, OTHER_BASE_KEY, now(), &nonce(3), &vote)
+                .await,
+            StatusCode::UNAUTHORIZED
+        );
+        // (c) A valid message captured long ago.
+        assert_eq!(
+            rogue
+                .post_signed(i, KEY_1, now() - 60_000, &nonce(4), &heartbeat)
+                .await,
+            StatusCode::BAD_REQUEST
+        );
+        // (d) Addressed to another node.
+        let elsewhere = Rogue::body(
+            &peer,
+            &third,
+            serde_json::json!({"type": "heartbeat", "term": high, "sent_ms": 0, "position": 0}),
+        );
+        assert_eq!(
+            rogue
+                .post_signed(i, KEY_1, now(), &nonce(5), &elsewhere)
+                .await,
+            StatusCode::MISDIRECTED_REQUEST
+        );
+        // (e) Replay: a harmless valid message goes through once; sent again it is dropped, and
+        // its nonce cannot be reused for a message that would matter.
+        let harmless = Rogue::body(
+            &peer,
+            &me,
+            serde_json::json!({"type": "pre_vote_response", "term": 0, "granted": false}),
+        );
+        let ts = now();
+        let n = nonce(0xfeed + i as u64);
+        assert_eq!(
+            rogue.post_signed(i, KEY_1, ts, &n, &harmless).await,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            rogue.post_signed(i, KEY_1, ts, &n, &harmless).await,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            rogue.post_signed(i, KEY_1, ts, &n, &heartbeat).await,
+            StatusCode::BAD_REQUEST
+        );
+    }
+    // Nothing moved; every drop is counted under its reason.
+    let (w_after, t_after) = c.agreed_writer("the same writer", |_, _| true).await;
+    assert_eq!(
+        (w_after, t_after),
+        (w, t),
+        "a rogue message moved the election"
+    );
+    for i in 0..NODES {
+        let m = c.metrics(i).await;
+        assert!(dropped(&m, "bad_mac") >= 4, "agent {i}: {m}");
+        assert!(dropped(&m, "stale_timestamp") >= 1, "agent {i}: {m}");
+        assert!(dropped(&m, "wrong_receiver") >= 1, "agent {i}: {m}");
+        assert!(dropped(&m, "replay") >= 2, "agent {i}: {m}");
+        assert!(
+            sample(&m, "quasar_peer_messages_accepted_total") > 0,
+            "agent {i}: {m}"
+        );
+        assert_eq!(sample(&m, "quasar_peer_auth"), 1);
+        assert_eq!(sample(&m, "quasar_term"), t);
+        assert_eq!(sample(&m, "quasar_is_writer"), u64::from(i == w));
+    }
+
+    // Rotation, one pod at a time as the kubelet would (new `current`, old one as `previous`),
+    // then the old key retired everywhere: the writer never changes.
+    let stable = |what: &'static str| {
+        let c = &c;
+        async move {
+            let got = c.agreed_writer(what, |_, _| true).await;
+            assert_eq!(got, (w, t), "{what}: the writer or the term changed");
+        }
+    };
+    for i in 0..NODES {
+        let keys = c.dir.join(format!("keys-{i}"));
+        write_atomically(&keys.join("previous"), KEY_1);
+        write_atomically(&keys.join("current"), KEY_2);
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            stable("during the rotation").await;
+        }
+    }
+    for i in 0..NODES {
+        let _ = std::fs::remove_file(c.dir.join(format!("keys-{i}")).join("previous"));
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            stable("while the old key is retired").await;
+        }
+    }
+    let until = Instant::now() + Duration::from_millis(3000);
+    while Instant::now() < until {
+        stable("after the rotation").await;
+    }
+    check_writes(&c, w, t, "rotated").await;
+    // The old key is no longer accepted; the new one is.
+    let f = (w + 1) % NODES;
+    let harmless = Rogue::body(
+        &format!("base-{w}"),
+        &format!("base-{f}"),
+        serde_json::json!({"type": "pre_vote_response", "term": 0, "granted": false}),
+    );
+    assert_eq!(
+        rogue
+            .post_signed(f, KEY_1, now(), &nonce(0xa1), &harmless)
+            .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        rogue
+            .post_signed(f, KEY_2, now(), &nonce(0xa2), &harmless)
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    let logs: Vec<String> = (0..NODES)
+        .map(|i| std::fs::read_to_string(&c.agents[i].log).unwrap_or_default())
+        .collect();
+    assert!(
+        logs[0].contains("cannot read the fence file"),
+        "{}",
+        logs[0]
+    );
+    assert!(logs.iter().all(|l| l.contains("peer keys reloaded")));
+    // The first pod to rotate met peers that did not know the new key yet, and fell back.
+    assert!(
+        logs[0].contains("peer accepted the other key"),
+        "{}",
+        logs[0]
+    );
+    let _ = std::fs::remove_dir_all(&c.dir);
+}
+
+/// `--proxy-max-concurrent`: beyond it, 503 `overloaded`; `--proxy-idle-timeout-ms`: a response
+/// body that stalls is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_bounds_concurrency_and_cuts_idle_bodies() {
+    let dir = std::env::temp_dir().join(format!("base-agents-proxy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (up, upstream_port) = start_upstream().await;
+    let port = free_port();
+    let mut agent = Agent {
+        id: "base-0".to_string(),
+        host: "127.0.0.1".to_string(),
+        port,
+        upstream_port,
+        state_dir: dir.join("state-0"),
+        log: dir.join("agent-0.log"),
+        peers: String::new(),
+        extra: [
+            "--proxy-max-concurrent",
+            "1",
+            "--proxy-idle-timeout-ms",
+            "500",
+        ]
+        .map(String::from)
+        .to_vec(),
+        child: None,
+    };
+    agent.start();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let start = Instant::now();
+    while http
+        .get(format!("{}/healthz", agent.url()))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(start.elapsed() < DEADLINE, "the agent never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let slow = tokio::spawn({
+        let (http, url) = (http.clone(), agent.url());
+        async move {
+            http.get(format!("{url}/slow"))
+                .send()
+                .await
+                .map(|r| r.status())
+        }
+    });
+    // While the slow request holds the only permit, another is refused.
+    let start = Instant::now();
+    while !up.slow_started.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(start.elapsed() < DEADLINE, "the slow request never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = http
+        .get(format!("{}/api/health", agent.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.text().await.unwrap(), r#"{"error":"overloaded"}"#);
+    up.release.notify_one();
+    assert_eq!(slow.await.unwrap().unwrap(), StatusCode::OK);
+    // The permit is back.
+    let r = http
+        .get(format!("{}/api/health", agent.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A stalled body is cut after the idle timeout, not held forever; the permit comes back.
+    let started = Instant::now();
+    let r = http
+        .get(format!("{}/stall", agent.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.bytes().await.is_err(), "a stalled body ended cleanly");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let r = http
+        .get(format!("{}/api/health", agent.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let m = http
+        .get(format!("{}/_quasar/metrics", agent.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(sample(&m, "quasar_proxy_rejected_total") >= 1, "{m}");
+    assert_eq!(sample(&m, "quasar_peer_auth"), 0);
+    let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+    assert!(log.contains("NOT authenticated"), "{log}");
     agent.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -205,12 +205,17 @@ fn mac_for(key: &[u8], timestamp_ms: u64, nonce: &str, body: &[u8]) -> HmacSha25
     mac
 }
 
+/// The hex MAC of a message (for tests and tools; senders use [`sign`]).
+pub fn mac_hex(key: &[u8], timestamp_ms: u64, nonce: &str, body: &[u8]) -> String {
+    hex(&mac_for(key, timestamp_ms, nonce, body)
+        .finalize()
+        .into_bytes())
+}
+
 /// Signs `body` with `key` at `timestamp_ms` with a fresh random nonce.
 pub fn sign(key: &[u8], timestamp_ms: u64, body: &[u8]) -> Signature {
     let nonce = hex(&rand::random::<[u8; NONCE_HEX / 2]>());
-    let mac = hex(&mac_for(key, timestamp_ms, &nonce, body)
-        .finalize()
-        .into_bytes());
+    let mac = mac_hex(key, timestamp_ms, &nonce, body);
     Signature {
         timestamp_ms,
         nonce,
