@@ -4,9 +4,36 @@
 //! again right before forwarding, with the term as the fencing token `X-Base-Term`), otherwise the
 //! client gets `307` to the writer or `503 {"error":"no_writer"}`.
 //!
-//! Endpoints: `POST /_quasar/msg` (peers), `GET /_ha/leader`, `GET /_ha/peers`, `GET /healthz`,
-//! `GET /readyz`; everything else is proxied. Every response carries `X-Base-Leader` (the writer's
-//! URL, empty if none is known) and `X-Base-Term`.
+//! Endpoints (client port, `--listen`): `GET /_ha/leader`, `GET /_ha/peers`,
+//! `POST /_ha/transfer`, `GET /_quasar/metrics`, `GET /healthz`, `GET /readyz`, and
+//! `POST /_quasar/msg` (peers) unless `--peer-port` moves it to a port of its own; everything else
+//! is proxied. Every response carries `X-Base-Leader` (the writer's URL, empty if none is known)
+//! and `X-Base-Term`.
+//!
+//! - **Transfer** — `POST /_ha/transfer` `{"to": "<node id>"}` (or `{}`: the best up-to-date peer):
+//!   the writer stops accepting writes at once and hands over (`Input::TransferWriter`); `202
+//!   {"to","url","term"}`, `409 not_writer`, `400 unknown_target`, `409 no_up_to_date_peer`, `429
+//!   transfer_in_progress` (one at a time). The operator calls it for writer-last rolling updates
+//!   and switchovers.
+//! - **Fencing** — `--fence-file` (the downward-API annotations file, re-read every second, see
+//!   [`fence`]): while the pod holds `hanzo.ai/fenced="true"` the replica accepts no writes and does
+//!   not stand for election (a writer hands over first); it still votes, serves reads and stays
+//!   ready (`/readyz` says `ready (fenced: reads only)`; `/readyz` and `/_ha/peers` carry
+//!   `X-Base-Fenced`). A missing or unreadable file is "not fenced", with a warning.
+//! - **Peer authentication** — `--peer-key-dir` (a mounted Secret: `current`, optional `previous`,
+//!   re-read every `--peer-key-reload-ms`): every peer message is signed with HMAC-SHA256 over the
+//!   sender, receiver, timestamp, nonce and body; forged, foreign, stale, replayed and misaddressed
+//!   messages are dropped and counted (see [`auth`], which also says why an HMAC and not mTLS, and
+//!   how a rotation proceeds without an outage). Without the flag, messages are not authenticated
+//!   (a warning at start).
+//! - **Peer port** — `--peer-port`: peer messages are served only on that port (same host as
+//!   `--listen`) and sent to that port of each peer's host, so a NetworkPolicy can admit only the
+//!   Base's own pods to it.
+//! - **Proxy hygiene** — `--proxy-max-concurrent` proxied requests at most (503 `overloaded`
+//!   beyond), and `--proxy-idle-timeout-ms` cuts a request or response body that stays idle (see
+//!   [`proxy`]).
+//! - **Metrics** — `GET /_quasar/metrics` (Prometheus text, see [`metrics`]): messages accepted,
+//!   dropped by reason, transfers, fenced, term, is_writer, proxy rejections.
 //!
 //! Layers: [`driver`] feeds the core node and performs its effects in order (persisting through
 //! [`state`] before sending through [`transport`]); [`http`] serves; [`clock`] gives a monotonic

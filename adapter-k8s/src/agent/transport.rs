@@ -105,6 +105,7 @@ impl Sender {
         mut rx: mpsc::Receiver<(Instant, Envelope)>,
     ) {
         let mut failing = false;
+        let mut key_refused = false;
         // Sign with `previous` for this peer until then (it refused our `current`).
         let mut previous_until: Option<Instant> = None;
         while let Some((queued_at, envelope)) = rx.recv().await {
@@ -129,6 +130,15 @@ impl Sender {
                     tracing::info!(%peer, previous = !use_previous, "peer accepted the other key");
                 }
                 sent = retried;
+            }
+            let refused = matches!(sent, Ok(StatusCode::UNAUTHORIZED));
+            if refused != key_refused {
+                key_refused = refused;
+                if refused {
+                    tracing::warn!(%peer, "the peer refuses our peer key (another Base's key, or a rotation it has not seen)");
+                } else {
+                    tracing::info!(%peer, "the peer accepts our peer key again");
+                }
             }
             match sent {
                 Ok(status) if status.is_success() => {
