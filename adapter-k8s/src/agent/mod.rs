@@ -613,6 +613,45 @@ mod tests {
     }
 
     #[test]
+    fn peer_port_moves_peer_messages() {
+        let base = [
+            "x",
+            "--node-id",
+            "app-0",
+            "--listen",
+            "0.0.0.0:8090",
+            "--peers",
+            "http://app-0.app-hs.ns.svc.cluster.local:8090,http://app-1.app-hs.ns.svc.cluster.local:8090",
+        ];
+        let cli = Cli::parse_from(base.iter().chain(&["--peer-port", "8092"]));
+        let p = plan(&cli.agent).unwrap();
+        assert_eq!(p.peer_listen, Some("0.0.0.0:8092".parse().unwrap()));
+        assert_eq!(
+            p.message_urls,
+            vec![(
+                NodeId::from("app-1"),
+                "http://app-1.app-hs.ns.svc.cluster.local:8092".to_string()
+            )]
+        );
+        // Clients and the gateway still see the client port.
+        assert_eq!(
+            p.peers[0].url,
+            "http://app-1.app-hs.ns.svc.cluster.local:8090"
+        );
+        let cli = Cli::parse_from(base.iter().chain(&["--peer-port", "8090"]));
+        assert!(plan(&cli.agent).is_err());
+        let cli = Cli::parse_from(base);
+        let p = plan(&cli.agent).unwrap();
+        assert_eq!(p.peer_listen, None);
+        assert_eq!(
+            p.message_urls[0].1,
+            "http://app-1.app-hs.ns.svc.cluster.local:8090"
+        );
+        let cli = Cli::parse_from(base.iter().chain(&["--proxy-max-concurrent", "0"]));
+        assert!(plan(&cli.agent).is_err());
+    }
+
+    #[test]
     fn refuses_a_bad_upstream_and_timing() {
         let base = ["x", "--node-id", "a", "--listen", "127.0.0.1:0"];
         let cli = Cli::parse_from(base.iter().chain(&["--upstream", "https://x/y"]));
