@@ -227,26 +227,44 @@ fn key_of(kind: Kind, base: &Base) -> BaseKey {
     (kind, base.namespace().unwrap_or_default(), base.name_any())
 }
 
-async fn patch_finalizers(
-    ctx: &Context,
-    kind: Kind,
-    base: &Base,
-    finalizers: Vec<String>,
-) -> Result<(), Error> {
+/// Adds or removes our finalizer with a JSON patch that first tests the finalizer list itself (as
+/// kube-rs's finalizer helper does): a concurrent change to the list fails the test (422/409) and
+/// is re-read, while unrelated writes (status, labels) do not conflict with it.
+async fn patch_finalizers(ctx: &Context, kind: Kind, base: &Base, add: bool) -> Result<(), Error> {
     let ns = base.namespace().unwrap_or_default();
     let ar = kube_io::resource(
         &format!("{}/{}", base_core::crd::GROUP, base_core::crd::VERSION),
         kind.as_str(),
     );
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
-    // resourceVersion makes this a compare-and-swap: a concurrent change gets 409 and a re-read.
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": base.resource_version()}});
+    let current = base.finalizers();
+    let ops = if add {
+        if current.is_empty() {
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+            ])
+        } else {
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": current},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+            ])
+        }
+    } else {
+        let Some(i) = current.iter().position(|f| f == FINALIZER) else {
+            return Ok(());
+        };
+        json!([
+            {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": FINALIZER},
+            {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+        ])
+    };
+    let patch: json_patch::Patch = serde_json::from_value(ops).map_err(Error::Json)?;
     ctx.metrics.write("patch", kind.as_str());
     api.patch(
         &base.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(patch),
+        &Patch::Json::<()>(patch),
     )
     .await?;
     Ok(())
@@ -268,10 +286,8 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     if !deleting && !has_finalizer {
-        let mut f = base.finalizers().to_vec();
-        f.push(FINALIZER.to_string());
-        patch_finalizers(&ctx, kind, &base, f).await?;
-        return Ok(Action::requeue(Duration::from_millis(100)));
+        // Then go on in this same pass: the cache may not show the finalizer for a moment.
+        patch_finalizers(&ctx, kind, &base, true).await?;
     }
 
     let (mut observed, pods) = kube_io::observe(&ctx, &base).await?;
@@ -331,13 +347,7 @@ async fn reconcile(
                 ctx.metrics.write("create", "Event");
                 let _ = ctx.recorder.publish(&ev, &base_ref).await;
             }
-            let f: Vec<String> = base
-                .finalizers()
-                .iter()
-                .filter(|f| *f != FINALIZER)
-                .cloned()
-                .collect();
-            patch_finalizers(&ctx, kind, &base, f).await?;
+            patch_finalizers(&ctx, kind, &base, false).await?;
             ctx.writers.untrack(&key);
             info!(base = %key.2, namespace = %key.1, "cleanup done; finalizer removed");
             return Ok(Action::await_change());
@@ -367,7 +377,9 @@ fn error_policy(uid: Option<String>, err: &Error, ctx: &Context) -> Action {
         .unwrap_or(1);
     let wait = backoff(n);
     // A 409 means we planned on a stale read: re-read soon rather than back off far.
-    let wait = if matches!(err, Error::Kube(kube::Error::Api(s)) if s.code == 409) {
+    // A failed JSON-patch test (422) likewise means our read was stale.
+    let wait = if matches!(err, Error::Kube(kube::Error::Api(s)) if s.code == 409 || s.code == 422)
+    {
         Duration::from_millis(200)
     } else {
         wait
