@@ -485,9 +485,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 scoped::<k8s_openapi::api::core::v1::Service>(&client, &ns),
                 watcher::Config::default(),
             )
-            .owns(
+            // Pods are owned by the StatefulSet, not the Base: map them by their Base label, so
+            // readiness and writer-label changes re-plan their Base at once.
+            .watches(
                 scoped::<Pod>(&client, &ns),
                 watcher::Config::default().labels(base_core::reconcile::objects::LABEL_BASE),
+                |pod: Pod| {
+                    let base = pod
+                        .labels()
+                        .get(base_core::reconcile::objects::LABEL_BASE)
+                        .cloned();
+                    base.map(|b| ObjectRef::new(&b).within(&pod.namespace().unwrap_or_default()))
+                },
             )
         }};
     }

@@ -285,7 +285,10 @@ impl Plan {
 }
 
 /// Requeue soon while something is moving, so progress doesn't wait for the resync.
-const PROGRESS_REQUEUE_MS: u64 = 5_000;
+/// Owned objects and pods are watched, so this is only a safety net for what no watch reports.
+const PROGRESS_REQUEUE_MS: u64 = 30_000;
+/// Deletion waits on PVCs, which are not watched: look again soon.
+const CLEANUP_REQUEUE_MS: u64 = 2_000;
 
 /// Plans a `Base`.
 #[must_use]
@@ -678,6 +681,6 @@ fn plan_cleanup(
     }
     plan.finalized = done;
     if !done {
-        plan.requeue_after_ms = PROGRESS_REQUEUE_MS;
+        plan.requeue_after_ms = CLEANUP_REQUEUE_MS;
     }
 }
