@@ -261,7 +261,9 @@ pub fn validate(name: &str, spec: &BaseSpec) -> Result<GatewayTimings, InvalidSp
             || p.len() > 63
             || !p
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || !p.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !p.ends_with(|c: char| c.is_ascii_alphanumeric()))
     {
         errs.push(FieldError::new(
             "spec.partOf",

@@ -137,3 +137,28 @@ fn wire_quantities_are_finite() {
     assert!(parse_quantity("1e308").is_ok_and(f64::is_finite));
     assert_eq!(parse_quantity("0e10"), Ok(0.0));
 }
+
+/// `base_cr`: `spec.partOf: "hanz."` passed validation, and every object got the label
+/// `app.kubernetes.io/part-of=hanz.`, which the API server refuses (a label value must begin and
+/// end with a letter or digit).
+#[test]
+fn base_cr_part_of_must_be_a_label_value() {
+    use base_core::validate::validate;
+    let doc = |p: &str| {
+        format!(
+            "apiVersion: hanzo.ai/v1\nkind: Base\nmetadata: {{name: a}}\nspec:\n  image: {{repository: x}}\n  storage: {{size: 1Gi}}\n  partOf: {p:?}\n"
+        )
+    };
+    for bad in ["hanz.", ".hanzo", "-a", "a_", "a b"] {
+        let (_, base) = manifest::parse(&doc(bad)).expect(bad);
+        let err = validate("a", &base.spec).expect_err(bad);
+        assert!(
+            err.0.iter().any(|e| e.field == "spec.partOf"),
+            "{bad}: {err}"
+        );
+    }
+    for good in ["hanzo", "a.b_c-d", "A1", "x"] {
+        let (_, base) = manifest::parse(&doc(good)).expect(good);
+        assert!(validate("a", &base.spec).is_ok(), "{good}");
+    }
+}
