@@ -27,6 +27,10 @@ pub const FORWARD_HOP_MS: u64 = 2;
 /// How long the agent waits for a majority to hold a write before answering "unknown".
 pub const COMMIT_TIMEOUT_MS: u64 = 1_000;
 const COMMIT_POLL_MS: u64 = 5;
+/// How often the agent re-reads its pod's annotations file (adapter-k8s `agent::fence::FENCE_POLL`).
+pub const FENCE_POLL_MS: u64 = 1_000;
+/// Invariant 8's name in reports.
+const FENCED: &str = "8 a fenced node accepts no write";
 
 /// The replication position of a log: compares like Raft's (last term, last index).
 pub fn position(log: &[Entry]) -> u64 {
@@ -57,6 +61,9 @@ impl World {
     /// The process of `ordinal` starts: a new agent from what its PVC holds.
     pub fn boot_agent(&mut self, ordinal: i32) -> Option<u64> {
         let size = self.k8s.pods.get(&ordinal)?.cluster_size;
+        // The agent reads the fence before its node may campaign (adapter-k8s `agent::run`).
+        let fenced =
+            self.k8s.pods.get(&ordinal)?.fence_file && self.cfg.bug != Some(Bug::IgnoreFence);
         let pvc = self.k8s.pvcs.get(&ordinal)?;
         let persisted = pvc.persisted.clone();
         let pos = position(&pvc.log);
@@ -73,6 +80,8 @@ impl World {
             now,
         )
         .expect("a valid peer set");
+        let effects = node.step(now, Input::SetFenced(fenced));
+        assert!(effects.is_empty());
         let effects = node.step(now, Input::Position(pos));
         assert!(effects.is_empty());
         let slot = &mut self.replicas[ordinal as usize];
@@ -87,15 +96,17 @@ impl World {
             match_index: BTreeMap::new(),
             commit: 0,
             next_append_at: now,
+            next_fence_read: now.saturating_add(Millis(FENCE_POLL_MS)),
         });
         self.stats.pod_starts += 1;
         self.ev(format!(
-            "{} starts: term {} voted {:?} log {} cluster of {}",
+            "{} starts: term {} voted {:?} log {} cluster of {}{}",
             pod_id(ordinal),
             persisted.term,
             persisted.voted_for.map(|v| v.0),
             log_len,
-            size
+            size,
+            if fenced { ", fenced" } else { "" }
         ));
         Some(incarnation)
     }
@@ -182,6 +193,16 @@ impl World {
             }
         }
         self.stats.terms += 1;
+        if self.replicas[ordinal as usize]
+            .agent
+            .as_ref()
+            .is_some_and(|a| a.node.is_fenced())
+        {
+            self.fail(
+                FENCED,
+                format!("{} is fenced and wins term {term}", pod_id(ordinal)),
+            );
+        }
         let log_len = self.log(ordinal).len() as u64;
         // Raft's no-op: the first entry of the term, so that every append of this term ends with
         // an entry of this term and a follower's position only grows.
@@ -217,6 +238,17 @@ impl World {
             return;
         };
         if agent.node.can_accept_writes(now) {
+            if agent.node.is_fenced() {
+                let term = agent.node.term();
+                self.fail(
+                    FENCED,
+                    format!(
+                        "{} is fenced and may accept writes in term {term}",
+                        pod_id(ordinal)
+                    ),
+                );
+                return;
+            }
             let lease_until = agent
                 .node
                 .writer_view(now)
@@ -337,6 +369,7 @@ impl World {
         }
         let mut out = self.step_agent(ordinal, Input::Tick);
         let now = self.local(ordinal);
+        out.extend(self.read_fence_file(ordinal, now));
         let heartbeat = self.cfg.timing.heartbeat_interval_ms();
         let due = self
             .agent_mut(ordinal)
@@ -347,6 +380,58 @@ impl World {
             out.extend(self.appends(ordinal, None));
         }
         Some(out)
+    }
+
+    /// How long (ms) the fence of `ordinal` is overdue: its pod's annotations file has said fenced
+    /// for longer than the agent takes to read it (one `FENCE_POLL_MS` on a clock up to ρ/2 slow,
+    /// plus a tick), counted from the later of that change and the process' last resume.
+    pub fn fence_overdue(&self, ordinal: i32) -> Option<u64> {
+        let since = self.k8s.pods.get(&ordinal)?.fence_file_since?;
+        let from = since.max(self.replicas[ordinal as usize].resumed_ns);
+        let half_drift = self.cfg.timing.drift_bound_ppm() / 2;
+        let bound_ms = FENCE_POLL_MS + FENCE_POLL_MS * half_drift / 1_000_000 + 2 * TICK_MS;
+        let late = self.now_ns().checked_sub(from + bound_ms * 1_000_000)?;
+        (late > 0).then_some(late / 1_000_000 + bound_ms)
+    }
+
+    /// Every `FENCE_POLL_MS`: the agent re-reads its pod's annotations file; a change becomes
+    /// `Input::SetFenced` (adapter-k8s `agent::fence::watch`).
+    fn read_fence_file(&mut self, ordinal: i32, now: Millis) -> Vec<Out> {
+        let Some(a) = self.agent_mut(ordinal).filter(|a| now >= a.next_fence_read) else {
+            return Vec::new();
+        };
+        a.next_fence_read = now.saturating_add(Millis(FENCE_POLL_MS));
+        let (was, role) = (a.node.is_fenced(), a.node.role());
+        let fenced = self.k8s.pods.get(&ordinal).is_some_and(|p| p.fence_file)
+            && self.cfg.bug != Some(Bug::IgnoreFence);
+        if fenced == was {
+            return Vec::new();
+        }
+        self.ev(format!(
+            "{} reads its annotations: {} ({role:?})",
+            pod_id(ordinal),
+            if fenced { "fenced" } else { "unfenced" }
+        ));
+        if fenced {
+            self.stats.fences_applied += 1;
+            if role == Role::Writer {
+                self.stats.fenced_writers += 1;
+            }
+        }
+        let out = self.step_agent(ordinal, Input::SetFenced(fenced));
+        // Invariant 8: from this instant on, the node may not accept writes.
+        let now_ns = self.now_ns();
+        if fenced
+            && self.replicas[ordinal as usize]
+                .accept
+                .is_some_and(|(_, until)| until > now_ns)
+        {
+            self.fail(
+                FENCED,
+                format!("{} is fenced but may still accept writes", pod_id(ordinal)),
+            );
+        }
+        out
     }
 
     /// A packet reached the agent of `ordinal`.
@@ -588,7 +673,16 @@ impl World {
 
     /// The agent's check when a write arrives.
     pub fn admit_write(&mut self, ordinal: i32, incarnation: u64, term: Term) -> Result<(), Term> {
-        self.may_write(ordinal, incarnation, term)
+        let admitted = self.may_write(ordinal, incarnation, term);
+        if admitted.is_err()
+            && self.replicas[ordinal as usize]
+                .agent
+                .as_ref()
+                .is_some_and(|a| a.node.is_fenced())
+        {
+            self.stats.writes_refused_fenced += 1;
+        }
+        admitted
     }
 
     /// A pause armed for this writer strikes between the agent's check and the store applying the
@@ -623,6 +717,25 @@ impl World {
             term,
             write: Some(write),
         };
+        if self.replicas[ordinal as usize]
+            .agent
+            .as_ref()
+            .is_some_and(|a| a.node.is_fenced())
+        {
+            self.fail(
+                FENCED,
+                format!("{} is fenced and applies {entry}", pod_id(ordinal)),
+            );
+        }
+        if let Some(ms) = self.fence_overdue(ordinal) {
+            self.fail(
+                FENCED,
+                format!(
+                    "{} applies {entry} {ms} ms after its pod's annotations file said fenced",
+                    pod_id(ordinal)
+                ),
+            );
+        }
         let pvc = self.k8s.pvcs.get_mut(&ordinal).expect("a pod has its PVC");
         pvc.log.push(entry);
         let index = pvc.log.len() as u64;

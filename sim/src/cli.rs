@@ -10,13 +10,17 @@ use std::time::Instant;
 
 const USAGE: &str = "\
 usage:
-  cargo sim run --seed N [--bug no-recheck|lease-overrun] [--membership-faults] [--quiet]
+  cargo sim run --seed N [--bug BUG] [--membership-faults] [--poll-ms N] [--quiet]
       one seed: its timeline (every event), the figures, and any violation with its trace
   cargo sim campaign [--seeds 1000] [--start 0] [--jobs 2] [--bug …] [--membership-faults]
       many seeds in parallel processes; ends with one line of key=value figures
-  --poll-ms N: force leaderPollInterval (default: drawn from 200 and 500 ms per seed)
-  --membership-faults: let faults strike while a scale change rolls out (a known hole: the
-      election has no joint consensus, so this can split the brain)
+  --bug: plant a bug the checkers must catch: no-recheck, lease-overrun, ignore-fence,
+      early-done, unfenced-plan, or fixed-poll (no early writer poll: counted, not a violation)
+  --poll-ms N: force leaderPollInterval (default: drawn from 200, 500, 1000, 2000 ms per seed)
+  --fresh-operator-writer: model the operator fix the sim found missing (the reconcile
+      observes no writer once the lease of the one its poll task last saw has passed)
+  --membership-faults: let faults, switchovers and fences strike while a scale change rolls
+      out (a known hole: the election has no joint consensus, so this can split the brain)
   cargo sim worker --start S --step K --count N [--bug …]
       (internal) the seeds S, S+K, … one result line each";
 
@@ -32,6 +36,7 @@ struct Args {
     quiet: bool,
     membership_faults: bool,
     poll_ms: Option<u64>,
+    fresh_operator_writer: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -47,6 +52,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         quiet: false,
         membership_faults: false,
         poll_ms: None,
+        fresh_operator_writer: false,
     };
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
@@ -56,6 +62,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
         }
         if flag == "--membership-faults" {
             a.membership_faults = true;
+            continue;
+        }
+        if flag == "--fresh-operator-writer" {
+            a.fresh_operator_writer = true;
             continue;
         }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -116,6 +126,12 @@ fn line_of(report: &Report, wall_ms: u64) -> SeedLine {
         live_ms: report.live_ms.unwrap_or(0),
         refused: report.stats.writes_refused_by_gateway,
         refused_with_writer: report.stats.no_writer_while_one_accepts,
+        op_no_writer: report.stats.operator_no_writer_while_one_accepts,
+        forgot_writer: report.stats.gateway_forgot_live_writer
+            + report.stats.operator_forgot_live_writer,
+        switchovers_done: report.stats.switchovers_done,
+        switchovers_refused: report.stats.switchovers_refused,
+        fences: report.stats.fences_applied,
         violation: report
             .violation
             .as_ref()
@@ -131,6 +147,7 @@ fn run_one(a: &Args) -> ExitCode {
         keep_trace: !a.quiet,
         membership_faults: a.membership_faults,
         poll_ms: a.poll_ms,
+        fresh_operator_writer: a.fresh_operator_writer,
     };
     let t = Instant::now();
     let report = run_seed(a.seed, &options);
@@ -143,7 +160,7 @@ fn run_one(a: &Args) -> ExitCode {
     }
     let s = &report.stats;
     println!(
-        "seed {}: {} simulated ms in {wall_ms} wall ms; {} writes acknowledged, {} failed, {} rejected ({} no_writer at the gateway, {} of them while a node accepted writes), {} reads; {} terms; failovers {:?} ms; heal→live {:?} ms, →converged {:?} ms; {} plans, {} API writes, {} transfers, {} process starts; {} messages; trace hash {:016x}",
+        "seed {}: {} simulated ms in {wall_ms} wall ms; {} writes acknowledged, {} failed, {} rejected ({} no_writer at the gateway, {} of them while a node accepted writes), {} reads; {} terms; failovers {:?} ms; heal→live {:?} ms, →converged {:?} ms; {} plans ({} saw no writer while a node accepted writes); a healthy writer forgotten between polls {} times by the gateway, {} by the operator; {} API writes, {} transfers, {} process starts; switchovers {} done, {} refused ({} fenced targets); {} fences applied ({} of a writer), {} writes refused by a fenced node; {} messages; trace hash {:016x}",
         report.seed,
         report.sim_ms,
         s.acked_writes,
@@ -157,9 +174,18 @@ fn run_one(a: &Args) -> ExitCode {
         report.live_ms,
         report.converge_ms,
         s.plans,
+        s.operator_no_writer_while_one_accepts,
+        s.gateway_forgot_live_writer,
+        s.operator_forgot_live_writer,
         s.api_writes,
         s.transfers,
         s.pod_starts,
+        s.switchovers_done,
+        s.switchovers_refused,
+        s.switchovers_refused_fenced,
+        s.fences_applied,
+        s.fenced_writers,
+        s.writes_refused_fenced,
         report.messages,
         report.trace_hash
     );
@@ -182,6 +208,7 @@ fn worker(a: &Args) -> ExitCode {
         keep_trace: false,
         membership_faults: a.membership_faults,
         poll_ms: a.poll_ms,
+        fresh_operator_writer: a.fresh_operator_writer,
     };
     let stdout = std::io::stdout();
     for i in 0..a.count {
@@ -234,6 +261,9 @@ fn campaign(a: &Args) -> ExitCode {
         }
         if let Some(ms) = a.poll_ms {
             cmd.args(["--poll-ms", &ms.to_string()]);
+        }
+        if a.fresh_operator_writer {
+            cmd.arg("--fresh-operator-writer");
         }
         match cmd.spawn() {
             Ok(c) => children.push(c),
@@ -315,6 +345,14 @@ fn campaign(a: &Args) -> ExitCode {
     println!(
         "writes refused by the gateway (503 no_writer): {}; of them while a node could accept writes: {}",
         summary.refused, summary.refused_with_writer
+    );
+    println!(
+        "operator passes that saw no writer while a node could accept writes: {}; a healthy writer forgotten between polls, with no fault in the way: {} times; switchovers: {} done, {} refused; fences applied by agents: {}",
+        summary.op_no_writer,
+        summary.forgot_writer,
+        summary.switchovers_done,
+        summary.switchovers_refused,
+        summary.fences
     );
     println!(
         "worst heal→first write: {} ms (bound {}); worst heal→converged: {} ms (bound {})",

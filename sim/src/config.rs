@@ -41,6 +41,15 @@ pub enum Bug {
     /// The store accepts writes for this many ms past the writer's lease: a lease longer than the
     /// followers' election timeout, which `Timing::new` refuses, planted on the sim side.
     LeaseOverrun(u64),
+    /// The agent never reads its pod's annotations file: fencing never reaches the election.
+    IgnoreFence,
+    /// The operator reports a switchover `Done` as soon as it asks the writer to hand over.
+    EarlyDone,
+    /// The operator plans as if the Base had no `hanzo.ai/fenced-instances` annotation.
+    UnfencedPlan,
+    /// The gateway and the operator poll every replica at the fixed interval, as before the
+    /// writer was polled again before its lease passes.
+    FixedPoll,
 }
 
 impl Bug {
@@ -48,8 +57,12 @@ impl Bug {
         match s {
             "no-recheck" => Ok(Bug::NoRecheck),
             "lease-overrun" => Ok(Bug::LeaseOverrun(5_000)),
+            "ignore-fence" => Ok(Bug::IgnoreFence),
+            "early-done" => Ok(Bug::EarlyDone),
+            "unfenced-plan" => Ok(Bug::UnfencedPlan),
+            "fixed-poll" => Ok(Bug::FixedPoll),
             _ => Err(format!(
-                "unknown bug {s:?}: expected no-recheck or lease-overrun"
+                "unknown bug {s:?}: expected no-recheck, lease-overrun, ignore-fence, early-done, unfenced-plan or fixed-poll"
             )),
         }
     }
@@ -58,6 +71,10 @@ impl Bug {
         match self {
             Bug::NoRecheck => "no-recheck",
             Bug::LeaseOverrun(_) => "lease-overrun",
+            Bug::IgnoreFence => "ignore-fence",
+            Bug::EarlyDone => "early-done",
+            Bug::UnfencedPlan => "unfenced-plan",
+            Bug::FixedPoll => "fixed-poll",
         }
     }
 }
@@ -78,6 +95,43 @@ pub enum SpecChange {
     Image(String),
     /// A new `spec.replicas` (odd).
     Scale(i32),
+}
+
+/// Whom a switchover asks for, resolved when the request is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchoverTo {
+    /// A running replica that is not the writer.
+    Follower,
+    /// The writer itself (nothing to do: `Done` at once).
+    Writer,
+    /// A replica the Base fences now (any follower when none is): must be `Refused`.
+    Fenced,
+    /// This ordinal, whether or not it is a replica of the Base now.
+    Ordinal(i32),
+}
+
+/// Which replicas a fence takes out of the writer's seat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FenceWhich {
+    One(Target),
+    /// `["*"]`.
+    All,
+}
+
+/// A user's request through the Base's annotations, as `kubectl base switchover/fence/unfence`
+/// makes it; the operator performs it through the core's plan (`reconcile::operations`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// `hanzo.ai/switchover-to: <pod>`.
+    Switchover(SwitchoverTo),
+    /// Adds the pod (or `*`) to `hanzo.ai/fenced-instances`; with `for_ms`, takes it out again
+    /// after that long, else it stays until an `Unfence` or the heal.
+    Fence {
+        which: FenceWhich,
+        for_ms: Option<u64>,
+    },
+    /// Removes `hanzo.ai/fenced-instances`.
+    Unfence,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +179,8 @@ pub enum Fault {
         for_ms: u64,
     },
     Spec(SpecChange),
+    /// A switchover or a fence, set on the Base mid-run (not a fault, but struck like one).
+    Op(Operation),
 }
 
 impl Fault {
@@ -169,8 +225,13 @@ pub struct Options {
     /// seeds). Off, a scale change waits until no fault is active and faults wait until the new
     /// peer set is in place, and only that is checked.
     pub membership_faults: bool,
-    /// Force `leaderPollInterval` (ms) instead of drawing it from {200, 500}.
+    /// Force `leaderPollInterval` (ms) instead of drawing it from {200, 500, 1000, 2000}.
     pub poll_ms: Option<u64>,
+    /// Model a fix the operator lacks: the writer its poll task hands the reconcile carries its
+    /// lease, and the reconcile observes no writer once that lease passed (on the operator's
+    /// clock). Without it, a round held up by an unreachable pod (2 s timeout) leaves the
+    /// reconcile a writer deposed meanwhile.
+    pub fresh_operator_writer: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -179,6 +240,7 @@ pub struct SimConfig {
     pub bug: Option<Bug>,
     pub keep_trace: bool,
     pub membership_faults: bool,
+    pub fresh_operator_writer: bool,
     pub timing: Timing,
     pub initial_replicas: i32,
     pub retention: &'static str,
@@ -212,9 +274,9 @@ impl SimConfig {
         let operator_clock = clock(&mut rng);
         let initial_replicas = if rng.percent(25) { 5 } else { 3 };
         let retention = if rng.percent(50) { "Retain" } else { "Delete" };
-        // Shorter than the lease (900 ms): with a longer interval the tracker forgets the writer
-        // between polls (see `Options::poll_ms` and README "Simulation").
-        let drawn_poll_ms = *rng.pick(&[200, 500]);
+        // Shorter and longer than the lease (900 ms): the pollers poll the writer again before
+        // its lease passes, whatever the interval (`poll::next_poll_in_ms`); 1 s is the CRD's default.
+        let drawn_poll_ms = *rng.pick(&[200, 500, 1_000, 2_000]);
         let poll_interval_ms = options.poll_ms.unwrap_or(drawn_poll_ms);
         let ryw_ttl_ms = *rng.pick(&[1_000, 5_000]);
         let latency_ms = (1, rng.range(2, 10));
@@ -276,12 +338,40 @@ impl SimConfig {
             };
             faults.push(Scheduled { at_ms, fault });
         }
+        // Switchovers and fences, drawn after the faults so that those keep their draws.
+        for _ in 0..rng.range(0, 3) {
+            let at_ms = FAULTS_FROM_MS + rng.below(FAULT_PHASE_MS - 2_000);
+            let op = match rng.below(100) {
+                0..=44 => Operation::Switchover(match rng.below(100) {
+                    0..=59 => SwitchoverTo::Follower,
+                    60..=69 => SwitchoverTo::Writer,
+                    70..=84 => SwitchoverTo::Fenced,
+                    _ => {
+                        SwitchoverTo::Ordinal(rng.range_i64(0, i64::from(MAX_ORDINALS) - 1) as i32)
+                    }
+                }),
+                45..=79 => Operation::Fence {
+                    which: match rng.below(100) {
+                        0..=39 => FenceWhich::One(Target::Writer),
+                        40..=74 => FenceWhich::One(Target::Follower),
+                        _ => FenceWhich::All,
+                    },
+                    for_ms: rng.percent(50).then(|| rng.range(1_000, 8_000)),
+                },
+                _ => Operation::Unfence,
+            };
+            faults.push(Scheduled {
+                at_ms,
+                fault: Fault::Op(op),
+            });
+        }
         faults.sort_by_key(|s| s.at_ms);
         SimConfig {
             seed,
             bug: options.bug,
             keep_trace: options.keep_trace,
             membership_faults: options.membership_faults,
+            fresh_operator_writer: options.fresh_operator_writer,
             timing,
             initial_replicas,
             retention,

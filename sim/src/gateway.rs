@@ -2,15 +2,18 @@
 //! replica's `/_ha/leader` over the simulated network, routing the clients' requests. Plus the
 //! client tasks that send them.
 
+use crate::config::Bug;
+use crate::poll::{GATEWAY_POLL_TIMEOUT_MS, OPERATOR_POLL_TIMEOUT_MS, next_poll_in_ms};
 use crate::world::{
-    ClientOp, ClientResult, Host, Packet, Poller, Shared, World, WriteId, WriteReply, agent_addr,
+    ClientOp, ClientResult, Host, Packet, Shared, World, WriteId, WriteReply, agent_addr,
     gateway_addr, lock, pod_id,
 };
-use base_core::Term;
 use base_core::tracker::{
     AfterOutcome, Attempt, ClientHeaders, ClientId, Delivery, Forward, Outcome, PollEffect,
-    PollResult, Request, RequestKind, Route, client_identity, parse_leader_claim,
+    PollResult, Request, RequestKind, Route, Tracker, TrackerConfig, client_identity,
+    parse_leader_claim,
 };
+use base_core::{Millis, Term};
 use madsim::net::Endpoint;
 use std::time::Duration;
 
@@ -18,6 +21,9 @@ use std::time::Duration;
 pub const FORWARD_TIMEOUT_MS: u64 = 1_500;
 /// How long a client waits for the gateway.
 pub const CLIENT_TIMEOUT_MS: u64 = 3_000;
+
+/// How often a waiting poll looks whether the process it waits on died (its connection reset).
+const RESET_CHECK: Duration = Duration::from_millis(20);
 
 /// Whose tracker a poll feeds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,23 +33,18 @@ pub enum Who {
 }
 
 impl World {
-    fn poller(&mut self, who: Who) -> &mut Poller {
-        match who {
-            Who::Gateway => &mut self.gateway,
-            Who::Operator => &mut self.operator,
-        }
-    }
-
     pub fn next_poll_seq(&mut self, who: Who) -> u64 {
-        let p = self.poller(who);
-        p.seq += 1;
-        p.seq
+        let seq = match who {
+            Who::Gateway => &mut self.gateway.seq,
+            Who::Operator => &mut self.operator.seq,
+        };
+        *seq += 1;
+        *seq
     }
 
-    /// A poll of replica `ordinal` ended: its answer's body, or nothing in time.
-    pub fn poll_result(&mut self, who: Who, ordinal: i32, body: Option<Vec<u8>>) {
-        let now_ns = self.now_ns();
-        let result = match body.as_deref().map(parse_leader_claim) {
+    /// A poll's answer as the tracker takes it.
+    fn poll_outcome(&mut self, ordinal: i32, body: Option<Vec<u8>>) -> PollResult {
+        match body.as_deref().map(parse_leader_claim) {
             Some(Ok(claim)) => PollResult::Answered(claim),
             Some(Err(e)) => {
                 self.fail(
@@ -53,19 +54,133 @@ impl World {
                 PollResult::Failed
             }
             None => PollResult::Failed,
-        };
-        let p = self.poller(who);
+        }
+    }
+
+    /// A gateway poll of replica `ordinal` ended: its answer's body, or nothing in time. Returns
+    /// how long until the next poll of that replica (adapter-k8s `gateway::poll::next_poll_in`).
+    pub fn poll_result(&mut self, ordinal: i32, body: Option<Vec<u8>>) -> u64 {
+        let now_ns = self.now_ns();
+        let result = self.poll_outcome(ordinal, body);
+        let p = &mut self.gateway;
         if let PollResult::Answered(claim) = &result {
             p.max_term_seen = p.max_term_seen.max(claim.term);
         }
         let now = p.clock.local_ms(now_ns);
         let effect = p.tracker.on_poll(now, ordinal as usize, result);
-        if who == Who::Gateway
-            && let PollEffect::WriterChanged { writer, term } = effect
-        {
+        let writer = p.tracker.writer(now);
+        if let Some((ix, term, _)) = writer {
+            p.named = Some((ix as i32, term));
+        }
+        let lease = writer
+            .filter(|(ix, _, _)| *ix == ordinal as usize)
+            .map(|(_, _, lease)| (lease.0, now.0));
+        if let PollEffect::WriterChanged { writer, term } = effect {
             let w = writer.map_or("none".to_string(), |w| pod_id(w as i32).0);
             self.ev(format!("gateway: writer is {w} at term {term}"));
         }
+        let lease = lease.filter(|_| self.cfg.bug != Some(Bug::FixedPoll));
+        next_poll_in_ms(self.cfg.poll_interval_ms, lease)
+    }
+
+    /// The operator's poll task starts a round: the targets the last reconcile handed over, the
+    /// tracker rebuilt when they changed (`None`, as there, when there is none to poll).
+    pub fn operator_round_start(&mut self) -> Option<Vec<i32>> {
+        let targets = self.operator.targets.clone();
+        if self
+            .operator
+            .tracker
+            .as_ref()
+            .is_none_or(|(t, _)| *t != targets)
+        {
+            let ids = targets.iter().map(|o| pod_id(*o)).collect();
+            // The operator keeps no read-your-writes pins (`TrackerConfig::new(interval, 0)`).
+            let cfg = TrackerConfig::new(Millis(self.cfg.poll_interval_ms), Millis(0));
+            self.operator.tracker = Tracker::new(ids, cfg).ok().map(|t| (targets.clone(), t));
+        }
+        self.operator.tracker.as_ref().map(|(t, _)| t.clone())
+    }
+
+    /// The poller (`via`) last named `writer` (same node, same term) as the writer and knows no
+    /// writer now, while `writer` still accepts writes and the cluster was whole and undisturbed
+    /// for a whole poll (interval and timeout) before: a healthy writer forgotten between polls
+    /// (what polling the writer before its lease passes prevents).
+    pub fn forgot_live_writer(&self, writer: i32, named: Option<(i32, Term)>, via: Host) -> bool {
+        let term = self.replicas[writer as usize]
+            .agent
+            .as_ref()
+            .map(|a| a.node.term());
+        let timeout = match via {
+            Host::Operator => OPERATOR_POLL_TIMEOUT_MS,
+            _ => GATEWAY_POLL_TIMEOUT_MS,
+        };
+        let quiet_for = (self.cfg.poll_interval_ms + timeout) * 1_000_000;
+        let calm = self.now_ns() > self.disturbed_ns + quiet_for;
+        // The operator polls only pods with an IP that are not being deleted.
+        let polled = via != Host::Operator
+            || self
+                .operator
+                .tracker
+                .as_ref()
+                .is_some_and(|(targets, _)| targets.contains(&writer));
+        calm && polled && named.is_some_and(|(o, t)| o == writer && Some(t) == term)
+    }
+
+    /// A poll connects to the process of `ordinal`: its incarnation, or `None` when no process
+    /// listens (connection refused: the poll fails at once).
+    pub fn poll_connect(&self, ordinal: i32) -> Option<u64> {
+        self.replicas[ordinal as usize]
+            .agent
+            .as_ref()
+            .map(|a| a.incarnation)
+    }
+
+    /// The process a poll is waiting on died (its socket closes: the poll fails at once). A
+    /// paused process, or one behind a cut link, keeps the poll waiting until its timeout.
+    pub fn poll_reset(&self, ordinal: i32, incarnation: u64) -> bool {
+        self.poll_connect(ordinal) != Some(incarnation)
+    }
+
+    /// The round is over: every answer is fed at once, the writer the tracker then names is what
+    /// the reconcile observes (a change wakes it). Returns how long until the next round.
+    pub fn operator_round_end(&mut self, results: Vec<Option<Vec<u8>>>) -> u64 {
+        let interval = self.cfg.poll_interval_ms;
+        let results: Vec<PollResult> = {
+            let targets = match &self.operator.tracker {
+                Some((t, _)) => t.clone(),
+                None => return interval,
+            };
+            targets
+                .iter()
+                .zip(results)
+                .map(|(o, body)| self.poll_outcome(*o, body))
+                .collect()
+        };
+        let now = self.operator_now();
+        let Some((targets, tracker)) = self.operator.tracker.as_mut() else {
+            return interval;
+        };
+        for (ix, r) in results.into_iter().enumerate() {
+            let _ = tracker.on_poll(now, ix, r);
+        }
+        let writer = tracker.writer(now).map(|(ix, term, _)| (targets[ix], term));
+        if writer.is_some() {
+            self.operator.named = writer;
+        }
+        let lease = tracker.writer(now).map(|(_, _, lease)| (lease.0, now.0));
+        self.operator.writer_lease = lease.map(|(l, _)| Millis(l));
+        if writer != self.operator.writer {
+            self.operator.writer = writer;
+            self.operator.wake = true;
+            let w = writer.map_or("none".to_string(), |(o, t)| {
+                format!("{} at term {t}", pod_id(o))
+            });
+            self.ev(format!("operator: writer is {w}"));
+        }
+        next_poll_in_ms(
+            interval,
+            lease.filter(|_| self.cfg.bug != Some(Bug::FixedPoll)),
+        )
     }
 
     /// Where the gateway sends a client's request; checks invariant 3 on every write.
@@ -81,8 +196,15 @@ impl World {
             Route::Forward(f) => self.check_route(f),
             Route::Reject(_) if kind == RequestKind::Write => {
                 self.stats.writes_refused_by_gateway += 1;
-                if self.current_writer().is_some() {
+                if let Some(w) = self.current_writer() {
                     self.stats.no_writer_while_one_accepts += 1;
+                    if self.forgot_live_writer(w, self.gateway.named, Host::Gateway) {
+                        self.stats.gateway_forgot_live_writer += 1;
+                        self.ev(format!(
+                            "gateway refuses a write: it forgot the writer {}, which still accepts writes",
+                            pod_id(w)
+                        ));
+                    }
                 }
             }
             Route::Reject(_) => {}
@@ -198,42 +320,134 @@ impl World {
     }
 }
 
-/// Polls replica `ordinal` every poll interval, forever.
-pub async fn poll_loop(world: Shared, who: Who, ordinal: i32) {
-    let interval = lock(&world).cfg.poll_interval_ms;
+/// The gateway's poller of replica `ordinal` (adapter-k8s `gateway::poll::poll_loop`): poll,
+/// bounded by `--poll-timeout`, then wait `next_poll_in` from the poll's end, forever.
+pub async fn poll_loop(world: Shared, ordinal: i32) {
     let Ok(ep) = Endpoint::bind("0.0.0.0:0").await else {
         return;
     };
-    // Like the real gateway (adapter-k8s `gateway::poll`), every replica is polled at once, each
-    // interval: the pollers start together and keep their phase.
     loop {
         let started = madsim::time::Instant::now();
-        let seq = lock(&world).next_poll_seq(who);
-        let _ = ep
-            .send_to_raw(
-                agent_addr(ordinal),
-                0,
-                Box::new(Packet::LeaderQuery { seq }),
-            )
-            .await;
-        let deadline = started + Duration::from_millis(interval.min(1_000));
+        let (seq, conn) = {
+            let mut w = lock(&world);
+            (w.next_poll_seq(Who::Gateway), w.poll_connect(ordinal))
+        };
         let mut body = None;
-        while let Some(left) = deadline.checked_duration_since(madsim::time::Instant::now()) {
-            match madsim::time::timeout(left, ep.recv_from_raw(0)).await {
-                Ok(Ok((payload, _))) => {
-                    if let Ok(p) = payload.downcast::<Packet>()
-                        && let Packet::LeaderAnswer { seq: s, body: b } = *p
-                        && s == seq
-                    {
-                        body = Some(b);
-                        break;
+        if let Some(incarnation) = conn {
+            let _ = ep
+                .send_to_raw(
+                    agent_addr(ordinal),
+                    0,
+                    Box::new(Packet::LeaderQuery { seq }),
+                )
+                .await;
+            let deadline = started + Duration::from_millis(GATEWAY_POLL_TIMEOUT_MS);
+            // One receive stays pending across the reset checks: dropping it could lose an answer.
+            let mut recv = Box::pin(ep.recv_from_raw(0));
+            while let Some(left) = deadline.checked_duration_since(madsim::time::Instant::now()) {
+                match madsim::time::timeout(left.min(RESET_CHECK), &mut recv).await {
+                    Ok(Ok((payload, _))) => {
+                        recv = Box::pin(ep.recv_from_raw(0));
+                        if let Ok(p) = payload.downcast::<Packet>()
+                            && let Packet::LeaderAnswer { seq: s, body: b } = *p
+                            && s == seq
+                        {
+                            body = Some(b);
+                            break;
+                        }
                     }
+                    Ok(Err(_)) => break,
+                    Err(_) if lock(&world).poll_reset(ordinal, incarnation) => break,
+                    Err(_) => {}
                 }
-                _ => break,
             }
         }
-        lock(&world).poll_result(who, ordinal, body);
-        madsim::time::sleep_until(started + Duration::from_millis(interval)).await;
+        let wait_ms = lock(&world).poll_result(ordinal, body);
+        madsim::time::sleep(Duration::from_millis(wait_ms)).await;
+    }
+}
+
+/// The operator's poll task (adapter-k8s `controller::writers::poll_loop`): every target at once,
+/// each poll bounded by the client's timeout; the round lasts until the slowest poll ends; then
+/// the answers are fed, and the next round starts after `next_poll_in` from the round's end.
+pub async fn operator_poll_loop(world: Shared) {
+    let Ok(ep) = Endpoint::bind("0.0.0.0:0").await else {
+        return;
+    };
+    let interval = lock(&world).cfg.poll_interval_ms;
+    loop {
+        let Some(targets) = lock(&world).operator_round_start() else {
+            madsim::time::sleep(Duration::from_millis(interval)).await;
+            continue;
+        };
+        let started = madsim::time::Instant::now();
+        let mut bodies: Vec<Option<Vec<u8>>> = vec![None; targets.len()];
+        // Per target: the query's seq and the process it went to, or `None` once its poll ended.
+        let mut pending: Vec<Option<(u64, u64)>> = Vec::with_capacity(targets.len());
+        for &o in &targets {
+            let (conn, seq) = {
+                let mut w = lock(&world);
+                (w.poll_connect(o), w.next_poll_seq(Who::Operator))
+            };
+            let Some(incarnation) = conn else {
+                pending.push(None);
+                continue;
+            };
+            pending.push(Some((seq, incarnation)));
+            let _ = ep
+                .send_to_raw(agent_addr(o), 0, Box::new(Packet::LeaderQuery { seq }))
+                .await;
+        }
+        let deadline = started + Duration::from_millis(OPERATOR_POLL_TIMEOUT_MS);
+        // One receive stays pending across the reset checks: dropping it could lose an answer.
+        let mut recv = Box::pin(ep.recv_from_raw(0));
+        while pending.iter().any(Option::is_some)
+            && let Some(left) = deadline.checked_duration_since(madsim::time::Instant::now())
+        {
+            match madsim::time::timeout(left.min(RESET_CHECK), &mut recv).await {
+                Ok(Ok((payload, _))) => {
+                    recv = Box::pin(ep.recv_from_raw(0));
+                    if let Ok(p) = payload.downcast::<Packet>()
+                        && let Packet::LeaderAnswer { seq, body } = *p
+                        && let Some(i) = pending
+                            .iter()
+                            .position(|s| s.is_some_and(|(q, _)| q == seq))
+                    {
+                        pending[i] = None;
+                        bodies[i] = Some(body);
+                    }
+                }
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    let w = lock(&world);
+                    for (i, p) in pending.iter_mut().enumerate() {
+                        if p.is_some_and(|(_, inc)| w.poll_reset(targets[i], inc)) {
+                            *p = None;
+                        }
+                    }
+                }
+            }
+        }
+        let failed: Vec<i32> = targets
+            .iter()
+            .zip(&bodies)
+            .filter(|(_, b)| b.is_none())
+            .map(|(o, _)| *o)
+            .collect();
+        let wait_ms = {
+            let mut w = lock(&world);
+            if !failed.is_empty() {
+                let took = madsim::time::Instant::now()
+                    .duration_since(started)
+                    .as_millis();
+                w.ev(format!(
+                    "operator: a round of polls took {took} ms; no answer from {:?}",
+                    failed.iter().map(|o| pod_id(*o).0).collect::<Vec<_>>()
+                ));
+            }
+            w.operator_round_end(bodies)
+        };
+        madsim::time::sleep(Duration::from_millis(wait_ms)).await;
     }
 }
 

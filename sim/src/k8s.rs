@@ -7,13 +7,17 @@
 //! election state `{term, voted_for}` and the store's log live on the PVC, so they survive restarts;
 //! everything else of a process is lost when it dies.
 
-use crate::config::{BASE_NAME, NAMESPACE, SimConfig, SpecChange};
+use crate::config::{BASE_NAME, Bug, NAMESPACE, SimConfig, SpecChange};
 use crate::rng::Fnv;
+use crate::world::SwitchoverRequest;
 use crate::world::{Entry, World, ordinal_of, pod_id, pod_name};
+use base_core::Term;
 use base_core::crd::{Base, RetentionPolicy};
 use base_core::quasar::PersistedState;
+use base_core::reconcile::objects::{ANNOTATION_FENCED_INSTANCES, ANNOTATION_SWITCHOVER_TO};
 use base_core::reconcile::{
-    GatewayView, ObjectKey, Observed, OperatorConfig, PodView, WriterView, objects, plan, route,
+    CONDITION_SWITCHOVER, GatewayView, ObjectKey, Observed, OperatorConfig, Plan, PodView,
+    WriterView, objects, plan, route,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -22,8 +26,12 @@ use std::collections::BTreeMap;
 pub const READY_AFTER_MS: u64 = 1_000;
 /// How often the kubelet and the StatefulSet controller act.
 pub const CONTROLLER_TICK_MS: u64 = 100;
-/// How often the operator reconciles (as if watch events arrived this often).
+/// How often the operator reconciles (as if watch events arrived this often); a writer change
+/// seen by its poll task wakes it at once.
 pub const OPERATOR_LOOP_MS: u64 = 500;
+/// The kubelet rewrites a pod's downward-API annotations file this long (at most) after the
+/// annotation changed (in a real cluster its sync period can make this much longer).
+pub const FENCE_SYNC_MAX_MS: u64 = 1_500;
 
 /// A PVC's content: the persisted election state and the Base store.
 #[derive(Clone, Debug, Default)]
@@ -58,6 +66,15 @@ pub struct Pod {
     pub cluster_size: i32,
     pub phase: PodPhase,
     pub writer_label: bool,
+    /// The annotation `hanzo.ai/fenced: "true"` (set and cleared by the operator's plan).
+    pub fenced: bool,
+    /// What the pod's downward-API annotations file says (the kubelet catches up with the
+    /// annotation after a delay; the agent re-reads the file every `FENCE_POLL_MS`).
+    pub fence_file: bool,
+    /// When the kubelet next writes the annotations file (real ns), if it is behind.
+    pub fence_sync_at: Option<u64>,
+    /// Since when (real ns) the annotations file says fenced.
+    pub fence_file_since: Option<u64>,
 }
 
 pub struct K8s {
@@ -120,6 +137,23 @@ impl K8s {
 
     pub fn generation(&self) -> i64 {
         self.base.metadata.generation.unwrap_or(1)
+    }
+}
+
+/// The planted `early-done`: a switchover the plan is still performing is reported `Done`.
+fn plant_early_done(plan: &mut Plan) {
+    let asked = plan.transfer.is_some();
+    if let Some(c) = plan
+        .status
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == CONDITION_SWITCHOVER && c.reason == "InProgress")
+        && asked
+    {
+        c.reason = "Done".into();
+        plan.clear_annotations
+            .push(ANNOTATION_SWITCHOVER_TO.to_string());
+        plan.transfer = None;
     }
 }
 
@@ -193,6 +227,7 @@ impl World {
                 }
                 _ => {}
             }
+            self.sync_fence_file(ordinal, now);
         }
         // StatefulSet controller.
         let Some(sts) = self.k8s.sts().cloned() else {
@@ -227,6 +262,12 @@ impl World {
                         start_at: now + delay_ms * 1_000_000,
                     },
                     writer_label: false,
+                    // A new pod starts without the fencing annotation: the operator's plan adds
+                    // it (the agent reads the file before its node may campaign).
+                    fenced: false,
+                    fence_file: false,
+                    fence_sync_at: None,
+                    fence_file_since: None,
                 },
             );
             self.ev(format!(
@@ -268,6 +309,85 @@ impl World {
                 "updateRevision": update_revision,
             });
         }
+    }
+
+    /// The kubelet brings the pod's annotations file up to date with its annotations, after a delay.
+    fn sync_fence_file(&mut self, ordinal: i32, now: u64) {
+        let Some(pod) = self.k8s.pods.get(&ordinal) else {
+            return;
+        };
+        match pod.fence_sync_at {
+            None if pod.fence_file != pod.fenced => {
+                let at = now + self.rng.range(100, FENCE_SYNC_MAX_MS) * 1_000_000;
+                if let Some(pod) = self.k8s.pods.get_mut(&ordinal) {
+                    pod.fence_sync_at = Some(at);
+                }
+            }
+            Some(at) if now >= at => {
+                if let Some(pod) = self.k8s.pods.get_mut(&ordinal) {
+                    pod.fence_sync_at = None;
+                    if pod.fence_file != pod.fenced {
+                        pod.fence_file = pod.fenced;
+                        pod.fence_file_since = pod.fenced.then_some(now);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The pods in `hanzo.ai/fenced-instances` as the user wrote them (`*` for all).
+    pub fn fence_list(&self) -> Vec<String> {
+        self.k8s
+            .base
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_FENCED_INSTANCES))
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// Sets `hanzo.ai/fenced-instances` (removes it when `list` is empty), as `kubectl annotate`.
+    pub fn set_fence_list(&mut self, list: Vec<String>) {
+        let annotations = self
+            .k8s
+            .base
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        if list.is_empty() {
+            annotations.remove(ANNOTATION_FENCED_INSTANCES);
+        } else {
+            let value = serde_json::to_string(&list).expect("a list of names serialises");
+            annotations.insert(ANNOTATION_FENCED_INSTANCES.to_string(), value);
+        }
+        self.ev(format!(
+            "annotation {ANNOTATION_FENCED_INSTANCES}: {list:?}"
+        ));
+    }
+
+    /// Whether the Base's annotation fences `pod` (the checkers' own reading of it).
+    pub fn fence_annotated(&self, pod: &str) -> bool {
+        self.fence_list().iter().any(|p| p == "*" || p == pod)
+    }
+
+    /// Sets `hanzo.ai/switchover-to` and remembers the request for the checkers.
+    pub fn request_switchover(&mut self, target: String) {
+        let term_at_request = self.latest_writer().map_or(Term(0), |(t, _)| t);
+        self.k8s
+            .base
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANNOTATION_SWITCHOVER_TO.to_string(), target.clone());
+        self.ev(format!(
+            "annotation {ANNOTATION_SWITCHOVER_TO}: {target} (newest term {term_at_request})"
+        ));
+        self.checks.switchover = Some(SwitchoverRequest {
+            target,
+            term_at_request,
+        });
     }
 
     /// `kubectl delete pod` (or the StatefulSet removing an ordinal): a short grace period, then
@@ -313,6 +433,17 @@ impl World {
         self.ev(format!("spec change: {change:?} (generation {generation})"));
     }
 
+    /// The pods the operator's poll task polls (`controller::mod` `targets`): those with an IP
+    /// (their sandbox started) that are not being deleted.
+    fn poll_targets(&self) -> Vec<i32> {
+        self.k8s
+            .pods
+            .iter()
+            .filter(|(_, p)| matches!(p.phase, PodPhase::Running { .. } | PodPhase::Crashed { .. }))
+            .map(|(o, _)| *o)
+            .collect()
+    }
+
     /// What the operator observes, as the adapter would assemble it. Fields the core adds later
     /// keep their defaults (hence `..Default::default()`, needless or not).
     #[allow(clippy::needless_update)]
@@ -328,18 +459,16 @@ impl World {
                 revision: Some(p.revision.clone()),
                 terminating: matches!(p.phase, PodPhase::Terminating { .. }),
                 writer_label: p.writer_label,
+                fenced: p.fenced,
                 ..PodView::default()
             })
             .collect();
         let op_now = self.operator_now();
-        let writer = self
-            .operator
-            .tracker
-            .writer(op_now)
-            .map(|(ix, term, _)| WriterView {
-                pod: pod_name(ix as i32),
-                term: term.0,
-            });
+        // The writer as the poll task's last round left it (`Writers::track`).
+        let writer = self.operator_writer().map(|(o, term)| WriterView {
+            pod: pod_name(o),
+            term: term.0,
+        });
         Observed {
             now: op_now,
             objects: self.k8s.objects.clone(),
@@ -362,12 +491,38 @@ impl World {
         }
     }
 
-    /// One pass of the operator: observe, plan with the real reconciler, apply the plan's writes.
-    /// Returns a writer transfer to request (from, to), which goes over the network.
+    /// One pass of the operator: hand the poll task its targets, observe, plan with the real
+    /// reconciler, apply the plan's writes. Returns a writer transfer to request (from, to), which
+    /// goes over the network.
     pub fn reconcile(&mut self) -> Option<(i32, String)> {
+        self.operator.wake = false;
+        self.operator.targets = self.poll_targets();
         let observed = self.observe();
-        let plan = plan(&self.k8s.base, &observed);
+        let mut plan = if self.cfg.bug == Some(Bug::UnfencedPlan) {
+            let mut base = self.k8s.base.clone();
+            if let Some(a) = base.metadata.annotations.as_mut() {
+                a.remove(ANNOTATION_FENCED_INSTANCES);
+            }
+            plan(&base, &observed)
+        } else {
+            plan(&self.k8s.base, &observed)
+        };
+        if self.cfg.bug == Some(Bug::EarlyDone) {
+            plant_early_done(&mut plan);
+        }
         self.stats.plans += 1;
+        if observed.writer.is_none()
+            && let Some(w) = self.current_writer()
+        {
+            self.stats.operator_no_writer_while_one_accepts += 1;
+            if self.forgot_live_writer(w, self.operator.named, crate::world::Host::Operator) {
+                self.stats.operator_forgot_live_writer += 1;
+                self.ev(format!(
+                    "operator observes no writer: it forgot {}, which still accepts writes",
+                    pod_id(w)
+                ));
+            }
+        }
         if let Some(invalid) = &plan.invalid {
             self.fail(
                 "harness",
@@ -375,6 +530,7 @@ impl World {
             );
             return None;
         }
+        self.check_switchover(&observed, &plan);
         let mut writes = 0;
         for obj in &plan.apply {
             let key = obj.key();
@@ -419,6 +575,33 @@ impl World {
                 pod.writer_label = label.writer;
             }
         }
+        for fence in &plan.fence {
+            writes += 1;
+            if let Some(pod) = ordinal_of(&fence.pod).and_then(|o| self.k8s.pods.get_mut(&o)) {
+                pod.fenced = fence.fenced;
+                let what = if fence.fenced { "fences" } else { "unfences" };
+                self.ev(format!("operator {what} pod {}", fence.pod));
+            }
+        }
+        if !plan.clear_annotations.is_empty() {
+            writes += 1;
+            if let Some(a) = self.k8s.base.metadata.annotations.as_mut() {
+                for key in &plan.clear_annotations {
+                    a.remove(key);
+                }
+            }
+            if plan
+                .clear_annotations
+                .iter()
+                .any(|k| k == ANNOTATION_SWITCHOVER_TO)
+            {
+                self.checks.switchover = None;
+            }
+            self.ev(format!(
+                "operator removes annotations {:?}",
+                plan.clear_annotations
+            ));
+        }
         if let Some(gw) = &plan.gateway {
             writes += 1;
             self.k8s.gateway_cr["spec"]["routes"] = Value::Array(gw.routes.clone());
@@ -428,12 +611,25 @@ impl World {
             self.k8s.base.status = Some(plan.status.clone());
         }
         self.stats.api_writes += writes;
-        self.last_plan = Some((
-            plan.apply.len(),
-            plan.delete.len(),
-            plan.relabel.len(),
-            plan.transfer.is_some(),
-        ));
+        let pending = [
+            ("applies", plan.apply.len()),
+            ("creates", plan.create.len()),
+            ("deletes", plan.delete.len()),
+            ("relabels", plan.relabel.len()),
+            ("fences", plan.fence.len()),
+            ("annotation removals", plan.clear_annotations.len()),
+            ("transfers", usize::from(plan.transfer.is_some())),
+        ];
+        let still: Vec<String> = pending
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(what, n)| format!("{n} {what}"))
+            .collect();
+        self.last_plan = Some(if still.is_empty() {
+            Ok(())
+        } else {
+            Err(still.join(", "))
+        });
         let transfer = plan.transfer.as_ref()?;
         self.ev(format!(
             "operator asks {} to hand the writer role to {}",
@@ -442,6 +638,96 @@ impl World {
         Some((ordinal_of(&transfer.from)?, transfer.to.clone()))
     }
 
+    /// Invariant 9, on every plan that decides a switchover: a target the Base fences is refused
+    /// (and never asked for), and `Done` means the target really won the writer's seat: the
+    /// observation the plan judged by names a term the target won, no older than the request.
+    fn check_switchover(&mut self, observed: &Observed, plan: &Plan) {
+        let Some(target) = self
+            .k8s
+            .base
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_SWITCHOVER_TO))
+            .cloned()
+        else {
+            return;
+        };
+        let cond = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_SWITCHOVER);
+        let reason = cond.map_or("none", |c| c.reason.as_str()).to_string();
+        let message = cond.map(|c| c.message.clone()).unwrap_or_default();
+        let cleared = plan
+            .clear_annotations
+            .iter()
+            .any(|k| k == ANNOTATION_SWITCHOVER_TO);
+        const INV: &str = "9 switchover and fencing";
+        if self.fence_annotated(&target) {
+            let asked = plan.transfer.as_ref().is_some_and(|t| t.to == target);
+            if !(cleared && reason == "Refused") || asked {
+                self.fail(
+                    INV,
+                    format!(
+                        "a switchover to the fenced {target} is not refused: {reason} ({message}), transfer {:?}",
+                        plan.transfer
+                    ),
+                );
+            }
+        }
+        if !cleared {
+            return;
+        }
+        match reason.as_str() {
+            "Done" => {
+                self.stats.switchovers_done += 1;
+                let won = observed.writer.as_ref().and_then(|w| {
+                    let o = ordinal_of(&w.pod)?;
+                    Some((
+                        w.pod.clone(),
+                        Term(w.term),
+                        self.checks.writer_of_term.get(&Term(w.term)) == Some(&o),
+                    ))
+                });
+                let since = self
+                    .checks
+                    .switchover
+                    .as_ref()
+                    .filter(|r| r.target == target)
+                    .map_or(Term(0), |r| r.term_at_request);
+                match won {
+                    Some((pod, term, true)) if pod == target && term >= since => {
+                        self.ev(format!("switchover to {target} done (term {term})"));
+                    }
+                    _ => self.fail(
+                        INV,
+                        format!(
+                            "the plan reports the switchover to {target} done, but it observed the writer {:?} (won by {:?}; request made at term {since})",
+                            observed.writer,
+                            observed
+                                .writer
+                                .as_ref()
+                                .and_then(|w| self.checks.writer_of_term.get(&Term(w.term)))
+                                .map(|o| pod_name(*o))
+                        ),
+                    ),
+                }
+            }
+            "Refused" => {
+                self.stats.switchovers_refused += 1;
+                if self.fence_annotated(&target) {
+                    self.stats.switchovers_refused_fenced += 1;
+                }
+                self.ev(format!("switchover to {target} refused: {message}"));
+            }
+            other => self.fail(
+                INV,
+                format!("the plan clears the switchover to {target} with reason {other:?}"),
+            ),
+        }
+    }
     /// Invariant 7b: a PVC under `retentionPolicy: Retain` is never deleted.
     fn delete_pvc(&mut self, name: &str) {
         let Some(ordinal) = name
@@ -511,17 +797,26 @@ impl World {
         if let Some(o) = self.k8s.pods.keys().find(|o| **o >= replicas) {
             return Err(format!("pod {} should be gone", pod_name(*o)));
         }
-        let writer = self
-            .operator
-            .tracker
-            .writer(self.operator_now())
-            .map(|(ix, _, _)| ix as i32);
-        let Some(writer) = writer else {
+        let Some((writer, _)) = self.operator_writer() else {
             return Err("the operator knows no writer".into());
         };
         for (o, pod) in &self.k8s.pods {
             if pod.writer_label != (*o == writer) {
                 return Err(format!("writer label of {} is wrong", pod_name(*o)));
+            }
+            let want = self.fence_annotated(&pod_name(*o));
+            if pod.fenced != want {
+                return Err(format!("fencing annotation of {} is wrong", pod_name(*o)));
+            }
+            let agent_fenced = self.replicas[*o as usize]
+                .agent
+                .as_ref()
+                .map(|a| a.node.is_fenced());
+            if agent_fenced != Some(want) {
+                return Err(format!(
+                    "{} is fenced {agent_fenced:?}, its pod says {want}",
+                    pod_name(*o)
+                ));
             }
         }
         let owner = route::owner_tag("Base", NAMESPACE, BASE_NAME);
@@ -531,13 +826,19 @@ impl World {
         if !routed {
             return Err("the Gateway has no route for the Base".into());
         }
-        match self.last_plan {
-            Some((0, 0, 0, false)) => {}
-            Some((apply, delete, relabel, transfer)) => {
-                return Err(format!(
-                    "the last plan still writes: {apply} applies, {delete} deletes, {relabel} relabels, transfer {transfer}"
-                ));
-            }
+        if let Some(target) = self
+            .k8s
+            .base
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_SWITCHOVER_TO))
+        {
+            return Err(format!("the switchover to {target} is not over"));
+        }
+        match &self.last_plan {
+            Some(Ok(())) => {}
+            Some(Err(still)) => return Err(format!("the last plan still writes: {still}")),
             None => return Err("no plan yet".into()),
         }
         let observed = self
@@ -552,7 +853,6 @@ impl World {
                 self.k8s.generation()
             ));
         }
-        let _ = pod_id;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! Everything but the pure helpers builds only with `--cfg madsim` (`cargo sim …`, `cargo sim-test`).
 
 pub mod clock;
+pub mod poll;
 pub mod rng;
 pub mod stats;
 

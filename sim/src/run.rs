@@ -3,12 +3,14 @@
 
 use crate::agent::replica_main;
 use crate::config::{
-    CLIENTS, CONVERGENCE_BOUND_MS, Fault, LIVENESS_BOUND_MS, MAX_ORDINALS, Options, SETTLE_MS,
-    SimConfig, SpecChange, Target,
+    CLIENTS, CONVERGENCE_BOUND_MS, Fault, FenceWhich, LIVENESS_BOUND_MS, MAX_ORDINALS, Operation,
+    Options, SETTLE_MS, SimConfig, SpecChange, SwitchoverTo, Target,
 };
-use crate::gateway::{Who, client_main, gateway_main, poll_loop};
+use crate::gateway::{client_main, gateway_main, operator_poll_loop, poll_loop};
 use crate::k8s::{CONTROLLER_TICK_MS, OPERATOR_LOOP_MS, PodPhase};
-use crate::world::{Host, Packet, Shared, Stats, Violation, World, agent_addr, lock, pod_id};
+use crate::world::{
+    Host, Packet, Shared, Stats, Violation, World, agent_addr, lock, pod_id, pod_name,
+};
 use madsim::net::{Endpoint, NetSim};
 use madsim::runtime::{Handle, Runtime};
 use madsim::time::{Duration, Instant, sleep, sleep_until};
@@ -21,6 +23,7 @@ pub struct Report {
     pub bug: Option<crate::config::Bug>,
     pub membership_faults: bool,
     pub poll_ms: Option<u64>,
+    pub fresh_operator_writer: bool,
     pub violation: Option<Violation>,
     pub sim_ms: u64,
     pub stats: Stats,
@@ -55,7 +58,15 @@ impl Report {
             .poll_ms
             .map(|ms| format!(" --poll-ms {ms}"))
             .unwrap_or_default();
-        format!("cargo sim run --seed {}{bug}{membership}{poll}", self.seed)
+        let fresh = if self.fresh_operator_writer {
+            " --fresh-operator-writer"
+        } else {
+            ""
+        };
+        format!(
+            "cargo sim run --seed {}{bug}{membership}{poll}{fresh}",
+            self.seed
+        )
     }
 
     /// The failure report: seed, invariant, the trace around it, and how to replay it.
@@ -87,10 +98,13 @@ impl Report {
         } else {
             ""
         };
-        let membership = match self.poll_ms {
+        let mut membership = match self.poll_ms {
             Some(ms) => format!("{membership} SIM_POLL_MS={ms}"),
             None => membership.to_string(),
         };
+        if self.fresh_operator_writer {
+            membership.push_str(" SIM_FRESH_OPERATOR_WRITER=1");
+        }
         s.push_str(&format!(
             "replay: {}\n    or: MADSIM_TEST_SEED={}{bug}{membership} cargo sim-test --test sim replay -- --nocapture\n",
             self.replay_command(),
@@ -117,6 +131,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
     let bug = cfg.bug;
     let membership_faults = cfg.membership_faults;
     let poll_ms = options.poll_ms;
+    let fresh_operator_writer = options.fresh_operator_writer;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async move {
             let world = build(cfg);
@@ -154,6 +169,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
         bug,
         membership_faults,
         poll_ms,
+        fresh_operator_writer,
         violation,
         sim_ms: w.now_ns() / 1_000_000,
         stats: w.stats.clone(),
@@ -225,9 +241,9 @@ fn build(cfg: SimConfig) -> Shared {
     }
     gateway.spawn(gateway_main(world.clone()));
     for ordinal in 0..MAX_ORDINALS {
-        gateway.spawn(poll_loop(world.clone(), Who::Gateway, ordinal));
-        operator.spawn(poll_loop(world.clone(), Who::Operator, ordinal));
+        gateway.spawn(poll_loop(world.clone(), ordinal));
     }
+    operator.spawn(operator_poll_loop(world.clone()));
     operator.spawn(controllers(world.clone()));
     operator.spawn(operator_main(world.clone()));
     for client in 0..CLIENTS {
@@ -244,13 +260,17 @@ async fn controllers(world: Shared) {
     }
 }
 
-/// The operator's reconcile loop; a writer transfer is a request over the network.
+/// The operator's reconcile loop (every `OPERATOR_LOOP_MS`, or at once when the poll task saw
+/// the writer change); a writer transfer is a request over the network.
 async fn operator_main(world: Shared) {
     let Ok(ep) = Endpoint::bind("0.0.0.0:0").await else {
         return;
     };
     loop {
-        sleep(Duration::from_millis(OPERATOR_LOOP_MS)).await;
+        let due = Instant::now() + Duration::from_millis(OPERATOR_LOOP_MS);
+        while Instant::now() < due && !lock(&world).operator.wake {
+            sleep(Duration::from_millis(OPERATOR_WAKE_CHECK_MS)).await;
+        }
         let transfer = lock(&world).reconcile();
         if let Some((from, to)) = transfer {
             let out = lock(&world).out(
@@ -264,10 +284,15 @@ async fn operator_main(world: Shared) {
     }
 }
 
+/// How often the operator's loop looks whether its poll task woke it.
+const OPERATOR_WAKE_CHECK_MS: u64 = 10;
+
 /// An action that ends a fault.
 enum Undo {
     Unclog(Vec<(Host, Host)>),
     ChaosEnd,
+    /// Takes this entry (a pod name or `*`) out of `hanzo.ai/fenced-instances`.
+    Unfence(String),
 }
 
 impl World {
@@ -283,9 +308,17 @@ impl World {
             .collect()
     }
 
-    /// No process paused or crashed, no chaos on the network.
+    /// No process paused or crashed, no chaos on the network, no fence in force or on its way
+    /// out, no switchover pending.
     fn quiet(&self) -> bool {
-        self.net.chaos == 0
+        let ops = self.fence_list().is_empty()
+            && self.checks.switchover.is_none()
+            && self.k8s.pods.values().all(|p| !p.fenced && !p.fence_file)
+            && !self
+                .replicas
+                .iter()
+                .any(|s| s.agent.as_ref().is_some_and(|a| a.node.is_fenced()));
+        ops && self.net.chaos == 0
             && self.net.clogged.is_empty()
             && !self.replicas.iter().any(|s| s.paused)
             && self.armed_pause.is_none()
@@ -480,6 +513,59 @@ impl World {
                 self.change_spec(change);
                 None
             }
+            Fault::Op(op) => self.operate(op),
+        }
+    }
+
+    /// A user's `kubectl base switchover/fence/unfence`: an annotation on the Base.
+    fn operate(&mut self, op: &Operation) -> Option<(u64, Undo)> {
+        match op {
+            Operation::Switchover(to) => {
+                let target = match to {
+                    SwitchoverTo::Follower => pod_name(self.resolve(Target::Follower)?),
+                    SwitchoverTo::Writer => pod_name(self.resolve(Target::Writer)?),
+                    SwitchoverTo::Fenced => {
+                        let fenced: Vec<i32> = self
+                            .running()
+                            .into_iter()
+                            .filter(|o| self.fence_annotated(&pod_name(*o)))
+                            .collect();
+                        match fenced.is_empty() {
+                            true => pod_name(self.resolve(Target::Follower)?),
+                            false => pod_name(*self.rng.pick(&fenced)),
+                        }
+                    }
+                    SwitchoverTo::Ordinal(o) => pod_name(*o),
+                };
+                self.ev(format!("OPERATION switchover to {target}"));
+                self.request_switchover(target);
+                None
+            }
+            Operation::Fence { which, for_ms } => {
+                let entry = match which {
+                    FenceWhich::One(target) => pod_name(self.resolve(*target)?),
+                    FenceWhich::All => "*".to_string(),
+                };
+                let mut list = self.fence_list();
+                if list.contains(&entry) {
+                    return None;
+                }
+                self.ev(format!(
+                    "OPERATION fence {entry}{}",
+                    for_ms.map_or(String::new(), |ms| format!(" for {ms} ms"))
+                ));
+                list.push(entry.clone());
+                self.set_fence_list(list);
+                for_ms.map(|ms| (ms, Undo::Unfence(entry)))
+            }
+            Operation::Unfence => {
+                if self.fence_list().is_empty() {
+                    return None;
+                }
+                self.ev("OPERATION unfence every replica");
+                self.set_fence_list(Vec::new());
+                None
+            }
         }
     }
 
@@ -496,6 +582,14 @@ impl World {
                 if self.net.chaos == 0 {
                     self.calm_network();
                     self.ev("fault ends: network calm");
+                }
+            }
+            Undo::Unfence(entry) => {
+                let mut list = self.fence_list();
+                if list.contains(&entry) {
+                    list.retain(|e| *e != entry);
+                    self.ev(format!("operation ends: unfence {entry}"));
+                    self.set_fence_list(list);
                 }
             }
         }
@@ -519,9 +613,11 @@ impl World {
     }
 
     fn resume(&mut self, o: i32, incarnation: u64) {
+        let now_ns = self.now_ns();
         let slot = &mut self.replicas[o as usize];
         if slot.incarnation == incarnation && slot.paused {
             slot.paused = false;
+            slot.resumed_ns = now_ns;
             if let Some(id) = slot.madsim_id {
                 self.handle.resume(id);
             }
@@ -553,6 +649,10 @@ impl World {
         self.calm_network();
         self.healed_ns = Some(self.now_ns());
         self.ev("HEAL: every fault ends");
+        // The user unfences every replica (a pending switchover is left to finish).
+        if !self.fence_list().is_empty() {
+            self.set_fence_list(Vec::new());
+        }
     }
 
     /// Invariant 5 at the end: the writer holds every acknowledged write.
@@ -603,6 +703,19 @@ async fn supervise(world: &Shared) {
             if w.violation.is_some() {
                 break;
             }
+            // Anything that may cost the writer its majority or the pollers their answers.
+            if w.net.chaos > 0
+                || !w.net.clogged.is_empty()
+                || w.armed_pause.is_some()
+                || w.replicas.iter().any(|s| s.paused)
+                || !w.membership_settled()
+                || w.k8s
+                    .pods
+                    .keys()
+                    .any(|o| w.replicas[*o as usize].agent.is_none())
+            {
+                w.disturbed_ns = w.now_ns();
+            }
             if membership_change && w.membership_settled() {
                 membership_change = false;
                 w.ev("the new peer set is in place");
@@ -614,6 +727,8 @@ async fn supervise(world: &Shared) {
                     if scale && !(undos.is_empty() && w.quiet()) {
                         break; // the scale change waits until no fault is active
                     }
+                    // Switchovers and fences wait too: they move the writer, and an election in
+                    // that window can split the brain just as a fault's can.
                     if membership_change && !matches!(fault, Fault::Spec(_)) {
                         w.ev(format!(
                             "fault skipped (a scale change is rolling out): {fault:?}"

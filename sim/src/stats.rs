@@ -28,6 +28,14 @@ pub struct SeedLine {
     pub live_ms: u64,
     pub refused: u64,
     pub refused_with_writer: u64,
+    /// Reconcile passes that observed no writer while a node could accept writes.
+    pub op_no_writer: u64,
+    /// Gateway refusals and reconcile passes that forgot a healthy writer between polls.
+    pub forgot_writer: u64,
+    pub switchovers_done: u64,
+    pub switchovers_refused: u64,
+    /// Fences an agent applied (`SetFenced(true)`).
+    pub fences: u64,
     pub violation: String,
 }
 
@@ -38,7 +46,7 @@ impl SeedLine {
     pub fn to_line(&self) -> String {
         let failovers: Vec<String> = self.failovers_ms.iter().map(u64::to_string).collect();
         format!(
-            "seed={} ok={} sim_ms={} wall_ms={} acked={} live_ms={} converge_ms={} refused={} refused_with_writer={} failovers={} violation={}",
+            "seed={} ok={} sim_ms={} wall_ms={} acked={} live_ms={} converge_ms={} refused={} refused_with_writer={} op_no_writer={} forgot_writer={} switchovers_done={} switchovers_refused={} fences={} failovers={} violation={}",
             self.seed,
             u8::from(self.ok),
             self.sim_ms,
@@ -48,6 +56,11 @@ impl SeedLine {
             self.converge_ms,
             self.refused,
             self.refused_with_writer,
+            self.op_no_writer,
+            self.forgot_writer,
+            self.switchovers_done,
+            self.switchovers_refused,
+            self.fences,
             if failovers.is_empty() {
                 "-".to_string()
             } else {
@@ -87,6 +100,11 @@ impl SeedLine {
                 "converge_ms" => out.converge_ms = v.parse().ok()?,
                 "refused" => out.refused = v.parse().ok()?,
                 "refused_with_writer" => out.refused_with_writer = v.parse().ok()?,
+                "op_no_writer" => out.op_no_writer = v.parse().ok()?,
+                "forgot_writer" => out.forgot_writer = v.parse().ok()?,
+                "switchovers_done" => out.switchovers_done = v.parse().ok()?,
+                "switchovers_refused" => out.switchovers_refused = v.parse().ok()?,
+                "fences" => out.fences = v.parse().ok()?,
                 "failovers" if v == "-" => {}
                 "failovers" => {
                     out.failovers_ms = v
@@ -98,7 +116,7 @@ impl SeedLine {
                 _ => return None,
             }
         }
-        (seen == 10).then_some(out)
+        (seen == 15).then_some(out)
     }
 }
 
@@ -116,6 +134,11 @@ pub struct Summary {
     pub acked_writes: u64,
     pub refused: u64,
     pub refused_with_writer: u64,
+    pub op_no_writer: u64,
+    pub forgot_writer: u64,
+    pub switchovers_done: u64,
+    pub switchovers_refused: u64,
+    pub fences: u64,
 }
 
 impl Summary {
@@ -133,6 +156,11 @@ impl Summary {
         self.acked_writes += line.acked_writes;
         self.refused += line.refused;
         self.refused_with_writer += line.refused_with_writer;
+        self.op_no_writer += line.op_no_writer;
+        self.forgot_writer += line.forgot_writer;
+        self.switchovers_done += line.switchovers_done;
+        self.switchovers_refused += line.switchovers_refused;
+        self.fences += line.fences;
     }
 
     /// `seeds=… violations=… sim_speed=…x failover_p50_ms=… failover_p99_ms=… failover_max_ms=…`.
@@ -181,6 +209,11 @@ mod tests {
             live_ms: 3000,
             refused: 12,
             refused_with_writer: 3,
+            op_no_writer: 4,
+            forgot_writer: 6,
+            switchovers_done: 2,
+            switchovers_refused: 1,
+            fences: 5,
             violation: "two writers in term 3: my-app-0 and my-app-1".into(),
         };
         assert_eq!(SeedLine::parse(&line.to_line()), Some(line));

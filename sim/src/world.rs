@@ -243,6 +243,8 @@ pub struct Agent {
     /// Highest log index known replicated to a majority in `writer_term`.
     pub commit: u64,
     pub next_append_at: Millis,
+    /// When the agent next re-reads its pod's annotations file (`--fence-file`), local time.
+    pub next_fence_read: Millis,
 }
 
 /// One ordinal's process slot.
@@ -251,18 +253,23 @@ pub struct Slot {
     pub agent: Option<Agent>,
     pub incarnation: u64,
     pub paused: bool,
+    /// When (real ns) the process last resumed from a pause.
+    pub resumed_ns: u64,
     /// While this node may accept writes: from (real ns) until (real ns, projected from its lease).
     pub accept: Option<(u64, u64)>,
     pub madsim_id: Option<madsim::task::NodeId>,
 }
 
-/// A leader tracker with its poller's bookkeeping (the gateway has one, the operator another).
+/// The gateway's leader tracker with its poller's bookkeeping: one poll task per replica, each
+/// polling again after `poll::next_poll_in_ms` (adapter-k8s `gateway::poll`).
 pub struct Poller {
     pub tracker: Tracker,
     pub clock: Clock,
     /// The highest term any poll answer carried (the checker's own record, independent of the tracker).
     pub max_term_seen: Term,
     pub seq: u64,
+    /// The writer this tracker last named (the checkers' record).
+    pub named: Option<(i32, Term)>,
 }
 
 impl Poller {
@@ -277,8 +284,53 @@ impl Poller {
             clock,
             max_term_seen: Term(0),
             seq: 0,
+            named: None,
         }
     }
+}
+
+/// The operator's writer tracking, as adapter-k8s `controller::writers` does it: one task polls
+/// every target (each pod that has an IP and is not being deleted, as of the last reconcile) at
+/// once, feeds the answers to a tracker (rebuilt when the targets change) when the whole round
+/// is over, stores the writer it then names, and wakes the reconcile when that changed.
+pub struct OperatorPoller {
+    pub clock: Clock,
+    /// The targets the last reconcile handed over (`Writers::track`).
+    pub targets: Vec<i32>,
+    /// The tracker of the poll task, with the targets it was built for (index = position).
+    pub tracker: Option<(Vec<i32>, Tracker)>,
+    /// The writer as of the end of the last round: what the reconcile observes (its lease is
+    /// only used under `Options::fresh_operator_writer`).
+    pub writer: Option<(i32, Term)>,
+    pub writer_lease: Option<Millis>,
+    /// The writer changed: reconcile now.
+    pub wake: bool,
+    pub seq: u64,
+    /// The writer a round last named (the checkers' record).
+    pub named: Option<(i32, Term)>,
+}
+
+impl OperatorPoller {
+    pub fn new(clock: Clock) -> OperatorPoller {
+        OperatorPoller {
+            clock,
+            targets: Vec::new(),
+            tracker: None,
+            writer: None,
+            writer_lease: None,
+            wake: false,
+            seq: 0,
+            named: None,
+        }
+    }
+}
+
+/// A switchover the fault plan requested, for the checkers.
+#[derive(Clone, Debug)]
+pub struct SwitchoverRequest {
+    pub target: String,
+    /// The newest term any node had won when the request was made.
+    pub term_at_request: Term,
 }
 
 /// What the checkers remember.
@@ -291,6 +343,8 @@ pub struct Checks {
     /// Invariant 4: each client's last acknowledged write and when the gateway acknowledged it
     /// (gateway clock).
     pub ryw: BTreeMap<u32, (u64, Entry, Millis)>,
+    /// Invariant 9: the switchover the Base's annotation asks for now.
+    pub switchover: Option<SwitchoverRequest>,
 }
 
 /// Figures of one run.
@@ -312,6 +366,21 @@ pub struct Stats {
     pub api_writes: u64,
     pub pod_starts: u64,
     pub transfers: u64,
+    /// Reconcile passes that observed no writer while some node could accept writes.
+    pub operator_no_writer_while_one_accepts: u64,
+    /// Writes the gateway refused, and reconcile passes that saw no writer, because the poller
+    /// forgot a writer it had named that still accepted writes, with no fault in the way.
+    pub gateway_forgot_live_writer: u64,
+    pub operator_forgot_live_writer: u64,
+    pub switchovers_done: u64,
+    pub switchovers_refused: u64,
+    /// Of the refused: those whose target was fenced.
+    pub switchovers_refused_fenced: u64,
+    /// Times an agent applied `SetFenced(true)`, and of them while it was the writer.
+    pub fences_applied: u64,
+    pub fenced_writers: u64,
+    /// Writes a fenced node refused.
+    pub writes_refused_fenced: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -384,15 +453,15 @@ pub struct World {
     pub replicas: Vec<Slot>,
     pub k8s: K8s,
     pub gateway: Poller,
-    pub operator: Poller,
+    pub operator: OperatorPoller,
     pub checks: Checks,
     pub stats: Stats,
     /// Real time the faults were healed, once they were.
     pub healed_ns: Option<u64>,
     /// First write acknowledged through the gateway after the heal.
     pub live_ns: Option<u64>,
-    /// Summary of the operator's last plan: (applies, deletes, relabels, transfer).
-    pub last_plan: Option<(usize, usize, usize, bool)>,
+    /// The operator's last plan wrote nothing, or what it still wrote.
+    pub last_plan: Option<Result<(), String>>,
     /// When the cluster first matched the spec after the heal and the last spec change.
     pub converged_ns: Option<u64>,
     /// Set when the run stops: time stands still for the report.
@@ -401,6 +470,9 @@ pub struct World {
     pub messages: u64,
     /// Request ids of the gateway's forwards (replies are matched on them).
     pub next_req: u64,
+    /// The last real time a network fault, a pause, or a pod not running with the spec's peer
+    /// set was in force.
+    pub disturbed_ns: u64,
     /// A pause of the writer waiting for its next write: (ordinal, for ms, strike anyway at ns).
     pub armed_pause: Option<(i32, u64, u64)>,
     /// Paused processes to resume: (at ns, ordinal, incarnation).
@@ -417,6 +489,7 @@ impl World {
                 agent: None,
                 incarnation: 0,
                 paused: false,
+                resumed_ns: 0,
                 accept: None,
                 madsim_id: None,
             })
@@ -431,12 +504,7 @@ impl World {
             replicas,
             k8s: K8s::new(&cfg),
             gateway: Poller::new(cfg.gateway_clock, cfg.poll_interval_ms, cfg.ryw_ttl_ms, max),
-            operator: Poller::new(
-                cfg.operator_clock,
-                cfg.poll_interval_ms,
-                cfg.ryw_ttl_ms,
-                max,
-            ),
+            operator: OperatorPoller::new(cfg.operator_clock),
             checks: Checks::default(),
             stats: Stats::default(),
             healed_ns: None,
@@ -448,6 +516,7 @@ impl World {
             messages: 0,
             next_req: 0,
             armed_pause: None,
+            disturbed_ns: 0,
             resumes: Vec::new(),
             start: Instant::now(),
             handle,
@@ -566,6 +635,16 @@ impl World {
                     .as_ref()
                     .map(|a| a.node.term())
             })
+    }
+
+    /// The writer the operator's reconcile observes now.
+    pub fn operator_writer(&self) -> Option<(i32, Term)> {
+        let live = !self.cfg.fresh_operator_writer
+            || self
+                .operator
+                .writer_lease
+                .is_some_and(|lease| lease > self.operator_now());
+        self.operator.writer.filter(|_| live)
     }
 
     /// The newest writer by the checkers' record (term, ordinal), whether or not it still accepts.
