@@ -8,6 +8,8 @@ pub mod operations;
 pub mod rollout;
 pub mod route;
 mod status;
+#[cfg(test)]
+mod dump_tmp;
 
 pub use diff::is_subset;
 pub use status::{
@@ -355,6 +357,8 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         sts_view.as_ref(),
         &observed.pods,
         writer,
+        // Unparsable: fence nothing new; the pods' own `fenced` annotations still count.
+        &operations::fenced(base).unwrap_or(operations::Fenced::None),
     );
 
     let ctx = Ctx {

@@ -4,8 +4,10 @@
 //! broken (not ready) outdated pods first, since they hold no quorum; then ready followers, one at a
 //! time and only while every pod is ready; then the writer, after handing its role to an updated
 //! follower. Scale changes move two replicas at a time (counts stay odd), wait for readiness between
-//! steps, and hand the writer role away before its ordinal is removed.
+//! steps, and hand the writer role away before its ordinal is removed. The role never goes to a
+//! fenced pod: with only fenced candidates, the rollout waits.
 
+use super::operations::Fenced;
 use super::{PodView, StsView};
 
 /// What the rollout wants done now. At most one disruptive step per plan.
@@ -31,6 +33,7 @@ pub(super) fn decide(
     sts: Option<&StsView>,
     pods: &[PodView],
     writer: Option<&str>,
+    fenced: &Fenced,
 ) -> RolloutStep {
     let Some(sts) = sts else {
         return RolloutStep {
@@ -46,6 +49,9 @@ pub(super) fn decide(
     let settled = sts.generation_observed
         && ours.len() == current as usize
         && ours.iter().all(|p| p.ready && !p.terminating);
+    // A fenced pod refuses the writer role (`TimeoutNow`): never the target of a transfer. Fenced
+    // by the Base's list or still by its own annotation (the list may be unparsable, or lag).
+    let may_lead = |p: &PodView| !p.fenced && !fenced.contains(&p.name);
     let mut step = RolloutStep {
         replicas: current,
         ..Default::default()
@@ -85,7 +91,7 @@ pub(super) fn decide(
         {
             if let Some(to) = ours
                 .iter()
-                .filter(|p| ordinal(base, &p.name).is_some_and(|o| o < next))
+                .filter(|p| ordinal(base, &p.name).is_some_and(|o| o < next) && may_lead(p))
                 .min_by_key(|p| ordinal(base, &p.name))
             {
                 step.transfer = Some((w.to_string(), to.name.clone()));
@@ -116,6 +122,7 @@ pub(super) fn decide(
             let updated = ours
                 .iter()
                 .filter(|p| p.name != w && !outdated.iter().any(|o| o.name == p.name))
+                .filter(|p| may_lead(p))
                 .min_by_key(|p| ordinal(base, &p.name));
             if let Some(to) = updated {
                 step.transfer = Some((w.to_string(), to.name.clone()));
@@ -158,25 +165,25 @@ mod tests {
             pod(1, "old", true),
             pod(2, "old", true),
         ];
-        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-2"));
+        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-2"), &Fenced::None);
         assert_eq!(s.delete_pod.as_deref(), Some("a-1"));
         let pods = vec![
             pod(0, "old", true),
             pod(1, "new", true),
             pod(2, "old", true),
         ];
-        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-2"));
+        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-2"), &Fenced::None);
         assert_eq!(s.delete_pod.as_deref(), Some("a-0"));
         let pods = vec![
             pod(0, "new", true),
             pod(1, "new", true),
             pod(2, "old", true),
         ];
-        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-2"));
+        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-2"), &Fenced::None);
         assert_eq!(s.delete_pod, None);
         assert_eq!(s.transfer, Some(("a-2".into(), "a-0".into())));
         // After the transfer the old writer is a follower and is rolled like one.
-        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-0"));
+        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-0"), &Fenced::None);
         assert_eq!(s.delete_pod.as_deref(), Some("a-2"));
     }
 
@@ -187,7 +194,7 @@ mod tests {
             pod(1, "new", false),
             pod(2, "old", true),
         ];
-        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-0"));
+        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-0"), &Fenced::None);
         assert_eq!(s.delete_pod, None);
         // ...but a broken outdated pod is replaced at once.
         let pods = vec![
@@ -195,7 +202,7 @@ mod tests {
             pod(1, "old", false),
             pod(2, "old", true),
         ];
-        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-0"));
+        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-0"), &Fenced::None);
         assert_eq!(s.delete_pod.as_deref(), Some("a-1"));
     }
 
@@ -203,14 +210,77 @@ mod tests {
     fn scales_two_at_a_time_and_moves_the_writer_off_removed_ordinals() {
         let pods: Vec<_> = (0..3).map(|i| pod(i, "new", true)).collect();
         assert_eq!(
-            decide("a", 9, Some(&sts(3)), &pods, Some("a-0")).replicas,
+            decide("a", 9, Some(&sts(3)), &pods, Some("a-0"), &Fenced::None).replicas,
             5
         );
         let pods: Vec<_> = (0..7).map(|i| pod(i, "new", true)).collect();
-        let s = decide("a", 3, Some(&sts(7)), &pods, Some("a-6"));
+        let s = decide("a", 3, Some(&sts(7)), &pods, Some("a-6"), &Fenced::None);
         assert_eq!(s.replicas, 7);
         assert_eq!(s.transfer, Some(("a-6".into(), "a-0".into())));
-        let s = decide("a", 3, Some(&sts(7)), &pods, Some("a-1"));
+        let s = decide("a", 3, Some(&sts(7)), &pods, Some("a-1"), &Fenced::None);
         assert_eq!(s.replicas, 5);
+    }
+
+    #[test]
+    fn never_hands_the_writer_role_to_a_fenced_pod() {
+        let set = |names: &[&str]| Fenced::Some(names.iter().map(|n| n.to_string()).collect());
+        let fence = |mut p: PodView| {
+            p.fenced = true;
+            p
+        };
+        // Rolling update, only the writer left on the old revision.
+        let pods = vec![
+            pod(0, "new", true),
+            pod(1, "new", true),
+            pod(2, "old", true),
+        ];
+        let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-2"), &set(&["a-0"]));
+        assert_eq!(s.transfer, Some(("a-2".into(), "a-1".into())));
+        // Fenced by the pod's own annotation (the Base's list may not parse, or lag behind).
+        let fenced_pods = vec![
+            fence(pod(0, "new", true)),
+            pod(1, "new", true),
+            pod(2, "old", true),
+        ];
+        let s = decide(
+            "a",
+            3,
+            Some(&sts(3)),
+            &fenced_pods,
+            Some("a-2"),
+            &Fenced::None,
+        );
+        assert_eq!(s.transfer, Some(("a-2".into(), "a-1".into())));
+        // Only fenced candidates: wait, and do not restart the writer either.
+        for fenced in [set(&["a-0", "a-1"]), Fenced::All] {
+            let s = decide("a", 3, Some(&sts(3)), &pods, Some("a-2"), &fenced);
+            assert_eq!((s.transfer, s.delete_pod), (None, None), "{fenced:?}");
+        }
+        let s = decide(
+            "a",
+            3,
+            Some(&sts(3)),
+            &fenced_pods,
+            Some("a-2"),
+            &set(&["a-1"]),
+        );
+        assert_eq!((s.transfer, s.delete_pod), (None, None));
+
+        // Scale down 7 -> 5: the writer on a removed ordinal moves to the lowest unfenced survivor.
+        let pods: Vec<_> = (0..7).map(|i| pod(i, "new", true)).collect();
+        let s = decide("a", 3, Some(&sts(7)), &pods, Some("a-6"), &set(&["a-0"]));
+        assert_eq!(s.transfer, Some(("a-6".into(), "a-1".into())));
+        assert_eq!(s.replicas, 7);
+        let s = decide(
+            "a",
+            3,
+            Some(&sts(7)),
+            &pods,
+            Some("a-6"),
+            &set(&["a-0", "a-1", "a-2", "a-3", "a-4"]),
+        );
+        assert_eq!((s.transfer, s.replicas), (None, 7));
+        let s = decide("a", 3, Some(&sts(7)), &pods, Some("a-6"), &Fenced::All);
+        assert_eq!((s.transfer, s.replicas), (None, 7));
     }
 }
