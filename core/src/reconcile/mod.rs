@@ -8,8 +8,6 @@ pub mod operations;
 pub mod rollout;
 pub mod route;
 mod status;
-#[cfg(test)]
-mod dump_tmp;
 
 pub use diff::is_subset;
 pub use status::{
