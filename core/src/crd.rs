@@ -29,6 +29,17 @@ pub const DEFAULT_GATEWAY_NAME: &str = "gateway";
 /// reaches the CEL rule that names it instead of failing a pattern with a vaguer message.
 pub const DURATION_PATTERN: &str =
     r"^[-+]?(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$";
+/// RFC 1123 subdomain as `validate::check_dns_subdomain` takes it (with `maxLength: 253`): labels of
+/// 1-63 lowercase letters, digits and '-', not beginning or ending with '-', joined by single dots;
+/// no leading, trailing or doubled dot (`foo.` is refused).
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+/// RFC 1123 label as `validate::check_dns_label(_, 63)` takes it: 1-63 lowercase letters, digits
+/// and '-', beginning with a letter and ending with a letter or digit.
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$";
+/// A label value as `validate` takes `spec.partOf`: 1-63 letters, digits, '-', '_' and '.',
+/// beginning and ending with a letter or digit (`foo.` is refused).
+pub const LABEL_VALUE_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
 /// Kubernetes resource quantity (`10Gi`, `500M`, `1.5`, `1e3`).
 pub const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
 
@@ -82,6 +93,7 @@ pub struct BaseSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(max = 253))]
     pub service_account_name: Option<String>,
     /// Gateway route, leader poll interval and read-your-writes TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +110,7 @@ pub struct BaseSpec {
     pub service_monitor: Option<ServiceMonitorSpec>,
     /// Value of the `app.kubernetes.io/part-of` label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = LABEL_VALUE_PATTERN))]
     pub part_of: Option<String>,
 }
 
@@ -137,6 +150,7 @@ impl ImageSpec {
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(max = 253))]
     pub storage_class_name: Option<String>,
     /// Volume size as a quantity, e.g. `10Gi`.
     #[schemars(regex(pattern = QUANTITY_PATTERN))]
@@ -176,6 +190,7 @@ pub struct ResourcesSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalObjectRef {
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(max = 253))]
     pub name: String,
 }
 
@@ -188,9 +203,11 @@ pub struct BaseGatewaySpec {
     pub route: Option<String>,
     /// The `hanzo.ai/v1` Gateway the route is injected into (default `gateway`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(max = 253))]
     pub gateway_name: Option<String>,
     /// Namespace of that Gateway (default: the Base's namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN))]
     pub gateway_namespace: Option<String>,
     /// How often the gateway polls each replica's `/_ha/leader` (default `1s`, at least `100ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,12 +237,14 @@ pub struct KmsSecretRef {
     #[schemars(range(min = 0))]
     pub resync_interval: Option<i64>,
     /// The Secret the KMS keeps in sync; the pod reads it through `envFrom`.
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(max = 253))]
     pub managed_secret_name: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(max = 253))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
