@@ -8,10 +8,22 @@ use serde_json::Value;
 /// element by element with equal lengths, scalars by value. Null in `desired` means "absent".
 pub fn is_subset(desired: &Value, observed: &Value) -> bool {
     match (desired, observed) {
-        (Value::Object(d), Value::Object(o)) => d.iter().all(|(k, dv)| match o.get(k) {
-            Some(ov) => is_subset(dv, ov),
-            None => dv.is_null() || is_empty_collection(dv),
-        }),
+        (Value::Object(d), Value::Object(o)) => {
+            // Both maps iterate in key order, so a merge walk finds most keys without a tree
+            // search; a miss is confirmed with `get`, which keeps this right in any map order.
+            let mut walk = o.iter().peekable();
+            d.iter().all(|(k, dv)| {
+                while walk.next_if(|(ok, _)| *ok < k).is_some() {}
+                match walk
+                    .next_if(|(ok, _)| *ok == k)
+                    .map(|(_, v)| v)
+                    .or_else(|| o.get(k))
+                {
+                    Some(ov) => is_subset(dv, ov),
+                    None => dv.is_null() || is_empty_collection(dv),
+                }
+            })
+        }
         (Value::Array(d), Value::Array(o)) => {
             d.len() == o.len() && d.iter().zip(o).all(|(dv, ov)| is_subset(dv, ov))
         }
