@@ -8,6 +8,8 @@ pub mod operations;
 pub mod rollout;
 pub mod route;
 mod status;
+#[cfg(test)]
+mod typed_objects;
 
 pub use diff::is_subset;
 pub use status::{
@@ -75,20 +77,6 @@ impl Object {
             name: name.into(),
             body,
         }
-    }
-
-    fn typed<T: Serialize>(
-        api_version: &str,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-        obj: &T,
-    ) -> Object {
-        // Serialising k8s-openapi types to JSON cannot fail (no maps with non-string keys).
-        let mut body = serde_json::to_value(obj).unwrap_or(Value::Null);
-        body["apiVersion"] = Value::String(api_version.into());
-        body["kind"] = Value::String(kind.into());
-        Object::new(api_version, kind, namespace, name, body)
     }
 
     pub fn key(&self) -> ObjectKey {
@@ -371,15 +359,7 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
     if !observed.peer_key_exists
         && let Some(key) = &observed.fresh_peer_key
     {
-        let secret = objects::peer_key_secret(&ctx, key);
-        let secret_name = objects::peer_key_secret_name(name);
-        plan.create.push(Object::typed(
-            "v1",
-            "Secret",
-            namespace,
-            &secret_name,
-            &secret,
-        ));
+        plan.create.push(objects::peer_key_secret(&ctx, key));
     }
     // Keep the operator's view and the cluster's aligned: an object is written only when it differs.
     plan.apply = plan
@@ -580,48 +560,13 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
 }
 
 fn desired_objects(c: &Ctx) -> Vec<Object> {
-    let mut out = Vec::new();
-    if let Some(cm) = objects::schema_configmap(c) {
-        out.push(Object::typed(
-            "v1",
-            "ConfigMap",
-            c.namespace,
-            &objects::schema_configmap_name(c.name),
-            &cm,
-        ));
-    }
-    for svc in objects::services(c) {
-        let svc_name = svc.metadata.name.clone().unwrap_or_default();
-        out.push(Object::typed("v1", "Service", c.namespace, &svc_name, &svc));
-    }
-    out.push(Object::typed(
-        "apps/v1",
-        "StatefulSet",
-        c.namespace,
-        c.name,
-        &objects::statefulset(c),
-    ));
-    if let Some(pdb) = objects::pdb(c) {
-        out.push(Object::typed(
-            &c.config.pdb_api_version,
-            "PodDisruptionBudget",
-            c.namespace,
-            c.name,
-            &pdb,
-        ));
-    }
-    if let Some(np) = objects::network_policy(c) {
-        out.push(Object::typed(
-            "networking.k8s.io/v1",
-            "NetworkPolicy",
-            c.namespace,
-            c.name,
-            &np,
-        ));
-    }
-    if let Some(sm) = objects::service_monitor(c) {
-        out.push(sm);
-    }
+    let mut out = Vec::with_capacity(8);
+    out.extend(objects::schema_configmap(c));
+    out.extend(objects::services(c));
+    out.push(objects::statefulset(c));
+    out.extend(objects::pdb(c));
+    out.extend(objects::network_policy(c));
+    out.extend(objects::service_monitor(c));
     out
 }
 

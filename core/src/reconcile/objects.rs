@@ -2,31 +2,15 @@
 //! the cluster. Names: StatefulSet and ClusterIP Service `<name>`, headless `<name>-hs`, writer
 //! `<name>-writer`, ConfigMap `<name>-schema`, and `<name>` for the PDB, NetworkPolicy, ServiceMonitor.
 
+//!
+//! The objects are built as JSON directly, not as k8s-openapi structs serialised afterwards: `plan`
+//! runs on every reconcile and that detour was most of its cost. Field names and shapes are those
+//! the typed structs serialise to; `typed_objects` (tests) keeps the typed builders as the oracle.
+
 use super::{Object, OperatorConfig};
 use crate::crd::{Base, Kind, RetentionPolicy};
 use crate::validate::is_url;
-use k8s_openapi::api::apps::v1::{
-    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
-    StatefulSetUpdateStrategy,
-};
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-    DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, Secret, SecretEnvSource, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
-};
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
-    NetworkPolicySpec,
-};
-use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::json;
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
@@ -91,6 +75,35 @@ pub fn internal_port(port: i32) -> i32 {
     if port < 65535 { port + 1 } else { port - 1 }
 }
 
+/// A JSON object of these fields.
+fn obj<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    let mut m = Map::new();
+    for (k, v) in fields {
+        m.insert(k.to_owned(), v);
+    }
+    Value::Object(m)
+}
+
+/// A JSON object of the fields present, as k8s-openapi leaves out a `None`.
+fn obj_opt<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
+    let mut m = Map::new();
+    for (k, v) in fields {
+        if let Some(v) = v {
+            m.insert(k.to_owned(), v);
+        }
+    }
+    Value::Object(m)
+}
+
+fn str_map<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Value {
+    Value::Object(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Value::from(v)))
+            .collect(),
+    )
+}
+
 /// Everything the builders need, computed once per plan.
 pub(super) struct Ctx<'a> {
     pub base: &'a Base,
@@ -102,40 +115,60 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub fn selector(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([(LABEL_BASE.to_string(), self.name.to_string())])
+    /// `{"hanzo.ai/base": <name>}`: which Base a pod or object belongs to.
+    pub fn selector(&self) -> Value {
+        str_map([(LABEL_BASE, self.name)])
     }
 
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        let mut l = self.selector();
+    /// `{"matchLabels": <selector>}`.
+    fn match_selector(&self) -> Value {
+        obj([("matchLabels", self.selector())])
+    }
+
+    fn label_map(&self) -> Map<String, Value> {
+        let mut l = Map::new();
+        l.insert(LABEL_BASE.into(), self.name.into());
         l.insert(LABEL_NAME.into(), "base".into());
         l.insert(LABEL_INSTANCE.into(), self.name.into());
         l.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
         if let Some(p) = &self.base.spec.part_of {
-            l.insert(LABEL_PART_OF.into(), p.clone());
+            l.insert(LABEL_PART_OF.into(), p.as_str().into());
         }
         l
     }
 
-    pub fn owner(&self) -> OwnerReference {
-        OwnerReference {
-            api_version: format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
-            kind: self.kind.as_str().to_string(),
-            name: self.name.to_string(),
-            uid: self.base.metadata.uid.clone().unwrap_or_default(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }
+    pub fn labels(&self) -> Value {
+        Value::Object(self.label_map())
     }
 
-    pub fn meta(&self, name: String) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(name),
-            namespace: Some(self.namespace.to_string()),
-            labels: Some(self.labels()),
-            owner_references: Some(vec![self.owner()]),
-            ..Default::default()
-        }
+    pub fn owner(&self) -> Value {
+        obj([
+            (
+                "apiVersion",
+                format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION).into(),
+            ),
+            ("blockOwnerDeletion", true.into()),
+            ("controller", true.into()),
+            ("kind", self.kind.as_str().into()),
+            ("name", self.name.into()),
+            (
+                "uid",
+                self.base.metadata.uid.as_deref().unwrap_or_default().into(),
+            ),
+        ])
+    }
+
+    fn meta_with(&self, name: String, labels: Map<String, Value>) -> Value {
+        obj([
+            ("labels", Value::Object(labels)),
+            ("name", name.into()),
+            ("namespace", self.namespace.into()),
+            ("ownerReferences", Value::Array(vec![self.owner()])),
+        ])
+    }
+
+    pub fn meta(&self, name: String) -> Value {
+        self.meta_with(name, self.label_map())
     }
 
     fn fqdn(&self, host: &str) -> String {
@@ -157,102 +190,105 @@ impl Ctx<'_> {
             .collect::<Vec<_>>()
             .join(",")
     }
-}
 
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.to_string(),
-        value: Some(value.into()),
-        value_from: None,
+    fn object(&self, api_version: &str, kind: &str, name: &str, body: Value) -> Object {
+        let mut body = body;
+        if let Value::Object(m) = &mut body {
+            m.insert("apiVersion".into(), api_version.into());
+            m.insert("kind".into(), kind.into());
+        }
+        Object::new(api_version, kind, self.namespace, name, body)
     }
 }
 
-fn pod_name_env() -> EnvVar {
-    EnvVar {
-        name: "BASE_NODE_ID".into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                api_version: None,
-                field_path: "metadata.name".into(),
-            }),
-            ..Default::default()
-        }),
-    }
+fn env(name: &str, value: impl Into<String>) -> Value {
+    obj([
+        ("name", name.into()),
+        ("value", Value::String(value.into())),
+    ])
 }
 
-fn restricted_security_context() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            add: None,
-        }),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".into(),
-            localhost_profile: None,
-        }),
-        ..Default::default()
-    }
+fn pod_name_env() -> Value {
+    obj([
+        ("name", "BASE_NODE_ID".into()),
+        (
+            "valueFrom",
+            obj([("fieldRef", obj([("fieldPath", "metadata.name".into())]))]),
+        ),
+    ])
 }
 
-fn http_probe(path: &str, port: i32, period_s: i32, failure_threshold: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::Int(port),
-            ..Default::default()
-        }),
-        period_seconds: Some(period_s),
-        timeout_seconds: Some(2),
-        failure_threshold: Some(failure_threshold),
-        ..Default::default()
-    }
+fn runtime_default_seccomp() -> Value {
+    obj([("type", "RuntimeDefault".into())])
 }
 
-fn quantities(m: &BTreeMap<String, String>) -> Option<BTreeMap<String, Quantity>> {
-    (!m.is_empty()).then(|| {
-        m.iter()
-            .map(|(k, v)| (k.clone(), Quantity(v.clone())))
-            .collect()
-    })
+fn restricted_security_context() -> Value {
+    obj([
+        ("allowPrivilegeEscalation", false.into()),
+        ("capabilities", obj([("drop", vec!["ALL"].into())])),
+        ("readOnlyRootFilesystem", true.into()),
+        ("runAsNonRoot", true.into()),
+        ("seccompProfile", runtime_default_seccomp()),
+    ])
 }
 
-pub(super) fn statefulset(c: &Ctx) -> StatefulSet {
+fn http_probe(path: &str, port: i32, period_s: i32, failure_threshold: i32) -> Value {
+    obj([
+        ("failureThreshold", failure_threshold.into()),
+        (
+            "httpGet",
+            obj([("path", path.into()), ("port", port.into())]),
+        ),
+        ("periodSeconds", period_s.into()),
+        ("timeoutSeconds", 2.into()),
+    ])
+}
+
+fn container_port(name: &str, port: i32) -> Value {
+    obj([
+        ("containerPort", port.into()),
+        ("name", name.into()),
+        ("protocol", "TCP".into()),
+    ])
+}
+
+fn volume_mount(name: &str, path: &str, read_only: bool) -> Value {
+    obj_opt([
+        ("mountPath", Some(path.into())),
+        ("name", Some(name.into())),
+        ("readOnly", read_only.then_some(true.into())),
+    ])
+}
+
+fn quantities(m: &BTreeMap<String, String>) -> Option<Value> {
+    (!m.is_empty()).then(|| str_map(m.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
+}
+
+pub(super) fn statefulset(c: &Ctx) -> Object {
     let spec = &c.base.spec;
     let port = spec.port;
     let internal = internal_port(port);
     let hs = headless_name(c.name);
+    let peers = c.peers();
 
     let mut base_env = vec![
         pod_name_env(),
-        env("BASE_PEERS", c.peers()),
+        env("BASE_PEERS", peers.as_str()),
         env("BASE_HEADLESS_SERVICE", c.fqdn(&hs)),
-        env("BASE_CONSENSUS", spec.consensus.clone()),
+        env("BASE_CONSENSUS", spec.consensus.as_str()),
         env("BASE_PORT", internal.to_string()),
         env("BASE_REPLICAS", c.replicas.to_string()),
     ];
     if let Some(app) = &spec.iam_app {
-        base_env.push(env("IAM_APP", app.clone()));
+        base_env.push(env("IAM_APP", app.as_str()));
     }
-    let mut volumes = vec![Volume {
-        name: "tmp".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    }];
+    let mut volumes = vec![obj([
+        ("emptyDir", Value::Object(Map::new())),
+        ("name", "tmp".into()),
+    ])];
     let mut mounts = vec![
-        VolumeMount {
-            name: DATA_VOLUME.into(),
-            mount_path: DATA_MOUNT.into(),
-            ..Default::default()
-        },
-        VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..Default::default()
-        },
+        volume_mount(DATA_VOLUME, DATA_MOUNT, false),
+        volume_mount("tmp", "/tmp", false),
     ];
     match spec.schema.as_deref() {
         Some(url) if is_url(url) => base_env.push(env("BASE_SCHEMA_URL", url)),
@@ -261,275 +297,284 @@ pub(super) fn statefulset(c: &Ctx) -> StatefulSet {
                 "BASE_SCHEMA_FILE",
                 format!("{SCHEMA_MOUNT}/{SCHEMA_KEY}"),
             ));
-            volumes.push(Volume {
-                name: "schema".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: schema_configmap_name(c.name),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-            mounts.push(VolumeMount {
-                name: "schema".into(),
-                mount_path: SCHEMA_MOUNT.into(),
-                read_only: Some(true),
-                ..Default::default()
-            });
+            volumes.push(obj([
+                (
+                    "configMap",
+                    obj([("name", schema_configmap_name(c.name).into())]),
+                ),
+                ("name", "schema".into()),
+            ]));
+            mounts.push(volume_mount("schema", SCHEMA_MOUNT, true));
         }
         None => {}
     }
     // User env last, so it can override ours deliberately (the Base runtime reads the last value).
-    base_env.extend(spec.env.iter().cloned());
-    let mut env_from: Vec<EnvFromSource> = spec.env_from.clone();
+    // Serialising k8s-openapi types to JSON cannot fail (no maps with non-string keys).
+    base_env.extend(
+        spec.env
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap_or(Value::Null)),
+    );
+    let mut env_from: Vec<Value> = spec
+        .env_from
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+        .collect();
     // KMS-synced Secrets reach the pod by reference only: no secret value is ever in this object.
-    env_from.extend(spec.kms_secrets.iter().map(|k| EnvFromSource {
-        secret_ref: Some(SecretEnvSource {
-            name: k.managed_secret_name.clone(),
-            optional: Some(false),
-        }),
-        ..Default::default()
+    env_from.extend(spec.kms_secrets.iter().map(|k| {
+        obj([(
+            "secretRef",
+            obj([
+                ("name", k.managed_secret_name.as_str().into()),
+                ("optional", false.into()),
+            ]),
+        )])
     }));
 
-    let resources = spec.resources.as_ref().map(|r| ResourceRequirements {
-        requests: quantities(&r.requests),
-        limits: quantities(&r.limits),
-        ..Default::default()
+    let resources = spec.resources.as_ref().map(|r| {
+        obj_opt([
+            ("limits", quantities(&r.limits)),
+            ("requests", quantities(&r.requests)),
+        ])
     });
 
-    let base_container = Container {
-        name: "base".into(),
-        image: Some(spec.image.reference()),
-        image_pull_policy: spec.image.pull_policy.clone(),
-        env: Some(base_env),
-        env_from: (!env_from.is_empty()).then_some(env_from),
-        ports: Some(vec![ContainerPort {
-            name: Some("base".into()),
-            container_port: internal,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-        liveness_probe: Some(http_probe("/healthz", internal, 10, 6)),
-        resources,
-        security_context: Some(restricted_security_context()),
-        volume_mounts: Some(mounts),
-        ..Default::default()
-    };
+    let base_container = obj_opt([
+        ("env", Some(Value::Array(base_env))),
+        (
+            "envFrom",
+            (!env_from.is_empty()).then_some(Value::Array(env_from)),
+        ),
+        ("image", Some(spec.image.reference().into())),
+        (
+            "imagePullPolicy",
+            spec.image.pull_policy.as_deref().map(Value::from),
+        ),
+        (
+            "livenessProbe",
+            Some(http_probe("/healthz", internal, 10, 6)),
+        ),
+        ("name", Some("base".into())),
+        (
+            "ports",
+            Some(Value::Array(vec![container_port("base", internal)])),
+        ),
+        ("resources", resources),
+        ("securityContext", Some(restricted_security_context())),
+        ("volumeMounts", Some(Value::Array(mounts))),
+    ]);
 
-    let agent_container = Container {
-        name: "quasar".into(),
-        image: Some(c.config.agent_image.clone()),
-        args: Some(vec![
-            "agent".into(),
-            "--listen".into(),
-            format!("0.0.0.0:{port}"),
-            "--upstream".into(),
-            format!("http://127.0.0.1:{internal}"),
-            "--state-dir".into(),
-            AGENT_STATE_DIR.into(),
-            "--peer-port".into(),
-            peer_port(port).to_string(),
-            "--peer-key-dir".into(),
-            PEER_KEY_MOUNT.into(),
-            "--fence-file".into(),
-            format!("{PODINFO_MOUNT}/annotations"),
-        ]),
-        env: Some(vec![
-            pod_name_env(),
-            env("BASE_PEERS", c.peers()),
-            env("RUST_LOG", "info"),
-        ]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("http".into()),
-                container_port: port,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-            ContainerPort {
-                name: Some("peer".into()),
-                container_port: peer_port(port),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-        ]),
-        readiness_probe: Some(http_probe("/readyz", port, 2, 2)),
-        liveness_probe: Some(http_probe("/healthz", port, 10, 6)),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".into(), Quantity("50m".into())),
-                ("memory".into(), Quantity("32Mi".into())),
-            ])),
-            limits: Some(BTreeMap::from([(
-                "memory".into(),
-                Quantity("128Mi".into()),
-            )])),
-            ..Default::default()
-        }),
-        security_context: Some(restricted_security_context()),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: DATA_VOLUME.into(),
-                mount_path: DATA_MOUNT.into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "peer-key".into(),
-                mount_path: PEER_KEY_MOUNT.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "podinfo".into(),
-                mount_path: PODINFO_MOUNT.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
-        ..Default::default()
-    };
+    let agent_container = obj([
+        (
+            "args",
+            Value::Array(vec![
+                "agent".into(),
+                "--listen".into(),
+                format!("0.0.0.0:{port}").into(),
+                "--upstream".into(),
+                format!("http://127.0.0.1:{internal}").into(),
+                "--state-dir".into(),
+                AGENT_STATE_DIR.into(),
+                "--peer-port".into(),
+                peer_port(port).to_string().into(),
+                "--peer-key-dir".into(),
+                PEER_KEY_MOUNT.into(),
+                "--fence-file".into(),
+                format!("{PODINFO_MOUNT}/annotations").into(),
+            ]),
+        ),
+        (
+            "env",
+            Value::Array(vec![
+                pod_name_env(),
+                env("BASE_PEERS", peers),
+                env("RUST_LOG", "info"),
+            ]),
+        ),
+        ("image", c.config.agent_image.as_str().into()),
+        ("livenessProbe", http_probe("/healthz", port, 10, 6)),
+        ("name", "quasar".into()),
+        (
+            "ports",
+            Value::Array(vec![
+                container_port("http", port),
+                container_port("peer", peer_port(port)),
+            ]),
+        ),
+        ("readinessProbe", http_probe("/readyz", port, 2, 2)),
+        (
+            "resources",
+            obj([
+                ("limits", str_map([("memory", "128Mi")])),
+                ("requests", str_map([("cpu", "50m"), ("memory", "32Mi")])),
+            ]),
+        ),
+        ("securityContext", restricted_security_context()),
+        (
+            "volumeMounts",
+            Value::Array(vec![
+                volume_mount(DATA_VOLUME, DATA_MOUNT, false),
+                volume_mount("peer-key", PEER_KEY_MOUNT, true),
+                volume_mount("podinfo", PODINFO_MOUNT, true),
+            ]),
+        ),
+    ]);
     // The peer key as files, so a rotation reaches running agents without a restart; the pod's
     // annotations through the downward API, so fencing reaches the agent without API access.
-    volumes.push(Volume {
-        name: "peer-key".into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(peer_key_secret_name(c.name)),
-            default_mode: Some(0o440),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    volumes.push(Volume {
-        name: "podinfo".into(),
-        downward_api: Some(DownwardAPIVolumeSource {
-            items: Some(vec![DownwardAPIVolumeFile {
-                path: "annotations".into(),
-                field_ref: Some(ObjectFieldSelector {
-                    api_version: None,
-                    field_path: "metadata.annotations".into(),
-                }),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    volumes.push(obj([
+        ("name", "peer-key".into()),
+        (
+            "secret",
+            obj([
+                ("defaultMode", 0o440.into()),
+                ("secretName", peer_key_secret_name(c.name).into()),
+            ]),
+        ),
+    ]));
+    volumes.push(obj([
+        (
+            "downwardAPI",
+            obj([(
+                "items",
+                Value::Array(vec![obj([
+                    (
+                        "fieldRef",
+                        obj([("fieldPath", "metadata.annotations".into())]),
+                    ),
+                    ("path", "annotations".into()),
+                ])]),
+            )]),
+        ),
+        ("name", "podinfo".into()),
+    ]));
 
     let retention = match spec.storage.retention() {
         RetentionPolicy::Retain => "Retain",
         RetentionPolicy::Delete => "Delete",
     };
-    let pvc = PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(DATA_VOLUME.into()),
-            labels: Some(c.selector()),
-            ..Default::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: spec.storage.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".into(),
-                    Quantity(spec.storage.size.clone()),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let pvc = obj([
+        ("apiVersion", "v1".into()),
+        ("kind", "PersistentVolumeClaim".into()),
+        (
+            "metadata",
+            obj([("labels", c.selector()), ("name", DATA_VOLUME.into())]),
+        ),
+        (
+            "spec",
+            obj_opt([
+                ("accessModes", Some(vec!["ReadWriteOnce"].into())),
+                (
+                    "resources",
+                    Some(obj([(
+                        "requests",
+                        str_map([("storage", spec.storage.size.as_str())]),
+                    )])),
+                ),
+                (
+                    "storageClassName",
+                    spec.storage.storage_class_name.as_deref().map(Value::from),
+                ),
+            ]),
+        ),
+    ]);
 
-    StatefulSet {
-        metadata: c.meta(c.name.to_string()),
-        spec: Some(StatefulSetSpec {
-            replicas: Some(c.replicas),
-            service_name: Some(hs),
-            selector: LabelSelector {
-                match_labels: Some(c.selector()),
-                match_expressions: None,
-            },
-            // All pods start together: a lone pod can never win an election, so OrderedReady would wait forever.
-            pod_management_policy: Some("Parallel".into()),
-            // The operator rolls pods itself, writer last (see rollout.rs).
-            update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("OnDelete".into()),
-                rolling_update: None,
+    let pod_spec = obj_opt([
+        ("automountServiceAccountToken", Some(false.into())),
+        (
+            "containers",
+            Some(Value::Array(vec![base_container, agent_container])),
+        ),
+        (
+            "imagePullSecrets",
+            (!spec.image_pull_secrets.is_empty()).then(|| {
+                spec.image_pull_secrets
+                    .iter()
+                    .map(|s| obj([("name", s.name.as_str().into())]))
+                    .collect()
             }),
-            persistent_volume_claim_retention_policy: c.config.sts_pvc_retention_policy.then_some(
-                StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some(retention.into()),
-                    when_scaled: Some(retention.into()),
-                },
-            ),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(c.labels()),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![base_container, agent_container],
-                    volumes: Some(volumes),
-                    service_account_name: spec.service_account_name.clone(),
-                    automount_service_account_token: Some(false),
-                    image_pull_secrets: (!spec.image_pull_secrets.is_empty()).then(|| {
-                        spec.image_pull_secrets
-                            .iter()
-                            .map(|s| LocalObjectReference {
-                                name: s.name.clone(),
-                            })
-                            .collect()
+        ),
+        (
+            "securityContext",
+            Some(obj([
+                ("fsGroup", RUN_AS_USER.into()),
+                ("runAsGroup", RUN_AS_USER.into()),
+                ("runAsNonRoot", true.into()),
+                ("runAsUser", RUN_AS_USER.into()),
+                ("seccompProfile", runtime_default_seccomp()),
+            ])),
+        ),
+        (
+            "serviceAccountName",
+            spec.service_account_name.as_deref().map(Value::from),
+        ),
+        ("terminationGracePeriodSeconds", Some(30.into())),
+        ("volumes", Some(Value::Array(volumes))),
+    ]);
+
+    let body = obj([
+        ("metadata", c.meta(c.name.to_string())),
+        (
+            "spec",
+            obj_opt([
+                (
+                    "persistentVolumeClaimRetentionPolicy",
+                    c.config.sts_pvc_retention_policy.then(|| {
+                        obj([
+                            ("whenDeleted", retention.into()),
+                            ("whenScaled", retention.into()),
+                        ])
                     }),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS_USER),
-                        run_as_group: Some(RUN_AS_USER),
-                        fs_group: Some(RUN_AS_USER),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..Default::default()
-                    }),
-                    termination_grace_period_seconds: Some(30),
-                    ..Default::default()
-                }),
-            },
-            volume_claim_templates: Some(vec![pvc]),
-            ..Default::default()
-        }),
-        status: None,
-    }
+                ),
+                // All pods start together: a lone pod can never win an election, so OrderedReady would wait forever.
+                ("podManagementPolicy", Some("Parallel".into())),
+                ("replicas", Some(c.replicas.into())),
+                ("selector", Some(c.match_selector())),
+                ("serviceName", Some(hs.into())),
+                (
+                    "template",
+                    Some(obj([
+                        ("metadata", obj([("labels", c.labels())])),
+                        ("spec", pod_spec),
+                    ])),
+                ),
+                // The operator rolls pods itself, writer last (see rollout.rs).
+                ("updateStrategy", Some(obj([("type", "OnDelete".into())]))),
+                ("volumeClaimTemplates", Some(Value::Array(vec![pvc]))),
+            ]),
+        ),
+    ]);
+    c.object("apps/v1", "StatefulSet", c.name, body)
 }
 
-fn service(c: &Ctx, name: String, role: &str, selector: BTreeMap<String, String>) -> Service {
+fn service(c: &Ctx, name: String, role: &str, selector: Value) -> Object {
     let headless = role == "headless";
-    let mut metadata = c.meta(name);
-    if let Some(labels) = metadata.labels.as_mut() {
-        labels.insert(LABEL_SERVICE.into(), role.into());
-    }
-    Service {
-        metadata,
-        spec: Some(ServiceSpec {
-            cluster_ip: headless.then(|| "None".to_string()),
-            publish_not_ready_addresses: headless.then_some(true),
-            selector: Some(selector),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: c.base.spec.port,
-                target_port: Some(IntOrString::String("http".into())),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            type_: Some("ClusterIP".into()),
-            ..Default::default()
-        }),
-        status: None,
-    }
+    let mut labels = c.label_map();
+    labels.insert(LABEL_SERVICE.into(), role.into());
+    let body = obj([
+        ("metadata", c.meta_with(name.clone(), labels)),
+        (
+            "spec",
+            obj_opt([
+                ("clusterIP", headless.then(|| "None".into())),
+                (
+                    "ports",
+                    Some(Value::Array(vec![obj([
+                        ("name", "http".into()),
+                        ("port", c.base.spec.port.into()),
+                        ("protocol", "TCP".into()),
+                        ("targetPort", "http".into()),
+                    ])])),
+                ),
+                ("publishNotReadyAddresses", headless.then_some(true.into())),
+                ("selector", Some(selector)),
+                ("type", Some("ClusterIP".into())),
+            ]),
+        ),
+    ]);
+    c.object("v1", "Service", &name, body)
 }
 
-pub(super) fn services(c: &Ctx) -> [Service; 3] {
-    let mut writer_selector = c.selector();
-    writer_selector.insert(LABEL_ROLE.into(), ROLE_WRITER.into());
+pub(super) fn services(c: &Ctx) -> [Object; 3] {
+    let writer_selector = str_map([(LABEL_BASE, c.name), (LABEL_ROLE, ROLE_WRITER)]);
     [
         service(c, headless_name(c.name), "headless", c.selector()),
         service(c, c.name.to_string(), "client", c.selector()),
@@ -537,120 +582,108 @@ pub(super) fn services(c: &Ctx) -> [Service; 3] {
     ]
 }
 
-pub(super) fn schema_configmap(c: &Ctx) -> Option<ConfigMap> {
+pub(super) fn schema_configmap(c: &Ctx) -> Option<Object> {
     let ddl = c.base.spec.schema.as_deref().filter(|s| !is_url(s))?;
-    Some(ConfigMap {
-        metadata: c.meta(schema_configmap_name(c.name)),
-        data: Some(BTreeMap::from([(SCHEMA_KEY.into(), ddl.to_string())])),
-        ..Default::default()
-    })
+    let name = schema_configmap_name(c.name);
+    let body = obj([
+        ("data", str_map([(SCHEMA_KEY, ddl)])),
+        ("metadata", c.meta(name.clone())),
+    ]);
+    Some(c.object("v1", "ConfigMap", &name, body))
 }
 
 /// Keeps a quorum up through voluntary disruptions (drains). Not made for one replica, where it
 /// would block every drain forever.
-pub(super) fn pdb(c: &Ctx) -> Option<PodDisruptionBudget> {
-    (c.replicas > 1).then(|| PodDisruptionBudget {
-        metadata: c.meta(c.name.to_string()),
-        spec: Some(PodDisruptionBudgetSpec {
-            min_available: Some(IntOrString::Int(c.replicas / 2 + 1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(c.selector()),
-                match_expressions: None,
-            }),
-            ..Default::default()
-        }),
-        status: None,
+pub(super) fn pdb(c: &Ctx) -> Option<Object> {
+    (c.replicas > 1).then(|| {
+        let body = obj([
+            ("metadata", c.meta(c.name.to_string())),
+            (
+                "spec",
+                obj([
+                    ("minAvailable", (c.replicas / 2 + 1).into()),
+                    ("selector", c.match_selector()),
+                ]),
+            ),
+        ]);
+        c.object(
+            &c.config.pdb_api_version,
+            "PodDisruptionBudget",
+            c.name,
+            body,
+        )
     })
 }
 
-fn selector_of(s: &Option<crate::crd::LabelSelectorSpec>) -> Option<LabelSelector> {
-    s.as_ref().map(|s| LabelSelector {
-        match_labels: Some(s.match_labels.clone()),
-        match_expressions: None,
+fn selector_of(s: &Option<crate::crd::LabelSelectorSpec>) -> Option<Value> {
+    s.as_ref().map(|s| {
+        obj([(
+            "matchLabels",
+            str_map(s.match_labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+        )])
     })
 }
 
-pub(super) fn network_policy(c: &Ctx) -> Option<NetworkPolicy> {
+fn policy_port(port: i32) -> Value {
+    Value::Array(vec![obj([
+        ("port", port.into()),
+        ("protocol", "TCP".into()),
+    ])])
+}
+
+pub(super) fn network_policy(c: &Ctx) -> Option<Object> {
     let np = c.base.spec.network_policy.as_ref()?;
     if np.enabled == Some(false) {
         return None;
     }
-    let port = vec![NetworkPolicyPort {
-        port: Some(IntOrString::Int(c.base.spec.port)),
-        protocol: Some("TCP".into()),
-        ..Default::default()
-    }];
+    let port = policy_port(c.base.spec.port);
     // Peers (the election) always; then the client sources the spec admits.
-    let mut from = vec![NetworkPolicyPeer {
-        pod_selector: Some(LabelSelector {
-            match_labels: Some(c.selector()),
-            match_expressions: None,
-        }),
-        ..Default::default()
-    }];
-    from.extend(np.allow_from.iter().map(|p| NetworkPolicyPeer {
-        pod_selector: selector_of(&p.pod_selector),
-        namespace_selector: selector_of(&p.namespace_selector),
-        ..Default::default()
+    let mut from = vec![obj([("podSelector", c.match_selector())])];
+    from.extend(np.allow_from.iter().map(|p| {
+        obj_opt([
+            ("namespaceSelector", selector_of(&p.namespace_selector)),
+            ("podSelector", selector_of(&p.pod_selector)),
+        ])
     }));
     if np.allow_intra_namespace == Some(true) {
-        from.push(NetworkPolicyPeer {
-            pod_selector: Some(LabelSelector::default()),
-            ..Default::default()
-        });
+        from.push(obj([("podSelector", Value::Object(Map::new()))]));
     }
     if let Some(ns) = &c.config.operator_namespace {
         // The operator polls /_ha/leader and asks for transfers on the client port.
-        from.push(NetworkPolicyPeer {
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    "kubernetes.io/metadata.name".to_string(),
-                    ns.clone(),
-                )])),
-                match_expressions: None,
-            }),
-            ..Default::default()
-        });
+        from.push(obj([(
+            "namespaceSelector",
+            obj([(
+                "matchLabels",
+                str_map([("kubernetes.io/metadata.name", ns.as_str())]),
+            )]),
+        )]));
     }
     let mut rules = vec![
         // Election traffic: only this Base's own pods reach the peer port.
-        NetworkPolicyIngressRule {
-            from: Some(vec![NetworkPolicyPeer {
-                pod_selector: Some(LabelSelector {
-                    match_labels: Some(c.selector()),
-                    match_expressions: None,
-                }),
-                ..Default::default()
-            }]),
-            ports: Some(vec![NetworkPolicyPort {
-                port: Some(IntOrString::Int(peer_port(c.base.spec.port))),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-        },
-        NetworkPolicyIngressRule {
-            from: Some(from),
-            ports: Some(port.clone()),
-        },
+        obj([
+            (
+                "from",
+                Value::Array(vec![obj([("podSelector", c.match_selector())])]),
+            ),
+            ("ports", policy_port(peer_port(c.base.spec.port))),
+        ]),
+        obj([("from", Value::Array(from)), ("ports", port.clone())]),
     ];
     if np.allow_ingress == Some(true) {
-        rules.push(NetworkPolicyIngressRule {
-            from: None,
-            ports: Some(port),
-        });
+        rules.push(obj([("ports", port)]));
     }
-    Some(NetworkPolicy {
-        metadata: c.meta(c.name.to_string()),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(c.selector()),
-                match_expressions: None,
-            }),
-            policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(rules),
-            egress: None,
-        }),
-    })
+    let body = obj([
+        ("metadata", c.meta(c.name.to_string())),
+        (
+            "spec",
+            obj([
+                ("ingress", Value::Array(rules)),
+                ("podSelector", c.match_selector()),
+                ("policyTypes", vec!["Ingress"].into()),
+            ]),
+        ),
+    ]);
+    Some(c.object("networking.k8s.io/v1", "NetworkPolicy", c.name, body))
 }
 
 /// A Prometheus Operator ServiceMonitor (`monitoring.coreos.com/v1`), untyped: its CRD may not be
@@ -660,39 +693,47 @@ pub(super) fn service_monitor(c: &Ctx) -> Option<Object> {
     if sm.enabled != Some(true) {
         return None;
     }
-    let mut endpoint = json!({
-        "port": sm.metrics_port.clone().unwrap_or_else(|| "http".into()),
-        "path": sm.metrics_path.clone().unwrap_or_else(|| "/metrics".into()),
-    });
-    if let Some(iv) = &sm.interval {
-        endpoint["interval"] = json!(iv);
-    }
-    let meta = c.meta(c.name.to_string());
-    let body = json!({
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "ServiceMonitor",
-        "metadata": meta,
-        "spec": {
-            "selector": {"matchLabels": {LABEL_BASE: c.name, LABEL_SERVICE: "client"}},
-            "namespaceSelector": {"matchNames": [c.namespace]},
-            "endpoints": [endpoint],
-        },
-    });
-    Some(Object::new(
-        "monitoring.coreos.com/v1",
-        "ServiceMonitor",
-        c.namespace,
-        c.name,
-        body,
-    ))
+    let endpoint = obj_opt([
+        ("interval", sm.interval.as_deref().map(Value::from)),
+        (
+            "path",
+            Some(sm.metrics_path.as_deref().unwrap_or("/metrics").into()),
+        ),
+        (
+            "port",
+            Some(sm.metrics_port.as_deref().unwrap_or("http").into()),
+        ),
+    ]);
+    let body = obj([
+        ("metadata", c.meta(c.name.to_string())),
+        (
+            "spec",
+            obj([
+                ("endpoints", Value::Array(vec![endpoint])),
+                (
+                    "namespaceSelector",
+                    obj([("matchNames", vec![c.namespace].into())]),
+                ),
+                (
+                    "selector",
+                    obj([(
+                        "matchLabels",
+                        str_map([(LABEL_BASE, c.name), (LABEL_SERVICE, "client")]),
+                    )]),
+                ),
+            ]),
+        ),
+    ]);
+    Some(c.object("monitoring.coreos.com/v1", "ServiceMonitor", c.name, body))
 }
 
 /// The peer-key Secret with a fresh key: created once, never updated (see `Plan::create`).
-pub(super) fn peer_key_secret(c: &Ctx, key: &str) -> Secret {
-    Secret {
-        metadata: c.meta(peer_key_secret_name(c.name)),
-        string_data: Some(BTreeMap::from([("current".to_string(), key.to_string())])),
-        type_: Some("Opaque".into()),
-        ..Default::default()
-    }
+pub(super) fn peer_key_secret(c: &Ctx, key: &str) -> Object {
+    let name = peer_key_secret_name(c.name);
+    let body = obj([
+        ("metadata", c.meta(name.clone())),
+        ("stringData", str_map([("current", key)])),
+        ("type", "Opaque".into()),
+    ]);
+    c.object("v1", "Secret", &name, body)
 }
