@@ -1,12 +1,19 @@
 //! Writer tracking for the operator: one task per Base polls each ready pod's agent `/_ha/leader`
 //! every `leaderPollInterval`, feeds the core leader tracker, and wakes the Base's reconcile when the
 //! writer changes, so the writer label and `status.currentWriter` follow within one poll.
+//!
+//! Each replica's answer goes to the tracker as it arrives, and a replica whose poll is still
+//! running (an unreachable pod holds one for the 2 s timeout) is skipped, not waited for, so it
+//! never holds up the others. The writer is kept with its lease, and a reconcile that reads it
+//! after the lease has passed sees no writer: by then it may have been deposed.
 
 use base_core::reconcile::WriterView;
-use base_core::tracker::{PollResult, Tracker, TrackerConfig, parse_leader_claim};
+use base_core::tracker::{PollResult, ReplicaIx, Tracker, TrackerConfig, parse_leader_claim};
 use base_core::{Millis, NodeId};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -21,10 +28,40 @@ pub struct Target {
     pub url: String,
 }
 
+/// The writer as last polled, and the end of its lease as the tracker reported it (on
+/// [`lease_clock`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolledWriter {
+    pub view: WriterView,
+    pub lease_expires: Millis,
+}
+
+/// The writer a reconcile at `now` may act on: the one last polled, while its lease lasts. Once the
+/// lease has passed it may have been deposed (a poll round held up, a partition): no writer, so the
+/// plan waits rather than, say, report a switchover done because the old writer is still named.
+pub fn live_writer(polled: Option<&PolledWriter>, now: Millis) -> Option<WriterView> {
+    polled
+        .filter(|p| p.lease_expires > now)
+        .map(|p| p.view.clone())
+}
+
+/// Whether replacing the polled writer `old` with `new` at `now` must wake the reconcile: the
+/// writer changed, or `old`'s lease had passed (a reconcile may have planned with no writer since).
+pub fn writer_changed(old: Option<&PolledWriter>, new: Option<&PolledWriter>, now: Millis) -> bool {
+    old.map(|p| &p.view) != new.map(|p| &p.view) || live_writer(old, now) != live_writer(new, now)
+}
+
+/// The clock the poll tasks feed the tracker and leases are judged on: Unix milliseconds read once,
+/// then advanced by the monotonic clock, so a step of the wall clock cannot stretch a lease.
+pub fn lease_clock() -> Millis {
+    static CLOCK: OnceLock<crate::agent::clock::Clock> = OnceLock::new();
+    CLOCK.get_or_init(crate::agent::clock::Clock::new).now()
+}
+
 struct Entry {
     targets: Vec<Target>,
     interval: Duration,
-    writer: Option<WriterView>,
+    writer: Option<PolledWriter>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -60,7 +97,8 @@ impl Writers {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts or updates tracking of a Base; returns the writer as last polled.
+    /// Starts or updates tracking of a Base; returns the writer as last polled, if its lease has not
+    /// passed ([`live_writer`]).
     pub fn track(
         &self,
         key: BaseKey,
@@ -73,7 +111,7 @@ impl Writers {
             && !e.task.is_finished()
         {
             e.targets = targets;
-            return e.writer.clone();
+            return live_writer(e.writer.as_ref(), lease_clock());
         }
         if let Some(old) = map.remove(&key) {
             old.task.abort();
@@ -101,15 +139,15 @@ impl Writers {
         self.lock().get(key).map(|e| e.targets.clone())
     }
 
-    fn set_writer(&self, key: &BaseKey, writer: Option<WriterView>) -> bool {
+    /// Stores the writer just polled; true when the reconcile must be woken ([`writer_changed`]).
+    fn set_writer(&self, key: &BaseKey, writer: Option<PolledWriter>, now: Millis) -> bool {
         let mut map = self.lock();
-        match map.get_mut(key) {
-            Some(e) if e.writer != writer => {
-                e.writer = writer;
-                true
-            }
-            _ => false,
-        }
+        let Some(e) = map.get_mut(key) else {
+            return false;
+        };
+        let changed = writer_changed(e.writer.as_ref(), writer.as_ref(), now);
+        e.writer = writer;
+        changed
     }
 }
 
@@ -128,47 +166,201 @@ async fn poll_one(http: &reqwest::Client, url: &str) -> PollResult {
     }
 }
 
+async fn poll_tagged(http: reqwest::Client, url: String, ix: ReplicaIx) -> (ReplicaIx, PollResult) {
+    (ix, poll_one(&http, &url).await)
+}
+
+/// The writer the tracker knows at `now`, with its lease.
+fn polled_writer(t: &Tracker, now: Millis) -> Option<PolledWriter> {
+    t.writer(now).and_then(|(ix, term, lease_expires)| {
+        t.replica_id(ix).map(|id| PolledWriter {
+            view: WriterView {
+                pod: id.to_string(),
+                term: term.0,
+            },
+            lease_expires,
+        })
+    })
+}
+
+/// Every `interval` each replica whose last poll has ended is polled again; each answer goes to the
+/// tracker as it arrives. While a writer is known, the next round comes before its lease passes
+/// (the lease may be shorter than the interval), so a healthy writer is never forgotten between
+/// polls and its label never flaps.
 async fn poll_loop(w: Writers, key: BaseKey, interval: Duration) {
     let mut tracker: Option<(Vec<Target>, Tracker)> = None;
+    let mut in_flight = FuturesUnordered::new();
+    let mut busy: Vec<bool> = Vec::new();
+    let mut next_round = tokio::time::Instant::now();
     loop {
-        let Some(targets) = w.targets(&key) else {
-            return;
-        };
-        if tracker.as_ref().is_none_or(|(t, _)| *t != targets) {
-            let ids = targets.iter().map(|t| NodeId::new(t.pod.clone())).collect();
-            let cfg = TrackerConfig::new(Millis(interval.as_millis() as u64), Millis(0));
-            tracker = Tracker::new(ids, cfg).ok().map(|t| (targets.clone(), t));
-        }
-        if let Some((targets, t)) = tracker.as_mut() {
-            let results =
-                futures::future::join_all(targets.iter().map(|tg| poll_one(&w.http, &tg.url)))
-                    .await;
-            let now = now_ms();
-            for (ix, r) in results.into_iter().enumerate() {
-                let effect = t.on_poll(now, ix, r);
+        tokio::select! {
+            Some((ix, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                busy[ix] = false;
+                let Some((_, t)) = tracker.as_mut() else {
+                    continue;
+                };
+                let now = lease_clock();
+                let effect = t.on_poll(now, ix, result);
                 debug!(base = %key.2, replica = ix, ?effect, "polled");
+                let writer = polled_writer(t, now);
+                if let Some(pw) = &writer {
+                    let left = pw.lease_expires.0.saturating_sub(now.0);
+                    let soon = Duration::from_millis((left / 2).max(50));
+                    next_round = next_round.min(tokio::time::Instant::now() + soon);
+                }
+                let view = writer.as_ref().map(|w| w.view.clone());
+                if w.set_writer(&key, writer, now) {
+                    info!(base = %key.2, namespace = %key.1, writer = ?view, "writer changed");
+                    let _ = w.wake.send(key.clone());
+                }
             }
-            let writer = t.writer(now).and_then(|(ix, term, _)| {
-                t.replica_id(ix).map(|id| WriterView {
-                    pod: id.to_string(),
-                    term: term.0,
-                })
-            });
-            if w.set_writer(&key, writer.clone()) {
-                info!(base = %key.2, namespace = %key.1, writer = ?writer, "writer changed");
-                let _ = w.wake.send(key.clone());
+            () = tokio::time::sleep_until(next_round) => {
+                let Some(targets) = w.targets(&key) else {
+                    return;
+                };
+                if tracker.as_ref().is_none_or(|(t, _)| *t != targets) {
+                    let ids = targets.iter().map(|t| NodeId::new(t.pod.clone())).collect();
+                    let cfg = TrackerConfig::new(Millis(interval.as_millis() as u64), Millis(0));
+                    tracker = Tracker::new(ids, cfg).ok().map(|t| (targets.clone(), t));
+                    // Answers to polls of the old list would land on the wrong replicas.
+                    in_flight = FuturesUnordered::new();
+                    busy = vec![false; targets.len()];
+                }
+                if let Some((targets, _)) = &tracker {
+                    for (ix, tg) in targets.iter().enumerate() {
+                        if !busy[ix] {
+                            busy[ix] = true;
+                            in_flight.push(poll_tagged(w.http.clone(), tg.url.clone(), ix));
+                        }
+                    }
+                }
+                next_round = tokio::time::Instant::now() + interval;
             }
         }
-        // Poll again before the writer's lease passes (it may be shorter than the interval), so a
-        // healthy writer is never forgotten between polls and its label never flaps.
-        let wait = tracker
-            .as_ref()
-            .and_then(|(_, t)| t.writer(now_ms()))
-            .map_or(interval, |(_, _, lease)| {
-                interval.min(Duration::from_millis(
-                    (lease.0.saturating_sub(now_ms().0) / 2).max(50),
-                ))
-            });
-        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::clock::format_rfc3339;
+    use base_core::crd::Kind;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn polled(pod: &str, term: u64, lease_expires: u64) -> PolledWriter {
+        PolledWriter {
+            view: WriterView {
+                pod: pod.into(),
+                term,
+            },
+            lease_expires: Millis(lease_expires),
+        }
+    }
+
+    #[test]
+    fn a_writer_whose_lease_has_passed_is_no_writer() {
+        let w = polled("b-0", 3, 1_000);
+        assert_eq!(live_writer(Some(&w), Millis(0)), Some(w.view.clone()));
+        assert_eq!(live_writer(Some(&w), Millis(999)), Some(w.view.clone()));
+        // The tracker's own rule: a lease ending at `now` is over.
+        assert_eq!(live_writer(Some(&w), Millis(1_000)), None);
+        assert_eq!(live_writer(Some(&w), Millis(3_000)), None);
+        assert_eq!(live_writer(None, Millis(0)), None);
+    }
+
+    #[test]
+    fn the_reconcile_is_woken_when_the_writer_it_may_have_seen_changes() {
+        let (a, a_later) = (polled("b-0", 3, 1_000), polled("b-0", 3, 2_000));
+        let b = polled("b-1", 4, 2_000);
+        // A renewed lease changes nothing a reconcile sees.
+        assert!(!writer_changed(Some(&a), Some(&a_later), Millis(500)));
+        assert!(!writer_changed(None, None, Millis(500)));
+        // Another writer, a new term, or none.
+        assert!(writer_changed(Some(&a), Some(&b), Millis(500)));
+        assert!(writer_changed(
+            Some(&a),
+            Some(&polled("b-0", 4, 2_000)),
+            Millis(500)
+        ));
+        assert!(writer_changed(Some(&a), None, Millis(500)));
+        assert!(writer_changed(None, Some(&a), Millis(500)));
+        // `a`'s lease passed before it was renewed: a reconcile in between planned with no writer.
+        assert!(writer_changed(Some(&a), Some(&a_later), Millis(1_500)));
+    }
+
+    /// A fake agent naming itself the writer, with a lease `lease_ms` from each answer; while
+    /// `silent` is set it takes requests and never answers (an unreachable pod).
+    async fn fake_agent(pod: &'static str, lease_ms: u64, silent: Arc<AtomicBool>) -> String {
+        let app = axum::Router::new().route(
+            "/_ha/leader",
+            axum::routing::get(move || {
+                let silent = silent.clone();
+                async move {
+                    if silent.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    let lease = format_rfc3339(Millis(lease_clock().0 + lease_ms));
+                    format!(
+                        r#"{{"leader_url":"http://{pod}:8090","node_id":"{pod}","term":3,"lease_expires":"{lease}"}}"#
+                    )
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        url
+    }
+
+    fn target(pod: &str, url: String) -> Target {
+        Target {
+            pod: pod.into(),
+            url,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_pod_does_not_hold_up_the_writer() {
+        let targets = vec![
+            target(
+                "b-0",
+                fake_agent("b-0", 60_000, Arc::new(AtomicBool::new(true))).await,
+            ),
+            target("b-1", fake_agent("b-1", 60_000, Arc::default()).await),
+        ];
+        let (wake, mut woken) = mpsc::unbounded_channel();
+        let w = Writers::new(wake);
+        let key: BaseKey = (Kind::Base, "ns".into(), "b".into());
+        let interval = Duration::from_millis(300);
+        assert_eq!(w.track(key.clone(), targets.clone(), interval), None);
+        // Each poll of b-0 takes the 2 s timeout; b-1's answer must not wait for it.
+        let got = tokio::time::timeout(Duration::from_millis(1_500), woken.recv()).await;
+        assert_eq!(
+            got.ok().flatten(),
+            Some(key.clone()),
+            "woken by b-1's answer"
+        );
+        let writer = w.track(key.clone(), targets, interval);
+        assert_eq!(writer.map(|v| (v.pod, v.term)), Some(("b-1".into(), 3)));
+        w.untrack(&key);
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_stops_answering_is_no_writer_once_its_lease_passes() {
+        let silent = Arc::new(AtomicBool::new(false));
+        let targets = vec![target("b-0", fake_agent("b-0", 400, silent.clone()).await)];
+        let (wake, mut woken) = mpsc::unbounded_channel();
+        let w = Writers::new(wake);
+        let key: BaseKey = (Kind::Base, "ns".into(), "b".into());
+        let interval = Duration::from_millis(300);
+        assert_eq!(w.track(key.clone(), targets.clone(), interval), None);
+        let got = tokio::time::timeout(Duration::from_millis(1_500), woken.recv()).await;
+        assert_eq!(got.ok().flatten(), Some(key.clone()));
+        assert!(w.track(key.clone(), targets.clone(), interval).is_some());
+        // Its polls now hang for the 2 s timeout; its last lease ends within 400 ms.
+        silent.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert_eq!(w.track(key.clone(), targets, interval), None);
+        w.untrack(&key);
     }
 }
