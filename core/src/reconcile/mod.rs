@@ -509,7 +509,7 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
                 .unwrap_or_else(|| crate::crd::DEFAULT_READ_YOUR_WRITES_TTL.to_string()),
         };
         route_outcome = match &observed.gateway {
-            GatewayView::Found(gw) => match route::upsert(&route::routes_of(gw), &entry) {
+            GatewayView::Found(gw) => match route::upsert(route::routes_in(gw), &entry) {
                 Ok(Some(routes)) => {
                     plan.gateway = Some(GatewayWrite {
                         namespace: gw_ns.clone(),
@@ -608,7 +608,7 @@ fn plan_cleanup(
 ) {
     let mut done = true;
     if let (Some((ns, gw)), GatewayView::Found(g)) = (gateway_ref.as_ref(), &observed.gateway) {
-        if let Some(routes) = route::remove(&route::routes_of(g), owner) {
+        if let Some(routes) = route::remove(route::routes_in(g), owner) {
             plan.gateway = Some(GatewayWrite {
                 namespace: ns.clone(),
                 name: gw.clone(),

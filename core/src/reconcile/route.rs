@@ -26,20 +26,54 @@ pub struct RouteEntry {
     pub read_your_writes_ttl: String,
 }
 
+const METHODS: [&str; 7] = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"];
+const LEADER_POLL_PATH: &str = "/_ha/leader";
+
 impl RouteEntry {
+    fn backend(&self, service: &str) -> String {
+        format!(
+            "http://{service}.{}.svc.cluster.local:{}",
+            self.namespace, self.port
+        )
+    }
+
     pub fn to_value(&self) -> Value {
         json!({
             "prefix": self.prefix,
-            "backend": format!("http://{}.{}.svc.cluster.local:{}", self.service, self.namespace, self.port),
-            "writeBackend": format!("http://{}.{}.svc.cluster.local:{}", self.writer_service, self.namespace, self.port),
-            "methods": ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"],
+            "backend": self.backend(&self.service),
+            "writeBackend": self.backend(&self.writer_service),
+            "methods": METHODS,
             "leaderPoll": {
-                "path": "/_ha/leader",
+                "path": LEADER_POLL_PATH,
                 "interval": self.leader_poll_interval,
             },
             "readYourWritesTTL": self.read_your_writes_ttl,
             "owner": self.owner,
         })
+    }
+
+    /// `*v == self.to_value()`, without building the entry: the Gateway usually already holds it.
+    pub fn matches(&self, v: &Value) -> bool {
+        let Some(m) = v.as_object() else {
+            return false;
+        };
+        let str_at = |k: &str| m.get(k).and_then(Value::as_str);
+        let leader_poll = m.get("leaderPoll").and_then(Value::as_object);
+        m.len() == 7
+            && str_at("prefix") == Some(self.prefix.as_str())
+            && str_at("owner") == Some(self.owner.as_str())
+            && str_at("readYourWritesTTL") == Some(self.read_your_writes_ttl.as_str())
+            && m.get("methods")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().map(Value::as_str).eq(METHODS.map(Some)))
+            && leader_poll.is_some_and(|p| {
+                p.len() == 2
+                    && p.get("path").and_then(Value::as_str) == Some(LEADER_POLL_PATH)
+                    && p.get("interval").and_then(Value::as_str)
+                        == Some(self.leader_poll_interval.as_str())
+            })
+            && str_at("backend") == Some(self.backend(&self.service).as_str())
+            && str_at("writeBackend") == Some(self.backend(&self.writer_service).as_str())
     }
 }
 
@@ -72,14 +106,15 @@ pub fn upsert(routes: &[Value], entry: &RouteEntry) -> Result<Option<Vec<Value>>
                 .to_string(),
         });
     }
-    let want = entry.to_value();
-    let ours: Vec<&Value> = routes
+    let mut ours = routes
         .iter()
-        .filter(|r| entry_owner(r) == Some(entry.owner.as_str()))
-        .collect();
-    if ours.len() == 1 && *ours[0] == want {
+        .filter(|r| entry_owner(r) == Some(entry.owner.as_str()));
+    if let (Some(only), None) = (ours.next(), ours.next())
+        && entry.matches(only)
+    {
         return Ok(None);
     }
+    let want = entry.to_value();
     let mut out: Vec<Value> = routes
         .iter()
         .filter(|r| entry_owner(r) != Some(entry.owner.as_str()))
@@ -101,11 +136,15 @@ pub fn remove(routes: &[Value], owner: &str) -> Option<Vec<Value>> {
 
 /// `spec.routes` of a Gateway object; a missing or malformed list reads as empty.
 pub fn routes_of(gateway: &Value) -> Vec<Value> {
+    routes_in(gateway).to_vec()
+}
+
+/// `spec.routes` of a Gateway object, borrowed.
+pub fn routes_in(gateway: &Value) -> &[Value] {
     gateway
         .pointer("/spec/routes")
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
+        .map_or(&[], Vec::as_slice)
 }
 
 #[cfg(test)]
@@ -146,6 +185,39 @@ mod tests {
         let twice = upsert(&once, &moved).unwrap().unwrap();
         assert_eq!(twice.len(), 1);
         assert_eq!(twice[0]["prefix"], "/v1/my-app-2");
+    }
+
+    #[test]
+    fn matches_is_equality_with_the_built_entry() {
+        let e = entry("/v1/my-app", "Base/hanzo/my-app");
+        let want = e.to_value();
+        assert!(e.matches(&want));
+        let mut changes: Vec<Value> = vec![json!(null), json!([]), json!({})];
+        for (k, v) in want.as_object().unwrap() {
+            let mut dropped = want.clone();
+            dropped.as_object_mut().unwrap().remove(k);
+            changes.push(dropped);
+            let mut changed = want.clone();
+            changed[k] = match v {
+                Value::String(s) => json!(format!("{s}0")),
+                Value::Array(a) => json!(a[..a.len() - 1]),
+                _ => json!({"path": "/_ha/leader", "interval": "3s"}),
+            };
+            changes.push(changed);
+        }
+        let mut extra = want.clone();
+        extra["x"] = json!(1);
+        changes.push(extra);
+        let mut extra_poll = want.clone();
+        extra_poll["leaderPoll"]["x"] = json!(1);
+        changes.push(extra_poll);
+        let mut port = entry("/v1/my-app", "Base/hanzo/my-app");
+        port.port = 80;
+        changes.push(port.to_value());
+        for v in &changes {
+            assert_eq!(e.matches(v), *v == want, "{v}");
+            assert!(!e.matches(v), "{v}");
+        }
     }
 
     #[test]

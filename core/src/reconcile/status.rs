@@ -99,7 +99,14 @@ fn cond(
 }
 
 pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome: Outcome) {
-    let old = base.status.clone().unwrap_or_default();
+    let no_status;
+    let old = match &base.status {
+        Some(old) => old,
+        None => {
+            no_status = BaseStatus::default();
+            &no_status
+        }
+    };
     let spec_replicas = base.spec.replicas;
     let mut st = BaseStatus {
         observed_generation: base.metadata.generation,
@@ -278,8 +285,8 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
             }
         })
         .collect();
-    plan.events = events(&old, &st);
-    plan.status_changed = st != old;
+    plan.events = events(old, &st);
+    plan.status_changed = st != *old;
     plan.status = st;
 }
 
