@@ -9,16 +9,23 @@ use serde_json::Value;
 pub fn is_subset(desired: &Value, observed: &Value) -> bool {
     match (desired, observed) {
         (Value::Object(d), Value::Object(o)) => {
-            // Both maps iterate in key order, so a merge walk finds most keys without a tree
-            // search; a miss is confirmed with `get`, which keeps this right in any map order.
-            let mut walk = o.iter().peekable();
+            // Both maps iterate in key order, so a merge walk finds each key with one or two
+            // comparisons instead of a tree search; a miss is confirmed with `get`, which keeps
+            // this right in any map order.
+            let mut walk = o.iter();
+            let mut next = walk.next();
             d.iter().all(|(k, dv)| {
-                while walk.next_if(|(ok, _)| *ok < k).is_some() {}
-                match walk
-                    .next_if(|(ok, _)| *ok == k)
-                    .map(|(_, v)| v)
-                    .or_else(|| o.get(k))
-                {
+                let found = loop {
+                    match next {
+                        Some((ok, ov)) if ok == k => {
+                            next = walk.next();
+                            break Some(ov);
+                        }
+                        Some((ok, _)) if ok < k => next = walk.next(),
+                        _ => break o.get(k),
+                    }
+                };
+                match found {
                     Some(ov) => is_subset(dv, ov),
                     None => dv.is_null() || is_empty_collection(dv),
                 }
