@@ -75,19 +75,20 @@ pub fn internal_port(port: i32) -> i32 {
     if port < 65535 { port + 1 } else { port - 1 }
 }
 
-/// A JSON object of these fields.
+/// A JSON object of these fields. Callers list them in key order: inserted last to first, each
+/// key lands in front and costs one comparison instead of a walk past all the others.
 fn obj<const N: usize>(fields: [(&str, Value); N]) -> Value {
     let mut m = Map::new();
-    for (k, v) in fields {
+    for (k, v) in fields.into_iter().rev() {
         m.insert(k.to_owned(), v);
     }
     Value::Object(m)
 }
 
-/// A JSON object of the fields present, as k8s-openapi leaves out a `None`.
+/// A JSON object of the fields present, as k8s-openapi leaves out a `None`. In key order too.
 fn obj_opt<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
     let mut m = Map::new();
-    for (k, v) in fields {
+    for (k, v) in fields.into_iter().rev() {
         if let Some(v) = v {
             m.insert(k.to_owned(), v);
         }
@@ -95,14 +96,22 @@ fn obj_opt<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
     Value::Object(m)
 }
 
-fn str_map<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Value {
-    Value::Object(
-        pairs
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), Value::from(v)))
-            .collect(),
-    )
+/// A JSON object of string values, from pairs in key order (inserted last to first, like `obj`;
+/// collecting would also allocate a vector to sort).
+fn str_map<'a, I>(pairs: I) -> Value
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+    I::IntoIter: DoubleEndedIterator,
+{
+    let mut m = Map::new();
+    for (k, v) in pairs.into_iter().rev() {
+        m.insert(k.to_owned(), v.into());
+    }
+    Value::Object(m)
 }
+
+/// `apiVersion` of the owner references: `crd::GROUP/crd::VERSION` (checked by a test).
+const OWNER_API_VERSION: &str = "hanzo.ai/v1";
 
 /// Everything the builders need, computed once per plan.
 pub(super) struct Ctx<'a> {
@@ -126,14 +135,15 @@ impl Ctx<'_> {
     }
 
     fn label_map(&self) -> Map<String, Value> {
+        // In reverse key order, as `obj` inserts.
         let mut l = Map::new();
-        l.insert(LABEL_BASE.into(), self.name.into());
-        l.insert(LABEL_NAME.into(), "base".into());
-        l.insert(LABEL_INSTANCE.into(), self.name.into());
-        l.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
         if let Some(p) = &self.base.spec.part_of {
             l.insert(LABEL_PART_OF.into(), p.as_str().into());
         }
+        l.insert(LABEL_BASE.into(), self.name.into());
+        l.insert(LABEL_NAME.into(), "base".into());
+        l.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
+        l.insert(LABEL_INSTANCE.into(), self.name.into());
         l
     }
 
@@ -143,10 +153,7 @@ impl Ctx<'_> {
 
     pub fn owner(&self) -> Value {
         obj([
-            (
-                "apiVersion",
-                format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION).into(),
-            ),
+            ("apiVersion", OWNER_API_VERSION.into()),
             ("blockOwnerDeletion", true.into()),
             ("controller", true.into()),
             ("kind", self.kind.as_str().into()),
@@ -175,20 +182,21 @@ impl Ctx<'_> {
         format!("{host}.{}.svc.cluster.local", self.namespace)
     }
 
-    /// `BASE_PEERS` in the form the Base runtime reads: one URL per ordinal.
+    /// `BASE_PEERS` in the form the Base runtime reads: one URL per ordinal, each
+    /// `http://<pod_name>.<fqdn of headless_name>:<port>`, written into one string.
     pub fn peers(&self) -> String {
-        let hs = headless_name(self.name);
-        (0..self.replicas)
-            .map(|i| {
-                format!(
-                    "http://{}.{}:{}",
-                    pod_name(self.name, i),
-                    self.fqdn(&hs),
-                    self.base.spec.port
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+        use std::fmt::Write;
+        let mut out = String::new();
+        for i in 0..self.replicas {
+            let sep = if i == 0 { "" } else { "," };
+            let (name, namespace, port) = (self.name, self.namespace, self.base.spec.port);
+            // Writing to a String cannot fail.
+            let _ = write!(
+                out,
+                "{sep}http://{name}-{i}.{name}-hs.{namespace}.svc.cluster.local:{port}"
+            );
+        }
+        out
     }
 
     fn object(&self, api_version: &str, kind: &str, name: &str, body: Value) -> Object {
@@ -271,25 +279,29 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
     let hs = headless_name(c.name);
     let peers = c.peers();
 
-    let mut base_env = vec![
+    // Sized for everything pushed below, so the vectors never grow.
+    let mut base_env = Vec::with_capacity(8 + spec.env.len());
+    base_env.extend([
         pod_name_env(),
         env("BASE_PEERS", peers.as_str()),
         env("BASE_HEADLESS_SERVICE", c.fqdn(&hs)),
         env("BASE_CONSENSUS", spec.consensus.as_str()),
         env("BASE_PORT", internal.to_string()),
         env("BASE_REPLICAS", c.replicas.to_string()),
-    ];
+    ]);
     if let Some(app) = &spec.iam_app {
         base_env.push(env("IAM_APP", app.as_str()));
     }
-    let mut volumes = vec![obj([
+    let mut volumes = Vec::with_capacity(4);
+    volumes.push(obj([
         ("emptyDir", Value::Object(Map::new())),
         ("name", "tmp".into()),
-    ])];
-    let mut mounts = vec![
+    ]));
+    let mut mounts = Vec::with_capacity(3);
+    mounts.extend([
         volume_mount(DATA_VOLUME, DATA_MOUNT, false),
         volume_mount("tmp", "/tmp", false),
-    ];
+    ]);
     match spec.schema.as_deref() {
         Some(url) if is_url(url) => base_env.push(env("BASE_SCHEMA_URL", url)),
         Some(_) => {

@@ -70,6 +70,22 @@ fn fqdn(c: &Ctx, host: &str) -> String {
     format!("{host}.{}.svc.cluster.local", c.namespace)
 }
 
+/// `BASE_PEERS` as it was built before `Ctx::peers` wrote it into one string.
+fn peers(c: &Ctx) -> String {
+    let hs = headless_name(c.name);
+    (0..c.replicas)
+        .map(|i| {
+            format!(
+                "http://{}.{}:{}",
+                pod_name(c.name, i),
+                fqdn(c, &hs),
+                c.base.spec.port
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.to_string(),
@@ -139,7 +155,7 @@ pub fn statefulset(c: &Ctx) -> StatefulSet {
 
     let mut base_env = vec![
         pod_name_env(),
-        env("BASE_PEERS", c.peers()),
+        env("BASE_PEERS", peers(c)),
         env("BASE_HEADLESS_SERVICE", fqdn(c, &hs)),
         env("BASE_CONSENSUS", spec.consensus.clone()),
         env("BASE_PORT", internal.to_string()),
@@ -246,7 +262,7 @@ pub fn statefulset(c: &Ctx) -> StatefulSet {
         ]),
         env: Some(vec![
             pod_name_env(),
-            env("BASE_PEERS", c.peers()),
+            env("BASE_PEERS", peers(c)),
             env("RUST_LOG", "info"),
         ]),
         ports: Some(vec![
