@@ -31,6 +31,12 @@ pub const MAX_PINS: usize = 100_000;
 pub const MAX_CLIENT_ID_BYTES: usize = 128;
 /// The most replicas one tracker routes to (a Base is a small odd number of replicas).
 pub const MAX_REPLICAS: usize = 64;
+/// Never poll the writer more often than this, however short its lease looks.
+pub const MIN_WRITER_POLL: Millis = Millis(50);
+/// While no writer is known, every replica is polled at least this often: a new writer is found
+/// within this of its election, not within a poll interval (up to seconds) — most of a failover
+/// otherwise. Ten tiny GETs a second per replica, and only while there is no writer.
+pub const HUNT_POLL: Millis = Millis(100);
 
 /// Index of a replica in the list the tracker was built with (the order of `--replicas`).
 pub type ReplicaIx = usize;
@@ -127,6 +133,24 @@ impl LeaderClaim {
 /// The body of a `/_ha/leader` answer → a claim, in one pure step (a fuzz target).
 pub fn parse_leader_claim(bytes: &[u8]) -> Result<LeaderClaim, WireError> {
     LeaderClaim::from_answer(&wire::parse_leader_answer(bytes)?)
+}
+
+/// When a poller polls one replica next ([`Tracker::next_poll`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextPoll {
+    /// Poll at this time (at once if it has passed).
+    pub at: Millis,
+    /// Ask again at this time if it comes before `at`: the writer's lease ends then, and with it
+    /// the rule that gave `at`.
+    pub valid_until: Option<Millis>,
+}
+
+impl NextPoll {
+    /// When the poller should wake: `at`, or `valid_until` if sooner.
+    #[must_use]
+    pub fn wake_at(&self) -> Millis {
+        self.valid_until.map_or(self.at, |v| v.min(self.at))
+    }
 }
 
 /// The result of polling one replica.
@@ -618,6 +642,48 @@ impl Tracker {
             .map(|w| (w.replica, w.term, w.lease_expires))
     }
 
+    /// When to poll `replica` again, its last poll having ended at `last_end`, as the tracker
+    /// sees things at `now`:
+    /// - the writer: `last_end + min(interval, max(MIN_WRITER_POLL, (lease_expires − last_end) / 2))`,
+    ///   so the poll after next still lands inside its lease: a healthy writer is never forgotten
+    ///   between polls;
+    /// - any other replica while a writer is known: `last_end + interval`, but only until that
+    ///   writer's lease ends (`valid_until`): then it is forgotten, and the poller must ask again;
+    /// - any replica while no writer is known: `last_end + min(interval, HUNT_POLL)`.
+    ///
+    /// The poller sleeps until `at` or `valid_until`, whichever comes first, and asks again; it
+    /// polls once `at <= now`.
+    #[must_use]
+    pub fn next_poll(
+        &self,
+        now: Millis,
+        replica: ReplicaIx,
+        last_end: Millis,
+        interval: Millis,
+    ) -> NextPoll {
+        let after = |wait: Millis| Millis(last_end.0.saturating_add(wait.0));
+        match self.writer(now) {
+            Some((writer, _, lease_expires)) if writer == replica => {
+                let left = lease_expires.0.saturating_sub(last_end.0);
+                NextPoll {
+                    at: after(interval.min(Millis(left / 2).max(MIN_WRITER_POLL))),
+                    valid_until: None,
+                }
+            }
+            Some((_, _, lease_expires)) => {
+                let at = after(interval);
+                NextPoll {
+                    at,
+                    valid_until: (lease_expires < at).then_some(lease_expires),
+                }
+            }
+            None => NextPoll {
+                at: after(interval.min(HUNT_POLL)),
+                valid_until: None,
+            },
+        }
+    }
+
     /// Whether a replica gets plain reads at `now`.
     #[must_use]
     pub fn is_ready(&self, now: Millis, replica: ReplicaIx) -> bool {
@@ -818,6 +884,46 @@ mod tests {
         match route {
             Route::Forward(f) => Some(f.replica),
             Route::Reject(_) => None,
+        }
+    }
+
+    #[test]
+    fn polls_the_writer_before_its_lease_passes_and_hunts_when_there_is_none() {
+        let mut t = tracker();
+        let second = Millis(1_000);
+        let next = |t: &Tracker, now: u64, r: ReplicaIx, end: u64, interval: Millis| {
+            let n = t.next_poll(Millis(now), r, Millis(end), interval);
+            (n.at.0, n.valid_until.map(|v| v.0))
+        };
+        // Nothing known yet: hunt, unless the interval is shorter still.
+        assert_eq!(next(&t, 0, 0, 0, second), (HUNT_POLL.0, None));
+        assert_eq!(next(&t, 0, 0, 0, Millis(60)), (60, None));
+        all_say(&mut t, 10_000, 3, "b-1", 10_900);
+        // The writer: half of what is left of its lease, or the interval if shorter.
+        assert_eq!(next(&t, 10_000, 1, 10_000, second), (10_450, None));
+        assert_eq!(next(&t, 10_000, 1, 10_000, Millis(200)), (10_200, None));
+        // Never sooner than MIN_WRITER_POLL, even for a lease about to end.
+        assert_eq!(next(&t, 10_860, 1, 10_860, second), (10_910, None));
+        // The others: the interval, but ask again when the writer's lease ends before that.
+        assert_eq!(next(&t, 10_000, 0, 10_000, second), (11_000, Some(10_900)));
+        assert_eq!(next(&t, 10_000, 0, 10_000, Millis(500)), (10_500, None));
+        let n = t.next_poll(Millis(10_000), 0, Millis(10_000), second);
+        assert_eq!(n.wake_at(), Millis(10_900));
+        // Asked again once the lease passed with no fresh poll: no writer, so the replica is
+        // due at once (hunting, counted from its last poll) — and so is the old writer.
+        assert_eq!(next(&t, 10_900, 0, 10_000, second), (10_100, None));
+        assert_eq!(next(&t, 10_900, 1, 10_800, second), (10_900, None));
+        // A healthy writer that renews is never forgotten: the next poll lands inside the lease.
+        let mut t = tracker();
+        all_say(&mut t, 10_000, 3, "b-1", 10_900);
+        let mut now = 10_000;
+        while now < 10_900 {
+            let at = next(&t, now, 1, now, Millis(2_000)).0;
+            assert!(
+                at < 10_900 || at - now == MIN_WRITER_POLL.0,
+                "{now} -> {at}"
+            );
+            now = at;
         }
     }
 

@@ -2,7 +2,8 @@
 
 use super::Shared;
 use super::metrics::PollKind;
-use base_core::tracker::{self, PollEffect, PollResult, ReplicaIx};
+use base_core::Millis;
+use base_core::tracker::{self, NextPoll, PollEffect, PollResult, ReplicaIx};
 use base_core::wire::MAX_LEADER_ANSWER_BYTES;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,27 +93,27 @@ pub(super) async fn poll_loop(shared: Arc<Shared>, replica: ReplicaIx) {
     let mut last = PollKind::Ok;
     loop {
         poll_and_record(&shared, replica, &mut last).await;
-        // A slow poll delays the next one rather than bunching them up.
-        tokio::time::sleep(next_poll_in(&shared, replica)).await;
-    }
-}
-
-/// The writer's lease (900 ms by default) can be shorter than the poll interval (1 s by default);
-/// the tracker forgets a writer whose lease passed without a fresh poll, so the writer is polled
-/// again before that happens: a healthy writer is never forgotten between polls.
-pub(super) fn next_poll_in(shared: &Shared, replica: ReplicaIx) -> Duration {
-    let now = super::now_ms();
-    let tracker = shared.lock_tracker();
-    match tracker.writer(now) {
-        Some((writer, _, lease_expires)) if writer == replica => {
-            let left_ms = lease_expires.0.saturating_sub(now.0);
-            shared
-                .poll_interval
-                .min(Duration::from_millis((left_ms / 2).max(MIN_WRITER_POLL_MS)))
+        // Counted from the poll's end: a slow poll delays the next one rather than bunching them up.
+        let last_end = super::now_ms();
+        loop {
+            let now = super::now_ms();
+            let next = next_poll(&shared, now, replica, last_end);
+            if next.at <= now {
+                break;
+            }
+            // Wake early when the writer's lease ends: the rule changes then (hunting).
+            let wait_ms = next.wake_at().0.saturating_sub(now.0).max(1);
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         }
-        _ => shared.poll_interval,
     }
 }
 
-/// Never poll the writer more often than this, however short its lease looks.
-pub const MIN_WRITER_POLL_MS: u64 = 50;
+/// The core tracker's rule (`Tracker::next_poll`): the writer is polled again before its lease
+/// passes (900 ms by default, shorter than the 1 s default interval), and while no writer is known
+/// every replica is polled every 100 ms, so a new writer is found soon after its election.
+fn next_poll(shared: &Shared, now: Millis, replica: ReplicaIx, last_end: Millis) -> NextPoll {
+    let interval = super::duration_ms(shared.poll_interval);
+    shared
+        .lock_tracker()
+        .next_poll(now, replica, last_end, interval)
+}

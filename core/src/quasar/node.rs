@@ -378,6 +378,20 @@ impl Node {
             .map(|(peer, _)| peer.clone())
     }
 
+    /// For a writer: whom to hand the role to when it must go (fenced, shutting down): the best
+    /// up-to-date peer, else the most advanced one (the transfer stops new writes and waits,
+    /// bounded, for it to catch up: under a steady stream of writes no peer is ever exactly up
+    /// to date), else none.
+    pub fn hand_over_target(&self) -> Option<NodeId> {
+        self.best_transfer_target().or_else(|| {
+            let w = self.writer.as_ref()?;
+            w.peer_position
+                .iter()
+                .max_by_key(|(peer, pos)| (**pos, std::cmp::Reverse((*peer).clone())))
+                .map(|(peer, _)| peer.clone())
+        })
+    }
+
     fn quorum(&self) -> usize {
         let cluster_size = self.peers.len() + 1;
         cluster_size / 2 + 1
@@ -995,18 +1009,10 @@ impl Node {
                 self.become_follower(now, self.term, None, out);
             }
             Role::Writer => {
-                // No more writes from here on (`can_accept_writes` checks `fenced`); hand over to
-                // the best up-to-date peer, else to the most advanced one (the transfer waits,
-                // bounded, for it to catch up), else give the role up at once.
+                // No more writes from here on (`can_accept_writes` checks `fenced`); hand over
+                // (`hand_over_target`), else give the role up at once.
                 let in_progress = self.transferring_to().is_some();
-                let target = self.best_transfer_target().or_else(|| {
-                    let w = self.writer.as_ref()?;
-                    w.peer_position
-                        .iter()
-                        .max_by_key(|(peer, pos)| (**pos, std::cmp::Reverse((*peer).clone())))
-                        .map(|(peer, _)| peer.clone())
-                });
-                match target {
+                match self.hand_over_target() {
                     _ if in_progress => {}
                     Some(to) => self.start_transfer(now, to, out),
                     None => self.become_follower(now, self.term, None, out),
