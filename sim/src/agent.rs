@@ -8,6 +8,7 @@
 //! log is at least as up to date as its own.
 
 use crate::config::Bug;
+use crate::k8s::PodPhase;
 use crate::world::{
     Agent, Entry, Out, Packet, Shared, World, WriteId, WriteReply, agent_addr, lock, ordinal_of,
     pod_id, send_all,
@@ -97,6 +98,7 @@ impl World {
             commit: 0,
             next_append_at: now,
             next_fence_read: now.saturating_add(Millis(FENCE_POLL_MS)),
+            sigterm: false,
         });
         self.stats.pod_starts += 1;
         self.ev(format!(
@@ -370,6 +372,7 @@ impl World {
         let mut out = self.step_agent(ordinal, Input::Tick);
         let now = self.local(ordinal);
         out.extend(self.read_fence_file(ordinal, now));
+        out.extend(self.on_sigterm(ordinal));
         let heartbeat = self.cfg.timing.heartbeat_interval_ms();
         let due = self
             .agent_mut(ordinal)
@@ -380,6 +383,36 @@ impl World {
             out.extend(self.appends(ordinal, None));
         }
         Some(out)
+    }
+
+    /// The pod is terminating: the kubelet's SIGTERM makes a writer hand its role to an
+    /// up-to-date peer before the process exits (adapter-k8s `agent::driver`, `Control::Shutdown`),
+    /// so that a deleted writer costs a hand-over, not an election timeout.
+    fn on_sigterm(&mut self, ordinal: i32) -> Vec<Out> {
+        let terminating = self
+            .k8s
+            .pods
+            .get(&ordinal)
+            .is_some_and(|p| matches!(p.phase, PodPhase::Terminating { .. }));
+        let Some(a) = self
+            .agent_mut(ordinal)
+            .filter(|a| terminating && !a.sigterm)
+        else {
+            return Vec::new();
+        };
+        a.sigterm = true;
+        if a.node.role() != Role::Writer {
+            return Vec::new();
+        }
+        let Some(to) = a.node.hand_over_target() else {
+            return Vec::new();
+        };
+        self.ev(format!(
+            "{} got SIGTERM: hands over to {to}",
+            pod_id(ordinal)
+        ));
+        self.stats.transfers += 1;
+        self.step_agent(ordinal, Input::TransferWriter { to })
     }
 
     /// How long (ms) the fence of `ordinal` is overdue: its pod's annotations file has said fenced

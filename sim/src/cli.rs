@@ -1,9 +1,9 @@
 //! `cargo sim …`: run one seed with its timeline, or a campaign over many seeds in parallel
 //! worker processes.
 
-use crate::config::{Bug, Options};
+use crate::config::{Bounds, Bug, FaultMix, Options, TimingProfile};
 use crate::run::{Report, run_seed};
-use crate::stats::{SeedLine, Summary};
+use crate::stats::{FailoverKind, SeedLine, Summary, failover_figures};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
@@ -13,12 +13,17 @@ usage:
   cargo sim run --seed N [--bug BUG] [--membership-faults] [--poll-ms N] [--quiet]
       one seed: its timeline (every event), the figures, and any violation with its trace
   cargo sim campaign [--seeds 1000] [--start 0] [--jobs 2] [--bug …] [--membership-faults]
-      many seeds in parallel processes; ends with one line of key=value figures
+                     [--timing quasar,k8s-lease] [--faults mixed|kills]
+      many seeds in parallel processes; ends with one line of key=value figures per timing
+  --timing T[,T…]: the election timings: quasar (the defaults: heartbeat 100 ms, election
+      timeout 1–2 s, lease 900 ms) or k8s-lease (Kubernetes-Lease leader election's 15 s lease,
+      10 s renew deadline, 2 s retry, as Quasar timings); a campaign runs each in turn, same seeds
+  --faults: mixed (every kind of fault, overlapping; the default) or kills (only writer kills,
+      one at a time: the failover of a clean kill)
   --bug: plant a bug the checkers must catch: no-recheck, lease-overrun, ignore-fence,
-      early-done, unfenced-plan, or fixed-poll (no early writer poll: counted, not a violation)
+      early-done, unfenced-plan, stale-operator-writer, or fixed-poll (no early writer poll:
+      counted, not a violation)
   --poll-ms N: force leaderPollInterval (default: drawn from 200, 500, 1000, 2000 ms per seed)
-  --fresh-operator-writer: model the operator fix the sim found missing (the reconcile
-      observes no writer once the lease of the one its poll task last saw has passed)
   --membership-faults: let faults, switchovers and fences strike while a scale change rolls
       out (a known hole: the election has no joint consensus, so this can split the brain)
   cargo sim worker --start S --step K --count N [--bug …]
@@ -36,7 +41,21 @@ struct Args {
     quiet: bool,
     membership_faults: bool,
     poll_ms: Option<u64>,
-    fresh_operator_writer: bool,
+    timings: Vec<TimingProfile>,
+    faults: FaultMix,
+}
+
+impl Args {
+    fn options(&self, timing: TimingProfile, keep_trace: bool) -> Options {
+        Options {
+            bug: self.bug,
+            keep_trace,
+            membership_faults: self.membership_faults,
+            poll_ms: self.poll_ms,
+            timing,
+            faults: self.faults,
+        }
+    }
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -52,7 +71,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
         quiet: false,
         membership_faults: false,
         poll_ms: None,
-        fresh_operator_writer: false,
+        timings: vec![TimingProfile::Quasar],
+        faults: FaultMix::Mixed,
     };
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
@@ -62,10 +82,6 @@ fn parse(args: &[String]) -> Result<Args, String> {
         }
         if flag == "--membership-faults" {
             a.membership_faults = true;
-            continue;
-        }
-        if flag == "--fresh-operator-writer" {
-            a.fresh_operator_writer = true;
             continue;
         }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -83,6 +99,13 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--jobs" => a.jobs = num()?.max(1),
             "--bug" => a.bug = Some(Bug::parse(value)?),
             "--poll-ms" => a.poll_ms = Some(num()?.max(100)),
+            "--timing" => {
+                a.timings = value
+                    .split(',')
+                    .map(TimingProfile::parse)
+                    .collect::<Result<_, _>>()?;
+            }
+            "--faults" => a.faults = FaultMix::parse(value)?,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -120,7 +143,7 @@ fn line_of(report: &Report, wall_ms: u64) -> SeedLine {
         ok: report.ok(),
         sim_ms: report.sim_ms,
         wall_ms,
-        failovers_ms: report.stats.failovers_ms.clone(),
+        failovers: report.stats.failovers.clone(),
         acked_writes: report.stats.acked_writes,
         converge_ms: report.converge_ms.unwrap_or(0),
         live_ms: report.live_ms.unwrap_or(0),
@@ -142,13 +165,7 @@ fn line_of(report: &Report, wall_ms: u64) -> SeedLine {
 
 fn run_one(a: &Args) -> ExitCode {
     quiet_panics();
-    let options = Options {
-        bug: a.bug,
-        keep_trace: !a.quiet,
-        membership_faults: a.membership_faults,
-        poll_ms: a.poll_ms,
-        fresh_operator_writer: a.fresh_operator_writer,
-    };
+    let options = a.options(a.timings[0], !a.quiet);
     let t = Instant::now();
     let report = run_seed(a.seed, &options);
     let wall_ms = t.elapsed().as_millis() as u64;
@@ -160,7 +177,7 @@ fn run_one(a: &Args) -> ExitCode {
     }
     let s = &report.stats;
     println!(
-        "seed {}: {} simulated ms in {wall_ms} wall ms; {} writes acknowledged, {} failed, {} rejected ({} no_writer at the gateway, {} of them while a node accepted writes), {} reads; {} terms; failovers {:?} ms; heal→live {:?} ms, →converged {:?} ms; {} plans ({} saw no writer while a node accepted writes); a healthy writer forgotten between polls {} times by the gateway, {} by the operator; {} API writes, {} transfers, {} process starts; switchovers {} done, {} refused ({} fenced targets); {} fences applied ({} of a writer), {} writes refused by a fenced node; {} messages; trace hash {:016x}",
+        "seed {}: {} simulated ms in {wall_ms} wall ms; {} writes acknowledged, {} failed, {} rejected ({} no_writer at the gateway, {} of them while a node accepted writes), {} reads; {} terms; failovers {}; heal→live {:?} ms, →converged {:?} ms; {} plans ({} saw no writer while a node accepted writes); a healthy writer forgotten between polls {} times by the gateway, {} by the operator; {} API writes, {} transfers, {} process starts; switchovers {} done, {} refused ({} fenced targets); {} fences applied ({} of a writer), {} writes refused by a fenced node; {} messages; trace hash {:016x}",
         report.seed,
         report.sim_ms,
         s.acked_writes,
@@ -170,7 +187,16 @@ fn run_one(a: &Args) -> ExitCode {
         s.no_writer_while_one_accepts,
         s.reads,
         s.terms,
-        s.failovers_ms,
+        s.failovers
+            .iter()
+            .map(|f| format!(
+                "{} {} ms{}",
+                f.kind.name(),
+                f.ms,
+                if f.clean { " (clean)" } else { "" }
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
         report.live_ms,
         report.converge_ms,
         s.plans,
@@ -203,13 +229,7 @@ fn run_one(a: &Args) -> ExitCode {
 
 fn worker(a: &Args) -> ExitCode {
     quiet_panics();
-    let options = Options {
-        bug: a.bug,
-        keep_trace: false,
-        membership_faults: a.membership_faults,
-        poll_ms: a.poll_ms,
-        fresh_operator_writer: a.fresh_operator_writer,
-    };
+    let options = a.options(a.timings[0], false);
     let stdout = std::io::stdout();
     for i in 0..a.count {
         let seed = a.start + i * a.step;
@@ -236,11 +256,40 @@ fn campaign(a: &Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut figures = Vec::new();
+    let mut violations = 0;
+    for &timing in &a.timings {
+        let Some((summary, wall_ms)) = campaign_of(a, &exe, timing) else {
+            return ExitCode::FAILURE;
+        };
+        violations += summary.violations;
+        figures.push(format!(
+            "timing={} faults={} {}",
+            timing.name(),
+            a.faults.name(),
+            summary.key_values(wall_ms)
+        ));
+    }
+    for line in figures {
+        println!("{line}");
+    }
+    if violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The seeds under one timing, in `a.jobs` worker processes; prints the details, returns the
+/// totals and the wall time (`None`: a worker could not start).
+fn campaign_of(a: &Args, exe: &std::path::Path, timing: TimingProfile) -> Option<(Summary, u64)> {
     let jobs = a.jobs.min(a.seeds.max(1));
     println!(
-        "campaign: seeds {}..{} on {jobs} worker processes{}",
+        "campaign: seeds {}..{} on {jobs} worker processes, timing {}, faults {}{}",
         a.start,
         a.start + a.seeds,
+        timing.name(),
+        a.faults.name(),
         a.bug
             .map(|b| format!(", planted bug {}", b.name()))
             .unwrap_or_default()
@@ -249,9 +298,10 @@ fn campaign(a: &Args) -> ExitCode {
     let mut children = Vec::new();
     for j in 0..jobs {
         let count = a.seeds / jobs + u64::from(j < a.seeds % jobs);
-        let mut cmd = Command::new(&exe);
+        let mut cmd = Command::new(exe);
         cmd.args(["worker", "--start", &(a.start + j).to_string()])
             .args(["--step", &jobs.to_string(), "--count", &count.to_string()])
+            .args(["--timing", timing.name(), "--faults", a.faults.name()])
             .stdout(Stdio::piped());
         if let Some(b) = a.bug {
             cmd.args(["--bug", b.name()]);
@@ -262,14 +312,11 @@ fn campaign(a: &Args) -> ExitCode {
         if let Some(ms) = a.poll_ms {
             cmd.args(["--poll-ms", &ms.to_string()]);
         }
-        if a.fresh_operator_writer {
-            cmd.arg("--fresh-operator-writer");
-        }
         match cmd.spawn() {
             Ok(c) => children.push(c),
             Err(e) => {
                 eprintln!("cannot start a worker: {e}");
-                return ExitCode::FAILURE;
+                return None;
             }
         }
     }
@@ -318,13 +365,24 @@ fn campaign(a: &Args) -> ExitCode {
         println!("{line}");
     }
     if !summary.failed_seeds.is_empty() {
-        println!("failed seeds (replay each with `cargo sim run --seed N`):");
+        let flags = format!(
+            "{}{}",
+            if timing == TimingProfile::Quasar {
+                String::new()
+            } else {
+                format!(" --timing {}", timing.name())
+            },
+            if a.faults == FaultMix::Mixed {
+                String::new()
+            } else {
+                format!(" --faults {}", a.faults.name())
+            }
+        );
+        println!("failed seeds (replay each with `cargo sim run --seed N{flags}`):");
         for (seed, why) in summary.failed_seeds.iter().take(50) {
             println!("  {seed}: {why}");
         }
     }
-    let mut f = summary.failovers_ms.clone();
-    f.sort_unstable();
     println!(
         "seeds run: {}; violations: {}; simulated {:.0} s in {:.1} s wall ({}x, {}x per worker); {} writes acknowledged",
         summary.seeds,
@@ -336,12 +394,25 @@ fn campaign(a: &Args) -> ExitCode {
         summary.acked_writes
     );
     println!(
-        "failover (writer taken away → a new writer acknowledges a write through the gateway) over {} failovers: p50 {} ms, p99 {} ms, max {} ms",
-        f.len(),
-        crate::stats::percentile(&f, 50),
-        crate::stats::percentile(&f, 99),
-        f.last().copied().unwrap_or(0)
+        "failover (writer taken away → a new writer acknowledges a write through the gateway):"
     );
+    for kind in FailoverKind::ALL {
+        for clean in [true, false] {
+            let (n, p50, p99, max) =
+                failover_figures(&summary.failovers, |f| f.kind == kind && f.clean == clean);
+            if n > 0 {
+                println!(
+                    "  {:<9} {:<25} n={n:<5} p50 {p50} ms, p99 {p99} ms, max {max} ms",
+                    kind.name(),
+                    if clean {
+                        "clean (no other fault)"
+                    } else {
+                        "with other faults about"
+                    }
+                );
+            }
+        }
+    }
     println!(
         "writes refused by the gateway (503 no_writer): {}; of them while a node could accept writes: {}",
         summary.refused, summary.refused_with_writer
@@ -354,17 +425,11 @@ fn campaign(a: &Args) -> ExitCode {
         summary.switchovers_refused,
         summary.fences
     );
+    let bounds = Bounds::of(&timing.timing());
     println!(
         "worst heal→first write: {} ms (bound {}); worst heal→converged: {} ms (bound {})",
-        summary.max_live_ms,
-        crate::config::LIVENESS_BOUND_MS,
-        summary.max_converge_ms,
-        crate::config::CONVERGENCE_BOUND_MS
+        summary.max_live_ms, bounds.liveness_ms, summary.max_converge_ms, bounds.convergence_ms
     );
-    println!("{}", summary.key_values(wall_ms));
-    if summary.violations == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    println!();
+    Some((summary, wall_ms))
 }

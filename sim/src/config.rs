@@ -3,6 +3,7 @@
 
 use crate::clock::Clock;
 use crate::rng::Rng;
+use base_core::Millis;
 use base_core::quasar::Timing;
 
 /// The Base the operator manages in every run.
@@ -13,11 +14,12 @@ pub const MAX_ORDINALS: i32 = 5;
 /// Client tasks issuing requests through the gateway.
 pub const CLIENTS: u32 = 3;
 
-/// When the first fault may strike (the cluster first elects a writer).
+/// When the first fault may strike with the default timing (the cluster first elects a writer).
 pub const FAULTS_FROM_MS: u64 = 4_000;
-/// Faults strike during this long; then every fault is healed.
+/// Faults strike during this long (the mixed plan); then every fault is healed.
 pub const FAULT_PHASE_MS: u64 = 20_000;
-/// After the heal, a writer must accept writes through the gateway within this (invariant 6).
+/// After the heal, a writer must accept writes through the gateway within this (invariant 6),
+/// with the default timing ([`Bounds`] scales it with the election timeouts).
 /// The budget: a crashed pod restarts within 3 s, a (re)started node waits `election_timeout_min`
 /// (1 s) before it votes, an election takes at most a few `election_timeout_max` rounds (2 s each),
 /// and the gateway learns the writer within a poll interval (≤ 1 s) plus the poll's timeout.
@@ -29,6 +31,117 @@ pub const LIVENESS_BOUND_MS: u64 = 15_000;
 pub const CONVERGENCE_BOUND_MS: u64 = 60_000;
 /// A run ends this long after both the liveness and the convergence checks passed.
 pub const SETTLE_MS: u64 = 2_000;
+/// The kills plan: this many writer kills per seed, one every `kill_spacing_ms` ([`Bounds`]).
+pub const KILLS_PER_SEED: u64 = 3;
+
+/// The election timings a run uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimingProfile {
+    /// Quasar's defaults: heartbeat 100 ms, election timeout 1–2 s, lease 900 ms.
+    #[default]
+    Quasar,
+    /// The pattern of Kubernetes-Lease leader election (client-go's `leaderelection` defaults):
+    /// lease duration 15 s, renew deadline 10 s, retry period 2 s. As Quasar timings: a candidate
+    /// takes over once the holder has not renewed for the lease duration (election timeout from
+    /// 15 s, plus up to one retry period of jitter: 15–17 s); the holder renews every retry period
+    /// (heartbeat 2 s) and stops leading when it could not renew for the renew deadline (lease
+    /// 10 s: `15 s·(1 − ρ) − 4.25 s` margin).
+    K8sLease,
+}
+
+impl TimingProfile {
+    pub fn parse(s: &str) -> Result<TimingProfile, String> {
+        match s {
+            "quasar" => Ok(TimingProfile::Quasar),
+            "k8s-lease" => Ok(TimingProfile::K8sLease),
+            _ => Err(format!(
+                "unknown timing {s:?}: expected quasar or k8s-lease"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TimingProfile::Quasar => "quasar",
+            TimingProfile::K8sLease => "k8s-lease",
+        }
+    }
+
+    pub fn timing(self) -> Timing {
+        match self {
+            TimingProfile::Quasar => Timing::default(),
+            TimingProfile::K8sLease => Timing::new(
+                Millis(2_000),
+                Millis(15_000),
+                Millis(17_000),
+                Timing::default().drift_bound_ppm(),
+                Millis(4_250),
+            )
+            .expect("the Kubernetes-Lease timings satisfy the lease argument"),
+        }
+    }
+}
+
+/// Which faults a run's plan draws.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FaultMix {
+    /// Every kind of fault, switchovers and fences, overlapping at random.
+    #[default]
+    Mixed,
+    /// Only writer kills (a crash that restarts in place, or `kubectl delete pod`), spaced so that
+    /// each failover ends before the next kill: the failover figures of a clean kill.
+    Kills,
+}
+
+impl FaultMix {
+    pub fn parse(s: &str) -> Result<FaultMix, String> {
+        match s {
+            "mixed" => Ok(FaultMix::Mixed),
+            "kills" => Ok(FaultMix::Kills),
+            _ => Err(format!("unknown fault mix {s:?}: expected mixed or kills")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultMix::Mixed => "mixed",
+            FaultMix::Kills => "kills",
+        }
+    }
+}
+
+/// The run's time bounds, scaled with the election timings (the constants above are the
+/// default timing's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// When the first fault may strike: the cluster has elected its first writer by then.
+    pub faults_from_ms: u64,
+    /// Invariant 6, see [`LIVENESS_BOUND_MS`].
+    pub liveness_ms: u64,
+    /// Invariant 7, see [`CONVERGENCE_BOUND_MS`].
+    pub convergence_ms: u64,
+    /// A fault that takes the writer away for at least this long must cost it the seat (its lease
+    /// and CheckQuorum end within `election_timeout_min`): its failover is measured.
+    pub deposes_after_ms: u64,
+    /// The kills plan: time between two kills, longer than any failover of a clean kill.
+    pub kill_spacing_ms: u64,
+}
+
+impl Bounds {
+    pub fn of(timing: &Timing) -> Bounds {
+        let (min, max) = (
+            timing.election_timeout_min_ms().0,
+            timing.election_timeout_max_ms().0,
+        );
+        Bounds {
+            faults_from_ms: FAULTS_FROM_MS.max(2 * max),
+            liveness_ms: LIVENESS_BOUND_MS.max(3_000 + min + 3 * max + 2_000),
+            convergence_ms: CONVERGENCE_BOUND_MS.max(5 * (6_000 + min) + max),
+            deposes_after_ms: min + 500,
+            kill_spacing_ms: 6_000.max(2 * max),
+        }
+    }
+}
 
 /// A bug planted on purpose, to show that the checkers catch it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +163,12 @@ pub enum Bug {
     /// The gateway and the operator poll every replica at the fixed interval, as before the
     /// writer was polled again before its lease passes.
     FixedPoll,
+    /// The operator's poll task as adapter-k8s `controller::writers` had it before the fix: each
+    /// round waits for its slowest poll (2 s timeout) before feeding the answers, and the
+    /// reconcile observes the writer without its lease. A round held up by an unreachable pod
+    /// hands it a writer deposed meanwhile, and a switchover to that writer is reported `Done`
+    /// while another node writes.
+    StaleOperatorWriter,
 }
 
 impl Bug {
@@ -61,8 +180,9 @@ impl Bug {
             "early-done" => Ok(Bug::EarlyDone),
             "unfenced-plan" => Ok(Bug::UnfencedPlan),
             "fixed-poll" => Ok(Bug::FixedPoll),
+            "stale-operator-writer" => Ok(Bug::StaleOperatorWriter),
             _ => Err(format!(
-                "unknown bug {s:?}: expected no-recheck, lease-overrun, ignore-fence, early-done, unfenced-plan or fixed-poll"
+                "unknown bug {s:?}: expected no-recheck, lease-overrun, ignore-fence, early-done, unfenced-plan, fixed-poll or stale-operator-writer"
             )),
         }
     }
@@ -75,6 +195,7 @@ impl Bug {
             Bug::EarlyDone => "early-done",
             Bug::UnfencedPlan => "unfenced-plan",
             Bug::FixedPoll => "fixed-poll",
+            Bug::StaleOperatorWriter => "stale-operator-writer",
         }
     }
 }
@@ -227,11 +348,8 @@ pub struct Options {
     pub membership_faults: bool,
     /// Force `leaderPollInterval` (ms) instead of drawing it from {200, 500, 1000, 2000}.
     pub poll_ms: Option<u64>,
-    /// Model a fix the operator lacks: the writer its poll task hands the reconcile carries its
-    /// lease, and the reconcile observes no writer once that lease passed (on the operator's
-    /// clock). Without it, a round held up by an unreachable pod (2 s timeout) leaves the
-    /// reconcile a writer deposed meanwhile.
-    pub fresh_operator_writer: bool,
+    pub timing: TimingProfile,
+    pub faults: FaultMix,
 }
 
 #[derive(Clone, Debug)]
@@ -240,8 +358,9 @@ pub struct SimConfig {
     pub bug: Option<Bug>,
     pub keep_trace: bool,
     pub membership_faults: bool,
-    pub fresh_operator_writer: bool,
+    pub profile: TimingProfile,
     pub timing: Timing,
+    pub bounds: Bounds,
     pub initial_replicas: i32,
     pub retention: &'static str,
     pub poll_interval_ms: u64,
@@ -258,7 +377,8 @@ pub struct SimConfig {
 impl SimConfig {
     pub fn from_seed(seed: u64, options: &Options) -> SimConfig {
         let mut rng = Rng::new(seed);
-        let timing = Timing::default();
+        let timing = options.timing.timing();
+        let bounds = Bounds::of(&timing);
         // Skews within ±ρ/2 keep every pair of clocks within the drift bound ρ:
         // (1 − ρ/2)/(1 + ρ/2) ≥ 1 − ρ.
         let half_drift = (timing.drift_bound_ppm() / 2) as i64;
@@ -281,10 +401,61 @@ impl SimConfig {
         let ryw_ttl_ms = *rng.pick(&[1_000, 5_000]);
         let latency_ms = (1, rng.range(2, 10));
 
+        let faults_from_ms = bounds.faults_from_ms;
+        let (faults, heal_at_ms) = if options.faults == FaultMix::Kills {
+            let faults = (0..KILLS_PER_SEED)
+                .map(|k| Scheduled {
+                    at_ms: bounds.faults_from_ms + k * bounds.kill_spacing_ms,
+                    fault: if rng.percent(50) {
+                        Fault::Crash {
+                            target: Target::Writer,
+                            restart_after_ms: rng.range(100, 3_000),
+                        }
+                    } else {
+                        Fault::DeletePod {
+                            target: Target::Writer,
+                        }
+                    },
+                })
+                .collect();
+            (
+                faults,
+                faults_from_ms + KILLS_PER_SEED * bounds.kill_spacing_ms,
+            )
+        } else {
+            Self::mixed_faults(&mut rng, faults_from_ms, initial_replicas)
+        };
+        SimConfig {
+            seed,
+            bug: options.bug,
+            keep_trace: options.keep_trace,
+            membership_faults: options.membership_faults,
+            profile: options.timing,
+            timing,
+            bounds,
+            initial_replicas,
+            retention,
+            poll_interval_ms,
+            ryw_ttl_ms,
+            replica_clocks,
+            gateway_clock,
+            operator_clock,
+            latency_ms,
+            faults,
+            heal_at_ms,
+        }
+    }
+
+    /// Every kind of fault, switchovers and fences, at random times of the fault phase.
+    fn mixed_faults(
+        rng: &mut Rng,
+        faults_from_ms: u64,
+        initial_replicas: i32,
+    ) -> (Vec<Scheduled>, u64) {
         let mut faults = Vec::new();
         let count = rng.range(4, 10);
         for _ in 0..count {
-            let at_ms = FAULTS_FROM_MS + rng.below(FAULT_PHASE_MS - 2_000);
+            let at_ms = faults_from_ms + rng.below(FAULT_PHASE_MS - 2_000);
             let target = |rng: &mut Rng| {
                 if rng.percent(60) {
                     Target::Writer
@@ -294,7 +465,7 @@ impl SimConfig {
             };
             let fault = match rng.below(100) {
                 0..=14 => Fault::Isolate {
-                    target: target(&mut rng),
+                    target: target(rng),
                     for_ms: rng.range(500, 5_000),
                 },
                 15..=26 => Fault::Partition {
@@ -302,23 +473,23 @@ impl SimConfig {
                     for_ms: rng.range(500, 5_000),
                 },
                 27..=34 => Fault::OneWay {
-                    from: target(&mut rng),
-                    to: target(&mut rng),
+                    from: target(rng),
+                    to: target(rng),
                     for_ms: rng.range(500, 4_000),
                 },
                 35..=41 => Fault::GatewayCut {
-                    target: target(&mut rng),
+                    target: target(rng),
                     for_ms: rng.range(500, 4_000),
                 },
                 42..=56 => Fault::Crash {
-                    target: target(&mut rng),
+                    target: target(rng),
                     restart_after_ms: rng.range(100, 3_000),
                 },
                 57..=63 => Fault::DeletePod {
-                    target: target(&mut rng),
+                    target: target(rng),
                 },
                 64..=79 => Fault::Pause {
-                    target: target(&mut rng),
+                    target: target(rng),
                     // Mostly longer than the lease (900 ms): the writer must be deposed meanwhile.
                     for_ms: rng.range(300, 4_000),
                 },
@@ -340,7 +511,7 @@ impl SimConfig {
         }
         // Switchovers and fences, drawn after the faults so that those keep their draws.
         for _ in 0..rng.range(0, 3) {
-            let at_ms = FAULTS_FROM_MS + rng.below(FAULT_PHASE_MS - 2_000);
+            let at_ms = faults_from_ms + rng.below(FAULT_PHASE_MS - 2_000);
             let op = match rng.below(100) {
                 0..=44 => Operation::Switchover(match rng.below(100) {
                     0..=59 => SwitchoverTo::Follower,
@@ -366,23 +537,6 @@ impl SimConfig {
             });
         }
         faults.sort_by_key(|s| s.at_ms);
-        SimConfig {
-            seed,
-            bug: options.bug,
-            keep_trace: options.keep_trace,
-            membership_faults: options.membership_faults,
-            fresh_operator_writer: options.fresh_operator_writer,
-            timing,
-            initial_replicas,
-            retention,
-            poll_interval_ms,
-            ryw_ttl_ms,
-            replica_clocks,
-            gateway_clock,
-            operator_clock,
-            latency_ms,
-            faults,
-            heal_at_ms: FAULTS_FROM_MS + FAULT_PHASE_MS,
-        }
+        (faults, faults_from_ms + FAULT_PHASE_MS)
     }
 }

@@ -3,17 +3,20 @@
 //! client tasks that send them.
 
 use crate::config::Bug;
-use crate::poll::{GATEWAY_POLL_TIMEOUT_MS, OPERATOR_POLL_TIMEOUT_MS, next_poll_in_ms};
+use crate::poll::{GATEWAY_POLL_TIMEOUT_MS, OPERATOR_POLL_TIMEOUT_MS, renew_poll_in_ms};
+use crate::stats::Failover;
 use crate::world::{
     ClientOp, ClientResult, Host, Packet, Shared, World, WriteId, WriteReply, agent_addr,
     gateway_addr, lock, pod_id,
 };
 use base_core::tracker::{
-    AfterOutcome, Attempt, ClientHeaders, ClientId, Delivery, Forward, Outcome, PollEffect,
-    PollResult, Request, RequestKind, Route, Tracker, TrackerConfig, client_identity,
+    AfterOutcome, Attempt, ClientHeaders, ClientId, Delivery, Forward, NextPoll, Outcome,
+    PollEffect, PollResult, Request, RequestKind, Route, Tracker, TrackerConfig, client_identity,
     parse_leader_claim,
 };
 use base_core::{Millis, Term};
+use futures::StreamExt;
+use futures::channel::mpsc;
 use madsim::net::Endpoint;
 use std::time::Duration;
 
@@ -58,8 +61,8 @@ impl World {
     }
 
     /// A gateway poll of replica `ordinal` ended: its answer's body, or nothing in time. Returns
-    /// how long until the next poll of that replica (adapter-k8s `gateway::poll::next_poll_in`).
-    pub fn poll_result(&mut self, ordinal: i32, body: Option<Vec<u8>>) -> u64 {
+    /// when it ended, on the gateway's clock.
+    pub fn poll_result(&mut self, ordinal: i32, body: Option<Vec<u8>>) -> Millis {
         let now_ns = self.now_ns();
         let result = self.poll_outcome(ordinal, body);
         let p = &mut self.gateway;
@@ -72,20 +75,37 @@ impl World {
         if let Some((ix, term, _)) = writer {
             p.named = Some((ix as i32, term));
         }
-        let lease = writer
-            .filter(|(ix, _, _)| *ix == ordinal as usize)
-            .map(|(_, _, lease)| (lease.0, now.0));
         if let PollEffect::WriterChanged { writer, term } = effect {
             let w = writer.map_or("none".to_string(), |w| pod_id(w as i32).0);
             self.ev(format!("gateway: writer is {w} at term {term}"));
         }
-        let lease = lease.filter(|_| self.cfg.bug != Some(Bug::FixedPoll));
-        next_poll_in_ms(self.cfg.poll_interval_ms, lease)
+        now
+    }
+
+    /// How long the poller of `ordinal`, whose last poll ended at `last_end`, sleeps before it
+    /// asks again; `None`: poll now. The production gateway's rule (`Tracker::next_poll`, adapter-k8s
+    /// `gateway::poll::poll_loop`).
+    pub fn gateway_poll_wait(&mut self, ordinal: i32, last_end: Millis) -> Option<u64> {
+        let now = self.gateway_now();
+        let interval = Millis(self.cfg.poll_interval_ms);
+        let next = if self.cfg.bug == Some(Bug::FixedPoll) {
+            NextPoll {
+                at: Millis(last_end.0 + interval.0),
+                valid_until: None,
+            }
+        } else {
+            self.gateway
+                .tracker
+                .next_poll(now, ordinal as usize, last_end, interval)
+        };
+        (next.at > now).then(|| next.wake_at().0.saturating_sub(now.0).max(1))
     }
 
     /// The operator's poll task starts a round: the targets the last reconcile handed over, the
-    /// tracker rebuilt when they changed (`None`, as there, when there is none to poll).
-    pub fn operator_round_start(&mut self) -> Option<Vec<i32>> {
+    /// tracker rebuilt when they changed. Returns the tracker's generation and the targets to
+    /// poll now (those whose last poll has ended), marked busy; `None`, as there, when there is
+    /// none to poll.
+    pub fn operator_round_start(&mut self) -> Option<(u64, Vec<i32>)> {
         let targets = self.operator.targets.clone();
         if self
             .operator
@@ -97,8 +117,53 @@ impl World {
             // The operator keeps no read-your-writes pins (`TrackerConfig::new(interval, 0)`).
             let cfg = TrackerConfig::new(Millis(self.cfg.poll_interval_ms), Millis(0));
             self.operator.tracker = Tracker::new(ids, cfg).ok().map(|t| (targets.clone(), t));
+            self.operator.generation += 1;
+            self.operator.busy.clear();
         }
-        self.operator.tracker.as_ref().map(|(t, _)| t.clone())
+        let (targets, _) = self.operator.tracker.as_ref()?;
+        let idle: Vec<i32> = targets
+            .iter()
+            .copied()
+            .filter(|o| !self.operator.busy.contains(o))
+            .collect();
+        self.operator.busy.extend(&idle);
+        Some((self.operator.generation, idle))
+    }
+
+    /// One operator poll of `ordinal` ended: its answer is fed to the tracker now; the writer the
+    /// tracker then names is what the reconcile observes (a change wakes it). Returns how soon
+    /// the next round should start when that writer's lease needs renewing.
+    pub fn operator_poll_answer(
+        &mut self,
+        generation: u64,
+        ordinal: i32,
+        body: Option<Vec<u8>>,
+    ) -> Option<u64> {
+        if generation != self.operator.generation {
+            return None;
+        }
+        self.operator.busy.retain(|o| *o != ordinal);
+        let result = self.poll_outcome(ordinal, body);
+        let now = self.operator_now();
+        let (targets, tracker) = self.operator.tracker.as_mut()?;
+        let ix = targets.iter().position(|o| *o == ordinal)?;
+        let _ = tracker.on_poll(now, ix, result);
+        let writer = tracker.writer(now).map(|(ix, term, _)| (targets[ix], term));
+        let lease = tracker.writer(now).map(|(_, _, lease)| lease);
+        if writer.is_some() {
+            self.operator.named = writer;
+        }
+        self.operator.writer_lease = lease;
+        if writer != self.operator.writer {
+            self.operator.writer = writer;
+            self.operator.wake = true;
+            let w = writer.map_or("none".to_string(), |(o, t)| {
+                format!("{} at term {t}", pod_id(o))
+            });
+            self.ev(format!("operator: writer is {w}"));
+        }
+        let lease = lease.filter(|_| self.cfg.bug != Some(Bug::FixedPoll))?;
+        Some(renew_poll_in_ms(lease.0, now.0))
     }
 
     /// The poller (`via`) last named `writer` (same node, same term) as the writer and knows no
@@ -139,48 +204,6 @@ impl World {
     /// paused process, or one behind a cut link, keeps the poll waiting until its timeout.
     pub fn poll_reset(&self, ordinal: i32, incarnation: u64) -> bool {
         self.poll_connect(ordinal) != Some(incarnation)
-    }
-
-    /// The round is over: every answer is fed at once, the writer the tracker then names is what
-    /// the reconcile observes (a change wakes it). Returns how long until the next round.
-    pub fn operator_round_end(&mut self, results: Vec<Option<Vec<u8>>>) -> u64 {
-        let interval = self.cfg.poll_interval_ms;
-        let results: Vec<PollResult> = {
-            let targets = match &self.operator.tracker {
-                Some((t, _)) => t.clone(),
-                None => return interval,
-            };
-            targets
-                .iter()
-                .zip(results)
-                .map(|(o, body)| self.poll_outcome(*o, body))
-                .collect()
-        };
-        let now = self.operator_now();
-        let Some((targets, tracker)) = self.operator.tracker.as_mut() else {
-            return interval;
-        };
-        for (ix, r) in results.into_iter().enumerate() {
-            let _ = tracker.on_poll(now, ix, r);
-        }
-        let writer = tracker.writer(now).map(|(ix, term, _)| (targets[ix], term));
-        if writer.is_some() {
-            self.operator.named = writer;
-        }
-        let lease = tracker.writer(now).map(|(_, _, lease)| (lease.0, now.0));
-        self.operator.writer_lease = lease.map(|(l, _)| Millis(l));
-        if writer != self.operator.writer {
-            self.operator.writer = writer;
-            self.operator.wake = true;
-            let w = writer.map_or("none".to_string(), |(o, t)| {
-                format!("{} at term {t}", pod_id(o))
-            });
-            self.ev(format!("operator: writer is {w}"));
-        }
-        next_poll_in_ms(
-            interval,
-            lease.filter(|_| self.cfg.bug != Some(Bug::FixedPoll)),
-        )
     }
 
     /// Where the gateway sends a client's request; checks invariant 3 on every write.
@@ -307,14 +330,21 @@ impl World {
             self.live_ns = Some(now_ns);
             self.ev("liveness: a write went through the gateway after the heal");
         }
-        if let Some((since, old_term)) = self.stats.failover_pending
-            && term > old_term
+        if let Some(p) = self.stats.failover_pending
+            && term > p.term
         {
-            let ms = (now_ns - since) / 1_000_000;
-            self.stats.failovers_ms.push(ms);
+            let ms = (now_ns - p.since_ns) / 1_000_000;
+            self.stats.failovers.push(Failover {
+                kind: p.kind,
+                ms,
+                clean: p.clean,
+            });
             self.stats.failover_pending = None;
             self.ev(format!(
-                "failover done in {ms} ms (term {old_term} -> {term})"
+                "failover ({}{}) done in {ms} ms (term {} -> {term})",
+                if p.clean { "clean " } else { "" },
+                p.kind.name(),
+                p.term
             ));
         }
     }
@@ -362,93 +392,115 @@ pub async fn poll_loop(world: Shared, ordinal: i32) {
                 }
             }
         }
-        let wait_ms = lock(&world).poll_result(ordinal, body);
-        madsim::time::sleep(Duration::from_millis(wait_ms)).await;
+        let last_end = lock(&world).poll_result(ordinal, body);
+        // Wakes early when the writer's lease ends: the rule changes then (hunting).
+        loop {
+            let wait = lock(&world).gateway_poll_wait(ordinal, last_end);
+            let Some(wait_ms) = wait else { break };
+            madsim::time::sleep(Duration::from_millis(wait_ms)).await;
+        }
     }
 }
 
-/// The operator's poll task (adapter-k8s `controller::writers::poll_loop`): every target at once,
-/// each poll bounded by the client's timeout; the round lasts until the slowest poll ends; then
-/// the answers are fed, and the next round starts after `next_poll_in` from the round's end.
+/// The operator's poll task (adapter-k8s `controller::writers::poll_loop`): a round every
+/// interval polls each target whose last poll has ended, each poll bounded by the client's
+/// timeout; every answer is fed as it arrives, and one naming a writer brings the next round
+/// forward so that the writer is polled again before its lease passes.
 pub async fn operator_poll_loop(world: Shared) {
-    let Ok(ep) = Endpoint::bind("0.0.0.0:0").await else {
-        return;
+    let (interval, bug) = {
+        let w = lock(&world);
+        (
+            Duration::from_millis(w.cfg.poll_interval_ms),
+            w.cfg.bug == Some(Bug::StaleOperatorWriter),
+        )
     };
-    let interval = lock(&world).cfg.poll_interval_ms;
+    let (tx, mut answers) = mpsc::unbounded::<(u64, i32, Option<Vec<u8>>)>();
+    let mut next_round = madsim::time::Instant::now();
     loop {
-        let Some(targets) = lock(&world).operator_round_start() else {
-            madsim::time::sleep(Duration::from_millis(interval)).await;
-            continue;
-        };
-        let started = madsim::time::Instant::now();
-        let mut bodies: Vec<Option<Vec<u8>>> = vec![None; targets.len()];
-        // Per target: the query's seq and the process it went to, or `None` once its poll ended.
-        let mut pending: Vec<Option<(u64, u64)>> = Vec::with_capacity(targets.len());
-        for &o in &targets {
-            let (conn, seq) = {
+        let now = madsim::time::Instant::now();
+        if now >= next_round {
+            next_round = now + interval;
+            let (generation, targets) = lock(&world).operator_round_start().unwrap_or_default();
+            for &o in &targets {
+                madsim::task::spawn(operator_poll(world.clone(), generation, o, tx.clone()));
+            }
+            if bug {
+                // The adapter before the fix: the round lasts until its slowest poll ends, then
+                // every answer is fed at once.
+                let mut done = Vec::new();
+                while done.len() < targets.len() {
+                    match answers.next().await {
+                        Some(answer) => done.push(answer),
+                        None => return,
+                    }
+                }
                 let mut w = lock(&world);
-                (w.poll_connect(o), w.next_poll_seq(Who::Operator))
-            };
-            let Some(incarnation) = conn else {
-                pending.push(None);
-                continue;
-            };
-            pending.push(Some((seq, incarnation)));
-            let _ = ep
-                .send_to_raw(agent_addr(o), 0, Box::new(Packet::LeaderQuery { seq }))
-                .await;
+                let soon = done
+                    .into_iter()
+                    .filter_map(|(g, o, body)| w.operator_poll_answer(g, o, body))
+                    .last();
+                let wait = soon.map_or(interval, |ms| interval.min(Duration::from_millis(ms)));
+                next_round = madsim::time::Instant::now() + wait;
+            }
+            continue;
         }
+        match madsim::time::timeout(next_round - now, answers.next()).await {
+            Ok(Some((generation, o, body))) => {
+                let soon = lock(&world).operator_poll_answer(generation, o, body);
+                if let Some(ms) = soon {
+                    let at = madsim::time::Instant::now() + Duration::from_millis(ms);
+                    next_round = next_round.min(at);
+                }
+            }
+            Ok(None) => return,
+            Err(_) => {} // the round is due
+        }
+    }
+}
+/// One operator poll of `ordinal` (adapter-k8s `controller::writers::poll_one`): its answer, or
+/// nothing when the process is gone, dies meanwhile, or does not answer within the timeout.
+async fn operator_poll(
+    world: Shared,
+    generation: u64,
+    ordinal: i32,
+    tx: mpsc::UnboundedSender<(u64, i32, Option<Vec<u8>>)>,
+) {
+    let started = madsim::time::Instant::now();
+    let (conn, seq) = {
+        let mut w = lock(&world);
+        (w.poll_connect(ordinal), w.next_poll_seq(Who::Operator))
+    };
+    let mut body = None;
+    if let (Some(incarnation), Ok(ep)) = (conn, Endpoint::bind("0.0.0.0:0").await) {
+        let _ = ep
+            .send_to_raw(
+                agent_addr(ordinal),
+                0,
+                Box::new(Packet::LeaderQuery { seq }),
+            )
+            .await;
         let deadline = started + Duration::from_millis(OPERATOR_POLL_TIMEOUT_MS);
         // One receive stays pending across the reset checks: dropping it could lose an answer.
         let mut recv = Box::pin(ep.recv_from_raw(0));
-        while pending.iter().any(Option::is_some)
-            && let Some(left) = deadline.checked_duration_since(madsim::time::Instant::now())
-        {
+        while let Some(left) = deadline.checked_duration_since(madsim::time::Instant::now()) {
             match madsim::time::timeout(left.min(RESET_CHECK), &mut recv).await {
                 Ok(Ok((payload, _))) => {
                     recv = Box::pin(ep.recv_from_raw(0));
                     if let Ok(p) = payload.downcast::<Packet>()
-                        && let Packet::LeaderAnswer { seq, body } = *p
-                        && let Some(i) = pending
-                            .iter()
-                            .position(|s| s.is_some_and(|(q, _)| q == seq))
+                        && let Packet::LeaderAnswer { seq: s, body: b } = *p
+                        && s == seq
                     {
-                        pending[i] = None;
-                        bodies[i] = Some(body);
+                        body = Some(b);
+                        break;
                     }
                 }
                 Ok(Err(_)) => break,
-                Err(_) => {
-                    let w = lock(&world);
-                    for (i, p) in pending.iter_mut().enumerate() {
-                        if p.is_some_and(|(_, inc)| w.poll_reset(targets[i], inc)) {
-                            *p = None;
-                        }
-                    }
-                }
+                Err(_) if lock(&world).poll_reset(ordinal, incarnation) => break,
+                Err(_) => {}
             }
         }
-        let failed: Vec<i32> = targets
-            .iter()
-            .zip(&bodies)
-            .filter(|(_, b)| b.is_none())
-            .map(|(o, _)| *o)
-            .collect();
-        let wait_ms = {
-            let mut w = lock(&world);
-            if !failed.is_empty() {
-                let took = madsim::time::Instant::now()
-                    .duration_since(started)
-                    .as_millis();
-                w.ev(format!(
-                    "operator: a round of polls took {took} ms; no answer from {:?}",
-                    failed.iter().map(|o| pod_id(*o).0).collect::<Vec<_>>()
-                ));
-            }
-            w.operator_round_end(bodies)
-        };
-        madsim::time::sleep(Duration::from_millis(wait_ms)).await;
     }
+    let _ = tx.unbounded_send((generation, ordinal, body));
 }
 
 fn client_id(client: u32) -> ClientId {

@@ -3,13 +3,15 @@
 
 use crate::agent::replica_main;
 use crate::config::{
-    CLIENTS, CONVERGENCE_BOUND_MS, Fault, FenceWhich, LIVENESS_BOUND_MS, MAX_ORDINALS, Operation,
-    Options, SETTLE_MS, SimConfig, SpecChange, SwitchoverTo, Target,
+    CLIENTS, Fault, FaultMix, FenceWhich, MAX_ORDINALS, Operation, Options, SETTLE_MS, SimConfig,
+    SpecChange, SwitchoverTo, Target, TimingProfile,
 };
 use crate::gateway::{client_main, gateway_main, operator_poll_loop, poll_loop};
 use crate::k8s::{CONTROLLER_TICK_MS, OPERATOR_LOOP_MS, PodPhase};
+use crate::stats::FailoverKind;
 use crate::world::{
-    Host, Packet, Shared, Stats, Violation, World, agent_addr, lock, pod_id, pod_name,
+    Host, Packet, PendingFailover, Shared, Stats, Violation, World, agent_addr, lock, pod_id,
+    pod_name,
 };
 use madsim::net::{Endpoint, NetSim};
 use madsim::runtime::{Handle, Runtime};
@@ -23,7 +25,8 @@ pub struct Report {
     pub bug: Option<crate::config::Bug>,
     pub membership_faults: bool,
     pub poll_ms: Option<u64>,
-    pub fresh_operator_writer: bool,
+    pub timing: TimingProfile,
+    pub fault_mix: FaultMix,
     pub violation: Option<Violation>,
     pub sim_ms: u64,
     pub stats: Stats,
@@ -58,13 +61,16 @@ impl Report {
             .poll_ms
             .map(|ms| format!(" --poll-ms {ms}"))
             .unwrap_or_default();
-        let fresh = if self.fresh_operator_writer {
-            " --fresh-operator-writer"
-        } else {
-            ""
+        let timing = match self.timing {
+            TimingProfile::Quasar => String::new(),
+            t => format!(" --timing {}", t.name()),
+        };
+        let faults = match self.fault_mix {
+            FaultMix::Mixed => String::new(),
+            f => format!(" --faults {}", f.name()),
         };
         format!(
-            "cargo sim run --seed {}{bug}{membership}{poll}{fresh}",
+            "cargo sim run --seed {}{bug}{membership}{poll}{timing}{faults}",
             self.seed
         )
     }
@@ -102,8 +108,11 @@ impl Report {
             Some(ms) => format!("{membership} SIM_POLL_MS={ms}"),
             None => membership.to_string(),
         };
-        if self.fresh_operator_writer {
-            membership.push_str(" SIM_FRESH_OPERATOR_WRITER=1");
+        if self.timing != TimingProfile::Quasar {
+            membership.push_str(&format!(" SIM_TIMING={}", self.timing.name()));
+        }
+        if self.fault_mix != FaultMix::Mixed {
+            membership.push_str(&format!(" SIM_FAULTS={}", self.fault_mix.name()));
         }
         s.push_str(&format!(
             "replay: {}\n    or: MADSIM_TEST_SEED={}{bug}{membership} cargo sim-test --test sim replay -- --nocapture\n",
@@ -131,7 +140,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
     let bug = cfg.bug;
     let membership_faults = cfg.membership_faults;
     let poll_ms = options.poll_ms;
-    let fresh_operator_writer = options.fresh_operator_writer;
+    let (timing, fault_mix) = (options.timing, options.faults);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async move {
             let world = build(cfg);
@@ -145,7 +154,8 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
         .clone()
         .expect("the world was built");
     drop(rt);
-    let mut w = lock(&world);
+    // Not `lock`: the runtime (and its clock) is gone.
+    let mut w = world.lock().unwrap_or_else(|e| e.into_inner());
     if w.frozen_ns.is_none() {
         w.frozen_ns = Some(w.last_event_ns);
     }
@@ -169,7 +179,8 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
         bug,
         membership_faults,
         poll_ms,
-        fresh_operator_writer,
+        timing,
+        fault_mix,
         violation,
         sim_ms: w.now_ns() / 1_000_000,
         stats: w.stats.clone(),
@@ -361,8 +372,10 @@ impl World {
         cut.push((a, b));
     }
 
-    /// Notes the start of a failover when a fault takes the writer away for long enough.
-    fn note_failover(&mut self, victim: i32, long_enough: bool) {
+    /// Notes the start of a failover when a fault takes the writer away for long enough. It is
+    /// clean when nothing else disturbs the cluster now (`quiet`, every pod's process running,
+    /// the peer set settled); `strike` marks it otherwise when a later fault comes first.
+    fn note_failover(&mut self, victim: i32, long_enough: bool, kind: FailoverKind) {
         if !long_enough || self.stats.failover_pending.is_some() {
             return;
         }
@@ -372,20 +385,32 @@ impl World {
                 .as_ref()
                 .map(|a| a.node.term())
         {
-            self.stats.failover_pending = Some((self.now_ns(), term));
+            let clean = self.quiet()
+                && self.membership_settled()
+                && self.running().len() == self.k8s.pods.len();
+            self.stats.failover_pending = Some(PendingFailover {
+                since_ns: self.now_ns(),
+                term,
+                kind,
+                clean,
+            });
         }
     }
 
     fn strike(&mut self, fault: &Fault) -> Option<(u64, Undo)> {
         // A writer deposed for at least this long must be replaced: its lease and CheckQuorum end
         // within `election_timeout_min`, and the followers' promises with it.
-        let long = |ms: u64| ms >= 1_500;
+        let deposes_after_ms = self.cfg.bounds.deposes_after_ms;
+        let long = |ms: u64| ms >= deposes_after_ms;
+        if let Some(p) = &mut self.stats.failover_pending {
+            p.clean = false;
+        }
         let mut cut = Vec::new();
         match fault {
             Fault::Isolate { target, for_ms } => {
                 let o = self.resolve(*target)?;
                 self.ev(format!("FAULT isolate {} for {for_ms} ms", pod_id(o)));
-                self.note_failover(o, long(*for_ms));
+                self.note_failover(o, long(*for_ms), FailoverKind::Isolate);
                 for h in self.all_hosts() {
                     if h != Host::Replica(o) {
                         self.cut(Host::Replica(o), h, &mut cut);
@@ -422,7 +447,7 @@ impl World {
                     replicas.iter().map(|o| pod_id(*o).0).collect::<Vec<_>>()
                 ));
                 if *writer_in_minority {
-                    self.note_failover(first, long(*for_ms));
+                    self.note_failover(first, long(*for_ms), FailoverKind::Partition);
                 }
                 for a in &side {
                     for b in &replicas {
@@ -461,7 +486,7 @@ impl World {
                 restart_after_ms,
             } => {
                 let o = self.resolve(*target)?;
-                self.note_failover(o, true);
+                self.note_failover(o, true, FailoverKind::Kill);
                 if self.crash_pod(o, *restart_after_ms) {
                     self.ev(format!(
                         "FAULT crash {} (restart in {restart_after_ms} ms)",
@@ -472,7 +497,7 @@ impl World {
             }
             Fault::DeletePod { target } => {
                 let o = self.resolve(*target)?;
-                self.note_failover(o, true);
+                self.note_failover(o, true, FailoverKind::Kill);
                 self.ev(format!("FAULT kubectl delete pod {}", pod_id(o)));
                 self.terminate_pod(o, "deleted by a user");
                 None
@@ -602,7 +627,11 @@ impl World {
             return;
         }
         let (incarnation, madsim_id) = (slot.incarnation, slot.madsim_id);
-        self.note_failover(o, for_ms >= 1_500);
+        self.note_failover(
+            o,
+            for_ms >= self.cfg.bounds.deposes_after_ms,
+            FailoverKind::Pause,
+        );
         self.ev(format!("FAULT pause {} for {for_ms} ms{how}", pod_id(o)));
         if let Some(id) = madsim_id {
             self.handle.pause(id);
@@ -686,10 +715,11 @@ impl World {
 /// The supervisor: strikes faults on schedule, heals, and watches the checkers.
 async fn supervise(world: &Shared) {
     let start = Instant::now();
-    let (faults, heal_at) = {
+    let (faults, heal_at, bounds) = {
         let w = lock(world);
-        (w.cfg.faults.clone(), w.cfg.heal_at_ms)
+        (w.cfg.faults.clone(), w.cfg.heal_at_ms, w.cfg.bounds)
     };
+    let (liveness_bound_ms, convergence_bound_ms) = (bounds.liveness_ms, bounds.convergence_ms);
     let at = |ms: u64| start + Duration::from_millis(ms);
     let mut next = 0;
     let mut undos: Vec<(Instant, Undo)> = Vec::new();
@@ -768,11 +798,11 @@ async fn supervise(world: &Shared) {
             }
             if let Some(healed) = w.healed_ns {
                 let now_ns = w.now_ns();
-                if w.live_ns.is_none() && now_ns > healed + LIVENESS_BOUND_MS * 1_000_000 {
+                if w.live_ns.is_none() && now_ns > healed + liveness_bound_ms * 1_000_000 {
                     w.fail(
                         "6 liveness",
                         format!(
-                            "no write went through the gateway within {LIVENESS_BOUND_MS} ms of the heal"
+                            "no write went through the gateway within {liveness_bound_ms} ms of the heal"
                         ),
                     );
                     break;
@@ -787,11 +817,11 @@ async fn supervise(world: &Shared) {
                             w.converged_ns = Some(now_ns);
                             w.ev("convergence: the cluster matches the spec");
                         }
-                        Err(why) if now_ns > since + CONVERGENCE_BOUND_MS * 1_000_000 => {
+                        Err(why) if now_ns > since + convergence_bound_ms * 1_000_000 => {
                             w.fail(
                                 "7 reconcile converges, Retain PVCs are kept",
                                 format!(
-                                    "not converged {CONVERGENCE_BOUND_MS} ms after the heal and the last spec change: {why}"
+                                    "not converged {convergence_bound_ms} ms after the heal and the last spec change: {why}"
                                 ),
                             );
                             break;

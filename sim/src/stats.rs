@@ -15,6 +15,99 @@ pub fn percentile(sorted: &[u64], p: u64) -> u64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
+/// What took the writer away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailoverKind {
+    /// The writer's process died (crash, `kubectl delete pod`): the issue's "writer pod killed".
+    Kill,
+    /// The writer cut off from every other host.
+    Isolate,
+    /// The writer on the minority side of a partition.
+    Partition,
+    /// The writer paused (SIGSTOP) for longer than its lease.
+    Pause,
+}
+
+impl FailoverKind {
+    pub const ALL: [FailoverKind; 4] = [
+        FailoverKind::Kill,
+        FailoverKind::Isolate,
+        FailoverKind::Partition,
+        FailoverKind::Pause,
+    ];
+
+    fn letter(self) -> char {
+        match self {
+            FailoverKind::Kill => 'K',
+            FailoverKind::Isolate => 'I',
+            FailoverKind::Partition => 'P',
+            FailoverKind::Pause => 'S',
+        }
+    }
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            FailoverKind::Kill => "kill",
+            FailoverKind::Isolate => "isolate",
+            FailoverKind::Partition => "partition",
+            FailoverKind::Pause => "pause",
+        }
+    }
+}
+
+/// One failover: from the fault that took the writer away to the first write a new writer
+/// acknowledged through the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failover {
+    pub kind: FailoverKind,
+    pub ms: u64,
+    /// No other fault was in force when it began, and none struck before it ended.
+    pub clean: bool,
+}
+
+impl Failover {
+    /// `K1200` (a clean kill, 1200 ms), `p3400` (a partition with other faults about).
+    fn encode(self) -> String {
+        let l = self.kind.letter();
+        let l = if self.clean {
+            l
+        } else {
+            l.to_ascii_lowercase()
+        };
+        format!("{l}{}", self.ms)
+    }
+
+    fn decode(s: &str) -> Option<Failover> {
+        let mut chars = s.chars();
+        let l = chars.next()?;
+        let kind = FailoverKind::ALL
+            .into_iter()
+            .find(|k| k.letter() == l.to_ascii_uppercase())?;
+        Some(Failover {
+            kind,
+            ms: chars.as_str().parse().ok()?,
+            clean: l.is_ascii_uppercase(),
+        })
+    }
+}
+
+/// p50/p99/max of the failovers `keep` selects, and how many there were.
+#[must_use]
+pub fn failover_figures(
+    all: &[Failover],
+    keep: impl Fn(&Failover) -> bool,
+) -> (usize, u64, u64, u64) {
+    let mut f: Vec<u64> = all.iter().filter(|f| keep(f)).map(|f| f.ms).collect();
+    f.sort_unstable();
+    (
+        f.len(),
+        percentile(&f, 50),
+        percentile(&f, 99),
+        f.last().copied().unwrap_or(0),
+    )
+}
+
 /// What one seed reported, as a worker prints it on one line and the campaign reads it back.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SeedLine {
@@ -22,7 +115,7 @@ pub struct SeedLine {
     pub ok: bool,
     pub sim_ms: u64,
     pub wall_ms: u64,
-    pub failovers_ms: Vec<u64>,
+    pub failovers: Vec<Failover>,
     pub acked_writes: u64,
     pub converge_ms: u64,
     pub live_ms: u64,
@@ -40,11 +133,11 @@ pub struct SeedLine {
 }
 
 impl SeedLine {
-    /// `seed=7 ok=1 sim_ms=… wall_ms=… acked=… live_ms=… converge_ms=… failovers=12,340 violation=…`
+    /// `seed=7 ok=1 sim_ms=… wall_ms=… acked=… live_ms=… converge_ms=… failovers=K1200,p3400 violation=…`
     /// (the violation text last: it may contain spaces).
     #[must_use]
     pub fn to_line(&self) -> String {
-        let failovers: Vec<String> = self.failovers_ms.iter().map(u64::to_string).collect();
+        let failovers: Vec<String> = self.failovers.iter().map(|f| f.encode()).collect();
         format!(
             "seed={} ok={} sim_ms={} wall_ms={} acked={} live_ms={} converge_ms={} refused={} refused_with_writer={} op_no_writer={} forgot_writer={} switchovers_done={} switchovers_refused={} fences={} failovers={} violation={}",
             self.seed,
@@ -107,11 +200,7 @@ impl SeedLine {
                 "fences" => out.fences = v.parse().ok()?,
                 "failovers" if v == "-" => {}
                 "failovers" => {
-                    out.failovers_ms = v
-                        .split(',')
-                        .map(str::parse)
-                        .collect::<Result<_, _>>()
-                        .ok()?;
+                    out.failovers = v.split(',').map(Failover::decode).collect::<Option<_>>()?;
                 }
                 _ => return None,
             }
@@ -127,7 +216,7 @@ pub struct Summary {
     pub violations: u64,
     pub sim_ms: u64,
     pub wall_ms: u64,
-    pub failovers_ms: Vec<u64>,
+    pub failovers: Vec<Failover>,
     pub failed_seeds: Vec<(u64, String)>,
     pub max_live_ms: u64,
     pub max_converge_ms: u64,
@@ -150,7 +239,7 @@ impl Summary {
         }
         self.sim_ms += line.sim_ms;
         self.wall_ms += line.wall_ms;
-        self.failovers_ms.extend(&line.failovers_ms);
+        self.failovers.extend(&line.failovers);
         self.max_live_ms = self.max_live_ms.max(line.live_ms);
         self.max_converge_ms = self.max_converge_ms.max(line.converge_ms);
         self.acked_writes += line.acked_writes;
@@ -163,22 +252,34 @@ impl Summary {
         self.fences += line.fences;
     }
 
-    /// `seeds=… violations=… sim_speed=…x failover_p50_ms=… failover_p99_ms=… failover_max_ms=…`.
-    /// `sim_speed` is simulated time over the wall time the seeds took, summed over the workers
-    /// (per core); `elapsed_wall_ms` (the campaign's own wall time) gives the whole-machine figure.
+    /// `seeds=… violations=… sim_speed=…x sim_speed_per_core=…x` then, for writer kills
+    /// (`kill_`), clean writer kills (`clean_kill_`) and every failover (`all_`):
+    /// `…failovers=N …failover_p50_ms=… …failover_p99_ms=… …failover_max_ms=…`.
+    /// `sim_speed` is simulated time over the campaign's wall time (the whole machine);
+    /// `sim_speed_per_core` divides by the wall time the seeds took, summed over the workers.
     #[must_use]
     pub fn key_values(&self, elapsed_wall_ms: u64) -> String {
-        let mut f = self.failovers_ms.clone();
-        f.sort_unstable();
-        format!(
-            "seeds={} violations={} sim_speed={}x failover_p50_ms={} failover_p99_ms={} failover_max_ms={}",
+        let mut out = format!(
+            "seeds={} violations={} sim_speed={}x sim_speed_per_core={}x",
             self.seeds,
             self.violations,
             self.sim_ms / elapsed_wall_ms.max(1),
-            percentile(&f, 50),
-            percentile(&f, 99),
-            f.last().copied().unwrap_or(0),
-        )
+            self.sim_ms / self.wall_ms.max(1),
+        );
+        // (prefix, kills only, clean only)
+        for (prefix, kills, clean) in [
+            ("kill_", true, false),
+            ("clean_kill_", true, true),
+            ("all_", false, false),
+        ] {
+            let (n, p50, p99, max) = failover_figures(&self.failovers, |f| {
+                (!kills || f.kind == FailoverKind::Kill) && (!clean || f.clean)
+            });
+            out.push_str(&format!(
+                " {prefix}failovers={n} {prefix}failover_p50_ms={p50} {prefix}failover_p99_ms={p99} {prefix}failover_max_ms={max}"
+            ));
+        }
+        out
     }
 }
 
@@ -203,7 +304,18 @@ mod tests {
             ok: false,
             sim_ms: 30_000,
             wall_ms: 400,
-            failovers_ms: vec![1200, 2300],
+            failovers: vec![
+                Failover {
+                    kind: FailoverKind::Kill,
+                    ms: 1200,
+                    clean: true,
+                },
+                Failover {
+                    kind: FailoverKind::Partition,
+                    ms: 2300,
+                    clean: false,
+                },
+            ],
             acked_writes: 77,
             converge_ms: 5000,
             live_ms: 3000,
@@ -234,13 +346,32 @@ mod tests {
             ok: true,
             sim_ms: 10_000,
             wall_ms: 10,
-            failovers_ms: vec![900],
+            failovers: vec![
+                Failover {
+                    kind: FailoverKind::Kill,
+                    ms: 900,
+                    clean: true,
+                },
+                Failover {
+                    kind: FailoverKind::Kill,
+                    ms: 3000,
+                    clean: false,
+                },
+                Failover {
+                    kind: FailoverKind::Pause,
+                    ms: 5000,
+                    clean: true,
+                },
+            ],
             ..SeedLine::default()
         });
-        let kv = s.key_values(10);
+        let kv = s.key_values(5);
         assert_eq!(
             kv,
-            "seeds=1 violations=0 sim_speed=1000x failover_p50_ms=900 failover_p99_ms=900 failover_max_ms=900"
+            "seeds=1 violations=0 sim_speed=2000x sim_speed_per_core=1000x \
+             kill_failovers=2 kill_failover_p50_ms=900 kill_failover_p99_ms=3000 kill_failover_max_ms=3000 \
+             clean_kill_failovers=1 clean_kill_failover_p50_ms=900 clean_kill_failover_p99_ms=900 clean_kill_failover_max_ms=900 \
+             all_failovers=3 all_failover_p50_ms=3000 all_failover_p99_ms=5000 all_failover_max_ms=5000"
         );
     }
 }

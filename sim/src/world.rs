@@ -3,9 +3,10 @@
 //! right after each step, and record the first violation; the supervisor then ends the run.
 
 use crate::clock::Clock;
-use crate::config::{BASE_NAME, SimConfig};
+use crate::config::{BASE_NAME, Bug, SimConfig};
 use crate::k8s::K8s;
 use crate::rng::{Fnv, Rng};
+use crate::stats::{Failover, FailoverKind};
 use base_core::quasar::{Message, Node};
 use base_core::tracker::{Tracker, TrackerConfig};
 use base_core::{Millis, NodeId, Term};
@@ -19,7 +20,13 @@ pub type Shared = Arc<Mutex<World>>;
 
 /// The world's lock. A panic on another task (an `assert!` in the core) poisons nothing we need.
 pub fn lock(world: &Shared) -> MutexGuard<'_, World> {
-    world.lock().unwrap_or_else(|e| e.into_inner())
+    let mut w = world.lock().unwrap_or_else(|e| e.into_inner());
+    // Simulated time stands still while a task runs (no await under the lock), so one clock read
+    // serves the whole critical section: reading madsim's clock was a twentieth of a run.
+    if w.frozen_ns.is_none() {
+        w.locked_at_ns = Instant::now().duration_since(w.start).as_nanos() as u64;
+    }
+    w
 }
 
 /// Events kept for a failure report (the ring buffer's size).
@@ -245,6 +252,8 @@ pub struct Agent {
     pub next_append_at: Millis,
     /// When the agent next re-reads its pod's annotations file (`--fence-file`), local time.
     pub next_fence_read: Millis,
+    /// The kubelet's SIGTERM (pod terminating) has reached the agent.
+    pub sigterm: bool,
 }
 
 /// One ordinal's process slot.
@@ -289,18 +298,19 @@ impl Poller {
     }
 }
 
-/// The operator's writer tracking, as adapter-k8s `controller::writers` does it: one task polls
-/// every target (each pod that has an IP and is not being deleted, as of the last reconcile) at
-/// once, feeds the answers to a tracker (rebuilt when the targets change) when the whole round
-/// is over, stores the writer it then names, and wakes the reconcile when that changed.
+/// The operator's writer tracking, as adapter-k8s `controller::writers` does it: one task starts a
+/// round every poll interval (sooner while a writer's lease needs renewing), polling each target
+/// (each pod that has an IP and is not being deleted, as of the last reconcile) whose last poll
+/// has ended; each answer is fed to a tracker (rebuilt when the targets change) as it arrives,
+/// the writer it then names is stored with its lease, and a change wakes the reconcile.
 pub struct OperatorPoller {
     pub clock: Clock,
     /// The targets the last reconcile handed over (`Writers::track`).
     pub targets: Vec<i32>,
     /// The tracker of the poll task, with the targets it was built for (index = position).
     pub tracker: Option<(Vec<i32>, Tracker)>,
-    /// The writer as of the end of the last round: what the reconcile observes (its lease is
-    /// only used under `Options::fresh_operator_writer`).
+    /// The writer as of the end of the last round, and its lease: what the reconcile observes
+    /// until that lease passes (all along under `Bug::StaleOperatorWriter`).
     pub writer: Option<(i32, Term)>,
     pub writer_lease: Option<Millis>,
     /// The writer changed: reconcile now.
@@ -308,6 +318,10 @@ pub struct OperatorPoller {
     pub seq: u64,
     /// The writer a round last named (the checkers' record).
     pub named: Option<(i32, Term)>,
+    /// Bumped when the tracker is rebuilt: answers to polls of an older one are dropped.
+    pub generation: u64,
+    /// Targets whose poll is still running (not polled again until it ends).
+    pub busy: Vec<i32>,
 }
 
 impl OperatorPoller {
@@ -321,6 +335,8 @@ impl OperatorPoller {
             wake: false,
             seq: 0,
             named: None,
+            generation: 0,
+            busy: Vec::new(),
         }
     }
 }
@@ -347,6 +363,18 @@ pub struct Checks {
     pub switchover: Option<SwitchoverRequest>,
 }
 
+/// A failover under way.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingFailover {
+    /// When the fault struck (real ns).
+    pub since_ns: u64,
+    /// The term of the writer it took away.
+    pub term: Term,
+    pub kind: FailoverKind,
+    /// No other fault in force when it struck, and none since.
+    pub clean: bool,
+}
+
 /// Figures of one run.
 #[derive(Default, Debug, Clone)]
 pub struct Stats {
@@ -355,9 +383,10 @@ pub struct Stats {
     pub rejected: u64,
     pub reads: u64,
     pub terms: u64,
-    pub failovers_ms: Vec<u64>,
-    /// A writer-targeted fault struck at (real ns) the writer of this term.
-    pub failover_pending: Option<(u64, Term)>,
+    pub failovers: Vec<Failover>,
+    /// A writer-targeted fault struck the writer of a term, and no newer writer has acknowledged
+    /// a write through the gateway yet.
+    pub failover_pending: Option<PendingFailover>,
     /// Writes the gateway refused (503 `no_writer`), and those of them refused while some node
     /// could accept writes (the gateway's view lagging behind the election).
     pub writes_refused_by_gateway: u64,
@@ -466,6 +495,8 @@ pub struct World {
     pub converged_ns: Option<u64>,
     /// Set when the run stops: time stands still for the report.
     pub frozen_ns: Option<u64>,
+    /// Simulated time when the world was last locked ([`lock`]): `now_ns` while it is held.
+    pub locked_at_ns: u64,
     pub last_event_ns: u64,
     pub messages: u64,
     /// Request ids of the gateway's forwards (replies are matched on them).
@@ -512,6 +543,7 @@ impl World {
             last_plan: None,
             converged_ns: None,
             frozen_ns: None,
+            locked_at_ns: 0,
             last_event_ns: 0,
             messages: 0,
             next_req: 0,
@@ -526,8 +558,7 @@ impl World {
 
     /// Real (simulated) time since the run started.
     pub fn now_ns(&self) -> u64 {
-        self.frozen_ns
-            .unwrap_or_else(|| Instant::now().duration_since(self.start).as_nanos() as u64)
+        self.frozen_ns.unwrap_or(self.locked_at_ns)
     }
 
     /// A replica's local clock now.
@@ -639,7 +670,7 @@ impl World {
 
     /// The writer the operator's reconcile observes now.
     pub fn operator_writer(&self) -> Option<(i32, Term)> {
-        let live = !self.cfg.fresh_operator_writer
+        let live = self.cfg.bug == Some(Bug::StaleOperatorWriter)
             || self
                 .operator
                 .writer_lease

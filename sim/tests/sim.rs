@@ -4,12 +4,12 @@
 //!
 //! Replay any seed with its whole timeline:
 //! `MADSIM_TEST_SEED=123 cargo sim-test --test sim replay -- --nocapture`
-//! (add `SIM_BUG=no-recheck`, `SIM_MEMBERSHIP_FAULTS=1`, `SIM_POLL_MS=1000` or
-//! `SIM_FRESH_OPERATOR_WRITER=1` as the failure says).
+//! (add `SIM_BUG=no-recheck`, `SIM_MEMBERSHIP_FAULTS=1`, `SIM_POLL_MS=1000`,
+//! `SIM_TIMING=k8s-lease` or `SIM_FAULTS=kills` as the failure says).
 
 #![cfg(madsim)]
 
-use base_sim::config::{Bug, Options};
+use base_sim::config::{Bug, FaultMix, Options, TimingProfile};
 use base_sim::run::{Report, run_seed};
 
 /// Seeds per CI test; four tests run in parallel, so 4 × this many seeds in all.
@@ -222,7 +222,7 @@ fn planted_bug_unfenced_plan_is_caught() {
 #[test]
 fn switchover_and_fencing_are_exercised_under_faults() {
     let (mut done, mut refused_fenced, mut fenced_writers, mut refused_writes) = (0, 0, 0, 0);
-    for seed in 0..60 {
+    for seed in 0..100 {
         let report = run_seed(seed, &options());
         if let Some(text) = report.failure_text() {
             panic!("{text}");
@@ -234,7 +234,7 @@ fn switchover_and_fencing_are_exercised_under_faults() {
         refused_writes += s.writes_refused_fenced;
     }
     println!(
-        "60 seeds: {done} switchovers done, {refused_fenced} refused (fenced target), {fenced_writers} fenced writers, {refused_writes} writes refused by fenced nodes"
+        "100 seeds: {done} switchovers done, {refused_fenced} refused (fenced target), {fenced_writers} fenced writers, {refused_writes} writes refused by fenced nodes"
     );
     assert!(
         done >= 5 && refused_fenced >= 1 && fenced_writers >= 3 && refused_writes >= 1,
@@ -285,32 +285,30 @@ fn regression_default_poll_interval_keeps_the_writer() {
     );
 }
 
-/// A known bug, kept visible (the adapter's, modelled exactly): the operator's poll task polls
-/// every pod at once and hands the reconcile the writer of its last finished round, without its
-/// lease. A round held up by an unreachable pod (2 s client timeout) leaves the reconcile a writer
-/// deposed meanwhile; a switchover to it is then reported `Done` while another node writes
-/// (seed 617: my-app-0 isolated, my-app-2 wins term 5, the plan still observes my-app-0 at term 4).
-/// Modelling the fix (`fresh_operator_writer`: no writer once its lease passed) clears it. When
-/// adapter-k8s `controller::writers` is fixed, make that the default and flip this test.
+/// A bug the simulation found in the adapter, fixed since, planted back: the operator's poll
+/// task polls every pod at once and handed the reconcile the writer of its last finished round
+/// without its lease. A round held up by an unreachable pod (2 s client timeout) left the
+/// reconcile a writer deposed meanwhile, and a switchover to it was reported `Done` while another
+/// node wrote. adapter-k8s `controller::writers` now drops a writer once its lease passed, as
+/// the simulation does by default.
 #[test]
-fn known_bug_stale_operator_writer_reports_a_switchover_done() {
-    let seed = 617;
-    let report = run_seed(seed, &options());
+fn planted_bug_stale_operator_writer_is_caught() {
+    let options = Options {
+        bug: Some(Bug::StaleOperatorWriter),
+        ..Options::default()
+    };
+    // The first seed of `cargo sim campaign --bug stale-operator-writer` that shows it (a scan
+    // from 0 would take this test half a minute).
+    let report = run_seed(617, &options);
     let text = report
         .failure_text()
         .expect("seed 617 no longer shows the stale writer: find another with a campaign");
-    println!("{text}");
     assert!(
         text.contains("invariant=\"9 ") && text.contains("done"),
         "{text}"
     );
-    let fixed = run_seed(
-        seed,
-        &Options {
-            fresh_operator_writer: true,
-            ..Options::default()
-        },
-    );
+    // The same seed with the fix (the default) passes.
+    let fixed = run_seed(report.seed, &Options::default());
     assert!(fixed.ok(), "{:?}", fixed.failure_text());
 }
 
@@ -327,7 +325,12 @@ fn replay() {
         keep_trace: true,
         membership_faults: env("SIM_MEMBERSHIP_FAULTS").is_some(),
         poll_ms: env("SIM_POLL_MS").and_then(|v| v.parse().ok()),
-        fresh_operator_writer: env("SIM_FRESH_OPERATOR_WRITER").is_some(),
+        timing: env("SIM_TIMING").map_or(TimingProfile::Quasar, |t| {
+            TimingProfile::parse(&t).expect("SIM_TIMING")
+        }),
+        faults: env("SIM_FAULTS").map_or(FaultMix::Mixed, |f| {
+            FaultMix::parse(&f).expect("SIM_FAULTS")
+        }),
     };
     let report = run_seed(seed, &options);
     for line in &report.trace_all {
