@@ -127,18 +127,24 @@ pub struct StsView {
     pub generation_observed: bool,
 }
 
+/// `value.pointer("/a/b")` as `at(value, ["a", "b"])`: the same lookup for plain field names,
+/// without the two strings `pointer` allocates per token to unescape it.
+fn at<'a, const N: usize>(value: &'a Value, path: [&str; N]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, k| v.get(k))
+}
+
 impl StsView {
     pub fn from_json(sts: &Value) -> StsView {
-        let int = |p: &str| sts.pointer(p).and_then(Value::as_i64);
+        let int = |p| at(sts, p).and_then(Value::as_i64);
+        let observed_generation = int(["status", "observedGeneration"]);
         StsView {
-            replicas: int("/spec/replicas").unwrap_or(1) as i32,
-            ready_replicas: int("/status/readyReplicas").unwrap_or(0) as i32,
-            update_revision: sts
-                .pointer("/status/updateRevision")
+            replicas: int(["spec", "replicas"]).unwrap_or(1) as i32,
+            ready_replicas: int(["status", "readyReplicas"]).unwrap_or(0) as i32,
+            update_revision: at(sts, ["status", "updateRevision"])
                 .and_then(Value::as_str)
                 .map(str::to_string),
-            generation_observed: int("/status/observedGeneration").is_some()
-                && int("/status/observedGeneration") >= int("/metadata/generation"),
+            generation_observed: observed_generation.is_some()
+                && observed_generation >= int(["metadata", "generation"]),
         }
     }
 }
@@ -362,17 +368,26 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         plan.create.push(objects::peer_key_secret(&ctx, key));
     }
     // Keep the operator's view and the cluster's aligned: an object is written only when it differs.
-    plan.apply = plan
+    let differs: Vec<bool> = plan
         .desired
         .iter()
-        .filter(|d| {
+        .map(|d| {
             !observed
                 .objects
                 .get(&d.key())
                 .is_some_and(|o| is_subset(&d.body, o))
         })
-        .cloned()
         .collect();
+    // Exactly sized: a grown vector of 5+ objects is a 1 KiB block, which in glibc is a
+    // large-bin request that first consolidates every freed small block.
+    plan.apply = Vec::with_capacity(differs.iter().filter(|&&d| d).count());
+    plan.apply.extend(
+        plan.desired
+            .iter()
+            .zip(&differs)
+            .filter(|(_, differs)| **differs)
+            .map(|(d, _)| d.clone()),
+    );
     for optional in [
         "ConfigMap",
         "PodDisruptionBudget",
@@ -380,7 +395,11 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         "ServiceMonitor",
     ] {
         for key in observed.objects.keys().filter(|k| k.kind == optional) {
-            if !plan.desired.iter().any(|d| d.key() == *key) {
+            if !plan
+                .desired
+                .iter()
+                .any(|d| d.kind == key.kind && d.name == key.name)
+            {
                 plan.delete.push(key.clone());
             }
         }
@@ -560,19 +579,27 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
 }
 
 fn desired_objects(c: &Ctx) -> Vec<Object> {
-    let mut out = Vec::with_capacity(8);
-    out.extend(objects::schema_configmap(c));
-    out.extend(objects::services(c));
-    out.push(objects::statefulset(c));
-    out.extend(objects::pdb(c));
-    out.extend(objects::network_policy(c));
-    out.extend(objects::service_monitor(c));
+    let configmap = objects::schema_configmap(c);
+    let services = objects::services(c);
+    let statefulset = objects::statefulset(c);
+    let optional = [
+        objects::pdb(c),
+        objects::network_policy(c),
+        objects::service_monitor(c),
+    ];
+    // Exactly sized, as `apply` is (see there).
+    let n = services.len() + 1 + configmap.iter().count() + optional.iter().flatten().count();
+    let mut out = Vec::with_capacity(n);
+    out.extend(configmap);
+    out.extend(services);
+    out.push(statefulset);
+    out.extend(optional.into_iter().flatten());
     out
 }
 
 /// The controller owner of an object when it is not us.
 fn foreign_controller(obj: &Value, our_uid: &str) -> Option<String> {
-    let refs = obj.pointer("/metadata/ownerReferences")?.as_array()?;
+    let refs = at(obj, ["metadata", "ownerReferences"])?.as_array()?;
     refs.iter()
         .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
         .filter(|r| r.get("uid").and_then(Value::as_str) != Some(our_uid))
