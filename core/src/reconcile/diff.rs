@@ -50,6 +50,7 @@ fn is_empty_collection(v: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quickcheck::{Arbitrary, Gen};
     use serde_json::json;
 
     #[test]
@@ -70,5 +71,96 @@ mod tests {
         ));
         assert!(!is_subset(&json!({"spec": {"selector": {"x": "y"}}}), &o));
         assert!(is_subset(&json!({"spec": {"selector": {}}}), &o));
+    }
+
+    /// The definition, with a tree search per key: the merge walk must agree with it.
+    fn reference(desired: &Value, observed: &Value) -> bool {
+        match (desired, observed) {
+            (Value::Object(d), Value::Object(o)) => d.iter().all(|(k, dv)| match o.get(k) {
+                Some(ov) => reference(dv, ov),
+                None => dv.is_null() || is_empty_collection(dv),
+            }),
+            (Value::Array(d), Value::Array(o)) => {
+                d.len() == o.len() && d.iter().zip(o).all(|(dv, ov)| reference(dv, ov))
+            }
+            (Value::Null, Value::Null) => true,
+            (Value::Number(d), Value::Number(o)) => d.as_f64() == o.as_f64(),
+            (d, o) => d == o,
+        }
+    }
+
+    /// A desired value and an observed one, often the desired one with fields added or changed.
+    #[derive(Clone, Debug)]
+    struct Pair(Value, Value);
+
+    const KEYS: [&str; 6] = ["", "a", "ab", "b", "ba", "c"];
+
+    fn value(g: &mut Gen, depth: u32) -> Value {
+        match u8::arbitrary(g) % if depth == 0 { 5 } else { 7 } {
+            0 => Value::Null,
+            1 => Value::Bool(bool::arbitrary(g)),
+            2 => json!(u8::arbitrary(g) % 3),
+            3 => json!(f64::from(u8::arbitrary(g) % 3)),
+            4 => json!(g.choose(&["", "x", "y"]).copied()),
+            5 => Value::Array(
+                (0..u8::arbitrary(g) % 3)
+                    .map(|_| value(g, depth - 1))
+                    .collect(),
+            ),
+            _ => {
+                let mut m = serde_json::Map::new();
+                for k in KEYS {
+                    if bool::arbitrary(g) {
+                        m.insert(k.to_string(), value(g, depth - 1));
+                    }
+                }
+                Value::Object(m)
+            }
+        }
+    }
+
+    fn mutate(g: &mut Gen, v: &Value, depth: u32) -> Value {
+        match (v, u8::arbitrary(g) % 8) {
+            (_, 0) => value(g, depth),
+            (Value::Object(m), _) => {
+                let mut m: serde_json::Map<String, Value> = m
+                    .iter()
+                    .map(|(k, v)| (k.clone(), mutate(g, v, depth.saturating_sub(1))))
+                    .collect();
+                for k in KEYS {
+                    if u8::arbitrary(g) % 4 == 0 {
+                        m.insert(k.to_string(), value(g, depth.saturating_sub(1)));
+                    }
+                }
+                Value::Object(m)
+            }
+            (Value::Array(a), _) => a
+                .iter()
+                .map(|v| mutate(g, v, depth.saturating_sub(1)))
+                .collect(),
+            (v, _) => v.clone(),
+        }
+    }
+
+    impl Arbitrary for Pair {
+        fn arbitrary(g: &mut Gen) -> Self {
+            let d = value(g, 3);
+            let o = if bool::arbitrary(g) {
+                mutate(g, &d, 3)
+            } else {
+                value(g, 3)
+            };
+            Pair(d, o)
+        }
+    }
+
+    #[test]
+    fn agrees_with_the_definition() {
+        fn prop(Pair(d, o): Pair) -> bool {
+            is_subset(&d, &o) == reference(&d, &o) && is_subset(&d, &d)
+        }
+        quickcheck::QuickCheck::new()
+            .tests(5000)
+            .quickcheck(prop as fn(Pair) -> bool);
     }
 }
