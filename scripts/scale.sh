@@ -32,7 +32,8 @@ spec:
   replicas: 3
   storage: {{size: 1Gi}}""")
 PY
-kubectl apply -f "$dir/bases.yaml" >/dev/null
+# create, not apply: no read-modify-write per object, so 1000 objects load in a fraction of the time
+kubectl create -f "$dir/bases.yaml" >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 start=$(date +%s.%N)
 KUBECONFIG="$dir/kubeconfig-operator" RUST_LOG=warn "$bin" run --lease-namespace base-system \

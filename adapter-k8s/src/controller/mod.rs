@@ -81,6 +81,10 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn duration_or_zero_arg(s: &str) -> Result<Duration, String> {
+    base_core::validate::parse_std_duration(s)
+}
+
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
@@ -117,6 +121,12 @@ pub struct RunArgs {
     /// flood the API server (429s) and starve the Lease renewal.
     #[arg(long, env = "BASE_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
+    /// Wait this long after the last event of a Base (its own, its objects', its pods', its
+    /// writer's) before reconciling it: one reconcile that creates eight objects hears eight
+    /// events back, and without this each re-plans the Base again (a cold start of 1000 Bases
+    /// spent most of its API calls observing Bases already done). 0 turns it off.
+    #[arg(long, env = "BASE_DEBOUNCE", default_value = "500ms", value_parser = duration_or_zero_arg)]
+    pub debounce: Duration,
 }
 
 /// Shared by every reconcile.
@@ -515,8 +525,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let base_ctl = Controller::new(bases, wc.clone());
     let base_store = base_ctl.store();
-    let ctl_config =
-        kube::runtime::controller::Config::default().concurrency(args.concurrency.max(1));
+    let ctl_config = kube::runtime::controller::Config::default()
+        .concurrency(args.concurrency.max(1))
+        .debounce(args.debounce);
     let base_ctl = owned!(base_ctl.with_config(ctl_config.clone()))
         .watches_stream_with(
             gw_events(),
