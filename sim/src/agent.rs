@@ -256,9 +256,16 @@ impl World {
                 .writer_view(now)
                 .lease_until
                 .expect("a writer has a lease");
-            let until = slot.clock.real_ns_at(lease_until);
             let term = agent.node.term();
-            match slot.accept {
+            let accept = slot.accept;
+            let (until, fresh) = match slot.lease_real {
+                Some((local, real)) if local == lease_until => (real, false),
+                _ => (slot.clock.real_ns_at(lease_until), true),
+            };
+            if fresh {
+                self.replicas[ordinal as usize].lease_real = Some((lease_until, until));
+            }
+            match accept {
                 Some((from, old_until)) if old_until > now_ns => {
                     self.replicas[ordinal as usize].accept = Some((from, until.max(old_until)));
                 }

@@ -486,7 +486,7 @@ impl World {
                 restart_after_ms,
             } => {
                 let o = self.resolve(*target)?;
-                self.note_failover(o, true, FailoverKind::Kill);
+                self.note_failover(o, true, FailoverKind::Crash);
                 if self.crash_pod(o, *restart_after_ms) {
                     self.ev(format!(
                         "FAULT crash {} (restart in {restart_after_ms} ms)",
@@ -497,7 +497,7 @@ impl World {
             }
             Fault::DeletePod { target } => {
                 let o = self.resolve(*target)?;
-                self.note_failover(o, true, FailoverKind::Kill);
+                self.note_failover(o, true, FailoverKind::Delete);
                 self.ev(format!("FAULT kubectl delete pod {}", pod_id(o)));
                 self.terminate_pod(o, "deleted by a user");
                 None

@@ -18,8 +18,11 @@ pub fn percentile(sorted: &[u64], p: u64) -> u64 {
 /// What took the writer away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FailoverKind {
-    /// The writer's process died (crash, `kubectl delete pod`): the "writer pod killed".
-    Kill,
+    /// The writer's process died and restarts in place (no SIGTERM: no hand-over).
+    Crash,
+    /// `kubectl delete pod` of the writer: SIGTERM (its agent hands the role over), then the kill
+    /// at the end of the grace period. With `Crash`, a "writer pod killed".
+    Delete,
     /// The writer cut off from every other host.
     Isolate,
     /// The writer on the minority side of a partition.
@@ -29,8 +32,9 @@ pub enum FailoverKind {
 }
 
 impl FailoverKind {
-    pub const ALL: [FailoverKind; 4] = [
-        FailoverKind::Kill,
+    pub const ALL: [FailoverKind; 5] = [
+        FailoverKind::Crash,
+        FailoverKind::Delete,
         FailoverKind::Isolate,
         FailoverKind::Partition,
         FailoverKind::Pause,
@@ -38,17 +42,25 @@ impl FailoverKind {
 
     fn letter(self) -> char {
         match self {
-            FailoverKind::Kill => 'K',
+            FailoverKind::Crash => 'C',
+            FailoverKind::Delete => 'D',
             FailoverKind::Isolate => 'I',
             FailoverKind::Partition => 'P',
             FailoverKind::Pause => 'S',
         }
     }
 
+    /// A writer pod killed: crashed or deleted.
+    #[must_use]
+    pub fn is_kill(self) -> bool {
+        matches!(self, FailoverKind::Crash | FailoverKind::Delete)
+    }
+
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
-            FailoverKind::Kill => "kill",
+            FailoverKind::Crash => "crash",
+            FailoverKind::Delete => "delete",
             FailoverKind::Isolate => "isolate",
             FailoverKind::Partition => "partition",
             FailoverKind::Pause => "pause",
@@ -67,7 +79,7 @@ pub struct Failover {
 }
 
 impl Failover {
-    /// `K1200` (a clean kill, 1200 ms), `p3400` (a partition with other faults about).
+    /// `C1200` (a clean crash, 1200 ms), `p3400` (a partition with other faults about).
     fn encode(self) -> String {
         let l = self.kind.letter();
         let l = if self.clean {
@@ -133,7 +145,7 @@ pub struct SeedLine {
 }
 
 impl SeedLine {
-    /// `seed=7 ok=1 sim_ms=… wall_ms=… acked=… live_ms=… converge_ms=… failovers=K1200,p3400 violation=…`
+    /// `seed=7 ok=1 sim_ms=… wall_ms=… acked=… live_ms=… converge_ms=… failovers=C1200,p3400 violation=…`
     /// (the violation text last: it may contain spaces).
     #[must_use]
     pub fn to_line(&self) -> String {
@@ -273,7 +285,7 @@ impl Summary {
             ("all_", false, false),
         ] {
             let (n, p50, p99, max) = failover_figures(&self.failovers, |f| {
-                (!kills || f.kind == FailoverKind::Kill) && (!clean || f.clean)
+                (!kills || f.kind.is_kill()) && (!clean || f.clean)
             });
             out.push_str(&format!(
                 " {prefix}failovers={n} {prefix}failover_p50_ms={p50} {prefix}failover_p99_ms={p99} {prefix}failover_max_ms={max}"
@@ -306,7 +318,7 @@ mod tests {
             wall_ms: 400,
             failovers: vec![
                 Failover {
-                    kind: FailoverKind::Kill,
+                    kind: FailoverKind::Crash,
                     ms: 1200,
                     clean: true,
                 },
@@ -348,12 +360,12 @@ mod tests {
             wall_ms: 10,
             failovers: vec![
                 Failover {
-                    kind: FailoverKind::Kill,
+                    kind: FailoverKind::Crash,
                     ms: 900,
                     clean: true,
                 },
                 Failover {
-                    kind: FailoverKind::Kill,
+                    kind: FailoverKind::Delete,
                     ms: 3000,
                     clean: false,
                 },

@@ -266,6 +266,9 @@ pub struct Slot {
     pub resumed_ns: u64,
     /// While this node may accept writes: from (real ns) until (real ns, projected from its lease).
     pub accept: Option<(u64, u64)>,
+    /// The last lease end converted to real time (local → real is a search; a lease end is
+    /// asked for again at every step until the next heartbeat round moves it).
+    pub lease_real: Option<(Millis, u64)>,
     pub madsim_id: Option<madsim::task::NodeId>,
 }
 
@@ -522,6 +525,7 @@ impl World {
                 paused: false,
                 resumed_ns: 0,
                 accept: None,
+                lease_real: None,
                 madsim_id: None,
             })
             .collect();
