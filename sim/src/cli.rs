@@ -20,6 +20,7 @@ usage:
       10 s renew deadline, 2 s retry, as Quasar timings); a campaign runs each in turn, same seeds
   --faults: mixed (every kind of fault, overlapping; the default) or kills (only writer kills,
       one at a time: the failover of a clean kill)
+  --replicas 3|5: the Base's initial replicas (default: 5 in a quarter of the seeds, else 3)
   --bug: plant a bug the checkers must catch: no-recheck, lease-overrun, ignore-fence,
       early-done, unfenced-plan, stale-operator-writer, or fixed-poll (no early writer poll:
       counted, not a violation)
@@ -43,6 +44,7 @@ struct Args {
     poll_ms: Option<u64>,
     timings: Vec<TimingProfile>,
     faults: FaultMix,
+    replicas: Option<i32>,
 }
 
 impl Args {
@@ -54,6 +56,7 @@ impl Args {
             poll_ms: self.poll_ms,
             timing,
             faults: self.faults,
+            replicas: self.replicas,
         }
     }
 }
@@ -73,6 +76,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         poll_ms: None,
         timings: vec![TimingProfile::Quasar],
         faults: FaultMix::Mixed,
+        replicas: None,
     };
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
@@ -106,6 +110,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     .collect::<Result<_, _>>()?;
             }
             "--faults" => a.faults = FaultMix::parse(value)?,
+            "--replicas" => match num()? {
+                n @ (3 | 5) => a.replicas = Some(n as i32),
+                n => return Err(format!("--replicas {n}: 3 or 5")),
+            },
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -311,6 +319,9 @@ fn campaign_of(a: &Args, exe: &std::path::Path, timing: TimingProfile) -> Option
         }
         if let Some(ms) = a.poll_ms {
             cmd.args(["--poll-ms", &ms.to_string()]);
+        }
+        if let Some(n) = a.replicas {
+            cmd.args(["--replicas", &n.to_string()]);
         }
         match cmd.spawn() {
             Ok(c) => children.push(c),

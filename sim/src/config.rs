@@ -350,6 +350,9 @@ pub struct Options {
     pub poll_ms: Option<u64>,
     pub timing: TimingProfile,
     pub faults: FaultMix,
+    /// Force the Base's initial `spec.replicas` (3 or 5) instead of drawing it (5 in a quarter of
+    /// the seeds).
+    pub replicas: Option<i32>,
 }
 
 #[derive(Clone, Debug)]
@@ -392,7 +395,8 @@ impl SimConfig {
         let replica_clocks = (0..MAX_ORDINALS).map(|_| clock(&mut rng)).collect();
         let gateway_clock = clock(&mut rng);
         let operator_clock = clock(&mut rng);
-        let initial_replicas = if rng.percent(25) { 5 } else { 3 };
+        let drawn_replicas = if rng.percent(25) { 5 } else { 3 };
+        let initial_replicas = options.replicas.unwrap_or(drawn_replicas);
         let retention = if rng.percent(50) { "Retain" } else { "Delete" };
         // Shorter and longer than the lease (900 ms): the pollers poll the writer again before
         // its lease passes, whatever the interval (`poll::next_poll_in_ms`); 1 s is the CRD's default.

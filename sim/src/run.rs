@@ -27,6 +27,7 @@ pub struct Report {
     pub poll_ms: Option<u64>,
     pub timing: TimingProfile,
     pub fault_mix: FaultMix,
+    pub replicas: Option<i32>,
     pub violation: Option<Violation>,
     pub sim_ms: u64,
     pub stats: Stats,
@@ -69,8 +70,12 @@ impl Report {
             FaultMix::Mixed => String::new(),
             f => format!(" --faults {}", f.name()),
         };
+        let replicas = self
+            .replicas
+            .map(|n| format!(" --replicas {n}"))
+            .unwrap_or_default();
         format!(
-            "cargo sim run --seed {}{bug}{membership}{poll}{timing}{faults}",
+            "cargo sim run --seed {}{bug}{membership}{poll}{timing}{faults}{replicas}",
             self.seed
         )
     }
@@ -114,6 +119,9 @@ impl Report {
         if self.fault_mix != FaultMix::Mixed {
             membership.push_str(&format!(" SIM_FAULTS={}", self.fault_mix.name()));
         }
+        if let Some(n) = self.replicas {
+            membership.push_str(&format!(" SIM_REPLICAS={n}"));
+        }
         s.push_str(&format!(
             "replay: {}\n    or: MADSIM_TEST_SEED={}{bug}{membership} cargo sim-test --test sim replay -- --nocapture\n",
             self.replay_command(),
@@ -140,7 +148,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
     let bug = cfg.bug;
     let membership_faults = cfg.membership_faults;
     let poll_ms = options.poll_ms;
-    let (timing, fault_mix) = (options.timing, options.faults);
+    let (timing, fault_mix, replicas) = (options.timing, options.faults, options.replicas);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async move {
             let world = build(cfg);
@@ -181,6 +189,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
         poll_ms,
         timing,
         fault_mix,
+        replicas,
         violation,
         sim_ms: w.now_ns() / 1_000_000,
         stats: w.stats.clone(),

@@ -331,6 +331,7 @@ fn replay() {
         faults: env("SIM_FAULTS").map_or(FaultMix::Mixed, |f| {
             FaultMix::parse(&f).expect("SIM_FAULTS")
         }),
+        replicas: env("SIM_REPLICAS").and_then(|n| n.parse().ok()),
     };
     let report = run_seed(seed, &options);
     for line in &report.trace_all {
