@@ -1,6 +1,7 @@
 //! The operator: a kube-rs `Controller` on `Base` and the legacy `BaseApp`. Thin by design:
 //! observe → `base_core::reconcile::plan_for` → perform the plan's writes (none when nothing changed).
 
+mod admission;
 mod kube_io;
 pub mod leader;
 pub mod metrics;
@@ -9,6 +10,7 @@ pub mod writers;
 
 pub use kube_io::{ANNOTATION_AGENT_URL, FIELD_MANAGER};
 
+use admission::Admission;
 use base_core::crd::{Base, BaseApp, BaseSpec, Kind};
 use base_core::reconcile::route;
 use base_core::reconcile::{EventType as PlanEventType, OperatorConfig, Plan, Transfer, plan_for};
@@ -525,9 +527,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let base_ctl = Controller::new(bases, wc.clone());
     let base_store = base_ctl.store();
-    let ctl_config = kube::runtime::controller::Config::default()
-        .concurrency(args.concurrency.max(1))
-        .debounce(args.debounce);
+    let base_reader = base_ctl.store();
+    // Concurrency is bounded by a FIFO admission per kind, not by the runner (see `admission`).
+    let ctl_config = admission::runner_config(args.debounce);
+    let (base_admission, app_admission) = (
+        Admission::new(args.concurrency),
+        Admission::new(args.concurrency),
+    );
+    {
+        let (a, b) = (base_admission.clone(), app_admission.clone());
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            a.close();
+            b.close();
+        });
+    }
     let base_ctl = owned!(base_ctl.with_config(ctl_config.clone()))
         .watches_stream_with(
             gw_events(),
@@ -537,10 +551,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .reconcile_on(tokio_stream_from(base_rx))
         .shutdown_on_signal()
         .run(
-            |b: Arc<Base>, ctx: Arc<Context>| async move {
-                let r = b.object_ref(&());
-                reconcile(Kind::Base, (*b).clone(), r, ctx).await
-            },
+            base_admission.clone().wrap(
+                base_reader,
+                |b: Arc<Base>, ctx: Arc<Context>| async move {
+                    let r = b.object_ref(&());
+                    reconcile(Kind::Base, (*b).clone(), r, ctx).await
+                },
+            ),
             |b: Arc<Base>, e: &Error, ctx: Arc<Context>| error_policy(b.uid(), e, &ctx),
             ctx.clone(),
         )
@@ -551,6 +568,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     let app_ctl = Controller::new(apps, wc);
     let app_store = app_ctl.store();
+    let app_reader = app_ctl.store();
     let app_ctl = owned!(app_ctl.with_config(ctl_config))
         .watches_stream_with(
             gw_events(),
@@ -560,10 +578,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .reconcile_on(tokio_stream_from(app_rx))
         .shutdown_on_signal()
         .run(
-            |b: Arc<BaseApp>, ctx: Arc<Context>| async move {
-                let r = b.object_ref(&());
-                reconcile(Kind::BaseApp, Base::from((*b).clone()), r, ctx).await
-            },
+            app_admission.clone().wrap(
+                app_reader,
+                |b: Arc<BaseApp>, ctx: Arc<Context>| async move {
+                    let r = b.object_ref(&());
+                    reconcile(Kind::BaseApp, Base::from((*b).clone()), r, ctx).await
+                },
+            ),
             |b: Arc<BaseApp>, e: &Error, ctx: Arc<Context>| error_policy(b.uid(), e, &ctx),
             ctx.clone(),
         )
@@ -588,6 +609,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// SIGINT or SIGTERM: the signals on which the controllers (`shutdown_on_signal`) shut down.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => drop(s.recv().await),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    let int = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await
+        }
+    };
+    tokio::select! {
+        () = int => {}
+        () = term => {}
+    }
 }
 
 /// The Bases (or BaseApps) whose route goes into this Gateway, to re-plan when it changes.
