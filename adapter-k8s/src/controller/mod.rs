@@ -520,10 +520,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => Api::all_with(client.clone(), &gw_ar),
     };
     // With backoff: where the Gateway CRD is not installed the watch fails, and must not spin.
+    // Its errors stop here: the controller backs off its whole trigger stream at each error it sees
+    // (up to a minute), so a Gateway watch failing every second (no Gateway CRD: 404) kept the Base
+    // watch, and the store the reconciles read, that far behind.
     let gw_events = || {
         watcher::watcher(gw_api.clone(), watcher::Config::default())
             .default_backoff()
             .touched_objects()
+            .filter_map(|r| async move {
+                r.map_err(|e| tracing::debug!(error = %e, "Gateway watch failed; retrying"))
+                    .ok()
+                    .map(Ok::<_, watcher::Error>)
+            })
     };
     let base_ctl = Controller::new(bases, wc.clone());
     let base_store = base_ctl.store();
