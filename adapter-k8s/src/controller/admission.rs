@@ -85,6 +85,8 @@ impl Admission {
 
 #[cfg(test)]
 mod tests {
+    //! The tests run on paused time: sleeps and deadlines are virtual, so the load of the
+    //! machine cannot change what they see.
     use super::*;
     use futures::{FutureExt, StreamExt};
     use k8s_openapi::api::core::v1::ConfigMap;
@@ -183,14 +185,14 @@ mod tests {
         seen.lock().unwrap().len()
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn every_object_is_reconciled_while_resyncs_saturate_the_slots() {
         // FIFO: the 200 first reconciles take 200 × 3 ms / 4 ≈ 150 ms, however often resyncs fall due.
         let n = reconciled_under_saturation(200, 4, Duration::from_secs(5), true).await;
         assert_eq!(n, 200, "objects never reconciled: {}", 200 - n);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn waiting_reconciles_give_up_once_closed() {
         let mut writer = Writer::<ConfigMap>::default();
         writer.apply_watcher_event(&watcher::Event::Apply(cm(0)));
@@ -216,7 +218,7 @@ mod tests {
     /// Why [`Admission`] exists: kube-runtime's runner with its own limit starves objects under the
     /// same load (36 of 200 reconciled in 5 s when this was written). If this starts failing, the
     /// runner has become fair and the admission could go.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_runners_own_limit_starves_objects() {
         let n = reconciled_under_saturation(200, 4, Duration::from_secs(1), false).await;
         assert!(n < 200, "kube-runtime's runner reconciled all {n}");
