@@ -51,6 +51,19 @@ fn owned_kinds(pdb_api_version: &str) -> [(&str, &'static str); 6] {
     ]
 }
 
+/// How to LIST one owned kind. Objects the plan only compares and applies are read from the API
+/// server's watch cache (`resourceVersion=0`): a LIST from etcd scans every object of the kind in
+/// the namespace, and at 1000 Bases those reads were most of the API server's load. A stale read
+/// costs at most an idempotent re-apply or a delete answered 404. The StatefulSet is read
+/// consistently: its `updateRevision` decides which pods are outdated and get deleted, and a stale
+/// one would single out pods already updated. (Pods and PVCs are listed consistently too.)
+fn list_params_for(kind: &str, consistent: &ListParams) -> ListParams {
+    match kind {
+        "StatefulSet" => consistent.clone(),
+        _ => consistent.clone().match_any(),
+    }
+}
+
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
@@ -96,7 +109,10 @@ pub async fn observe(ctx: &Context, base: &Base) -> Result<(Observed, Vec<Pod>),
         observed.fresh_peer_key = Some(fresh_key());
     }
     for (api_version, k) in owned_kinds(&ctx.config.pdb_api_version) {
-        let list = match dynamic(ctx, &ns, api_version, k).list(&lp).await {
+        let list = match dynamic(ctx, &ns, api_version, k)
+            .list(&list_params_for(k, &lp))
+            .await
+        {
             Ok(l) => l,
             // An optional CRD (ServiceMonitor) that is not installed holds nothing of ours.
             Err(e) if is_not_found(&e) => continue,
@@ -298,4 +314,23 @@ pub async fn perform(
         api.patch_status(&name, &ssa, &Patch::Apply(&body)).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_statefulset_among_owned_kinds_is_listed_consistently() {
+        let lp = ListParams::default().labels("hanzo.ai/base=b");
+        for (_, kind) in owned_kinds("policy/v1") {
+            let p = list_params_for(kind, &lp);
+            assert_eq!(p.label_selector, lp.label_selector, "{kind}");
+            if kind == "StatefulSet" {
+                assert_eq!(p, lp, "{kind} must be read from etcd");
+            } else {
+                assert_eq!(p.resource_version.as_deref(), Some("0"), "{kind}");
+            }
+        }
+    }
 }
