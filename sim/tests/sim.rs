@@ -11,6 +11,7 @@
 
 use base_sim::config::{Bug, FaultMix, Options, TimingProfile};
 use base_sim::run::{Report, run_seed};
+use base_sim::stats::FailoverKind;
 
 /// Seeds per CI test; four tests run in parallel, so 4 × this many seeds in all.
 const SEEDS_PER_TEST: u64 = 75;
@@ -86,6 +87,49 @@ fn same_seed_same_run() {
         run_seed(1, &options()).trace_hash,
         run_seed(2, &options()).trace_hash
     );
+}
+
+/// The failover campaign's configurations stay exercised: writer kills only, under both timings,
+/// with no violation, every kill measured, and no crash failover faster than the election allows:
+/// followers wait at least `election_timeout_min` after their last heartbeat (up to one interval
+/// before the crash), on clocks that run at most ρ slow.
+#[test]
+fn kill_plans_under_both_timings_fail_over_within_the_election_bounds() {
+    for timing in [TimingProfile::Quasar, TimingProfile::K8sLease] {
+        let t = timing.timing();
+        let earliest_ms = (t.election_timeout_min_ms().0 - t.heartbeat_interval_ms().0)
+            * (1_000_000 - t.drift_bound_ppm())
+            / 1_000_000
+            - 50;
+        let liveness_ms = base_sim::config::Bounds::of(&t).liveness_ms;
+        let mut crashes = 0;
+        for seed in 0..15 {
+            let options = Options {
+                timing,
+                faults: FaultMix::Kills,
+                ..Options::default()
+            };
+            let report = run_seed(seed, &options);
+            if let Some(text) = report.failure_text() {
+                panic!("{text}");
+            }
+            let failovers = &report.stats.failovers;
+            assert_eq!(failovers.len(), 3, "{timing:?} seed {seed}: {failovers:?}");
+            for f in failovers {
+                assert!(f.kind.is_kill() && f.clean, "{timing:?} seed {seed}: {f:?}");
+                assert!(f.ms <= liveness_ms, "{timing:?} seed {seed}: {f:?}");
+                if f.kind == FailoverKind::Crash {
+                    crashes += 1;
+                    assert!(
+                        f.ms >= earliest_ms,
+                        "{timing:?} seed {seed}: a crash failover in {} ms, before any follower may campaign ({earliest_ms} ms)",
+                        f.ms
+                    );
+                }
+            }
+        }
+        assert!(crashes > 5, "{timing:?}: only {crashes} crashes");
+    }
 }
 
 /// Finds the first seed in `0..limit` that the bug breaks, and checks that it replays exactly.
