@@ -9,15 +9,17 @@
 //! - a plain read goes to a replica whose latest answer is at the highest term, or to the writer;
 //! - within the read-your-writes TTL after a client's write reached a replica, its reads never go
 //!   to a follower (`Why::Read`);
+//! - the next poll of a replica comes within the interval, hunts (≤ 100 ms) while no writer is
+//!   known, and is never sooner than its floor;
 //! - the highest term never goes down; memory stays bounded (pins ≤ cap, ≤ the live pins made,
 //!   client ids ≤ `MAX_CLIENT_ID_BYTES`).
 #![no_main]
 
 use arbitrary::Arbitrary;
 use base_core::tracker::{
-    AfterOutcome, Attempt, ClientHeaders, ClientId, Delivery, Input, LeaderClaim,
-    MAX_CLIENT_ID_BYTES, Outcome, PollResult, Request, RequestKind, Route, Tracker, TrackerConfig,
-    Why, WriterClaim, client_identity, parse_leader_claim,
+    AfterOutcome, Attempt, ClientHeaders, ClientId, Delivery, HUNT_POLL, Input, LeaderClaim,
+    MAX_CLIENT_ID_BYTES, MIN_WRITER_POLL, Outcome, PollResult, Request, RequestKind, Route,
+    Tracker, TrackerConfig, Why, WriterClaim, client_identity, parse_leader_claim,
 };
 use base_core::{Millis, NodeId, Term};
 use libfuzzer_sys::fuzz_target;
@@ -45,6 +47,11 @@ enum Op {
     Poll {
         replica: u8,
         answer: Answer,
+    },
+    /// When does the poller poll `replica` again, its last poll having ended `ago` ms before now?
+    NextPoll {
+        replica: u8,
+        ago: u16,
     },
     Request(Req),
     Outcome {
@@ -275,6 +282,39 @@ fuzz_target!(|s: Scenario| {
                     m.claims[r] = Some(c.clone());
                 }
                 let _ = t.step(clock, Input::Poll { replica: r, result });
+            }
+            Op::NextPoll { replica, ago } => {
+                let r = usize::from(*replica) % n;
+                let last_end = clock.saturating_sub(Millis(u64::from(*ago)));
+                let interval = Millis(u64::from(s.poll_interval));
+                let next = t.next_poll(clock, r, last_end, interval);
+                let waited = Millis(next.at.0.saturating_sub(last_end.0));
+                // Never later than the interval, never busier than the floors allow.
+                assert!(
+                    waited <= interval,
+                    "{next:?} after {last_end:?}, interval {interval:?}"
+                );
+                let floor = if t.writer(clock).is_some() {
+                    MIN_WRITER_POLL
+                } else {
+                    HUNT_POLL
+                };
+                assert!(
+                    waited >= floor.min(interval) || next.at.0 == u64::MAX,
+                    "{next:?}: polled sooner than {floor:?}"
+                );
+                // With no writer known, every replica is hunted.
+                if t.writer(clock).is_none() {
+                    assert!(waited <= HUNT_POLL, "{next:?}: no writer, yet no hunt");
+                }
+                // Asked to come back only while the writer's lease still runs, before `at`.
+                if let Some(v) = next.valid_until {
+                    assert!(v < next.at, "{next:?}");
+                    assert!(
+                        t.writer(clock).is_some_and(|(_, _, lease)| lease == v),
+                        "{next:?}"
+                    );
+                }
             }
             Op::Request(req) => {
                 m.advance(clock);
