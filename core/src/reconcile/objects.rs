@@ -75,25 +75,73 @@ pub fn internal_port(port: i32) -> i32 {
     if port < 65535 { port + 1 } else { port - 1 }
 }
 
-/// A JSON object of these fields. Callers list them in key order: inserted last to first, each
-/// key lands in front and costs one comparison instead of a walk past all the others.
-fn obj<const N: usize>(fields: [(&str, Value); N]) -> Value {
-    let mut m = Map::new();
-    for (k, v) in fields.into_iter().rev() {
-        m.insert(k.to_owned(), v);
+// Building a JSON object key by key costs a B-tree search and a shift per insert; cloning a map
+// copies its node in one pass. So each call site of `obj!` / `obj_opt!` keeps a template of its
+// keys (values null), built once, and fills a clone of it. The keys are listed in key order (checked
+// when the template is built), so the values land in the slots `values_mut` visits in that order.
+
+/// A map of these keys, all null: the template a call site fills.
+fn template<'k>(keys: impl IntoIterator<Item = &'k str>) -> Map<String, Value> {
+    let keys: Vec<&str> = keys.into_iter().collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "object keys not in order: {keys:?}"
+    );
+    keys.into_iter()
+        .map(|k| (k.to_owned(), Value::Null))
+        .collect()
+}
+
+/// A clone of `template` with its values, in key order.
+fn fill<I: IntoIterator<Item = Value>>(template: &Map<String, Value>, values: I) -> Value {
+    let mut m = template.clone();
+    for (slot, v) in m.values_mut().zip(values) {
+        *slot = v;
     }
     Value::Object(m)
 }
 
-/// A JSON object of the fields present, as k8s-openapi leaves out a `None`. In key order too.
-fn obj_opt<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
-    let mut m = Map::new();
-    for (k, v) in fields.into_iter().rev() {
-        if let Some(v) = v {
-            m.insert(k.to_owned(), v);
-        }
-    }
-    Value::Object(m)
+/// A JSON object of these fields, listed in key order: `obj!([("a", x), ("b", y)])`. The keys must
+/// be constants (the template is a `static` of the call site).
+macro_rules! obj {
+    ([$(($k:expr, $v:expr $(,)?)),* $(,)?]) => {{
+        static TEMPLATE: std::sync::LazyLock<Map<String, Value>> =
+            std::sync::LazyLock::new(|| template([$($k),*]));
+        let values: [Value; [$($k),*].len()] = [$($v),*];
+        fill(&TEMPLATE, values)
+    }};
+}
+
+/// A JSON object of the fields present, as k8s-openapi leaves out a `None`. In key order too; one
+/// template per set of present fields.
+macro_rules! obj_opt {
+    ([$(($k:expr, $v:expr $(,)?)),* $(,)?]) => {{
+        const KEYS: &[&str] = &[$($k),*];
+        static TEMPLATES: [std::sync::OnceLock<Map<String, Value>>; 1 << KEYS.len()] =
+            [const { std::sync::OnceLock::new() }; 1 << KEYS.len()];
+        let values: [Option<Value>; KEYS.len()] = [$($v),*];
+        fill_opt(KEYS, &TEMPLATES, values)
+    }};
+}
+
+fn fill_opt<const N: usize>(
+    keys: &[&str],
+    templates: &[std::sync::OnceLock<Map<String, Value>>],
+    values: [Option<Value>; N],
+) -> Value {
+    let present = values
+        .iter()
+        .enumerate()
+        .fold(0, |m, (i, v)| m | (usize::from(v.is_some()) << i));
+    let template = templates[present].get_or_init(|| {
+        template(
+            keys.iter()
+                .enumerate()
+                .filter(|(i, _)| present >> i & 1 == 1)
+                .map(|(_, k)| *k),
+        )
+    });
+    fill(template, values.into_iter().flatten())
 }
 
 /// A JSON object of string values, from pairs in key order (inserted last to first, like `obj`;
@@ -126,33 +174,35 @@ pub(super) struct Ctx<'a> {
 impl Ctx<'_> {
     /// `{"hanzo.ai/base": <name>}`: which Base a pod or object belongs to.
     pub fn selector(&self) -> Value {
-        str_map([(LABEL_BASE, self.name)])
+        obj!([(LABEL_BASE, Value::from(self.name))])
     }
 
     /// `{"matchLabels": <selector>}`.
     fn match_selector(&self) -> Value {
-        obj([("matchLabels", self.selector())])
+        obj!([("matchLabels", self.selector())])
     }
 
-    fn label_map(&self) -> Map<String, Value> {
-        // In reverse key order, as `obj` inserts.
-        let mut l = Map::new();
-        if let Some(p) = &self.base.spec.part_of {
-            l.insert(LABEL_PART_OF.into(), p.as_str().into());
-        }
-        l.insert(LABEL_BASE.into(), self.name.into());
-        l.insert(LABEL_NAME.into(), "base".into());
-        l.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
-        l.insert(LABEL_INSTANCE.into(), self.name.into());
-        l
+    /// The labels of every object, and of a Service its role.
+    fn labels_with(&self, service: Option<&str>) -> Value {
+        obj_opt!([
+            (LABEL_INSTANCE, Some(self.name.into())),
+            (LABEL_MANAGED_BY, Some(MANAGED_BY.into())),
+            (LABEL_NAME, Some("base".into())),
+            (
+                LABEL_PART_OF,
+                self.base.spec.part_of.as_deref().map(Value::from)
+            ),
+            (LABEL_BASE, Some(self.name.into())),
+            (LABEL_SERVICE, service.map(Value::from)),
+        ])
     }
 
     pub fn labels(&self) -> Value {
-        Value::Object(self.label_map())
+        self.labels_with(None)
     }
 
     pub fn owner(&self) -> Value {
-        obj([
+        obj!([
             ("apiVersion", OWNER_API_VERSION.into()),
             ("blockOwnerDeletion", true.into()),
             ("controller", true.into()),
@@ -165,9 +215,9 @@ impl Ctx<'_> {
         ])
     }
 
-    fn meta_with(&self, name: String, labels: Map<String, Value>) -> Value {
-        obj([
-            ("labels", Value::Object(labels)),
+    fn meta_with(&self, name: String, labels: Value) -> Value {
+        obj!([
+            ("labels", labels),
             ("name", name.into()),
             ("namespace", self.namespace.into()),
             ("ownerReferences", Value::Array(vec![self.owner()])),
@@ -175,7 +225,7 @@ impl Ctx<'_> {
     }
 
     pub fn meta(&self, name: String) -> Value {
-        self.meta_with(name, self.label_map())
+        self.meta_with(name, self.labels())
     }
 
     fn fqdn(&self, host: &str) -> String {
@@ -199,41 +249,37 @@ impl Ctx<'_> {
         out
     }
 
+    /// `body` carries `apiVersion` and `kind` already (see `head`).
     fn object(&self, api_version: &str, kind: &str, name: &str, body: Value) -> Object {
-        let mut body = body;
-        if let Value::Object(m) = &mut body {
-            m.insert("apiVersion".into(), api_version.into());
-            m.insert("kind".into(), kind.into());
-        }
         Object::new(api_version, kind, self.namespace, name, body)
     }
 }
 
 fn env(name: &str, value: impl Into<String>) -> Value {
-    obj([
+    obj!([
         ("name", name.into()),
         ("value", Value::String(value.into())),
     ])
 }
 
 fn pod_name_env() -> Value {
-    obj([
+    obj!([
         ("name", "BASE_NODE_ID".into()),
         (
             "valueFrom",
-            obj([("fieldRef", obj([("fieldPath", "metadata.name".into())]))]),
+            obj!([("fieldRef", obj!([("fieldPath", "metadata.name".into())]))]),
         ),
     ])
 }
 
 fn runtime_default_seccomp() -> Value {
-    obj([("type", "RuntimeDefault".into())])
+    obj!([("type", "RuntimeDefault".into())])
 }
 
 fn restricted_security_context() -> Value {
-    obj([
+    obj!([
         ("allowPrivilegeEscalation", false.into()),
-        ("capabilities", obj([("drop", vec!["ALL"].into())])),
+        ("capabilities", obj!([("drop", vec!["ALL"].into())])),
         ("readOnlyRootFilesystem", true.into()),
         ("runAsNonRoot", true.into()),
         ("seccompProfile", runtime_default_seccomp()),
@@ -241,11 +287,11 @@ fn restricted_security_context() -> Value {
 }
 
 fn http_probe(path: &str, port: i32, period_s: i32, failure_threshold: i32) -> Value {
-    obj([
+    obj!([
         ("failureThreshold", failure_threshold.into()),
         (
             "httpGet",
-            obj([("path", path.into()), ("port", port.into())]),
+            obj!([("path", path.into()), ("port", port.into())]),
         ),
         ("periodSeconds", period_s.into()),
         ("timeoutSeconds", 2.into()),
@@ -253,7 +299,7 @@ fn http_probe(path: &str, port: i32, period_s: i32, failure_threshold: i32) -> V
 }
 
 fn container_port(name: &str, port: i32) -> Value {
-    obj([
+    obj!([
         ("containerPort", port.into()),
         ("name", name.into()),
         ("protocol", "TCP".into()),
@@ -261,7 +307,7 @@ fn container_port(name: &str, port: i32) -> Value {
 }
 
 fn volume_mount(name: &str, path: &str, read_only: bool) -> Value {
-    obj_opt([
+    obj_opt!([
         ("mountPath", Some(path.into())),
         ("name", Some(name.into())),
         ("readOnly", read_only.then_some(true.into())),
@@ -293,7 +339,7 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
         base_env.push(env("IAM_APP", app.as_str()));
     }
     let mut volumes = Vec::with_capacity(4);
-    volumes.push(obj([
+    volumes.push(obj!([
         ("emptyDir", Value::Object(Map::new())),
         ("name", "tmp".into()),
     ]));
@@ -309,10 +355,10 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
                 "BASE_SCHEMA_FILE",
                 format!("{SCHEMA_MOUNT}/{SCHEMA_KEY}"),
             ));
-            volumes.push(obj([
+            volumes.push(obj!([
                 (
                     "configMap",
-                    obj([("name", schema_configmap_name(c.name).into())]),
+                    obj!([("name", schema_configmap_name(c.name).into())]),
                 ),
                 ("name", "schema".into()),
             ]));
@@ -334,9 +380,9 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
         .collect();
     // KMS-synced Secrets reach the pod by reference only: no secret value is ever in this object.
     env_from.extend(spec.kms_secrets.iter().map(|k| {
-        obj([(
+        obj!([(
             "secretRef",
-            obj([
+            obj!([
                 ("name", k.managed_secret_name.as_str().into()),
                 ("optional", false.into()),
             ]),
@@ -344,13 +390,13 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
     }));
 
     let resources = spec.resources.as_ref().map(|r| {
-        obj_opt([
+        obj_opt!([
             ("limits", quantities(&r.limits)),
             ("requests", quantities(&r.requests)),
         ])
     });
 
-    let base_container = obj_opt([
+    let base_container = obj_opt!([
         ("env", Some(Value::Array(base_env))),
         (
             "envFrom",
@@ -375,7 +421,7 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
         ("volumeMounts", Some(Value::Array(mounts))),
     ]);
 
-    let agent_container = obj([
+    let agent_container = obj!([
         (
             "args",
             Value::Array(vec![
@@ -415,9 +461,12 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
         ("readinessProbe", http_probe("/readyz", port, 2, 2)),
         (
             "resources",
-            obj([
-                ("limits", str_map([("memory", "128Mi")])),
-                ("requests", str_map([("cpu", "50m"), ("memory", "32Mi")])),
+            obj!([
+                ("limits", obj!([("memory", Value::from("128Mi"))])),
+                (
+                    "requests",
+                    obj!([("cpu", Value::from("50m")), ("memory", Value::from("32Mi"))])
+                ),
             ]),
         ),
         ("securityContext", restricted_security_context()),
@@ -432,25 +481,25 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
     ]);
     // The peer key as files, so a rotation reaches running agents without a restart; the pod's
     // annotations through the downward API, so fencing reaches the agent without API access.
-    volumes.push(obj([
+    volumes.push(obj!([
         ("name", "peer-key".into()),
         (
             "secret",
-            obj([
+            obj!([
                 ("defaultMode", 0o440.into()),
                 ("secretName", peer_key_secret_name(c.name).into()),
             ]),
         ),
     ]));
-    volumes.push(obj([
+    volumes.push(obj!([
         (
             "downwardAPI",
-            obj([(
+            obj!([(
                 "items",
-                Value::Array(vec![obj([
+                Value::Array(vec![obj!([
                     (
                         "fieldRef",
-                        obj([("fieldPath", "metadata.annotations".into())]),
+                        obj!([("fieldPath", "metadata.annotations".into())]),
                     ),
                     ("path", "annotations".into()),
                 ])]),
@@ -463,22 +512,22 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
         RetentionPolicy::Retain => "Retain",
         RetentionPolicy::Delete => "Delete",
     };
-    let pvc = obj([
+    let pvc = obj!([
         ("apiVersion", "v1".into()),
         ("kind", "PersistentVolumeClaim".into()),
         (
             "metadata",
-            obj([("labels", c.selector()), ("name", DATA_VOLUME.into())]),
+            obj!([("labels", c.selector()), ("name", DATA_VOLUME.into())]),
         ),
         (
             "spec",
-            obj_opt([
+            obj_opt!([
                 ("accessModes", Some(vec!["ReadWriteOnce"].into())),
                 (
                     "resources",
-                    Some(obj([(
+                    Some(obj!([(
                         "requests",
-                        str_map([("storage", spec.storage.size.as_str())]),
+                        obj!([("storage", spec.storage.size.as_str().into())]),
                     )])),
                 ),
                 (
@@ -489,7 +538,7 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
         ),
     ]);
 
-    let pod_spec = obj_opt([
+    let pod_spec = obj_opt!([
         ("automountServiceAccountToken", Some(false.into())),
         (
             "containers",
@@ -500,13 +549,13 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
             (!spec.image_pull_secrets.is_empty()).then(|| {
                 spec.image_pull_secrets
                     .iter()
-                    .map(|s| obj([("name", s.name.as_str().into())]))
+                    .map(|s| obj!([("name", s.name.as_str().into())]))
                     .collect()
             }),
         ),
         (
             "securityContext",
-            Some(obj([
+            Some(obj!([
                 ("fsGroup", RUN_AS_USER.into()),
                 ("runAsGroup", RUN_AS_USER.into()),
                 ("runAsNonRoot", true.into()),
@@ -522,15 +571,17 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
         ("volumes", Some(Value::Array(volumes))),
     ]);
 
-    let body = obj([
+    let body = obj!([
+        ("apiVersion", "apps/v1".into()),
+        ("kind", "StatefulSet".into()),
         ("metadata", c.meta(c.name.to_string())),
         (
             "spec",
-            obj_opt([
+            obj_opt!([
                 (
                     "persistentVolumeClaimRetentionPolicy",
                     c.config.sts_pvc_retention_policy.then(|| {
-                        obj([
+                        obj!([
                             ("whenDeleted", retention.into()),
                             ("whenScaled", retention.into()),
                         ])
@@ -543,13 +594,13 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
                 ("serviceName", Some(hs.into())),
                 (
                     "template",
-                    Some(obj([
-                        ("metadata", obj([("labels", c.labels())])),
+                    Some(obj!([
+                        ("metadata", obj!([("labels", c.labels())])),
                         ("spec", pod_spec),
                     ])),
                 ),
                 // The operator rolls pods itself, writer last (see rollout.rs).
-                ("updateStrategy", Some(obj([("type", "OnDelete".into())]))),
+                ("updateStrategy", Some(obj!([("type", "OnDelete".into())]))),
                 ("volumeClaimTemplates", Some(Value::Array(vec![pvc]))),
             ]),
         ),
@@ -559,17 +610,18 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
 
 fn service(c: &Ctx, name: String, role: &str, selector: Value) -> Object {
     let headless = role == "headless";
-    let mut labels = c.label_map();
-    labels.insert(LABEL_SERVICE.into(), role.into());
-    let body = obj([
+    let labels = c.labels_with(Some(role));
+    let body = obj!([
+        ("apiVersion", "v1".into()),
+        ("kind", "Service".into()),
         ("metadata", c.meta_with(name.clone(), labels)),
         (
             "spec",
-            obj_opt([
+            obj_opt!([
                 ("clusterIP", headless.then(|| "None".into())),
                 (
                     "ports",
-                    Some(Value::Array(vec![obj([
+                    Some(Value::Array(vec![obj!([
                         ("name", "http".into()),
                         ("port", c.base.spec.port.into()),
                         ("protocol", "TCP".into()),
@@ -586,7 +638,10 @@ fn service(c: &Ctx, name: String, role: &str, selector: Value) -> Object {
 }
 
 pub(super) fn services(c: &Ctx) -> [Object; 3] {
-    let writer_selector = str_map([(LABEL_BASE, c.name), (LABEL_ROLE, ROLE_WRITER)]);
+    let writer_selector = obj!([
+        (LABEL_BASE, Value::from(c.name)),
+        (LABEL_ROLE, Value::from(ROLE_WRITER))
+    ]);
     [
         service(c, headless_name(c.name), "headless", c.selector()),
         service(c, c.name.to_string(), "client", c.selector()),
@@ -597,8 +652,10 @@ pub(super) fn services(c: &Ctx) -> [Object; 3] {
 pub(super) fn schema_configmap(c: &Ctx) -> Option<Object> {
     let ddl = c.base.spec.schema.as_deref().filter(|s| !is_url(s))?;
     let name = schema_configmap_name(c.name);
-    let body = obj([
-        ("data", str_map([(SCHEMA_KEY, ddl)])),
+    let body = obj!([
+        ("apiVersion", "v1".into()),
+        ("data", obj!([(SCHEMA_KEY, Value::from(ddl))])),
+        ("kind", "ConfigMap".into()),
         ("metadata", c.meta(name.clone())),
     ]);
     Some(c.object("v1", "ConfigMap", &name, body))
@@ -608,11 +665,13 @@ pub(super) fn schema_configmap(c: &Ctx) -> Option<Object> {
 /// would block every drain forever.
 pub(super) fn pdb(c: &Ctx) -> Option<Object> {
     (c.replicas > 1).then(|| {
-        let body = obj([
+        let body = obj!([
+            ("apiVersion", c.config.pdb_api_version.as_str().into()),
+            ("kind", "PodDisruptionBudget".into()),
             ("metadata", c.meta(c.name.to_string())),
             (
                 "spec",
-                obj([
+                obj!([
                     ("minAvailable", (c.replicas / 2 + 1).into()),
                     ("selector", c.match_selector()),
                 ]),
@@ -629,7 +688,7 @@ pub(super) fn pdb(c: &Ctx) -> Option<Object> {
 
 fn selector_of(s: &Option<crate::crd::LabelSelectorSpec>) -> Option<Value> {
     s.as_ref().map(|s| {
-        obj([(
+        obj!([(
             "matchLabels",
             str_map(s.match_labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
         )])
@@ -637,7 +696,7 @@ fn selector_of(s: &Option<crate::crd::LabelSelectorSpec>) -> Option<Value> {
 }
 
 fn policy_port(port: i32) -> Value {
-    Value::Array(vec![obj([
+    Value::Array(vec![obj!([
         ("port", port.into()),
         ("protocol", "TCP".into()),
     ])])
@@ -650,45 +709,47 @@ pub(super) fn network_policy(c: &Ctx) -> Option<Object> {
     }
     let port = policy_port(c.base.spec.port);
     // Peers (the election) always; then the client sources the spec admits.
-    let mut from = vec![obj([("podSelector", c.match_selector())])];
+    let mut from = vec![obj!([("podSelector", c.match_selector())])];
     from.extend(np.allow_from.iter().map(|p| {
-        obj_opt([
+        obj_opt!([
             ("namespaceSelector", selector_of(&p.namespace_selector)),
             ("podSelector", selector_of(&p.pod_selector)),
         ])
     }));
     if np.allow_intra_namespace == Some(true) {
-        from.push(obj([("podSelector", Value::Object(Map::new()))]));
+        from.push(obj!([("podSelector", Value::Object(Map::new()))]));
     }
     if let Some(ns) = &c.config.operator_namespace {
         // The operator polls /_ha/leader and asks for transfers on the client port.
-        from.push(obj([(
+        from.push(obj!([(
             "namespaceSelector",
-            obj([(
+            obj!([(
                 "matchLabels",
-                str_map([("kubernetes.io/metadata.name", ns.as_str())]),
+                obj!([("kubernetes.io/metadata.name", ns.as_str().into())]),
             )]),
         )]));
     }
     let mut rules = vec![
         // Election traffic: only this Base's own pods reach the peer port.
-        obj([
+        obj!([
             (
                 "from",
-                Value::Array(vec![obj([("podSelector", c.match_selector())])]),
+                Value::Array(vec![obj!([("podSelector", c.match_selector())])]),
             ),
             ("ports", policy_port(peer_port(c.base.spec.port))),
         ]),
-        obj([("from", Value::Array(from)), ("ports", port.clone())]),
+        obj!([("from", Value::Array(from)), ("ports", port.clone())]),
     ];
     if np.allow_ingress == Some(true) {
-        rules.push(obj([("ports", port)]));
+        rules.push(obj!([("ports", port)]));
     }
-    let body = obj([
+    let body = obj!([
+        ("apiVersion", "networking.k8s.io/v1".into()),
+        ("kind", "NetworkPolicy".into()),
         ("metadata", c.meta(c.name.to_string())),
         (
             "spec",
-            obj([
+            obj!([
                 ("ingress", Value::Array(rules)),
                 ("podSelector", c.match_selector()),
                 ("policyTypes", vec!["Ingress"].into()),
@@ -705,7 +766,7 @@ pub(super) fn service_monitor(c: &Ctx) -> Option<Object> {
     if sm.enabled != Some(true) {
         return None;
     }
-    let endpoint = obj_opt([
+    let endpoint = obj_opt!([
         ("interval", sm.interval.as_deref().map(Value::from)),
         (
             "path",
@@ -716,21 +777,26 @@ pub(super) fn service_monitor(c: &Ctx) -> Option<Object> {
             Some(sm.metrics_port.as_deref().unwrap_or("http").into()),
         ),
     ]);
-    let body = obj([
+    let body = obj!([
+        ("apiVersion", "monitoring.coreos.com/v1".into()),
+        ("kind", "ServiceMonitor".into()),
         ("metadata", c.meta(c.name.to_string())),
         (
             "spec",
-            obj([
+            obj!([
                 ("endpoints", Value::Array(vec![endpoint])),
                 (
                     "namespaceSelector",
-                    obj([("matchNames", vec![c.namespace].into())]),
+                    obj!([("matchNames", vec![c.namespace].into())]),
                 ),
                 (
                     "selector",
-                    obj([(
+                    obj!([(
                         "matchLabels",
-                        str_map([(LABEL_BASE, c.name), (LABEL_SERVICE, "client")]),
+                        obj!([
+                            (LABEL_BASE, Value::from(c.name)),
+                            (LABEL_SERVICE, Value::from("client"))
+                        ]),
                     )]),
                 ),
             ]),
@@ -742,9 +808,11 @@ pub(super) fn service_monitor(c: &Ctx) -> Option<Object> {
 /// The peer-key Secret with a fresh key: created once, never updated (see `Plan::create`).
 pub(super) fn peer_key_secret(c: &Ctx, key: &str) -> Object {
     let name = peer_key_secret_name(c.name);
-    let body = obj([
+    let body = obj!([
+        ("apiVersion", "v1".into()),
+        ("kind", "Secret".into()),
         ("metadata", c.meta(name.clone())),
-        ("stringData", str_map([("current", key)])),
+        ("stringData", obj!([("current", Value::from(key))])),
         ("type", "Opaque".into()),
     ]);
     c.object("v1", "Secret", &name, body)
