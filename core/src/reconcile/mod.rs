@@ -535,9 +535,11 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
                         name: gw_name.clone(),
                         routes,
                     });
-                    status::RouteOutcome::Injected(format!("{gw_ns}/{gw_name}"))
+                    status::RouteOutcome::Injected([gw_ns.as_str(), "/", &gw_name].concat())
                 }
-                Ok(None) => status::RouteOutcome::Injected(format!("{gw_ns}/{gw_name}")),
+                Ok(None) => {
+                    status::RouteOutcome::Injected([gw_ns.as_str(), "/", &gw_name].concat())
+                }
                 Err(conflict) => status::RouteOutcome::Conflict(conflict.to_string()),
             },
             GatewayView::Missing | GatewayView::NotLooked => {

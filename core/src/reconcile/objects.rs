@@ -41,13 +41,13 @@ pub const AGENT_STATE_DIR: &str = "/data/quasar";
 pub const RUN_AS_USER: i64 = 65532;
 
 pub fn headless_name(base: &str) -> String {
-    format!("{base}-hs")
+    [base, "-hs"].concat()
 }
 pub fn writer_service_name(base: &str) -> String {
-    format!("{base}-writer")
+    [base, "-writer"].concat()
 }
 pub fn schema_configmap_name(base: &str) -> String {
-    format!("{base}-schema")
+    [base, "-schema"].concat()
 }
 /// PVC name the StatefulSet controller gives ordinal `i`'s data volume.
 pub fn pvc_name(base: &str, ordinal: i32) -> String {
@@ -60,8 +60,37 @@ pub fn pod_name(base: &str, ordinal: i32) -> String {
 /// The Secret holding the per-Base key that authenticates election messages (`current`, and
 /// `previous` during a rotation). Created once by the operator, never updated by it.
 pub fn peer_key_secret_name(base: &str) -> String {
-    format!("{base}-peer-key")
+    [base, "-peer-key"].concat()
 }
+/// `n` in decimal, as `n.to_string()` writes it, without the formatting machinery.
+pub(super) fn decimal(n: i64) -> String {
+    digits(n < 0, n.unsigned_abs())
+}
+
+/// `n` in decimal, as `n.to_string()` writes it.
+pub(super) fn unsigned(n: u64) -> String {
+    digits(false, n)
+}
+
+fn digits(negative: bool, mut n: u64) -> String {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut out = String::with_capacity(21 - at);
+    if negative {
+        out.push('-');
+    }
+    out.extend(buf[at..].iter().map(|&d| char::from(d)));
+    out
+}
+
 pub const PEER_KEY_MOUNT: &str = "/etc/base/peer-key";
 pub const PODINFO_MOUNT: &str = "/etc/podinfo";
 
@@ -229,22 +258,26 @@ impl Ctx<'_> {
     }
 
     fn fqdn(&self, host: &str) -> String {
-        format!("{host}.{}.svc.cluster.local", self.namespace)
+        [host, ".", self.namespace, ".svc.cluster.local"].concat()
     }
 
     /// `BASE_PEERS` in the form the Base runtime reads: one URL per ordinal, each
     /// `http://<pod_name>.<fqdn of headless_name>:<port>`, written into one string.
     pub fn peers(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
+        let (name, namespace) = (self.name, self.namespace);
+        let port = decimal(self.base.spec.port.into());
+        let one = "http://".len() + 2 * name.len() + namespace.len() + port.len() + 40;
+        let mut out = String::with_capacity(one * self.replicas.max(0) as usize);
         for i in 0..self.replicas {
-            let sep = if i == 0 { "" } else { "," };
-            let (name, namespace, port) = (self.name, self.namespace, self.base.spec.port);
-            // Writing to a String cannot fail.
-            let _ = write!(
-                out,
-                "{sep}http://{name}-{i}.{name}-hs.{namespace}.svc.cluster.local:{port}"
-            );
+            if i > 0 {
+                out.push(',');
+            }
+            for part in ["http://", name, "-", &decimal(i.into()), "."] {
+                out.push_str(part);
+            }
+            for part in [name, "-hs.", namespace, ".svc.cluster.local:", &port] {
+                out.push_str(part);
+            }
         }
         out
     }
@@ -332,8 +365,8 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
         env("BASE_PEERS", peers.as_str()),
         env("BASE_HEADLESS_SERVICE", c.fqdn(&hs)),
         env("BASE_CONSENSUS", spec.consensus.as_str()),
-        env("BASE_PORT", internal.to_string()),
-        env("BASE_REPLICAS", c.replicas.to_string()),
+        env("BASE_PORT", decimal(internal.into())),
+        env("BASE_REPLICAS", decimal(c.replicas.into())),
     ]);
     if let Some(app) = &spec.iam_app {
         base_env.push(env("IAM_APP", app.as_str()));
@@ -353,7 +386,7 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
         Some(_) => {
             base_env.push(env(
                 "BASE_SCHEMA_FILE",
-                format!("{SCHEMA_MOUNT}/{SCHEMA_KEY}"),
+                [SCHEMA_MOUNT, "/", SCHEMA_KEY].concat(),
             ));
             volumes.push(obj!([
                 (
@@ -427,17 +460,19 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
             Value::Array(vec![
                 "agent".into(),
                 "--listen".into(),
-                format!("0.0.0.0:{port}").into(),
+                ["0.0.0.0:", &decimal(port.into())].concat().into(),
                 "--upstream".into(),
-                format!("http://127.0.0.1:{internal}").into(),
+                ["http://127.0.0.1:", &decimal(internal.into())]
+                    .concat()
+                    .into(),
                 "--state-dir".into(),
                 AGENT_STATE_DIR.into(),
                 "--peer-port".into(),
-                peer_port(port).to_string().into(),
+                decimal(peer_port(port).into()).into(),
                 "--peer-key-dir".into(),
                 PEER_KEY_MOUNT.into(),
                 "--fence-file".into(),
-                format!("{PODINFO_MOUNT}/annotations").into(),
+                [PODINFO_MOUNT, "/annotations"].concat().into(),
             ]),
         ),
         (
@@ -816,4 +851,19 @@ pub(super) fn peer_key_secret(c: &Ctx, key: &str) -> Object {
         ("type", "Opaque".into()),
     ]);
     c.object("v1", "Secret", &name, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_writes_as_to_string() {
+        for n in [0, 7, -7, 10, 8090, 65535, -65536, i64::MAX, i64::MIN] {
+            assert_eq!(decimal(n), n.to_string());
+        }
+        for n in [0, 9, 10, 1 << 40, u64::MAX] {
+            assert_eq!(unsigned(n), n.to_string());
+        }
+    }
 }

@@ -10,7 +10,7 @@ pub const GATEWAY_KIND: &str = "Gateway";
 
 /// Who owns a route entry: `<Kind>/<namespace>/<name>`, stored in the entry's `owner` field.
 pub fn owner_tag(kind: &str, namespace: &str, name: &str) -> String {
-    format!("{kind}/{namespace}/{name}")
+    [kind, "/", namespace, "/", name].concat()
 }
 
 /// The entry for one Base: reads go to `<name>`, writes to `<name>-writer`; the gateway's leader
@@ -31,10 +31,11 @@ const LEADER_POLL_PATH: &str = "/_ha/leader";
 
 impl RouteEntry {
     fn backend(&self, service: &str) -> String {
-        format!(
-            "http://{service}.{}.svc.cluster.local:{}",
-            self.namespace, self.port
-        )
+        let port = super::objects::decimal(self.port.into());
+        let parts = ["http://", service, ".", &self.namespace];
+        [&parts[..], &[".svc.cluster.local:", &port]]
+            .concat()
+            .concat()
     }
 
     pub fn to_value(&self) -> Value {

@@ -3,6 +3,7 @@
 //! status unless a condition really changed, so an unchanged world yields an identical status.
 
 use super::Observed;
+use super::objects::{decimal, unsigned};
 use super::{EventType, Plan, PlanEvent, StsView};
 use crate::crd::{Base, BaseStatus, Phase};
 use crate::validate::InvalidSpec;
@@ -84,6 +85,17 @@ impl Cond {
     }
 }
 
+/// `"<ready>/<wanted> replicas ready"`.
+fn replicas_ready(ready: i32, wanted: i32) -> String {
+    [
+        &decimal(ready.into()),
+        "/",
+        &decimal(wanted.into()),
+        " replicas ready",
+    ]
+    .concat()
+}
+
 fn cond(
     type_: &'static str,
     ok: bool,
@@ -124,7 +136,7 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
             CONDITION_WRITER,
             true,
             "Elected",
-            format!("{} is the writer in term {}", w.pod, w.term),
+            [w.pod.as_str(), " is the writer in term ", &unsigned(w.term)].concat(),
         ),
         None => cond(
             CONDITION_WRITER,
@@ -187,27 +199,29 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
                     CONDITION_READY,
                     true,
                     "Running",
-                    format!(
-                        "{}/{} replicas ready, writer elected",
-                        st.ready_replicas, spec_replicas
-                    ),
+                    [
+                        &replicas_ready(st.ready_replicas, spec_replicas),
+                        ", writer elected",
+                    ]
+                    .concat(),
                 )
             } else if st.ready_replicas >= quorum && has_writer {
                 cond(
                     CONDITION_READY,
                     false,
                     "Degraded",
-                    format!(
-                        "{}/{} replicas ready; quorum holds",
-                        st.ready_replicas, spec_replicas
-                    ),
+                    [
+                        &replicas_ready(st.ready_replicas, spec_replicas),
+                        "; quorum holds",
+                    ]
+                    .concat(),
                 )
             } else {
                 cond(
                     CONDITION_READY,
                     false,
                     "WaitingForReplicas",
-                    format!("{}/{} replicas ready", st.ready_replicas, spec_replicas),
+                    replicas_ready(st.ready_replicas, spec_replicas),
                 )
             };
             match route {
@@ -216,7 +230,7 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
                     CONDITION_GATEWAY,
                     true,
                     "Injected",
-                    format!("route injected into Gateway {gw}"),
+                    ["route injected into Gateway ", gw.as_str()].concat(),
                 )),
                 RouteOutcome::GatewayMissing(gw) => conds.push(cond(
                     CONDITION_GATEWAY,
