@@ -73,7 +73,7 @@ pub(super) fn unsigned(n: u64) -> String {
 }
 
 fn digits(negative: bool, mut n: u64) -> String {
-    let mut buf = [0u8; 20];
+    let mut buf = [b'-'; 21];
     let mut at = buf.len();
     loop {
         at -= 1;
@@ -83,12 +83,13 @@ fn digits(negative: bool, mut n: u64) -> String {
             break;
         }
     }
-    let mut out = String::with_capacity(21 - at);
     if negative {
-        out.push('-');
+        at -= 1; // already '-'
     }
-    out.extend(buf[at..].iter().map(|&d| char::from(d)));
-    out
+    // ASCII digits (and a sign) are UTF-8.
+    std::str::from_utf8(&buf[at..])
+        .unwrap_or_default()
+        .to_owned()
 }
 
 pub const PEER_KEY_MOUNT: &str = "/etc/base/peer-key";
@@ -138,6 +139,14 @@ macro_rules! obj {
             std::sync::LazyLock::new(|| template([$($k),*]));
         let values: [Value; [$($k),*].len()] = [$($v),*];
         fill(&TEMPLATE, values)
+    }};
+}
+
+/// A value the same for every Base: built once, and cloned (one pass, no per-field fill).
+macro_rules! constant {
+    ($v:expr) => {{
+        static VALUE: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| $v);
+        VALUE.clone()
     }};
 }
 
@@ -296,13 +305,13 @@ fn env(name: &str, value: impl Into<String>) -> Value {
 }
 
 fn pod_name_env() -> Value {
-    obj!([
+    constant!(obj!([
         ("name", "BASE_NODE_ID".into()),
         (
             "valueFrom",
             obj!([("fieldRef", obj!([("fieldPath", "metadata.name".into())]))]),
         ),
-    ])
+    ]))
 }
 
 fn runtime_default_seccomp() -> Value {
@@ -310,13 +319,13 @@ fn runtime_default_seccomp() -> Value {
 }
 
 fn restricted_security_context() -> Value {
-    obj!([
+    constant!(obj!([
         ("allowPrivilegeEscalation", false.into()),
         ("capabilities", obj!([("drop", vec!["ALL"].into())])),
         ("readOnlyRootFilesystem", true.into()),
         ("runAsNonRoot", true.into()),
         ("seccompProfile", runtime_default_seccomp()),
-    ])
+    ]))
 }
 
 fn http_probe(path: &str, port: i32, period_s: i32, failure_threshold: i32) -> Value {
@@ -372,14 +381,14 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
         base_env.push(env("IAM_APP", app.as_str()));
     }
     let mut volumes = Vec::with_capacity(4);
-    volumes.push(obj!([
+    volumes.push(constant!(obj!([
         ("emptyDir", Value::Object(Map::new())),
         ("name", "tmp".into()),
-    ]));
+    ])));
     let mut mounts = Vec::with_capacity(3);
     mounts.extend([
-        volume_mount(DATA_VOLUME, DATA_MOUNT, false),
-        volume_mount("tmp", "/tmp", false),
+        constant!(volume_mount(DATA_VOLUME, DATA_MOUNT, false)),
+        constant!(volume_mount("tmp", "/tmp", false)),
     ]);
     match spec.schema.as_deref() {
         Some(url) if is_url(url) => base_env.push(env("BASE_SCHEMA_URL", url)),
@@ -395,7 +404,7 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
                 ),
                 ("name", "schema".into()),
             ]));
-            mounts.push(volume_mount("schema", SCHEMA_MOUNT, true));
+            mounts.push(constant!(volume_mount("schema", SCHEMA_MOUNT, true)));
         }
         None => {}
     }
@@ -480,7 +489,7 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
             Value::Array(vec![
                 pod_name_env(),
                 env("BASE_PEERS", peers),
-                env("RUST_LOG", "info"),
+                constant!(env("RUST_LOG", "info")),
             ]),
         ),
         ("image", c.config.agent_image.as_str().into()),
@@ -496,22 +505,22 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
         ("readinessProbe", http_probe("/readyz", port, 2, 2)),
         (
             "resources",
-            obj!([
+            constant!(obj!([
                 ("limits", obj!([("memory", Value::from("128Mi"))])),
                 (
                     "requests",
                     obj!([("cpu", Value::from("50m")), ("memory", Value::from("32Mi"))])
                 ),
-            ]),
+            ])),
         ),
         ("securityContext", restricted_security_context()),
         (
             "volumeMounts",
-            Value::Array(vec![
+            constant!(Value::Array(vec![
                 volume_mount(DATA_VOLUME, DATA_MOUNT, false),
                 volume_mount("peer-key", PEER_KEY_MOUNT, true),
                 volume_mount("podinfo", PODINFO_MOUNT, true),
-            ]),
+            ])),
         ),
     ]);
     // The peer key as files, so a rotation reaches running agents without a restart; the pod's
@@ -526,7 +535,7 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
             ]),
         ),
     ]));
-    volumes.push(obj!([
+    volumes.push(constant!(obj!([
         (
             "downwardAPI",
             obj!([(
@@ -541,7 +550,7 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
             )]),
         ),
         ("name", "podinfo".into()),
-    ]));
+    ])));
 
     let retention = match spec.storage.retention() {
         RetentionPolicy::Retain => "Retain",
@@ -590,13 +599,13 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
         ),
         (
             "securityContext",
-            Some(obj!([
+            Some(constant!(obj!([
                 ("fsGroup", RUN_AS_USER.into()),
                 ("runAsGroup", RUN_AS_USER.into()),
                 ("runAsNonRoot", true.into()),
                 ("runAsUser", RUN_AS_USER.into()),
                 ("seccompProfile", runtime_default_seccomp()),
-            ])),
+            ]))),
         ),
         (
             "serviceAccountName",
@@ -635,7 +644,10 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
                     ])),
                 ),
                 // The operator rolls pods itself, writer last (see rollout.rs).
-                ("updateStrategy", Some(obj!([("type", "OnDelete".into())]))),
+                (
+                    "updateStrategy",
+                    Some(constant!(obj!([("type", "OnDelete".into())])))
+                ),
                 ("volumeClaimTemplates", Some(Value::Array(vec![pvc]))),
             ]),
         ),
