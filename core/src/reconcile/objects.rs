@@ -111,7 +111,7 @@ pub fn internal_port(port: i32) -> i32 {
 // when the template is built), so the values land in the slots `values_mut` visits in that order.
 
 /// A map of these keys, all null: the template a call site fills.
-fn template<'k>(keys: impl IntoIterator<Item = &'k str>) -> Map<String, Value> {
+pub(super) fn template<'k>(keys: impl IntoIterator<Item = &'k str>) -> Map<String, Value> {
     let keys: Vec<&str> = keys.into_iter().collect();
     assert!(
         keys.windows(2).all(|w| w[0] < w[1]),
@@ -123,7 +123,10 @@ fn template<'k>(keys: impl IntoIterator<Item = &'k str>) -> Map<String, Value> {
 }
 
 /// A clone of `template` with its values, in key order.
-fn fill<I: IntoIterator<Item = Value>>(template: &Map<String, Value>, values: I) -> Value {
+pub(super) fn fill<I: IntoIterator<Item = Value>>(
+    template: &Map<String, Value>,
+    values: I,
+) -> Value {
     let mut m = template.clone();
     for (slot, v) in m.values_mut().zip(values) {
         *slot = v;
@@ -135,12 +138,14 @@ fn fill<I: IntoIterator<Item = Value>>(template: &Map<String, Value>, values: I)
 /// be constants (the template is a `static` of the call site).
 macro_rules! obj {
     ([$(($k:expr, $v:expr $(,)?)),* $(,)?]) => {{
-        static TEMPLATE: std::sync::LazyLock<Map<String, Value>> =
+        use $crate::reconcile::objects::{fill, template};
+        static TEMPLATE: std::sync::LazyLock<serde_json::Map<String, serde_json::Value>> =
             std::sync::LazyLock::new(|| template([$($k),*]));
-        let values: [Value; [$($k),*].len()] = [$($v),*];
+        let values: [serde_json::Value; [$($k),*].len()] = [$($v),*];
         fill(&TEMPLATE, values)
     }};
 }
+pub(super) use obj;
 
 /// A value the same for every Base: built once, and cloned (one pass, no per-field fill).
 macro_rules! constant {

@@ -2,7 +2,10 @@
 //! `spec.routes`). Pure list surgery: only this Base's entry is ever added, changed or removed, and
 //! a prefix that another object owns is a conflict, never an overwrite.
 
-use serde_json::{Value, json};
+use super::objects::obj;
+use serde_json::Value;
+#[cfg(test)]
+use serde_json::json;
 
 /// The Gateway's kind, for the adapter's dynamic API.
 pub const GATEWAY_API_VERSION: &str = "hanzo.ai/v1";
@@ -39,18 +42,24 @@ impl RouteEntry {
     }
 
     pub fn to_value(&self) -> Value {
-        json!({
-            "prefix": self.prefix,
-            "backend": self.backend(&self.service),
-            "writeBackend": self.backend(&self.writer_service),
-            "methods": METHODS,
-            "leaderPoll": {
-                "path": LEADER_POLL_PATH,
-                "interval": self.leader_poll_interval,
-            },
-            "readYourWritesTTL": self.read_your_writes_ttl,
-            "owner": self.owner,
-        })
+        obj!([
+            ("backend", self.backend(&self.service).into()),
+            (
+                "leaderPoll",
+                obj!([
+                    ("interval", self.leader_poll_interval.as_str().into()),
+                    ("path", LEADER_POLL_PATH.into()),
+                ]),
+            ),
+            ("methods", METHODS.as_slice().into()),
+            ("owner", self.owner.as_str().into()),
+            ("prefix", self.prefix.as_str().into()),
+            (
+                "readYourWritesTTL",
+                self.read_your_writes_ttl.as_str().into()
+            ),
+            ("writeBackend", self.backend(&self.writer_service).into()),
+        ])
     }
 
     /// `*v == self.to_value()`, without building the entry: the Gateway usually already holds it.
@@ -58,23 +67,48 @@ impl RouteEntry {
         let Some(m) = v.as_object() else {
             return false;
         };
-        let str_at = |k: &str| m.get(k).and_then(Value::as_str);
-        let leader_poll = m.get("leaderPoll").and_then(Value::as_object);
-        m.len() == 7
-            && str_at("prefix") == Some(self.prefix.as_str())
-            && str_at("owner") == Some(self.owner.as_str())
-            && str_at("readYourWritesTTL") == Some(self.read_your_writes_ttl.as_str())
-            && m.get("methods")
+        if m.len() != 7 {
+            return false;
+        }
+        // Exactly the seven fields of `to_value`, which the map lists in key order.
+        let mut fields = m.iter();
+        let mut next = |name: &str| {
+            fields
+                .next()
+                .filter(|(k, _)| k.as_str() == name)
+                .map(|(_, v)| v)
+        };
+        next("backend")
+            .and_then(Value::as_str)
+            .is_some_and(|b| self.is_backend(b, &self.service))
+            && next("leaderPoll")
+                .and_then(Value::as_object)
+                .is_some_and(|p| {
+                    p.len() == 2
+                        && p.get("interval").and_then(Value::as_str)
+                            == Some(self.leader_poll_interval.as_str())
+                        && p.get("path").and_then(Value::as_str) == Some(LEADER_POLL_PATH)
+                })
+            && next("methods")
                 .and_then(Value::as_array)
                 .is_some_and(|a| a.iter().map(Value::as_str).eq(METHODS.map(Some)))
-            && leader_poll.is_some_and(|p| {
-                p.len() == 2
-                    && p.get("path").and_then(Value::as_str) == Some(LEADER_POLL_PATH)
-                    && p.get("interval").and_then(Value::as_str)
-                        == Some(self.leader_poll_interval.as_str())
-            })
-            && str_at("backend") == Some(self.backend(&self.service).as_str())
-            && str_at("writeBackend") == Some(self.backend(&self.writer_service).as_str())
+            && next("owner").and_then(Value::as_str) == Some(self.owner.as_str())
+            && next("prefix").and_then(Value::as_str) == Some(self.prefix.as_str())
+            && next("readYourWritesTTL").and_then(Value::as_str)
+                == Some(self.read_your_writes_ttl.as_str())
+            && next("writeBackend")
+                .and_then(Value::as_str)
+                .is_some_and(|b| self.is_backend(b, &self.writer_service))
+    }
+
+    /// `url == self.backend(service)`, without building it.
+    fn is_backend(&self, url: &str, service: &str) -> bool {
+        url.strip_prefix("http://")
+            .and_then(|u| u.strip_prefix(service))
+            .and_then(|u| u.strip_prefix('.'))
+            .and_then(|u| u.strip_prefix(self.namespace.as_str()))
+            .and_then(|u| u.strip_prefix(".svc.cluster.local:"))
+            .is_some_and(|port| port == super::objects::decimal(self.port.into()))
     }
 }
 
