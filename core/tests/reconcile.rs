@@ -61,7 +61,7 @@ fn example_yields_every_object_with_owner_references() {
         assert_eq!(o.body["metadata"]["namespace"], "hanzo");
     }
     // Nothing exists yet: everything is to be applied.
-    assert_eq!(p.apply.len(), p.desired.len());
+    assert_eq!(p.apply().len(), p.desired.len());
 }
 
 #[test]
@@ -276,7 +276,7 @@ fn invalid_specs_name_the_field() {
         let (kind, base) = manifest::parse(&text).unwrap();
         let p = plan_for(kind, &base, &Observed::default());
         assert!(
-            p.apply.is_empty() && p.desired.is_empty(),
+            p.apply_ix.is_empty() && p.desired.is_empty(),
             "{case}: nothing may be written"
         );
         let ready = p

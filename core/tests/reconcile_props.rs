@@ -188,7 +188,7 @@ fn a_matching_world_needs_no_write() {
         if !p.is_noop() {
             eprintln!(
                 "not a no-op: apply={:?} delete={:?} relabel={:?} gateway={:?} status_changed={}",
-                p.apply.iter().map(|o| &o.name).collect::<Vec<_>>(),
+                p.apply().map(|o| &o.name).collect::<Vec<_>>(),
                 p.delete,
                 p.relabel,
                 p.gateway,

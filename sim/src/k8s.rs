@@ -562,7 +562,7 @@ impl World {
         }
         self.check_switchover(&observed, &plan);
         let mut writes = 0;
-        for obj in &plan.apply {
+        for obj in plan.apply() {
             let key = obj.key();
             let mut body = obj.body.clone();
             let old = self.k8s.objects.get(&key);
@@ -642,7 +642,7 @@ impl World {
         }
         self.stats.api_writes += writes;
         let pending = [
-            ("applies", plan.apply.len()),
+            ("applies", plan.apply().len()),
             ("creates", plan.create.len()),
             ("deletes", plan.delete.len()),
             ("relabels", plan.relabel.len()),

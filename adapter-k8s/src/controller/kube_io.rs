@@ -187,7 +187,7 @@ pub async fn perform(
         }
         ctx.remember_peer_key(&ns, &name);
     }
-    for obj in &plan.apply {
+    for obj in plan.apply() {
         let api = dynamic(ctx, &ns, &obj.api_version, &obj.kind);
         ctx.metrics.write("apply", &obj.kind);
         match api.patch(&obj.name, &ssa, &Patch::Apply(&obj.body)).await {

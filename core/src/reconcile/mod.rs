@@ -241,8 +241,10 @@ pub struct PlanEvent {
 pub struct Plan {
     /// Every object this Base should have, in creation order (what `render` prints).
     pub desired: Vec<Object>,
-    /// The desired objects that differ from what was observed.
-    pub apply: Vec<Object>,
+    /// Which of `desired` differ from what was observed (indices, ascending): those are written.
+    /// Indices rather than copies: on a first reconcile every object differs, and a second copy
+    /// of them all was a quarter of the plan's cost. Read them with [`Plan::apply`].
+    pub apply_ix: Vec<usize>,
     /// Objects to create if absent and never update (the peer-key Secret): an existing one is kept.
     pub create: Vec<Object>,
     /// Objects to delete: optional objects no longer wanted, pods to roll, PVCs under `Delete`.
@@ -264,9 +266,14 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The desired objects that differ from what was observed: the ones to write.
+    pub fn apply(&self) -> impl ExactSizeIterator<Item = &Object> + '_ {
+        self.apply_ix.iter().map(|&i| &self.desired[i])
+    }
+
     /// True when performing this plan would issue no API write at all.
     pub fn is_noop(&self) -> bool {
-        self.apply.is_empty()
+        self.apply_ix.is_empty()
             && self.create.is_empty()
             && self.delete.is_empty()
             && self.relabel.is_empty()
@@ -368,26 +375,18 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         plan.create.push(objects::peer_key_secret(&ctx, key));
     }
     // Keep the operator's view and the cluster's aligned: an object is written only when it differs.
-    let differs: Vec<bool> = plan
+    plan.apply_ix = plan
         .desired
         .iter()
-        .map(|d| {
+        .enumerate()
+        .filter(|(_, d)| {
             !observed
                 .objects
                 .get(&d.key())
                 .is_some_and(|o| is_subset(&d.body, o))
         })
+        .map(|(i, _)| i)
         .collect();
-    // Exactly sized: a grown vector of 5+ objects is a 1 KiB block, which in glibc is a
-    // large-bin request that first consolidates every freed small block.
-    plan.apply = Vec::with_capacity(differs.iter().filter(|&&d| d).count());
-    plan.apply.extend(
-        plan.desired
-            .iter()
-            .zip(&differs)
-            .filter(|(_, differs)| **differs)
-            .map(|(d, _)| d.clone()),
-    );
     for optional in [
         "ConfigMap",
         "PodDisruptionBudget",
@@ -554,7 +553,7 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         || sts_view
             .as_ref()
             .is_none_or(|s| s.ready_replicas < base.spec.replicas);
-    if progressing || !plan.apply.is_empty() || !plan.delete.is_empty() {
+    if progressing || !plan.apply_ix.is_empty() || !plan.delete.is_empty() {
         plan.requeue_after_ms = plan.requeue_after_ms.min(PROGRESS_REQUEUE_MS);
     }
     status::finish(
