@@ -43,6 +43,7 @@ fn bench(c: &mut Criterion) {
     steady.writer = Some(WriterView {
         pod: "my-app-0".into(),
         term: 1,
+        confirmed_at: steady.now,
     });
     base.status = Some(plan(&base, &steady).status);
     assert!(

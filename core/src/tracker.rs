@@ -397,6 +397,8 @@ struct Replica {
     ready_since_poll: Option<Millis>,
     /// The last answer it gave (kept across failed polls: its lease still bounds it).
     claim: Option<LeaderClaim>,
+    /// When that answer came.
+    answered_at: Option<Millis>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -498,6 +500,7 @@ impl Tracker {
                     id,
                     ready_since_poll: None,
                     claim: None,
+                    answered_at: None,
                 })
                 .collect(),
             highest_term: Term(0),
@@ -541,6 +544,7 @@ impl Tracker {
                 let r = &mut self.replicas[replica];
                 r.ready_since_poll = Some(now);
                 r.claim = Some(claim);
+                r.answered_at = Some(now);
                 if reported < self.highest_term {
                     PollEffect::Stale {
                         reported,
@@ -682,6 +686,12 @@ impl Tracker {
                 valid_until: None,
             },
         }
+    }
+
+    /// When `replica` last answered a poll (its claim, whatever it said, dates from then).
+    #[must_use]
+    pub fn answered_at(&self, replica: ReplicaIx) -> Option<Millis> {
+        self.replicas.get(replica).and_then(|r| r.answered_at)
     }
 
     /// Whether a replica gets plain reads at `now`.

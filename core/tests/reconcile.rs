@@ -328,6 +328,7 @@ fn writer_label_moves_in_one_step_and_status_follows() {
     observed.writer = Some(WriterView {
         pod: "my-app-2".into(),
         term: 4,
+        confirmed_at: observed.now,
     });
     let p = plan(&base, &observed);
     assert_eq!(p.relabel.len(), 2);
@@ -406,6 +407,7 @@ fn switchover_and_fencing_through_annotations() {
     observed.writer = Some(WriterView {
         pod: "my-app-0".into(),
         term: 2,
+        confirmed_at: observed.now,
     });
     let cond = |p: &base_core::reconcile::Plan, t: &str| {
         p.status.conditions.iter().find(|c| c.type_ == t).cloned()
@@ -420,9 +422,22 @@ fn switchover_and_fencing_through_annotations() {
     assert!(p.clear_annotations.is_empty());
 
     base.status = Some(p.status);
+    // The target is writer, by an answer from before the request was seen: it may predate a
+    // hand-over, so not yet done.
     observed.writer = Some(WriterView {
         pod: "my-app-2".into(),
         term: 3,
+        confirmed_at: observed.now,
+    });
+    let p = plan(&base, &observed);
+    assert_eq!(cond(&p, CONDITION_SWITCHOVER).unwrap().reason, "InProgress");
+    assert!(p.clear_annotations.is_empty() && p.transfer.is_none());
+    // Its answer from a second later says so again: done.
+    base.status = Some(p.status);
+    observed.writer = Some(WriterView {
+        pod: "my-app-2".into(),
+        term: 3,
+        confirmed_at: base_core::Millis(observed.now.0 + 1_000),
     });
     let p = plan(&base, &observed);
     assert_eq!(cond(&p, CONDITION_SWITCHOVER).unwrap().reason, "Done");

@@ -146,6 +146,7 @@ fn with_world(base: &Base, g: &mut Gen) -> Observed {
     observed.writer = Some(WriterView {
         pod: format!("{name}-{writer}"),
         term: u64::arbitrary(g) % 100,
+        confirmed_at: base_core::Millis(u64::arbitrary(g) % 100_000),
     });
     if let Some(sts) = observed
         .objects

@@ -209,7 +209,8 @@ struct World {
     sts: Option<Sts>,
     pods: Vec<Pod>,
     pvcs: Vec<(u8, bool)>,
-    writer: Option<(u8, u64)>,
+    /// The writer: ordinal, term, and when it confirmed (ms, on the clock of `now`).
+    writer: Option<(u8, u64, u32)>,
     gateway: Gw,
     /// Planned objects to pretend are present (by index), possibly tampered with.
     present: Vec<(u8, Tamper)>,
@@ -338,9 +339,10 @@ impl World {
                 }
             })
             .collect();
-        obs.writer = self.writer.map(|(o, term)| WriterView {
+        obs.writer = self.writer.map(|(o, term, confirmed_at)| WriterView {
             pod: format!("{name}-{}", ord(o)),
             term,
+            confirmed_at: base_core::Millis(u64::from(confirmed_at)),
         });
         obs.gateway = match &self.gateway {
             Gw::NotLooked => GatewayView::NotLooked,

@@ -165,9 +165,10 @@ pub enum Bug {
     FixedPoll,
     /// The operator's poll task as adapter-k8s `controller::writers` had it before the fix: each
     /// round waits for its slowest poll (2 s timeout) before feeding the answers, and the
-    /// reconcile observes the writer without its lease. A round held up by an unreachable pod
-    /// hands it a writer deposed meanwhile, and a switchover to that writer is reported `Done`
-    /// while another node writes.
+    /// reconcile observes the writer without its lease or the time it confirmed (every view
+    /// looks fresh). A round held up by an unreachable pod hands it a writer deposed meanwhile;
+    /// before switchovers waited for a fresh confirmation, one to that writer was reported `Done`
+    /// while another node wrote (seed 617).
     StaleOperatorWriter,
 }
 

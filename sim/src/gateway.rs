@@ -150,6 +150,9 @@ impl World {
         let _ = tracker.on_poll(now, ix, result);
         let writer = tracker.writer(now).map(|(ix, term, _)| (targets[ix], term));
         let lease = tracker.writer(now).map(|(_, _, lease)| lease);
+        self.operator.confirmed_at = tracker
+            .writer(now)
+            .and_then(|(ix, _, _)| tracker.answered_at(ix));
         if writer.is_some() {
             self.operator.named = writer;
         }

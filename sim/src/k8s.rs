@@ -11,7 +11,6 @@ use crate::config::{BASE_NAME, Bug, NAMESPACE, SimConfig, SpecChange};
 use crate::rng::Fnv;
 use crate::world::SwitchoverRequest;
 use crate::world::{Entry, World, ordinal_of, pod_id, pod_name};
-use base_core::Term;
 use base_core::crd::{Base, RetentionPolicy};
 use base_core::quasar::PersistedState;
 use base_core::reconcile::objects::{ANNOTATION_FENCED_INSTANCES, ANNOTATION_SWITCHOVER_TO};
@@ -19,6 +18,7 @@ use base_core::reconcile::{
     CONDITION_SWITCHOVER, GatewayView, ObjectKey, Observed, OperatorConfig, Plan, PodView,
     WriterView, objects, plan, route,
 };
+use base_core::{Millis, Term};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -496,6 +496,12 @@ impl World {
         let writer = self.operator_writer().map(|(o, term)| WriterView {
             pod: pod_name(o),
             term: term.0,
+            // The operator before its fix had no confirmation time: every view looked fresh.
+            confirmed_at: if self.cfg.bug == Some(Bug::StaleOperatorWriter) {
+                op_now
+            } else {
+                self.operator.confirmed_at.unwrap_or(Millis::ZERO)
+            },
         });
         Observed {
             now: op_now,

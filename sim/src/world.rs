@@ -316,6 +316,8 @@ pub struct OperatorPoller {
     /// until that lease passes (all along under `Bug::StaleOperatorWriter`).
     pub writer: Option<(i32, Term)>,
     pub writer_lease: Option<Millis>,
+    /// When that writer last answered the operator's poll itself (operator clock).
+    pub confirmed_at: Option<Millis>,
     /// The writer changed: reconcile now.
     pub wake: bool,
     pub seq: u64,
@@ -335,6 +337,7 @@ impl OperatorPoller {
             tracker: None,
             writer: None,
             writer_lease: None,
+            confirmed_at: None,
             wake: false,
             seq: 0,
             named: None,

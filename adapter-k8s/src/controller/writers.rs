@@ -48,7 +48,10 @@ pub fn live_writer(polled: Option<&PolledWriter>, now: Millis) -> Option<WriterV
 /// Whether replacing the polled writer `old` with `new` at `now` must wake the reconcile: the
 /// writer changed, or `old`'s lease had passed (a reconcile may have planned with no writer since).
 pub fn writer_changed(old: Option<&PolledWriter>, new: Option<&PolledWriter>, now: Millis) -> bool {
-    old.map(|p| &p.view) != new.map(|p| &p.view) || live_writer(old, now) != live_writer(new, now)
+    // Which node at which term: a fresh confirmation of the same writer is no change.
+    let who = |w: Option<WriterView>| w.map(|v| (v.pod, v.term));
+    let seen = |p: Option<&PolledWriter>| who(p.map(|p| p.view.clone()));
+    seen(old) != seen(new) || who(live_writer(old, now)) != who(live_writer(new, now))
 }
 
 /// The clock the poll tasks feed the tracker and leases are judged on: Unix milliseconds read once,
@@ -177,6 +180,7 @@ fn polled_writer(t: &Tracker, now: Millis) -> Option<PolledWriter> {
             view: WriterView {
                 pod: id.to_string(),
                 term: term.0,
+                confirmed_at: t.answered_at(ix).unwrap_or(Millis::ZERO),
             },
             lease_expires,
         })
@@ -252,6 +256,7 @@ mod tests {
             view: WriterView {
                 pod: pod.into(),
                 term,
+                confirmed_at: Millis::ZERO,
             },
             lease_expires: Millis(lease_expires),
         }
@@ -272,8 +277,11 @@ mod tests {
     fn the_reconcile_is_woken_when_the_writer_it_may_have_seen_changes() {
         let (a, a_later) = (polled("b-0", 3, 1_000), polled("b-0", 3, 2_000));
         let b = polled("b-1", 4, 2_000);
-        // A renewed lease changes nothing a reconcile sees.
+        // A renewed lease, confirmed by a newer answer, changes nothing a reconcile sees.
+        let mut a_confirmed = a_later.clone();
+        a_confirmed.view.confirmed_at = Millis(400);
         assert!(!writer_changed(Some(&a), Some(&a_later), Millis(500)));
+        assert!(!writer_changed(Some(&a), Some(&a_confirmed), Millis(500)));
         assert!(!writer_changed(None, None, Millis(500)));
         // Another writer, a new term, or none.
         assert!(writer_changed(Some(&a), Some(&b), Millis(500)));

@@ -154,6 +154,10 @@ impl StsView {
 pub struct WriterView {
     pub pod: String,
     pub term: u64,
+    /// When the writer itself last affirmed it (its own `/_ha/leader` answer), on the clock of
+    /// `Observed::now`. A lease a writer gave up by handing over still looks live in older
+    /// answers: a switchover is `Done` only on an answer that came after the request.
+    pub confirmed_at: Millis,
 }
 
 /// The Gateway the route goes into.
@@ -290,6 +294,9 @@ impl Plan {
 const PROGRESS_REQUEUE_MS: u64 = 30_000;
 /// Deletion waits on PVCs, which are not watched: look again soon.
 const CLEANUP_REQUEUE_MS: u64 = 2_000;
+/// A switchover whose target was writer by an answer older than the request waits for a newer
+/// one; the poll task wakes the reconcile only when the writer changes, so look again soon.
+const CONFIRM_REQUEUE_MS: u64 = 2_000;
 
 /// Plans a `Base`.
 #[must_use]
@@ -469,6 +476,8 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
                 Some(operations::Switchover::InProgress { transfer, message }) => {
                     if transfer.is_some() {
                         plan.transfer = transfer;
+                    } else {
+                        plan.requeue_after_ms = plan.requeue_after_ms.min(CONFIRM_REQUEUE_MS);
                     }
                     extra.push(status::Cond::new(
                         CONDITION_SWITCHOVER,

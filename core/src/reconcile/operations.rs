@@ -102,8 +102,20 @@ pub fn switchover(
         Some(p) if p.ready && !p.terminating => {}
         _ => return Some(Switchover::Refused(format!("{target} is not ready"))),
     }
-    if writer.is_some_and(|w| w.pod == target) {
-        return Some(Switchover::Done(format!("{target} is the writer")));
+    if let Some(w) = writer.filter(|w| w.pod == target) {
+        // `started` is stored with second precision: an answer from the second after it is
+        // certainly later than the request. An older one may predate a hand-over.
+        return Some(match started {
+            Some(t0) if w.confirmed_at >= t0.saturating_add(Millis(1_000)) => {
+                Switchover::Done(format!("{target} is the writer"))
+            }
+            _ => Switchover::InProgress {
+                transfer: None,
+                message: format!(
+                    "{target} was the writer when last polled; waiting for it to confirm"
+                ),
+            },
+        });
     }
     if let Some(t0) = started
         && now.saturating_sub(t0).0 > SWITCHOVER_TIMEOUT_MS
@@ -176,18 +188,61 @@ mod tests {
         let w = WriterView {
             pod: "a-0".into(),
             term: 2,
+            confirmed_at: Millis(0),
         };
         let b = base(&[(ANNOTATION_SWITCHOVER_TO, "a-2")]);
         let s = switchover(&b, 3, &pods(), Some(&w), &Fenced::None, None, Millis(0)).unwrap();
         assert!(
             matches!(s, Switchover::InProgress { transfer: Some(ref t), .. } if t.from == "a-0" && t.to == "a-2")
         );
+        // The target is the writer: done only on its own answer from after the request (the
+        // second after the one the request was first seen in); an older answer may predate a
+        // hand-over it made since.
         let w2 = WriterView {
             pod: "a-2".into(),
             term: 3,
+            confirmed_at: Millis(10_500),
+        };
+        let first_seen = switchover(
+            &b,
+            3,
+            &pods(),
+            Some(&w2),
+            &Fenced::None,
+            None,
+            Millis(10_000),
+        );
+        assert!(matches!(
+            first_seen,
+            Some(Switchover::InProgress { transfer: None, .. })
+        ));
+        let started = Some(Millis(10_000));
+        assert!(matches!(
+            switchover(
+                &b,
+                3,
+                &pods(),
+                Some(&w2),
+                &Fenced::None,
+                started,
+                Millis(10_600)
+            ),
+            Some(Switchover::InProgress { transfer: None, .. })
+        ));
+        let fresh = WriterView {
+            confirmed_at: Millis(11_000),
+            ..w2.clone()
         };
         assert!(matches!(
-            switchover(&b, 3, &pods(), Some(&w2), &Fenced::None, None, Millis(0)),
+            switchover(
+                &b,
+                3,
+                &pods(),
+                Some(&fresh),
+                &Fenced::None,
+                started,
+                Millis(11_000)
+            ),
             Some(Switchover::Done(_))
         ));
         let late = switchover(
