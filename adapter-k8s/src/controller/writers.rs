@@ -327,6 +327,20 @@ mod tests {
         }
     }
 
+    const INTERVAL: Duration = Duration::from_millis(300);
+
+    /// Starts tracking `targets` and waits up to `within` for the first wake-up: the writers, the
+    /// Base's key, and whether that wake-up came for it in time.
+    async fn track_until_woken(targets: &[Target], within: Duration) -> (Writers, BaseKey, bool) {
+        let (wake, mut woken) = mpsc::unbounded_channel();
+        let w = Writers::new(wake);
+        let key: BaseKey = (Kind::Base, "ns".into(), "b".into());
+        assert_eq!(w.track(key.clone(), targets.to_vec(), INTERVAL), None);
+        let got = tokio::time::timeout(within, woken.recv()).await;
+        let in_time = got.ok().flatten().as_ref() == Some(&key);
+        (w, key, in_time)
+    }
+
     #[tokio::test]
     async fn an_unreachable_pod_does_not_hold_up_the_writer() {
         let targets = vec![
@@ -336,19 +350,10 @@ mod tests {
             ),
             target("b-1", fake_agent("b-1", 60_000, Arc::default()).await),
         ];
-        let (wake, mut woken) = mpsc::unbounded_channel();
-        let w = Writers::new(wake);
-        let key: BaseKey = (Kind::Base, "ns".into(), "b".into());
-        let interval = Duration::from_millis(300);
-        assert_eq!(w.track(key.clone(), targets.clone(), interval), None);
         // Each poll of b-0 takes the 2 s timeout; b-1's answer must not wait for it.
-        let got = tokio::time::timeout(Duration::from_millis(1_500), woken.recv()).await;
-        assert_eq!(
-            got.ok().flatten(),
-            Some(key.clone()),
-            "woken by b-1's answer"
-        );
-        let writer = w.track(key.clone(), targets, interval);
+        let (w, key, in_time) = track_until_woken(&targets, Duration::from_millis(1_500)).await;
+        assert!(in_time, "woken by b-1's answer before b-0's poll gave up");
+        let writer = w.track(key.clone(), targets, INTERVAL);
         assert_eq!(writer.map(|v| (v.pod, v.term)), Some(("b-1".into(), 3)));
         w.untrack(&key);
     }
@@ -357,18 +362,13 @@ mod tests {
     async fn a_writer_that_stops_answering_is_no_writer_once_its_lease_passes() {
         let silent = Arc::new(AtomicBool::new(false));
         let targets = vec![target("b-0", fake_agent("b-0", 400, silent.clone()).await)];
-        let (wake, mut woken) = mpsc::unbounded_channel();
-        let w = Writers::new(wake);
-        let key: BaseKey = (Kind::Base, "ns".into(), "b".into());
-        let interval = Duration::from_millis(300);
-        assert_eq!(w.track(key.clone(), targets.clone(), interval), None);
-        let got = tokio::time::timeout(Duration::from_millis(1_500), woken.recv()).await;
-        assert_eq!(got.ok().flatten(), Some(key.clone()));
-        assert!(w.track(key.clone(), targets.clone(), interval).is_some());
+        let (w, key, in_time) = track_until_woken(&targets, Duration::from_secs(10)).await;
+        assert!(in_time);
+        assert!(w.track(key.clone(), targets.clone(), INTERVAL).is_some());
         // Its polls now hang for the 2 s timeout; its last lease ends within 400 ms.
         silent.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(1_000)).await;
-        assert_eq!(w.track(key.clone(), targets, interval), None);
+        assert_eq!(w.track(key.clone(), targets, INTERVAL), None);
         w.untrack(&key);
     }
 }
