@@ -360,41 +360,10 @@ pub async fn poll_loop(world: Shared, ordinal: i32) {
         return;
     };
     loop {
-        let started = madsim::time::Instant::now();
-        let (seq, conn) = {
-            let mut w = lock(&world);
-            (w.next_poll_seq(Who::Gateway), w.poll_connect(ordinal))
+        let body = match LeaderPoll::start(&world, Who::Gateway, ordinal) {
+            Some(poll) => poll.answer(&world, &ep).await,
+            None => None,
         };
-        let mut body = None;
-        if let Some(incarnation) = conn {
-            let _ = ep
-                .send_to_raw(
-                    agent_addr(ordinal),
-                    0,
-                    Box::new(Packet::LeaderQuery { seq }),
-                )
-                .await;
-            let deadline = started + Duration::from_millis(GATEWAY_POLL_TIMEOUT_MS);
-            // One receive stays pending across the reset checks: dropping it could lose an answer.
-            let mut recv = Box::pin(ep.recv_from_raw(0));
-            while let Some(left) = deadline.checked_duration_since(madsim::time::Instant::now()) {
-                match madsim::time::timeout(left.min(RESET_CHECK), &mut recv).await {
-                    Ok(Ok((payload, _))) => {
-                        recv = Box::pin(ep.recv_from_raw(0));
-                        if let Ok(p) = payload.downcast::<Packet>()
-                            && let Packet::LeaderAnswer { seq: s, body: b } = *p
-                            && s == seq
-                        {
-                            body = Some(b);
-                            break;
-                        }
-                    }
-                    Ok(Err(_)) => break,
-                    Err(_) if lock(&world).poll_reset(ordinal, incarnation) => break,
-                    Err(_) => {}
-                }
-            }
-        }
         let last_end = lock(&world).poll_result(ordinal, body);
         // Wakes early when the writer's lease ends: the rule changes then (hunting).
         loop {
@@ -460,6 +429,68 @@ pub async fn operator_poll_loop(world: Shared) {
         }
     }
 }
+/// A `GET /_ha/leader` of one replica, started: its sequence number, the process it went to, and
+/// when it started. `None` when no process listens (connection refused: the poll fails at once).
+struct LeaderPoll {
+    seq: u64,
+    incarnation: u64,
+    started: madsim::time::Instant,
+    who: Who,
+    ordinal: i32,
+}
+
+impl LeaderPoll {
+    fn start(world: &Shared, who: Who, ordinal: i32) -> Option<LeaderPoll> {
+        let started = madsim::time::Instant::now();
+        let mut w = lock(world);
+        let seq = w.next_poll_seq(who);
+        let incarnation = w.poll_connect(ordinal)?;
+        Some(LeaderPoll {
+            seq,
+            incarnation,
+            started,
+            who,
+            ordinal,
+        })
+    }
+
+    /// Sends the query from `ep` and waits for its answer's body: nothing when the process dies
+    /// meanwhile or does not answer within the poller's timeout.
+    async fn answer(self, world: &Shared, ep: &Endpoint) -> Option<Vec<u8>> {
+        let _ = ep
+            .send_to_raw(
+                agent_addr(self.ordinal),
+                0,
+                Box::new(Packet::LeaderQuery { seq: self.seq }),
+            )
+            .await;
+        let timeout_ms = match self.who {
+            Who::Gateway => GATEWAY_POLL_TIMEOUT_MS,
+            Who::Operator => OPERATOR_POLL_TIMEOUT_MS,
+        };
+        let deadline = self.started + Duration::from_millis(timeout_ms);
+        // One receive stays pending across the reset checks: dropping it could lose an answer.
+        let mut recv = Box::pin(ep.recv_from_raw(0));
+        while let Some(left) = deadline.checked_duration_since(madsim::time::Instant::now()) {
+            match madsim::time::timeout(left.min(RESET_CHECK), &mut recv).await {
+                Ok(Ok((payload, _))) => {
+                    recv = Box::pin(ep.recv_from_raw(0));
+                    if let Ok(p) = payload.downcast::<Packet>()
+                        && let Packet::LeaderAnswer { seq, body } = *p
+                        && seq == self.seq
+                    {
+                        return Some(body);
+                    }
+                }
+                Ok(Err(_)) => return None,
+                Err(_) if lock(world).poll_reset(self.ordinal, self.incarnation) => return None,
+                Err(_) => {}
+            }
+        }
+        None
+    }
+}
+
 /// One operator poll of `ordinal` (adapter-k8s `controller::writers::poll_one`): its answer, or
 /// nothing when the process is gone, dies meanwhile, or does not answer within the timeout.
 async fn operator_poll(
@@ -468,41 +499,11 @@ async fn operator_poll(
     ordinal: i32,
     tx: mpsc::UnboundedSender<(u64, i32, Option<Vec<u8>>)>,
 ) {
-    let started = madsim::time::Instant::now();
-    let (conn, seq) = {
-        let mut w = lock(&world);
-        (w.poll_connect(ordinal), w.next_poll_seq(Who::Operator))
+    let poll = LeaderPoll::start(&world, Who::Operator, ordinal);
+    let body = match (poll, Endpoint::bind("0.0.0.0:0").await) {
+        (Some(poll), Ok(ep)) => poll.answer(&world, &ep).await,
+        _ => None,
     };
-    let mut body = None;
-    if let (Some(incarnation), Ok(ep)) = (conn, Endpoint::bind("0.0.0.0:0").await) {
-        let _ = ep
-            .send_to_raw(
-                agent_addr(ordinal),
-                0,
-                Box::new(Packet::LeaderQuery { seq }),
-            )
-            .await;
-        let deadline = started + Duration::from_millis(OPERATOR_POLL_TIMEOUT_MS);
-        // One receive stays pending across the reset checks: dropping it could lose an answer.
-        let mut recv = Box::pin(ep.recv_from_raw(0));
-        while let Some(left) = deadline.checked_duration_since(madsim::time::Instant::now()) {
-            match madsim::time::timeout(left.min(RESET_CHECK), &mut recv).await {
-                Ok(Ok((payload, _))) => {
-                    recv = Box::pin(ep.recv_from_raw(0));
-                    if let Ok(p) = payload.downcast::<Packet>()
-                        && let Packet::LeaderAnswer { seq: s, body: b } = *p
-                        && s == seq
-                    {
-                        body = Some(b);
-                        break;
-                    }
-                }
-                Ok(Err(_)) => break,
-                Err(_) if lock(&world).poll_reset(ordinal, incarnation) => break,
-                Err(_) => {}
-            }
-        }
-    }
     let _ = tx.unbounded_send((generation, ordinal, body));
 }
 
