@@ -195,11 +195,7 @@ impl World {
             }
         }
         self.stats.terms += 1;
-        if self.replicas[ordinal as usize]
-            .agent
-            .as_ref()
-            .is_some_and(|a| a.node.is_fenced())
-        {
+        if self.agent_fenced(ordinal) {
             self.fail(
                 FENCED,
                 format!("{} is fenced and wins term {term}", pod_id(ordinal)),
@@ -714,12 +710,7 @@ impl World {
     /// The agent's check when a write arrives.
     pub fn admit_write(&mut self, ordinal: i32, incarnation: u64, term: Term) -> Result<(), Term> {
         let admitted = self.may_write(ordinal, incarnation, term);
-        if admitted.is_err()
-            && self.replicas[ordinal as usize]
-                .agent
-                .as_ref()
-                .is_some_and(|a| a.node.is_fenced())
-        {
+        if admitted.is_err() && self.agent_fenced(ordinal) {
             self.stats.writes_refused_fenced += 1;
         }
         admitted
@@ -757,11 +748,7 @@ impl World {
             term,
             write: Some(write),
         };
-        if self.replicas[ordinal as usize]
-            .agent
-            .as_ref()
-            .is_some_and(|a| a.node.is_fenced())
-        {
+        if self.agent_fenced(ordinal) {
             self.fail(
                 FENCED,
                 format!("{} is fenced and applies {entry}", pod_id(ordinal)),

@@ -148,11 +148,10 @@ impl World {
         let (targets, tracker) = self.operator.tracker.as_mut()?;
         let ix = targets.iter().position(|o| *o == ordinal)?;
         let _ = tracker.on_poll(now, ix, result);
-        let writer = tracker.writer(now).map(|(ix, term, _)| (targets[ix], term));
-        let lease = tracker.writer(now).map(|(_, _, lease)| lease);
-        self.operator.confirmed_at = tracker
-            .writer(now)
-            .and_then(|(ix, _, _)| tracker.answered_at(ix));
+        let named = tracker.writer(now);
+        let writer = named.map(|(ix, term, _)| (targets[ix], term));
+        let lease = named.map(|(_, _, lease)| lease);
+        self.operator.confirmed_at = named.and_then(|(ix, _, _)| tracker.answered_at(ix));
         if writer.is_some() {
             self.operator.named = writer;
         }

@@ -364,6 +364,16 @@ impl World {
     }
 
     /// The pods in `hanzo.ai/fenced-instances` as the user wrote them (`*` for all).
+    /// The pod `hanzo.ai/switchover-to` names, if the Base has the annotation.
+    pub fn switchover_target(&self) -> Option<&String> {
+        self.k8s
+            .base
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_SWITCHOVER_TO))
+    }
+
     pub fn fence_list(&self) -> Vec<String> {
         self.k8s
             .base
@@ -678,15 +688,7 @@ impl World {
     /// (and never asked for), and `Done` means the target really won the writer's seat: the
     /// observation the plan judged by names a term the target won, no older than the request.
     fn check_switchover(&mut self, observed: &Observed, plan: &Plan) {
-        let Some(target) = self
-            .k8s
-            .base
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_SWITCHOVER_TO))
-            .cloned()
-        else {
+        let Some(target) = self.switchover_target().cloned() else {
             return;
         };
         let cond = plan
@@ -862,14 +864,7 @@ impl World {
         if !routed {
             return Err("the Gateway has no route for the Base".into());
         }
-        if let Some(target) = self
-            .k8s
-            .base
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_SWITCHOVER_TO))
-        {
+        if let Some(target) = self.switchover_target() {
             return Err(format!("the switchover to {target} is not over"));
         }
         match &self.last_plan {

@@ -568,6 +568,14 @@ impl World {
         self.frozen_ns.unwrap_or(self.locked_at_ns)
     }
 
+    /// Whether the running agent of `ordinal` (if any) is fenced.
+    pub fn agent_fenced(&self, ordinal: i32) -> bool {
+        self.replicas[ordinal as usize]
+            .agent
+            .as_ref()
+            .is_some_and(|a| a.node.is_fenced())
+    }
+
     /// A replica's local clock now.
     pub fn local(&self, ordinal: i32) -> Millis {
         self.replicas[ordinal as usize]
