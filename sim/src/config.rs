@@ -400,7 +400,7 @@ impl SimConfig {
         let initial_replicas = options.replicas.unwrap_or(drawn_replicas);
         let retention = if rng.percent(50) { "Retain" } else { "Delete" };
         // Shorter and longer than the lease (900 ms): the pollers poll the writer again before
-        // its lease passes, whatever the interval (`poll::next_poll_in_ms`); 1 s is the CRD's default.
+        // its lease passes, whatever the interval (`Tracker::next_poll`); 1 s is the CRD's default.
         let drawn_poll_ms = *rng.pick(&[200, 500, 1_000, 2_000]);
         let poll_interval_ms = options.poll_ms.unwrap_or(drawn_poll_ms);
         let ryw_ttl_ms = *rng.pick(&[1_000, 5_000]);

@@ -3,7 +3,7 @@
 //! client tasks that send them.
 
 use crate::config::Bug;
-use crate::poll::{GATEWAY_POLL_TIMEOUT_MS, OPERATOR_POLL_TIMEOUT_MS, renew_poll_in_ms};
+use crate::poll::{GATEWAY_POLL_TIMEOUT_MS, OPERATOR_POLL_TIMEOUT_MS};
 use crate::stats::Failover;
 use crate::world::{
     ClientOp, ClientResult, Host, Packet, Shared, World, WriteId, WriteReply, agent_addr,
@@ -152,6 +152,18 @@ impl World {
         let writer = named.map(|(ix, term, _)| (targets[ix], term));
         let lease = named.map(|(_, _, lease)| lease);
         self.operator.confirmed_at = named.and_then(|(ix, _, _)| tracker.answered_at(ix));
+        // Poll the writer again before its lease passes: the production operator's rule, the
+        // core tracker's (`Tracker::next_poll`).
+        let interval = Millis(self.cfg.poll_interval_ms);
+        let soon = named
+            .filter(|_| self.cfg.bug != Some(Bug::FixedPoll))
+            .map(|(ix, _, _)| {
+                tracker
+                    .next_poll(now, ix, now, interval)
+                    .at
+                    .0
+                    .saturating_sub(now.0)
+            });
         if writer.is_some() {
             self.operator.named = writer;
         }
@@ -164,8 +176,7 @@ impl World {
             });
             self.ev(format!("operator: writer is {w}"));
         }
-        let lease = lease.filter(|_| self.cfg.bug != Some(Bug::FixedPoll))?;
-        Some(renew_poll_in_ms(lease.0, now.0))
+        soon
     }
 
     /// The poller (`via`) last named `writer` (same node, same term) as the writer and knows no

@@ -273,7 +273,7 @@ pub struct Slot {
 }
 
 /// The gateway's leader tracker with its poller's bookkeeping: one poll task per replica, each
-/// polling again after `poll::next_poll_in_ms` (adapter-k8s `gateway::poll`).
+/// polling again after `Tracker::next_poll` (adapter-k8s `gateway::poll`).
 pub struct Poller {
     pub tracker: Tracker,
     pub clock: Clock,

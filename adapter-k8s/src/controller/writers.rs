@@ -49,9 +49,11 @@ pub fn live_writer(polled: Option<&PolledWriter>, now: Millis) -> Option<WriterV
 /// writer changed, or `old`'s lease had passed (a reconcile may have planned with no writer since).
 pub fn writer_changed(old: Option<&PolledWriter>, new: Option<&PolledWriter>, now: Millis) -> bool {
     // Which node at which term: a fresh confirmation of the same writer is no change.
-    let who = |w: Option<WriterView>| w.map(|v| (v.pod, v.term));
-    let seen = |p: Option<&PolledWriter>| who(p.map(|p| p.view.clone()));
-    seen(old) != seen(new) || who(live_writer(old, now)) != who(live_writer(new, now))
+    fn who(p: Option<&PolledWriter>) -> Option<(&str, u64)> {
+        p.map(|p| (p.view.pod.as_str(), p.view.term))
+    }
+    let live = |p: &&PolledWriter| p.lease_expires > now;
+    who(old) != who(new) || who(old.filter(live)) != who(new.filter(live))
 }
 
 /// The clock the poll tasks feed the tracker and leases are judged on: Unix milliseconds read once,
@@ -207,9 +209,12 @@ async fn poll_loop(w: Writers, key: BaseKey, interval: Duration) {
                 let effect = t.on_poll(now, ix, result);
                 debug!(base = %key.2, replica = ix, ?effect, "polled");
                 let writer = polled_writer(t, now);
-                if let Some(pw) = &writer {
-                    let left = pw.lease_expires.0.saturating_sub(now.0);
-                    let soon = Duration::from_millis((left / 2).max(50));
+                // Poll the writer again before its lease passes: the core tracker's rule, the
+                // gateway's too (`Tracker::next_poll`).
+                if let Some((writer_ix, _, _)) = t.writer(now) {
+                    let interval_ms = Millis(interval.as_millis() as u64);
+                    let at = t.next_poll(now, writer_ix, now, interval_ms).at;
+                    let soon = Duration::from_millis(at.0.saturating_sub(now.0));
                     next_round = next_round.min(tokio::time::Instant::now() + soon);
                 }
                 let view = writer.as_ref().map(|w| w.view.clone());
