@@ -85,12 +85,21 @@ pub fn now_ms() -> Millis {
     Millis(d.as_millis() as u64)
 }
 
+/// How long one `/_ha/leader` poll may take before it counts as failed.
+pub const POLL_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Writers {
     pub fn new(wake: mpsc::UnboundedSender<BaseKey>) -> Self {
+        Self::with_poll_timeout(wake, POLL_TIMEOUT)
+    }
+
+    /// As [`Writers::new`], with another poll timeout (tests use one that never fires, so what
+    /// they observe cannot come from a poll giving up).
+    pub fn with_poll_timeout(wake: mpsc::UnboundedSender<BaseKey>, timeout: Duration) -> Self {
         Writers {
             inner: Arc::default(),
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
+                .timeout(timeout)
                 .build()
                 .unwrap_or_default(),
             wake,
@@ -333,19 +342,45 @@ mod tests {
     }
 
     const INTERVAL: Duration = Duration::from_millis(300);
+    /// A poll that never gives up within a test.
+    const NO_TIMEOUT: Duration = Duration::from_secs(3_600);
+    /// Bound on waiting for a condition: generous, so only a real failure reaches it.
+    const DEADLINE: Duration = Duration::from_secs(60);
 
-    /// Starts tracking `targets` and waits up to `within` for the first wake-up: the writers, the
-    /// Base's key, and whether that wake-up came for it in time.
-    async fn track_until_woken(targets: &[Target], within: Duration) -> (Writers, BaseKey, bool) {
+    /// Starts tracking `targets` (polls never time out) and waits, bounded, for the first
+    /// wake-up, which must be for this Base.
+    async fn track_until_woken(targets: &[Target]) -> (Writers, BaseKey) {
         let (wake, mut woken) = mpsc::unbounded_channel();
-        let w = Writers::new(wake);
+        let w = Writers::with_poll_timeout(wake, NO_TIMEOUT);
         let key: BaseKey = (Kind::Base, "ns".into(), "b".into());
         assert_eq!(w.track(key.clone(), targets.to_vec(), INTERVAL), None);
-        let got = tokio::time::timeout(within, woken.recv()).await;
-        let in_time = got.ok().flatten().as_ref() == Some(&key);
-        (w, key, in_time)
+        let got = tokio::time::timeout(DEADLINE, woken.recv()).await;
+        assert_eq!(got.ok().flatten().as_ref(), Some(&key), "never woken");
+        (w, key)
     }
 
+    /// Polls `track` until `done` holds for the writer it returns, bounded by [`DEADLINE`].
+    async fn until_writer(
+        w: &Writers,
+        key: &BaseKey,
+        targets: &[Target],
+        what: &str,
+        done: impl Fn(&Option<WriterView>) -> bool,
+    ) {
+        let start = tokio::time::Instant::now();
+        loop {
+            let writer = w.track(key.clone(), targets.to_vec(), INTERVAL);
+            if done(&writer) {
+                return;
+            }
+            assert!(start.elapsed() < DEADLINE, "{what}: last {writer:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// b-0 takes every poll and never answers, and here a poll never times out: the wake-up can
+    /// only come from b-1's answer reaching the tracker while b-0's poll is still open. A loop
+    /// that waited for every poll of a round (or for b-0 before b-1) would never wake.
     #[tokio::test]
     async fn an_unreachable_pod_does_not_hold_up_the_writer() {
         let targets = vec![
@@ -355,25 +390,31 @@ mod tests {
             ),
             target("b-1", fake_agent("b-1", 60_000, Arc::default()).await),
         ];
-        // Each poll of b-0 takes the 2 s timeout; b-1's answer must not wait for it.
-        let (w, key, in_time) = track_until_woken(&targets, Duration::from_millis(1_500)).await;
-        assert!(in_time, "woken by b-1's answer before b-0's poll gave up");
+        let (w, key) = track_until_woken(&targets).await;
         let writer = w.track(key.clone(), targets, INTERVAL);
         assert_eq!(writer.map(|v| (v.pod, v.term)), Some(("b-1".into(), 3)));
         w.untrack(&key);
     }
 
+    /// Once b-0 stops answering (its polls hang and, here, never fail), only the end of its last
+    /// lease can make it no writer: a reconcile then sees none. Kept forever, it never would.
     #[tokio::test]
     async fn a_writer_that_stops_answering_is_no_writer_once_its_lease_passes() {
         let silent = Arc::new(AtomicBool::new(false));
-        let targets = vec![target("b-0", fake_agent("b-0", 400, silent.clone()).await)];
-        let (w, key, in_time) = track_until_woken(&targets, Duration::from_secs(10)).await;
-        assert!(in_time);
-        assert!(w.track(key.clone(), targets.clone(), INTERVAL).is_some());
-        // Its polls now hang for the 2 s timeout; its last lease ends within 400 ms.
+        let targets = vec![target(
+            "b-0",
+            fake_agent("b-0", 2_000, silent.clone()).await,
+        )];
+        let (w, key) = track_until_woken(&targets).await;
+        until_writer(&w, &key, &targets, "b-0 as the writer", |v| {
+            v.as_ref().is_some_and(|v| v.pod == "b-0")
+        })
+        .await;
         silent.store(true, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
-        assert_eq!(w.track(key.clone(), targets, INTERVAL), None);
+        until_writer(&w, &key, &targets, "no writer once the lease passed", |v| {
+            v.is_none()
+        })
+        .await;
         w.untrack(&key);
     }
 }
