@@ -1,7 +1,8 @@
 //! Three real `base-operator agent` processes on loopback, each in front of a tiny stand-in Base
 //! (an in-process HTTP server that records the writes it receives). A writer is elected; its
 //! process is killed; another agent wins a higher term and only it forwards writes; the killed
-//! one, restarted with its state dir, rejoins as a follower without raising the term. A writer
+//! one, restarted with its state dir, rejoins as a follower without raising the term; a voter
+//! restarted with every peer down is back in its term and still bound by its vote. A writer
 //! that gets SIGTERM hands its role over before it exits. `POST /_ha/transfer` hands the role to
 //! a named follower (term + 1). A fenced replica (downward-API annotations file) hands over, stays
 //! ready for reads, and never becomes writer again while fenced. With peer keys and a peer port,
@@ -117,6 +118,54 @@ async fn start_upstream() -> (Upstream, u16) {
         let _ = axum::serve(listener, app).await;
     });
     (up, port)
+}
+
+/// Stands in for a stopped agent at its address, to hear what the others send it: every peer
+/// message POSTed to it, in order.
+#[derive(Clone, Default)]
+struct PeerStub {
+    heard: Arc<Mutex<Vec<Value>>>,
+}
+
+impl PeerStub {
+    /// Listens on `host:port` (the address of an agent that was just killed: SO_REUSEADDR, as its
+    /// old connections may linger).
+    async fn bind(host: &str, port: u16) -> PeerStub {
+        let stub = PeerStub::default();
+        let addr: std::net::SocketAddr = format!("{host}:{port}").parse().expect("address");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(addr).expect("bind the stopped agent's address");
+        let listener = socket.listen(64).expect("listen");
+        let app = Router::new()
+            .route(
+                "/_quasar/msg",
+                axum::routing::post(
+                    |State(stub): State<PeerStub>, axum::Json(envelope): axum::Json<Value>| async move {
+                        stub.heard
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(envelope);
+                        StatusCode::NO_CONTENT
+                    },
+                ),
+            )
+            .with_state(stub.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        stub
+    }
+
+    /// The first message heard of `kind` whose `msg` satisfies `pick`, if any yet.
+    fn find(&self, kind: &str, pick: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|e| e["msg"].clone())
+            .find(|m| m["type"] == kind && pick(m))
+    }
 }
 
 struct Agent {
@@ -465,6 +514,51 @@ async fn check_writes(c: &Cluster, writer: usize, term: u64, tag: &str) {
     }
 }
 
+/// Sends agent `x` a vote request from agent `from` for `term` (client port, unauthenticated)
+/// and returns x's answer as `stub` (listening at `from`'s address) hears it. Right after its
+/// start a node keeps the promise it may have made and ignores vote requests for a while: the
+/// request is repeated (each with its own `sent_ms`, which the answer echoes) until one is
+/// answered.
+async fn vote_answer(
+    c: &Cluster,
+    stub: &PeerStub,
+    x: usize,
+    from: usize,
+    term: u64,
+    tag: u64,
+) -> Value {
+    let start = Instant::now();
+    for k in 0.. {
+        let sent_ms = tag * 1_000_000 + k;
+        let vote = serde_json::json!({
+            "from": c.agents[from].id, "to": c.agents[x].id,
+            "msg": {"type": "vote", "term": term, "position": 0, "sent_ms": sent_ms},
+        });
+        let status = c
+            .http
+            .post(format!("{}/_quasar/msg", c.agents[x].url()))
+            .json(&vote)
+            .send()
+            .await
+            .expect("the agent answers")
+            .status();
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let wait = Instant::now();
+        while wait.elapsed() < Duration::from_millis(300) {
+            if let Some(m) = stub.find("vote_response", |m| m["sent_ms"] == sent_ms) {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no answer to a vote request; heard: {:?}",
+            stub.heard.lock().unwrap_or_else(|e| e.into_inner())
+        );
+    }
+    unreachable!("the loop above only ends by returning or failing")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_the_writer_then_rejoin() {
     let mut c = Cluster::start("kill").await;
@@ -565,6 +659,53 @@ async fn kill_the_writer_then_rejoin() {
     check_writes(&c, w2, t2, "third").await;
     let (w4, t4) = c.agreed_writer("the same writer, still", |_, _| true).await;
     assert_eq!((w4, t4), (w2, t2));
+
+    // The state dir is what keeps the term and the vote. The third node `x` voted for w2 in t2
+    // (w1 was down, so w2 could not win t2 without it). Stopped first (w2 stays the writer, x's
+    // state stays (t2, w2)), then restarted with every peer down, x is back in t2 — alone it
+    // cannot move its term (pre-votes) — and still bound by that vote: a vote request from w1
+    // for t2 is refused, while w2's is granted again. Started from scratch it would be in term 0
+    // and grant w1 a second vote in t2.
+    let x = (0..NODES)
+        .find(|&i| i != w1 && i != w2)
+        .expect("a third node");
+    c.agents[x].kill();
+    c.agents[w1].kill();
+    c.agents[w2].kill();
+    let hear_w1 = PeerStub::bind(&c.agents[w1].host, c.agents[w1].port).await;
+    let hear_w2 = PeerStub::bind(&c.agents[w2].host, c.agents[w2].port).await;
+    c.agents[x].start();
+    let start = Instant::now();
+    let view = loop {
+        if let Some(v) = c.leader_view(x).await {
+            break v;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the restarted agent never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        view["term"].as_u64(),
+        Some(t2),
+        "the term went back: {view}"
+    );
+    assert_eq!(view["node_id"], "", "alone, it knows no writer: {view}");
+    assert_eq!(sample(&c.metrics(x).await, "quasar_term"), t2);
+    let refused = vote_answer(&c, &hear_w1, x, w1, t2, 1).await;
+    assert_eq!(
+        refused["granted"], false,
+        "a second vote in term {t2}: {refused}"
+    );
+    assert_eq!(refused["term"].as_u64(), Some(t2), "{refused}");
+    let granted = vote_answer(&c, &hear_w2, x, w2, t2, 2).await;
+    assert_eq!(
+        granted["granted"], true,
+        "its own candidate refused: {granted}"
+    );
+    assert_eq!(granted["term"].as_u64(), Some(t2), "{granted}");
+    assert_eq!(sample(&c.metrics(x).await, "quasar_term"), t2);
     let _ = std::fs::remove_dir_all(&c.dir);
 }
 
