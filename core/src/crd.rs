@@ -62,6 +62,7 @@ pub const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = kube::core::Rule::new("self.metadata.name.size() <= 52").message("metadata.name: at most 52 characters (the StatefulSet's pods and revisions append suffixes)"),
+    validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: lowercase letters, digits and '-', beginning with a letter and ending with a letter or digit (it names the Service, an RFC 1035 label)"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BaseSpec {
@@ -345,6 +346,7 @@ pub struct BaseStatus {
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = kube::core::Rule::new("self.metadata.name.size() <= 52").message("metadata.name: at most 52 characters (the StatefulSet's pods and revisions append suffixes)"),
+    validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: lowercase letters, digits and '-', beginning with a letter and ending with a letter or digit (it names the Service, an RFC 1035 label)"),
 )]
 #[serde(transparent)]
 pub struct BaseAppSpec(pub BaseSpec);

@@ -207,8 +207,9 @@ pub fn validate(name: &str, spec: &BaseSpec) -> Result<GatewayTimings, InvalidSp
         .read_your_writes_ttl
         .as_deref()
         .unwrap_or(DEFAULT_READ_YOUR_WRITES_TTL);
-    match parse_duration_ms(ttl) {
-        Ok(ms) if ms >= 0 => timings.read_your_writes_ttl_ms = ms as u64,
+    // In nanoseconds: `-1ns` truncates to 0 ms, but is negative (and refused at admission).
+    match parse_duration_ns(ttl) {
+        Ok(ns) if ns >= 0 => timings.read_your_writes_ttl_ms = (ns / 1_000_000) as u64,
         Ok(_) => errs.push(FieldError::new(
             "spec.gateway.readYourWritesTTL",
             format!("{ttl:?} must not be negative"),
