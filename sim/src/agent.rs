@@ -99,6 +99,7 @@ impl World {
             next_append_at: now,
             next_fence_read: now.saturating_add(Millis(FENCE_POLL_MS)),
             sigterm: false,
+            granted_term: None,
         });
         self.stats.pod_starts += 1;
         self.ev(format!(
@@ -155,6 +156,16 @@ impl World {
                     pvc.persisted = base_core::quasar::PersistedState { term, voted_for };
                 }
                 Effect::Send { to, msg } => {
+                    if self.cfg.bug == Some(Bug::VoteCache)
+                        && let Message::VoteResponse {
+                            term,
+                            granted: true,
+                            ..
+                        } = msg
+                        && let Some(a) = self.agent_mut(ordinal)
+                    {
+                        a.granted_term = Some(term);
+                    }
                     if let Some(o) = ordinal_of(to.as_str()) {
                         let packet = Packet::Peer {
                             from: me.clone(),
@@ -470,10 +481,39 @@ impl World {
         out
     }
 
+    /// The planted `vote-cache`: a vote request of a term the election already granted a vote in
+    /// is answered from the memo, without asking the election, whoever the candidate.
+    fn plant_vote_cache(&mut self, ordinal: i32, from: &NodeId, msg: &Message) -> Option<Vec<Out>> {
+        let Message::Vote { term, sent_ms, .. } = *msg else {
+            return None;
+        };
+        let a = self.replicas[ordinal as usize].agent.as_ref()?;
+        if self.cfg.bug != Some(Bug::VoteCache) || a.granted_term != Some(term) {
+            return None;
+        }
+        let to = ordinal_of(from.as_str())?;
+        self.ev(format!(
+            "{} answers the vote request of {from} for term {term} from its memo (planted vote-cache)",
+            pod_id(ordinal)
+        ));
+        let reply = Packet::Peer {
+            from: pod_id(ordinal),
+            msg: Message::VoteResponse {
+                term,
+                granted: true,
+                sent_ms,
+            },
+        };
+        Some(vec![self.out(agent_addr(to), reply)])
+    }
+
     /// A packet reached the agent of `ordinal`.
     pub fn agent_receive(&mut self, ordinal: i32, packet: Packet, src: SocketAddr) -> Vec<Out> {
         match packet {
             Packet::Peer { from, msg } => {
+                if let Some(reply) = self.plant_vote_cache(ordinal, &from, &msg) {
+                    return reply;
+                }
                 if !matches!(
                     msg,
                     Message::Heartbeat { .. } | Message::HeartbeatAck { .. }

@@ -22,8 +22,8 @@ usage:
       one at a time: the failover of a clean kill)
   --replicas 3|5: the Base's initial replicas (default: 5 in a quarter of the seeds, else 3)
   --bug: plant a bug the checkers must catch: no-recheck, lease-overrun, ignore-fence,
-      early-done, unfenced-plan, stale-operator-writer, or fixed-poll (no early writer poll:
-      counted, not a violation)
+      early-done, unfenced-plan, vote-cache, route-cache, no-read-pin, wrong-retention,
+      stale-operator-writer, or fixed-poll (no early writer poll: counted, not a violation)
   --poll-ms N: force leaderPollInterval (default: drawn from 200, 500, 1000, 2000 ms per seed)
   --membership-faults: let faults, switchovers and fences strike while a scale change rolls
       out (a known hole: the election has no joint consensus, so this can split the brain)
@@ -185,7 +185,7 @@ fn run_one(a: &Args) -> ExitCode {
     }
     let s = &report.stats;
     println!(
-        "seed {}: {} simulated ms in {wall_ms} wall ms; {} writes acknowledged, {} failed, {} rejected ({} no_writer at the gateway, {} of them while a node accepted writes), {} reads; {} terms; failovers {}; heal→live {:?} ms, →converged {:?} ms; {} plans ({} saw no writer while a node accepted writes); a healthy writer forgotten between polls {} times by the gateway, {} by the operator; {} API writes, {} transfers, {} process starts; switchovers {} done, {} refused ({} fenced targets); {} fences applied ({} of a writer), {} writes refused by a fenced node; {} messages; trace hash {:016x}",
+        "seed {}: {} simulated ms in {wall_ms} wall ms; {} writes acknowledged, {} failed, {} rejected ({} no_writer at the gateway, {} of them while a node accepted writes), {} reads; {} terms; failovers {}; heal→live {:?} ms, →converged {:?} ms; {} plans ({} saw no writer while a node accepted writes); a healthy writer forgotten between polls {} times by the gateway, {} by the operator; {} API writes, {} transfers, {} process starts; switchovers {} done, {} refused ({} fenced targets); {} fences applied ({} of a writer), {} writes refused by a fenced node; {} operator crashes ({} mid rolling update, {} mid scale change); scaled-away PVCs {} removed, {} kept; final check waited {} ms for a writer; {} messages; trace hash {:016x}",
         report.seed,
         report.sim_ms,
         s.acked_writes,
@@ -220,6 +220,12 @@ fn run_one(a: &Args) -> ExitCode {
         s.fences_applied,
         s.fenced_writers,
         s.writes_refused_fenced,
+        s.operator_crashes,
+        s.operator_crashes_mid_update,
+        s.operator_crashes_mid_scale,
+        s.pvcs_removed_on_scale_down,
+        s.pvcs_kept_on_scale_down,
+        s.final_check_wait_ms,
         report.messages,
         report.trace_hash
     );

@@ -170,6 +170,21 @@ pub enum Bug {
     /// before switchovers waited for a fresh confirmation, one to that writer was reported `Done`
     /// while another node wrote (seed 617).
     StaleOperatorWriter,
+    /// The agent memoises its election's answer to a vote request by term alone, not by (term,
+    /// candidate): a second candidate of a term gets the grant the first one got, so two nodes
+    /// can win one term (invariant 1).
+    VoteCache,
+    /// The gateway caches the route of its last write for a poll interval and sends writes there
+    /// without asking the tracker: after a poll showed a newer term, writes still go to the old
+    /// writer's term (invariant 3).
+    RouteCache,
+    /// The gateway routes reads without the client's identity (the `Base-Client` header dropped
+    /// on the read path): a read right after the client's write is not pinned to the writer and
+    /// may reach a replica that lacks the write (invariant 4).
+    NoReadPin,
+    /// The operator plans with the other `retentionPolicy`: under `Retain` it deletes the PVCs of
+    /// scaled-away ordinals, under `Delete` it keeps them (invariant 7).
+    WrongRetention,
 }
 
 impl Bug {
@@ -182,8 +197,12 @@ impl Bug {
             "unfenced-plan" => Ok(Bug::UnfencedPlan),
             "fixed-poll" => Ok(Bug::FixedPoll),
             "stale-operator-writer" => Ok(Bug::StaleOperatorWriter),
+            "vote-cache" => Ok(Bug::VoteCache),
+            "route-cache" => Ok(Bug::RouteCache),
+            "no-read-pin" => Ok(Bug::NoReadPin),
+            "wrong-retention" => Ok(Bug::WrongRetention),
             _ => Err(format!(
-                "unknown bug {s:?}: expected no-recheck, lease-overrun, ignore-fence, early-done, unfenced-plan, fixed-poll or stale-operator-writer"
+                "unknown bug {s:?}: expected no-recheck, lease-overrun, ignore-fence, early-done, unfenced-plan, fixed-poll, stale-operator-writer, vote-cache, route-cache, no-read-pin or wrong-retention"
             )),
         }
     }
@@ -197,6 +216,10 @@ impl Bug {
             Bug::UnfencedPlan => "unfenced-plan",
             Bug::FixedPoll => "fixed-poll",
             Bug::StaleOperatorWriter => "stale-operator-writer",
+            Bug::VoteCache => "vote-cache",
+            Bug::RouteCache => "route-cache",
+            Bug::NoReadPin => "no-read-pin",
+            Bug::WrongRetention => "wrong-retention",
         }
     }
 }
@@ -303,6 +326,12 @@ pub enum Fault {
     Spec(SpecChange),
     /// A switchover or a fence, set on the Base mid-run (not a fault, but struck like one).
     Op(Operation),
+    /// The operator's process dies and restarts after this long: its memory (the poll task's
+    /// trackers, the writer it observed, its last plan) is lost; what it wrote to the API server
+    /// stays. It touches no replica, so it may strike while a scale change rolls out.
+    OperatorCrash {
+        restart_after_ms: u64,
+    },
 }
 
 impl Fault {
@@ -329,11 +358,26 @@ impl Fault {
     }
 }
 
+impl Fault {
+    /// Faults that may strike while a scale change rolls out even by default: they neither cut
+    /// the election's peers apart nor move the writer.
+    pub fn membership_safe(&self) -> bool {
+        matches!(self, Fault::Spec(_) | Fault::OperatorCrash { .. })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Scheduled {
     pub at_ms: u64,
     pub fault: Fault,
+    /// Struck this long after `fault` really struck (a scale change may wait for a quiet
+    /// moment): an operator crash in the middle of the rollout a spec change starts.
+    pub then: Option<(u64, Fault)>,
 }
+
+/// Seeds the operator-crash draws apart from the rest of the plan, so that adding them left
+/// every other draw of a seed as it was.
+const OPERATOR_CRASH_STREAM: u64 = 0x6f70_6572_6174_6f72;
 
 /// Knobs a caller sets; everything else comes from the seed.
 #[derive(Clone, Debug, Default)]
@@ -421,6 +465,7 @@ impl SimConfig {
                             target: Target::Writer,
                         }
                     },
+                    then: None,
                 })
                 .collect();
             (
@@ -428,7 +473,14 @@ impl SimConfig {
                 faults_from_ms + KILLS_PER_SEED * bounds.kill_spacing_ms,
             )
         } else {
-            Self::mixed_faults(&mut rng, faults_from_ms, initial_replicas)
+            let (mut faults, heal_at_ms) =
+                Self::mixed_faults(&mut rng, faults_from_ms, initial_replicas);
+            Self::operator_crashes(
+                &mut Rng::new(seed ^ OPERATOR_CRASH_STREAM),
+                faults_from_ms,
+                &mut faults,
+            );
+            (faults, heal_at_ms)
         };
         SimConfig {
             seed,
@@ -512,7 +564,11 @@ impl SimConfig {
                     SpecChange::Scale(3)
                 }),
             };
-            faults.push(Scheduled { at_ms, fault });
+            faults.push(Scheduled {
+                at_ms,
+                fault,
+                then: None,
+            });
         }
         // Switchovers and fences, drawn after the faults so that those keep their draws.
         for _ in 0..rng.range(0, 3) {
@@ -539,9 +595,33 @@ impl SimConfig {
             faults.push(Scheduled {
                 at_ms,
                 fault: Fault::Op(op),
+                then: None,
             });
         }
         faults.sort_by_key(|s| s.at_ms);
         (faults, faults_from_ms + FAULT_PHASE_MS)
+    }
+
+    /// Operator crashes: half the spec changes are followed by one in the middle of the rollout
+    /// they start (a rolling update or a scale change), and a third of the seeds get one more
+    /// at a random time.
+    fn operator_crashes(rng: &mut Rng, faults_from_ms: u64, faults: &mut Vec<Scheduled>) {
+        for s in faults.iter_mut() {
+            if matches!(s.fault, Fault::Spec(_)) && rng.percent(50) {
+                let after_ms = rng.range(300, 6_000);
+                let restart_after_ms = rng.range(200, 5_000);
+                s.then = Some((after_ms, Fault::OperatorCrash { restart_after_ms }));
+            }
+        }
+        if rng.percent(33) {
+            let at_ms = faults_from_ms + rng.below(FAULT_PHASE_MS - 2_000);
+            let restart_after_ms = rng.range(200, 5_000);
+            faults.push(Scheduled {
+                at_ms,
+                fault: Fault::OperatorCrash { restart_after_ms },
+                then: None,
+            });
+            faults.sort_by_key(|s| s.at_ms);
+        }
     }
 }

@@ -222,12 +222,30 @@ impl World {
     /// Where the gateway sends a client's request; checks invariant 3 on every write.
     fn gateway_route(&mut self, client: &ClientId, kind: RequestKind) -> Route {
         let now = self.gateway_now();
+        let bug = self.cfg.bug;
         let request = Request {
             kind,
             writer_required: false,
-            client: Some(client),
+            client: (bug != Some(Bug::NoReadPin) || kind == RequestKind::Write).then_some(client),
         };
-        let route = self.gateway.tracker.route(now, request);
+        let cached = self
+            .gateway
+            .route_cache
+            .filter(|(_, until)| now < *until)
+            .map(|(f, _)| f)
+            .filter(|_| bug == Some(Bug::RouteCache) && kind == RequestKind::Write);
+        let route = match cached {
+            Some(f) => Route::Forward(f),
+            None => self.gateway.tracker.route(now, request),
+        };
+        if bug == Some(Bug::RouteCache)
+            && kind == RequestKind::Write
+            && cached.is_none()
+            && let Route::Forward(f) = route
+        {
+            let until = now.saturating_add(Millis(self.cfg.poll_interval_ms));
+            self.gateway.route_cache = Some((f, until));
+        }
         match route {
             Route::Forward(f) => self.check_route(f),
             Route::Reject(_) if kind == RequestKind::Write => {

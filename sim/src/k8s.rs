@@ -33,6 +33,9 @@ pub const OPERATOR_LOOP_MS: u64 = 500;
 /// annotation changed (in a real cluster its sync period can make this much longer).
 pub const FENCE_SYNC_MAX_MS: u64 = 1_500;
 
+/// Invariant 7's name in reports.
+pub const CONVERGES: &str = "7 reconcile converges, PVCs follow retentionPolicy";
+
 /// A PVC's content: the persisted election state and the Base store.
 #[derive(Clone, Debug, Default)]
 pub struct Pvc {
@@ -84,6 +87,10 @@ pub struct K8s {
     pub pvcs: BTreeMap<i32, Pvc>,
     pub gateway_cr: Value,
     pub last_spec_change_ns: u64,
+    /// The user's last change to the spec.
+    pub last_spec_change: Option<SpecChange>,
+    /// Every ordinal that ever had a PVC (the checkers' record: scaled-away ones included).
+    pub pvcs_created: std::collections::BTreeSet<i32>,
     pub pvcs_deleted: u64,
     /// What the StatefulSet controller read from the StatefulSet's spec, at its generation.
     pub sts_view: Option<StsView>,
@@ -137,12 +144,14 @@ impl K8s {
                 "spec": { "routes": [] },
             }),
             last_spec_change_ns: 0,
+            last_spec_change: None,
+            pvcs_created: Default::default(),
             pvcs_deleted: 0,
             sts_view: None,
         }
     }
 
-    fn sts(&self) -> Option<&Value> {
+    pub fn sts(&self) -> Option<&Value> {
         self.objects.get(&ObjectKey::new("StatefulSet", BASE_NAME))
     }
 
@@ -166,6 +175,17 @@ fn plant_early_done(plan: &mut Plan) {
             .push(ANNOTATION_SWITCHOVER_TO.to_string());
         plan.transfer = None;
     }
+}
+
+/// The planted `wrong-retention`: the Base with the other `retentionPolicy`.
+fn plant_wrong_retention(base: &Base) -> Base {
+    let mut base = base.clone();
+    let other = match base.spec.storage.retention() {
+        RetentionPolicy::Retain => "Delete",
+        RetentionPolicy::Delete => "Retain",
+    };
+    base.spec.storage.retention_policy = Some(other.into());
+    base
 }
 
 /// `controller-revision-hash` of a pod template.
@@ -280,6 +300,7 @@ impl World {
             }
             if let std::collections::btree_map::Entry::Vacant(e) = self.k8s.pvcs.entry(ordinal) {
                 e.insert(Pvc::default());
+                self.k8s.pvcs_created.insert(ordinal);
                 let name = objects::pvc_name(BASE_NAME, ordinal);
                 self.ev(format!("PVC {name} created"));
             }
@@ -467,6 +488,7 @@ impl World {
         let generation = self.k8s.generation() + 1;
         self.k8s.base.metadata.generation = Some(generation);
         self.k8s.last_spec_change_ns = self.now_ns();
+        self.k8s.last_spec_change = Some(change.clone());
         self.ev(format!("spec change: {change:?} (generation {generation})"));
     }
 
@@ -543,14 +565,16 @@ impl World {
         let mut observed = self.observe();
         // Lent to the plan rather than copied (a copy per pass was a tenth of a run); back below.
         observed.objects = std::mem::take(&mut self.k8s.objects);
-        let mut plan = if self.cfg.bug == Some(Bug::UnfencedPlan) {
-            let mut base = self.k8s.base.clone();
-            if let Some(a) = base.metadata.annotations.as_mut() {
-                a.remove(ANNOTATION_FENCED_INSTANCES);
+        let mut plan = match self.cfg.bug {
+            Some(Bug::UnfencedPlan) => {
+                let mut base = self.k8s.base.clone();
+                if let Some(a) = base.metadata.annotations.as_mut() {
+                    a.remove(ANNOTATION_FENCED_INSTANCES);
+                }
+                plan(&base, &observed)
             }
-            plan(&base, &observed)
-        } else {
-            plan(&self.k8s.base, &observed)
+            Some(Bug::WrongRetention) => plan(&plant_wrong_retention(&self.k8s.base), &observed),
+            _ => plan(&self.k8s.base, &observed),
         };
         self.k8s.objects = std::mem::take(&mut observed.objects);
         if self.cfg.bug == Some(Bug::EarlyDone) {
@@ -776,14 +800,14 @@ impl World {
         };
         if self.k8s.base.spec.storage.retention() == RetentionPolicy::Retain {
             self.fail(
-                "7 reconcile converges, Retain PVCs are kept",
+                CONVERGES,
                 format!("the operator deletes PVC {name} under retentionPolicy Retain"),
             );
             return;
         }
         if self.k8s.pods.contains_key(&ordinal) {
             self.fail(
-                "7 reconcile converges, Retain PVCs are kept",
+                CONVERGES,
                 format!("the operator deletes PVC {name} while its pod exists"),
             );
             return;
@@ -792,6 +816,28 @@ impl World {
             self.k8s.pvcs_deleted += 1;
             self.ev(format!("PVC {name} deleted (retentionPolicy Delete)"));
         }
+    }
+
+    /// Invariant 7 after a scale-down: the PVCs of the ordinals scaled away are removed under
+    /// `retentionPolicy: Delete` and kept under `Retain`. Returns how many were (removed, kept).
+    pub fn scaled_away_pvcs(&self) -> Result<(u64, u64), String> {
+        let replicas = self.k8s.base.spec.replicas;
+        let retain = self.k8s.base.spec.storage.retention() == RetentionPolicy::Retain;
+        let (mut removed, mut kept) = (0, 0);
+        for &o in self.k8s.pvcs_created.range(replicas..) {
+            let name = objects::pvc_name(BASE_NAME, o);
+            match (retain, self.k8s.pvcs.contains_key(&o)) {
+                (true, true) => kept += 1,
+                (false, false) => removed += 1,
+                (true, false) => return Err(format!("PVC {name} is gone under Retain")),
+                (false, true) => {
+                    return Err(format!(
+                        "PVC {name} of a scaled-away ordinal is still there under Delete"
+                    ));
+                }
+            }
+        }
+        Ok((removed, kept))
     }
 
     /// Invariant 7: the cluster matches the spec and the operator has nothing left to do.
@@ -835,6 +881,7 @@ impl World {
         if let Some(o) = self.k8s.pods.keys().find(|o| **o >= replicas) {
             return Err(format!("pod {} should be gone", pod_name(*o)));
         }
+        self.scaled_away_pvcs()?;
         let Some((writer, _)) = self.operator_writer() else {
             return Err("the operator knows no writer".into());
         };

@@ -7,12 +7,13 @@ use crate::config::{
     SpecChange, SwitchoverTo, Target, TimingProfile,
 };
 use crate::gateway::{client_main, gateway_main, operator_poll_loop, poll_loop};
-use crate::k8s::{CONTROLLER_TICK_MS, OPERATOR_LOOP_MS, PodPhase};
+use crate::k8s::{CONTROLLER_TICK_MS, CONVERGES, OPERATOR_LOOP_MS, PodPhase};
 use crate::stats::FailoverKind;
 use crate::world::{
     Host, Packet, PendingFailover, Shared, Stats, Violation, World, agent_addr, lock, pod_id,
     pod_name,
 };
+use base_core::Term;
 use madsim::net::{Endpoint, NetSim};
 use madsim::runtime::{Handle, Runtime};
 use madsim::time::{Duration, Instant, sleep, sleep_until};
@@ -140,7 +141,15 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
     let faults: Vec<String> = cfg
         .faults
         .iter()
-        .map(|s| format!("{:>6} ms {:?}", s.at_ms, s.fault))
+        .map(|s| match &s.then {
+            None => format!("{:>6} ms {:?}", s.at_ms, s.fault),
+            Some((after_ms, then)) => {
+                format!(
+                    "{:>6} ms {:?}, then {after_ms} ms later {then:?}",
+                    s.at_ms, s.fault
+                )
+            }
+        })
         .collect();
     let slot: Arc<Mutex<Option<Shared>>> = Arc::new(Mutex::new(None));
     let rt = Runtime::with_seed_and_config(seed, config);
@@ -228,11 +237,17 @@ fn build(cfg: SimConfig) -> Shared {
         .name("gateway")
         .ip(Host::Gateway.ip())
         .build();
+    // The operator is a process of its own: a crash kills its tasks, a restart runs this again.
+    let w = world.clone();
     let operator = handle
         .create_node()
         .name("operator")
         .ip(Host::Operator.ip())
+        .init(move || operator_process(w.clone()))
         .build();
+    // The API server, the StatefulSet controller and the kubelets: they outlive the operator.
+    let kubernetes = handle.create_node().name("kubernetes").build();
+    kubernetes.spawn(controllers(world.clone()));
     let clients = handle
         .create_node()
         .name("clients")
@@ -263,9 +278,6 @@ fn build(cfg: SimConfig) -> Shared {
     for ordinal in 0..MAX_ORDINALS {
         gateway.spawn(poll_loop(world.clone(), ordinal));
     }
-    operator.spawn(operator_poll_loop(world.clone()));
-    operator.spawn(controllers(world.clone()));
-    operator.spawn(operator_main(world.clone()));
     for client in 0..CLIENTS {
         clients.spawn(client_main(world.clone(), client));
     }
@@ -278,6 +290,12 @@ async fn controllers(world: Shared) {
         lock(&world).k8s_tick();
         sleep(Duration::from_millis(CONTROLLER_TICK_MS)).await;
     }
+}
+
+/// The operator's process: its poll task and its reconcile loop.
+async fn operator_process(world: Shared) {
+    madsim::task::spawn(operator_poll_loop(world.clone()));
+    operator_main(world).await;
 }
 
 /// The operator's reconcile loop (every `OPERATOR_LOOP_MS`, or at once when the poll task saw
@@ -307,12 +325,30 @@ async fn operator_main(world: Shared) {
 /// How often the operator's loop looks whether its poll task woke it.
 const OPERATOR_WAKE_CHECK_MS: u64 = 10;
 
+/// What a spec change is rolling out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rollout {
+    Update,
+    Scale,
+}
+
+impl std::fmt::Display for Rollout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rollout::Update => "rolling update",
+            Rollout::Scale => "scale change",
+        })
+    }
+}
+
 /// An action that ends a fault.
 enum Undo {
     Unclog(Vec<(Host, Host)>),
     ChaosEnd,
     /// Takes this entry (a pod name or `*`) out of `hanzo.ai/fenced-instances`.
     Unfence(String),
+    /// The operator's process starts again.
+    OperatorRestart,
 }
 
 impl World {
@@ -347,6 +383,35 @@ impl World {
                 .pods
                 .values()
                 .any(|p| matches!(p.phase, PodPhase::Crashed { .. }))
+    }
+
+    /// The rollout of the user's last spec change, if it is still under way: a scale change
+    /// until every pod of the spec runs with the spec's peer set, a rolling update until the
+    /// StatefulSet runs the new image and every pod is on its revision.
+    fn rollout_in_progress(&self) -> Option<Rollout> {
+        match self.k8s.last_spec_change.as_ref()? {
+            SpecChange::Scale(_) => (!self.membership_settled()).then_some(Rollout::Scale),
+            SpecChange::Image(_) => {
+                let image = self.k8s.base.spec.image.reference();
+                let sts = self.k8s.sts();
+                let generation = sts
+                    .and_then(|o| o.pointer("/metadata/generation"))
+                    .and_then(serde_json::Value::as_i64);
+                let runs_image = sts
+                    .and_then(|o| o.pointer("/spec/template"))
+                    .is_some_and(|t| t.to_string().contains(&image));
+                let rolled = runs_image
+                    && self.k8s.sts_view.as_ref().is_some_and(|v| {
+                        Some(v.generation) == generation
+                            && self
+                                .k8s
+                                .pods
+                                .values()
+                                .all(|p| p.revision == v.update_revision)
+                    });
+                (!rolled).then_some(Rollout::Update)
+            }
+        }
     }
 
     /// Every pod of the spec runs with the spec's peer set.
@@ -548,6 +613,37 @@ impl World {
                 None
             }
             Fault::Op(op) => self.operate(op),
+            Fault::OperatorCrash { restart_after_ms } => {
+                if self.operator_down {
+                    return None;
+                }
+                let during = self.rollout_in_progress();
+                self.ev(format!(
+                    "FAULT operator crashes{} (restart in {restart_after_ms} ms)",
+                    during.map_or(String::new(), |r| format!(" in the middle of a {r}"))
+                ));
+                self.stats.operator_crashes += 1;
+                match during {
+                    Some(Rollout::Update) => self.stats.operator_crashes_mid_update += 1,
+                    Some(Rollout::Scale) => self.stats.operator_crashes_mid_scale += 1,
+                    None => {}
+                }
+                self.handle.kill(self.host_ids[&Host::Operator]);
+                self.operator_down = true;
+                // Its memory is gone: the poll task's tracker and writer, its last plan.
+                self.operator = crate::world::OperatorPoller::new(self.cfg.operator_clock);
+                self.last_plan = None;
+                Some((*restart_after_ms, Undo::OperatorRestart))
+            }
+        }
+    }
+
+    /// The operator's process starts again (a fresh process: it knows only the API server).
+    fn restart_operator(&mut self) {
+        if self.operator_down {
+            self.operator_down = false;
+            self.handle.restart(self.host_ids[&Host::Operator]);
+            self.ev("the operator restarts");
         }
     }
 
@@ -618,6 +714,7 @@ impl World {
                     self.ev("fault ends: network calm");
                 }
             }
+            Undo::OperatorRestart => self.restart_operator(),
             Undo::Unfence(entry) => {
                 let mut list = self.fence_list();
                 if list.contains(&entry) {
@@ -685,6 +782,7 @@ impl World {
         }
         self.net.chaos = 0;
         self.calm_network();
+        self.restart_operator();
         self.healed_ns = Some(self.now_ns());
         self.ev("HEAL: every fault ends");
         // The user unfences every replica (a pending switchover is left to finish).
@@ -693,30 +791,41 @@ impl World {
         }
     }
 
-    /// Invariant 5 at the end: the writer holds every acknowledged write.
-    fn final_checks(&mut self) {
-        if let Some((term, o)) = self.latest_writer()
-            && self.replicas[o as usize]
-                .agent
-                .as_ref()
-                .is_some_and(|a| a.writer_term == Some(term))
-        {
-            let log = &self.k8s.pvcs[&o].log;
-            let missing = self
-                .checks
-                .acked
-                .iter()
-                .find(|(i, e)| log.get(**i as usize - 1) != Some(e))
-                .map(|(i, e)| (*i, *e));
-            if let Some((i, e)) = missing {
-                self.fail(
-                    "5 no acknowledged write is lost",
-                    format!(
-                        "at the end, the writer {} (term {term}) lacks the acknowledged {e} at index {i}",
-                        pod_id(o)
-                    ),
-                );
+    /// The node that is writer of the newest term won, if it still is.
+    fn final_writer(&self) -> Option<(Term, i32)> {
+        let (term, o) = self.latest_writer()?;
+        self.replicas[o as usize]
+            .agent
+            .as_ref()
+            .is_some_and(|a| a.writer_term == Some(term))
+            .then_some((term, o))
+    }
+
+    /// At the end: invariant 5, the writer of the newest term holds every acknowledged write;
+    /// invariant 7, the PVCs of scaled-away ordinals are as the retention policy says.
+    fn final_checks(&mut self, term: Term, o: i32) {
+        match self.scaled_away_pvcs() {
+            Ok((removed, kept)) => {
+                self.stats.pvcs_removed_on_scale_down = removed;
+                self.stats.pvcs_kept_on_scale_down = kept;
             }
+            Err(why) => self.fail(CONVERGES, format!("at the end: {why}")),
+        }
+        let log = &self.k8s.pvcs[&o].log;
+        let missing = self
+            .checks
+            .acked
+            .iter()
+            .find(|(i, e)| log.get(**i as usize - 1) != Some(e))
+            .map(|(i, e)| (*i, *e));
+        if let Some((i, e)) = missing {
+            self.fail(
+                "5 no acknowledged write is lost",
+                format!(
+                    "at the end, the writer {} (term {term}) lacks the acknowledged {e} at index {i}",
+                    pod_id(o)
+                ),
+            );
         }
     }
 }
@@ -732,6 +841,9 @@ async fn supervise(world: &Shared) {
     let at = |ms: u64| start + Duration::from_millis(ms);
     let mut next = 0;
     let mut undos: Vec<(Instant, Undo)> = Vec::new();
+    let mut followups: Vec<(Instant, Fault)> = Vec::new();
+    // When the run could first have ended (it ends once the final check has a writer to check).
+    let mut final_wait_since: Option<u64> = None;
     let mut last_convergence_check = start;
     // A scale change is rolling out (faults wait, unless `membership_faults`).
     let mut membership_change = false;
@@ -768,7 +880,7 @@ async fn supervise(world: &Shared) {
                     }
                     // Switchovers and fences wait too: they move the writer, and an election in
                     // that window can split the brain just as a fault's can.
-                    if membership_change && !matches!(fault, Fault::Spec(_)) {
+                    if membership_change && !fault.membership_safe() {
                         w.ev(format!(
                             "fault skipped (a scale change is rolling out): {fault:?}"
                         ));
@@ -780,7 +892,25 @@ async fn supervise(world: &Shared) {
                 if let Some((for_ms, undo)) = w.strike(fault) {
                     undos.push((now + Duration::from_millis(for_ms), undo));
                 }
+                if let Some((after_ms, then)) = &faults[next].then {
+                    followups.push((now + Duration::from_millis(*after_ms), then.clone()));
+                }
                 next += 1;
+            }
+            // Follow-ups (operator crashes mid-rollout) are membership-safe: they never wait.
+            let (due, later): (Vec<_>, Vec<_>) =
+                followups.into_iter().partition(|(t, _)| *t <= now);
+            followups = later;
+            for (_, fault) in due {
+                assert!(
+                    fault.membership_safe(),
+                    "a follow-up must be membership-safe"
+                );
+                if w.healed_ns.is_none()
+                    && let Some((for_ms, undo)) = w.strike(&fault)
+                {
+                    undos.push((now + Duration::from_millis(for_ms), undo));
+                }
             }
             let (due, later): (Vec<_>, Vec<_>) = undos.into_iter().partition(|(t, _)| *t <= now);
             undos = later;
@@ -828,7 +958,7 @@ async fn supervise(world: &Shared) {
                         }
                         Err(why) if now_ns > since + convergence_bound_ms * 1_000_000 => {
                             w.fail(
-                                "7 reconcile converges, Retain PVCs are kept",
+                                CONVERGES,
                                 format!(
                                     "not converged {convergence_bound_ms} ms after the heal and the last spec change: {why}"
                                 ),
@@ -841,8 +971,22 @@ async fn supervise(world: &Shared) {
                 if let (Some(live), Some(conv)) = (w.live_ns, w.converged_ns)
                     && now_ns > live.max(conv) + SETTLE_MS * 1_000_000
                 {
-                    w.final_checks();
-                    break;
+                    // The newest writer may have just stepped down: wait for the next one.
+                    let since = *final_wait_since.get_or_insert(now_ns);
+                    if let Some((term, o)) = w.final_writer() {
+                        w.stats.final_check_wait_ms = (now_ns - since) / 1_000_000;
+                        w.final_checks(term, o);
+                        break;
+                    }
+                    if now_ns > since + liveness_bound_ms * 1_000_000 {
+                        w.fail(
+                            "6 liveness",
+                            format!(
+                                "at the end, no node was writer of the newest term for {liveness_bound_ms} ms: nobody to check for the acknowledged writes"
+                            ),
+                        );
+                        break;
+                    }
                 }
             }
         }
@@ -851,6 +995,9 @@ async fn supervise(world: &Shared) {
             wake = wake.min(at(faults[next].at_ms));
         }
         for (t, _) in &undos {
+            wake = wake.min(*t);
+        }
+        for (t, _) in &followups {
             wake = wake.min(*t);
         }
         {

@@ -254,6 +254,9 @@ pub struct Agent {
     pub next_fence_read: Millis,
     /// The kubelet's SIGTERM (pod terminating) has reached the agent.
     pub sigterm: bool,
+    /// The planted `vote-cache`: the term of the last vote the election granted, replayed to
+    /// any candidate of that term.
+    pub granted_term: Option<Term>,
 }
 
 /// One ordinal's process slot.
@@ -282,6 +285,8 @@ pub struct Poller {
     pub seq: u64,
     /// The writer this tracker last named (the checkers' record).
     pub named: Option<(i32, Term)>,
+    /// The planted `route-cache`: the last write's route, reused until then (gateway clock).
+    pub route_cache: Option<(base_core::tracker::Forward, Millis)>,
 }
 
 impl Poller {
@@ -297,6 +302,7 @@ impl Poller {
             max_term_seen: Term(0),
             seq: 0,
             named: None,
+            route_cache: None,
         }
     }
 }
@@ -416,6 +422,17 @@ pub struct Stats {
     pub fenced_writers: u64,
     /// Writes a fenced node refused.
     pub writes_refused_fenced: u64,
+    /// Operator crashes, and of them those in the middle of a rolling update or a scale change.
+    pub operator_crashes: u64,
+    pub operator_crashes_mid_update: u64,
+    pub operator_crashes_mid_scale: u64,
+    /// How long the end of the run waited for a writer of the newest term (the newest writer
+    /// had stepped down) before the final check of invariant 5.
+    pub final_check_wait_ms: u64,
+    /// Ordinals scaled away whose PVC the end of the run found removed (`Delete`) or kept
+    /// (`Retain`), as the policy says.
+    pub pvcs_removed_on_scale_down: u64,
+    pub pvcs_kept_on_scale_down: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -514,6 +531,8 @@ pub struct World {
     pub armed_pause: Option<(i32, u64, u64)>,
     /// Paused processes to resume: (at ns, ordinal, incarnation).
     pub resumes: Vec<(u64, i32, u64)>,
+    /// The operator's process is down (crashed, not yet restarted).
+    pub operator_down: bool,
 }
 
 impl World {
@@ -557,6 +576,7 @@ impl World {
             armed_pause: None,
             disturbed_ns: 0,
             resumes: Vec::new(),
+            operator_down: false,
             start: Instant::now(),
             handle,
             cfg,
