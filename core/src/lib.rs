@@ -3,6 +3,7 @@
 
 pub mod ids;
 pub mod quasar;
+pub mod replication;
 pub mod tracker;
 pub mod wire;
 
