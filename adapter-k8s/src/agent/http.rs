@@ -238,12 +238,18 @@ async fn transfer(State(shared): State<Arc<Shared>>, request: Request) -> Respon
 
 /// `GET /_quasar/metrics`: Prometheus text.
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let (term, writer, fenced) = {
+    let (term, writer, fenced, position) = {
         let node = shared.lock_node();
-        (node.term(), node.role() == Role::Writer, node.is_fenced())
+        (
+            node.term(),
+            node.role() == Role::Writer,
+            node.is_fenced(),
+            node.position(),
+        )
     };
     let m = &shared.metrics;
     m.term.set(i64::try_from(term.0).unwrap_or(i64::MAX));
+    m.position.set(i64::try_from(position).unwrap_or(i64::MAX));
     m.is_writer.set(i64::from(writer));
     m.fenced.set(i64::from(fenced));
     (

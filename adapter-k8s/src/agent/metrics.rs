@@ -1,8 +1,9 @@
 //! The agent's counters, served as Prometheus text at `GET /_quasar/metrics` (client port):
 //! `quasar_peer_messages_accepted_total`, `quasar_peer_messages_dropped_total{reason}` (see
 //! [`DropReason`]), `quasar_transfers_total`, `quasar_proxy_rejected_total`, and the gauges
-//! `quasar_fenced`, `quasar_term`, `quasar_is_writer`, `quasar_peer_auth` (1 when peer messages
-//! are authenticated).
+//! `quasar_fenced`, `quasar_term`, `quasar_is_writer`, `quasar_position` (the local Base's
+//! replication position as the election uses it: the highest polled from `--position-url`, 0
+//! without), `quasar_peer_auth` (1 when peer messages are authenticated).
 
 use super::auth::DropReason;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -25,6 +26,7 @@ pub struct AgentMetrics {
     pub fenced: Gauge,
     pub term: Gauge,
     pub is_writer: Gauge,
+    pub position: Gauge,
     pub peer_auth: Gauge,
 }
 
@@ -38,6 +40,7 @@ impl Default for AgentMetrics {
         let fenced = Gauge::default();
         let term = Gauge::default();
         let is_writer = Gauge::default();
+        let position = Gauge::default();
         let peer_auth = Gauge::default();
         registry.register(
             "peer_messages_accepted",
@@ -67,6 +70,11 @@ impl Default for AgentMetrics {
             is_writer.clone(),
         );
         registry.register(
+            "position",
+            "The local Base's replication position the election uses (highest polled; 0 without --position-url)",
+            position.clone(),
+        );
+        registry.register(
             "peer_auth",
             "1 when peer messages are authenticated",
             peer_auth.clone(),
@@ -86,6 +94,7 @@ impl Default for AgentMetrics {
             fenced,
             term,
             is_writer,
+            position,
             peer_auth,
         }
     }

@@ -33,7 +33,11 @@
 //!   beyond), and `--proxy-idle-timeout-ms` cuts a request or response body that stays idle (see
 //!   [`proxy`]).
 //! - **Metrics** — `GET /_quasar/metrics` (Prometheus text, see [`metrics`]): messages accepted,
-//!   dropped by reason, transfers, fenced, term, is_writer, proxy rejections.
+//!   dropped by reason, transfers, fenced, term, is_writer, position, proxy rejections.
+//! - **Position** — `--position-url` (polled every 200 ms; a number or `{"position": N}`): the
+//!   local Base's replication position. A node grants its (pre-)vote only to a candidate at least
+//!   as advanced, and a writer hands over only to a peer at least as advanced; a smaller answer
+//!   is ignored. Without the flag every node is at 0 (equally up to date).
 //!
 //! Layers: [`driver`] feeds the core node and performs its effects in order (persisting through
 //! [`state`] before sending through [`transport`]); [`http`] serves; [`clock`] gives a monotonic
