@@ -1,6 +1,8 @@
 # base-operator image: the operator, and the Quasar agent it injects into every Base pod.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
+# bindgen (rusqlite's `session` feature, for the reference store) needs libclang.
+RUN apt-get update && apt-get install -y --no-install-recommends libclang-dev && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked -p base-adapter-k8s && cp target/release/base-operator /base-operator
 

@@ -32,6 +32,8 @@ enum Command {
     Run(base_adapter_k8s::controller::RunArgs),
     /// Run the Quasar agent beside Base: writer election with its peers, and the pod's front door.
     Agent(base_adapter_k8s::agent::AgentArgs),
+    /// Run the reference Base store: SQLite with rqlite's data API and the replica contract.
+    Store(base_adapter_k8s::store::StoreArgs),
 }
 
 #[tokio::main]
@@ -45,5 +47,6 @@ async fn main() -> Result<()> {
         Command::Gateway(args) => base_adapter_k8s::gateway::run(args).await,
         Command::Run(args) => base_adapter_k8s::controller::run(args).await,
         Command::Agent(args) => base_adapter_k8s::agent::run(args).await,
+        Command::Store(args) => base_adapter_k8s::store::run(args).await,
     }
 }

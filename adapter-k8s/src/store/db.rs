@@ -1,0 +1,1360 @@
+//! The store's SQLite shell: one write connection owning the database file, its log
+//! (`_base_log`) and its replication state (`_base_meta`) in the same file, so that a data change
+//! and its log entry commit in one transaction (WAL, `synchronous=FULL`). The decisions come from
+//! [`super::log`]; this module performs them.
+
+use super::entry::{self, Entry, FrameError, Op};
+use super::log::{self, AppendRefusal, LogView, Role, RoleChange, Serve, Shipped};
+use super::sql::{self, Mode, SharedAuth};
+use rusqlite::session::{ConflictAction, Session};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const DB_FILE: &str = "store.db";
+/// Where a snapshot being installed (or made) is written before it replaces (or leaves) anything.
+const INCOMING: &str = "snapshot.incoming";
+const OUTGOING: &str = "snapshot.outgoing";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS _base_log(
+  idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS _base_meta(
+  id INTEGER PRIMARY KEY CHECK (id = 1), term INTEGER NOT NULL, role TEXT NOT NULL,
+  writer_id TEXT NOT NULL, writer_url TEXT NOT NULL, commit_index INTEGER NOT NULL,
+  applied INTEGER NOT NULL, base_index INTEGER NOT NULL, base_term INTEGER NOT NULL,
+  term_start INTEGER NOT NULL, needs_snapshot INTEGER NOT NULL);
+INSERT OR IGNORE INTO _base_meta VALUES (1, 0, 'replica', '', '', 0, 0, 0, 0, 0, 0);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a log entry is damaged: {0}")]
+    Frame(#[from] FrameError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// An answer other than success, as the HTTP layer shows it.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("this store is {} in term {term}, not writer in the request's term", role.as_str())]
+    NotWriter { term: u64, role: Role },
+    #[error("term {given} is below the store's term {term}")]
+    StaleTerm { given: u64, term: u64 },
+    #[error("{0}")]
+    Append(AppendRefusal),
+    #[error("the store needs a snapshot before it can go on")]
+    NeedsSnapshot,
+    #[error("the snapshot (index {index}) is not ahead of this store's commit {commit}")]
+    SnapshotBehind { index: u64, commit: u64 },
+    #[error("bad snapshot: {0}")]
+    BadSnapshot(String),
+    #[error("bad log frames: {0}")]
+    BadFrames(FrameError),
+    #[error("the uncommitted suffix holds DDL and cannot be undone in a snapshot; retry")]
+    SnapshotUnavailable,
+    #[error("internal: {0}")]
+    Internal(#[from] StoreError),
+}
+
+impl From<std::io::Error> for Refusal {
+    fn from(e: std::io::Error) -> Self {
+        Refusal::Internal(e.into())
+    }
+}
+
+impl From<rusqlite::Error> for Refusal {
+    fn from(e: rusqlite::Error) -> Self {
+        Refusal::Internal(e.into())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub term: u64,
+    pub role: Role,
+    pub writer_id: String,
+    pub writer_url: String,
+    pub commit: u64,
+    pub applied: u64,
+    pub base_index: u64,
+    pub base_term: u64,
+    pub term_start: u64,
+    pub needs_snapshot: bool,
+}
+
+/// `GET /_replica/state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct State {
+    pub version: u32,
+    pub position: u64,
+    pub last_index: u64,
+    pub last_term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub term: u64,
+    pub role: &'static str,
+    pub writer_id: String,
+    pub writer_url: String,
+    pub log_start: u64,
+    pub base_index: u64,
+    pub base_term: u64,
+    pub term_start: u64,
+    pub needs_snapshot: bool,
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn load_meta(conn: &Connection) -> rusqlite::Result<Meta> {
+    conn.query_row(
+        "SELECT term, role, writer_id, writer_url, commit_index, applied, base_index, base_term,
+                term_start, needs_snapshot FROM _base_meta WHERE id = 1",
+        [],
+        |r| {
+            Ok(Meta {
+                term: u(r.get(0)?),
+                role: if r.get::<_, String>(1)? == "writer" {
+                    Role::Writer
+                } else {
+                    Role::Replica
+                },
+                writer_id: r.get(2)?,
+                writer_url: r.get(3)?,
+                commit: u(r.get(4)?),
+                applied: u(r.get(5)?),
+                base_index: u(r.get(6)?),
+                base_term: u(r.get(7)?),
+                term_start: u(r.get(8)?),
+                needs_snapshot: r.get::<_, i64>(9)? != 0,
+            })
+        },
+    )
+}
+
+fn save_meta(conn: &Connection, m: &Meta) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE _base_meta SET term = ?1, role = ?2, writer_id = ?3, writer_url = ?4,
+           commit_index = ?5, applied = ?6, base_index = ?7, base_term = ?8, term_start = ?9,
+           needs_snapshot = ?10 WHERE id = 1",
+    )?
+    .execute(params![
+        i(m.term),
+        m.role.as_str(),
+        m.writer_id,
+        m.writer_url,
+        i(m.commit),
+        i(m.applied),
+        i(m.base_index),
+        i(m.base_term),
+        i(m.term_start),
+        i64::from(m.needs_snapshot),
+    ])?;
+    Ok(())
+}
+
+fn last_entry(conn: &Connection, m: &Meta) -> rusqlite::Result<(u64, u64)> {
+    let last = conn
+        .query_row(
+            "SELECT idx, term FROM _base_log ORDER BY idx DESC LIMIT 1",
+            [],
+            |r| Ok((u(r.get(0)?), u(r.get(1)?))),
+        )
+        .optional()?;
+    Ok(last.unwrap_or((m.base_index, m.base_term)))
+}
+
+fn term_at(conn: &Connection, m: &Meta, index: u64) -> rusqlite::Result<u64> {
+    if index == m.base_index {
+        return Ok(m.base_term);
+    }
+    conn.prepare_cached("SELECT term FROM _base_log WHERE idx = ?1")?
+        .query_row([i(index)], |r| Ok(u(r.get(0)?)))
+}
+
+fn payloads(conn: &Connection, from: u64, to: u64) -> rusqlite::Result<Vec<(u64, Vec<u8>)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, payload FROM _base_log WHERE idx >= ?1 AND idx <= ?2 ORDER BY idx",
+    )?;
+    let rows = stmt.query_map([i(from), i(to)], |r| Ok((u(r.get(0)?), r.get(1)?)))?;
+    rows.collect()
+}
+
+fn new_session(conn: &Connection) -> rusqlite::Result<Session<'_>> {
+    let mut s = Session::new(conn)?;
+    s.table_filter(Some(|t: &str| !sql::is_internal(t)));
+    s.attach(None::<&str>)?;
+    Ok(s)
+}
+
+fn take_changeset(session: &mut Session<'_>, ops: &mut Vec<Op>) -> rusqlite::Result<()> {
+    let mut cs = Vec::new();
+    session.changeset_strm(&mut cs)?;
+    if !cs.is_empty() {
+        ops.push(Op::Changeset(cs));
+    }
+    Ok(())
+}
+
+fn abort_on_conflict(
+    _: rusqlite::session::ConflictType,
+    _: &rusqlite::session::ChangesetItem,
+) -> ConflictAction {
+    ConflictAction::SQLITE_CHANGESET_ABORT
+}
+
+/// Applies (or, `invert`, undoes) one entry's operations. A conflict means the database is not
+/// the state the entry was recorded against: an error, never a silent merge.
+fn apply_payload(conn: &Connection, payload: &[u8], invert: bool) -> Result<(), StoreError> {
+    let ops = entry::decode_ops(payload)?;
+    let apply = |cs: &[u8]| -> Result<(), StoreError> {
+        conn.apply_strm(&mut &cs[..], None::<fn(&str) -> bool>, abort_on_conflict)
+            .map_err(|e| StoreError::Invalid(format!("changeset does not apply: {e}")))
+    };
+    if invert {
+        for op in ops.iter().rev() {
+            match op {
+                Op::Changeset(cs) => {
+                    let mut inverse = Vec::new();
+                    rusqlite::session::invert_strm(&mut &cs[..], &mut inverse)?;
+                    apply(&inverse)?;
+                }
+                Op::Ddl(_) => return Err(StoreError::Invalid("DDL cannot be undone".into())),
+            }
+        }
+    } else {
+        for op in &ops {
+            match op {
+                Op::Changeset(cs) => apply(cs)?,
+                Op::Ddl(sql) => conn.execute_batch(sql)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn holds_ddl(entries: &[(u64, Vec<u8>)]) -> Result<bool, StoreError> {
+    for (_, p) in entries {
+        if entry::decode_ops(p)?
+            .iter()
+            .any(|op| matches!(op, Op::Ddl(_)))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Undoes the entries above `m.commit` that the database shows, newest first. `Ok(false)`: one
+/// of them cannot be undone (DDL); nothing was changed.
+fn undo_suffix(conn: &Connection, m: &mut Meta) -> Result<bool, StoreError> {
+    if m.applied <= m.commit {
+        return Ok(true);
+    }
+    let suffix = payloads(conn, m.commit + 1, m.applied)?;
+    if holds_ddl(&suffix)? {
+        return Ok(false);
+    }
+    for (_, p) in suffix.iter().rev() {
+        apply_payload(conn, p, true)?;
+    }
+    m.applied = m.commit;
+    Ok(true)
+}
+
+fn apply_up_to(conn: &Connection, m: &mut Meta, to: u64) -> Result<(), StoreError> {
+    if to <= m.applied {
+        return Ok(());
+    }
+    for (idx, p) in payloads(conn, m.applied + 1, to)? {
+        apply_payload(conn, &p, false)?;
+        m.applied = idx;
+    }
+    assert_eq!(
+        m.applied,
+        to,
+        "entries {}..={to} are not all held",
+        m.applied + 1
+    );
+    Ok(())
+}
+
+pub struct ExecRequest {
+    pub term: u64,
+    pub stmts: Vec<sql::Statement>,
+    pub transaction: bool,
+    pub timings: bool,
+}
+
+#[derive(Debug)]
+pub struct ExecAnswer {
+    pub results: Vec<Json>,
+    /// The entry that holds the request's changes, or the last entry it saw.
+    pub index: u64,
+    pub term: u64,
+    pub seconds: f64,
+}
+
+/// The statement failed: its message for the client. Anything else is an internal error.
+enum StmtError {
+    Client(String),
+    Internal(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for StmtError {
+    fn from(e: rusqlite::Error) -> Self {
+        StmtError::Internal(e)
+    }
+}
+
+/// Whether the table's rows can be recorded by the session (a declared PRIMARY KEY that cannot
+/// hold NULL), and whether it is empty (a `CREATE TABLE … AS SELECT` fills itself, and DDL
+/// replicates as text, not as rows).
+fn check_created_table(conn: &Connection, table: &str) -> Result<(), StmtError> {
+    let create: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or_default();
+    let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+    let filled: bool = conn.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM {quoted})"),
+        [],
+        |r| r.get(0),
+    )?;
+    if filled {
+        return Err(StmtError::Client(format!(
+            "CREATE TABLE {table} … AS SELECT is refused: DDL replicates as its text, not as the \
+             rows it copies; create the table, then INSERT … SELECT"
+        )));
+    }
+    let without_rowid = create.to_ascii_uppercase().contains("WITHOUT ROWID");
+    let mut stmt = conn.prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1)")?;
+    let cols: Vec<(String, String, bool, i64)> = stmt
+        .query_map([table], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let pk: Vec<&(String, String, bool, i64)> = cols.iter().filter(|c| c.3 > 0).collect();
+    if pk.is_empty() {
+        return Err(StmtError::Client(format!(
+            "table {table} has no PRIMARY KEY: replication records row changes by primary key \
+             (SQLite session), so every table needs one"
+        )));
+    }
+    let integer_key = pk.len() == 1 && pk[0].1.eq_ignore_ascii_case("INTEGER");
+    if !without_rowid
+        && !integer_key
+        && let Some(c) = pk.iter().find(|c| !c.2)
+    {
+        return Err(StmtError::Client(format!(
+            "PRIMARY KEY column {} of table {table} may hold NULL (SQLite allows it unless NOT \
+             NULL), and replication cannot record a row with a NULL key: declare it NOT NULL, or \
+             use INTEGER PRIMARY KEY",
+            c.0
+        )));
+    }
+    Ok(())
+}
+
+pub struct Store {
+    conn: Connection,
+    auth: SharedAuth,
+    dir: PathBuf,
+    pub meta: Meta,
+    pub last_index: u64,
+    pub last_term: u64,
+    /// Entries kept below commit (so a replica a little behind needs no snapshot).
+    keep: u64,
+}
+
+fn open_conn(path: &Path, auth: &SharedAuth) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    sql::install_authorizer(&mut conn, auth)?;
+    Ok(conn)
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl Store {
+    pub fn open(dir: &Path, keep: u64) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let auth = sql::new_auth();
+        let conn = open_conn(&dir.join(DB_FILE), &auth)?;
+        let meta = load_meta(&conn)?;
+        let (last_index, last_term) = last_entry(&conn, &meta)?;
+        let mut store = Store {
+            conn,
+            auth,
+            dir: dir.to_path_buf(),
+            meta,
+            last_index,
+            last_term,
+            keep,
+        };
+        store.recover()?;
+        // A half-written snapshot from before a crash is garbage.
+        for name in [INCOMING, OUTGOING] {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+        Ok(store)
+    }
+
+    /// Re-establishes the invariants a crash cannot break but an older store might: a writer shows
+    /// its whole log, a replica exactly its commit.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        let m = &self.meta;
+        assert!(m.commit <= self.last_index && m.applied <= self.last_index);
+        assert!(m.base_index <= m.commit && m.base_index <= m.applied);
+        if m.needs_snapshot {
+            return Ok(());
+        }
+        match m.role {
+            Role::Writer if m.applied < self.last_index => {
+                let last = self.last_index;
+                self.replication_txn(|conn, m| apply_up_to(conn, m, last))?;
+            }
+            Role::Replica if m.applied > m.commit => {
+                let (t, id, url) = (m.term, m.writer_id.clone(), m.writer_url.clone());
+                self.demote_txn(t, id, url)?;
+            }
+            Role::Replica if m.applied < m.commit => {
+                let commit = m.commit;
+                self.replication_txn(|conn, m| apply_up_to(conn, m, commit))?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn state(&self) -> State {
+        let m = &self.meta;
+        State {
+            version: 1,
+            position: log::position(self.last_index, self.last_term),
+            last_index: self.last_index,
+            last_term: self.last_term,
+            commit: m.commit,
+            applied: m.applied,
+            term: m.term,
+            role: m.role.as_str(),
+            writer_id: m.writer_id.clone(),
+            writer_url: m.writer_url.clone(),
+            log_start: m.base_index + 1,
+            base_index: m.base_index,
+            base_term: m.base_term,
+            term_start: m.term_start,
+            needs_snapshot: m.needs_snapshot,
+        }
+    }
+
+    fn view(&self) -> LogView {
+        LogView {
+            base_index: self.meta.base_index,
+            base_term: self.meta.base_term,
+            last_index: self.last_index,
+            last_term: self.last_term,
+            commit: self.meta.commit,
+        }
+    }
+
+    /// Runs `f` in one immediate transaction with foreign-key actions off (replicated row images
+    /// already hold their effects), on a copy of the meta that is saved and kept only if the
+    /// transaction commits.
+    fn replication_txn<T>(
+        &mut self,
+        f: impl FnOnce(&Connection, &mut Meta) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE")?;
+        let mut m = self.meta.clone();
+        let out = f(&self.conn, &mut m).and_then(|t| {
+            save_meta(&self.conn, &m)?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok(t)
+        });
+        if out.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.conn.execute_batch("PRAGMA foreign_keys = ON")?;
+        if out.is_ok() {
+            self.meta = m;
+            let (li, lt) = last_entry(&self.conn, &self.meta)?;
+            self.last_index = li;
+            self.last_term = lt;
+        }
+        out
+    }
+
+    /// The undo of a writer that is no longer one, with the new term and writer, in one
+    /// transaction; if the suffix cannot be undone, the store waits for a snapshot.
+    fn demote_txn(
+        &mut self,
+        term: u64,
+        writer_id: String,
+        writer_url: String,
+    ) -> Result<(), StoreError> {
+        self.replication_txn(|conn, m| {
+            m.role = Role::Replica;
+            m.term = term;
+            m.writer_id = writer_id;
+            m.writer_url = writer_url;
+            if !undo_suffix(conn, m)? {
+                tracing::warn!(
+                    commit = m.commit,
+                    applied = m.applied,
+                    "the uncommitted suffix holds DDL: waiting for a snapshot"
+                );
+                m.needs_snapshot = true;
+            }
+            Ok(())
+        })
+    }
+
+    /// `PUT /_replica/role`.
+    pub fn set_role(
+        &mut self,
+        role: Role,
+        term: u64,
+        writer_id: String,
+        writer_url: String,
+        commit: u64,
+    ) -> Result<State, Refusal> {
+        let change = log::role_change(self.meta.term, self.meta.role, term, role);
+        if change == RoleChange::Stale {
+            return Err(Refusal::StaleTerm {
+                given: term,
+                term: self.meta.term,
+            });
+        }
+        let unchanged = self.meta.term == term
+            && self.meta.writer_id == writer_id
+            && self.meta.writer_url == writer_url;
+        match change {
+            RoleChange::Stale => unreachable!("refused above"),
+            RoleChange::StayWriter => {
+                let c = log::writer_commit(self.meta.commit, commit, self.last_index);
+                if !unchanged || c != self.meta.commit {
+                    self.replication_txn(|_, m| {
+                        m.commit = c;
+                        m.writer_id = writer_id;
+                        m.writer_url = writer_url;
+                        Ok(())
+                    })?;
+                    self.compact_now()?;
+                }
+            }
+            RoleChange::StayReplica => {
+                if !unchanged {
+                    self.replication_txn(|_, m| {
+                        m.term = term;
+                        m.writer_id = writer_id;
+                        m.writer_url = writer_url;
+                        Ok(())
+                    })?;
+                }
+            }
+            RoleChange::Demote => self.demote_txn(term, writer_id, writer_url)?,
+            RoleChange::Promote => {
+                if self.meta.needs_snapshot {
+                    return Err(Refusal::NeedsSnapshot);
+                }
+                let last = self.last_index;
+                self.replication_txn(|conn, m| {
+                    apply_up_to(conn, m, last)?;
+                    m.term = term;
+                    m.role = Role::Writer;
+                    m.writer_id = writer_id;
+                    m.writer_url = writer_url;
+                    // The no-op of the new term: once it commits, so has everything before it.
+                    let noop = last + 1;
+                    conn.prepare_cached(
+                        "INSERT INTO _base_log(idx, term, payload) VALUES (?1, ?2, x'')",
+                    )?
+                    .execute([i(noop), i(term)])?;
+                    m.applied = noop;
+                    m.term_start = noop;
+                    m.commit = log::writer_commit(m.commit, commit, last);
+                    Ok(())
+                })?;
+                tracing::info!(term, term_start = self.meta.term_start, "writer");
+            }
+        }
+        Ok(self.state())
+    }
+
+    fn compact_now(&mut self) -> Result<(), StoreError> {
+        let floor = self
+            .meta
+            .commit
+            .min(self.meta.applied)
+            .saturating_sub(self.keep);
+        if floor <= self.meta.base_index + self.keep / 10 {
+            return Ok(());
+        }
+        let conn = &self.conn;
+        let mut m = self.meta.clone();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let out = compact_in(conn, &mut m, self.keep).and_then(|()| {
+            save_meta(conn, &m)?;
+            conn.execute_batch("COMMIT")?;
+            Ok(())
+        });
+        match out {
+            Ok(()) => {
+                self.meta = m;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// `POST /db/execute`, for a batch of requests that commit together (one fsync). Each request
+    /// is one log entry; each answer is final once the batch's transaction is durable.
+    pub fn execute(&mut self, reqs: Vec<ExecRequest>) -> Vec<Result<ExecAnswer, Refusal>> {
+        let mut answers: Vec<Option<Result<ExecAnswer, Refusal>>> = Vec::with_capacity(reqs.len());
+        let mut admitted = Vec::new();
+        for (k, r) in reqs.iter().enumerate() {
+            if self.meta.role != Role::Writer
+                || self.meta.term != r.term
+                || self.meta.needs_snapshot
+            {
+                answers.push(Some(Err(Refusal::NotWriter {
+                    term: self.meta.term,
+                    role: self.meta.role,
+                })));
+            } else {
+                answers.push(None);
+                admitted.push(k);
+            }
+        }
+        if admitted.is_empty() {
+            return answers.into_iter().flatten().collect();
+        }
+        let before = (self.last_index, self.last_term, self.meta.applied);
+        let outcome = (|| -> Result<(), StoreError> {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            for &k in &admitted {
+                answers[k] = Some(self.execute_one(&reqs[k]));
+            }
+            save_meta(&self.conn, &self.meta)?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok(())
+        })();
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "a batch of writes failed to commit");
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            (self.last_index, self.last_term, self.meta.applied) = before;
+            for &k in &admitted {
+                answers[k] = Some(Err(Refusal::Internal(StoreError::Invalid(format!(
+                    "the write did not commit: {e}"
+                )))));
+            }
+        }
+        answers.into_iter().flatten().collect()
+    }
+
+    /// One request inside the batch's transaction, in a savepoint of its own.
+    fn execute_one(&mut self, req: &ExecRequest) -> Result<ExecAnswer, Refusal> {
+        let started = Instant::now();
+        self.conn.execute_batch("SAVEPOINT request")?;
+        let run = run_statements(&self.conn, &self.auth, req);
+        let (results, ops) = match run {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = self
+                    .conn
+                    .execute_batch("ROLLBACK TO request; RELEASE request");
+                return Err(e.into());
+            }
+        };
+        let mut index = self.last_index;
+        let mut term = self.last_term;
+        if !ops.is_empty() {
+            let payload = entry::encode_ops(&ops).map_err(StoreError::from)?;
+            index = self.last_index + 1;
+            term = self.meta.term;
+            let inserted = self
+                .conn
+                .prepare_cached("INSERT INTO _base_log(idx, term, payload) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![i(index), i(term), payload]));
+            if let Err(e) = inserted {
+                let _ = self
+                    .conn
+                    .execute_batch("ROLLBACK TO request; RELEASE request");
+                return Err(e.into());
+            }
+            self.last_index = index;
+            self.last_term = term;
+            self.meta.applied = index;
+        }
+        self.conn.execute_batch("RELEASE request")?;
+        Ok(ExecAnswer {
+            results,
+            index,
+            term,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// `GET /_replica/log`: the entries after `(after_index, after_term)`, at most `max_bytes`
+    /// of frames (but at least one entry if any).
+    pub fn serve_log(
+        &self,
+        after_index: u64,
+        after_term: u64,
+        max_bytes: usize,
+    ) -> Result<(Serve, Vec<u8>), Refusal> {
+        let mut lookup_err = None;
+        let decision = log::serve_after(&self.view(), after_index, after_term, &mut |idx| {
+            term_at(&self.conn, &self.meta, idx).unwrap_or_else(|e| {
+                lookup_err = Some(e);
+                u64::MAX
+            })
+        });
+        if let Some(e) = lookup_err {
+            return Err(e.into());
+        }
+        let mut frames = Vec::new();
+        if let Serve::From(from) = decision {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT idx, term, payload FROM _base_log WHERE idx >= ?1 ORDER BY idx",
+            )?;
+            let mut rows = stmt.query([i(from)])?;
+            while let Some(r) = rows.next()? {
+                let e = Entry {
+                    index: u(r.get(0)?),
+                    term: u(r.get(1)?),
+                    payload: r.get(2)?,
+                };
+                if !frames.is_empty() && frames.len() + entry::frame_len(&e) > max_bytes {
+                    break;
+                }
+                entry::encode_frame(&mut frames, &e).map_err(StoreError::from)?;
+            }
+        }
+        Ok((decision, frames))
+    }
+
+    /// `POST /_replica/append`.
+    pub fn append(
+        &mut self,
+        writer_term: u64,
+        prev_index: u64,
+        prev_term: u64,
+        truncate_after: Option<u64>,
+        writer_commit: u64,
+        frames: &[u8],
+    ) -> Result<State, Refusal> {
+        if writer_term < self.meta.term {
+            return Err(Refusal::StaleTerm {
+                given: writer_term,
+                term: self.meta.term,
+            });
+        }
+        if writer_term > self.meta.term || self.meta.role == Role::Writer {
+            // Another writer's log: this store is a replica of it (a writer is demoted).
+            let (id, url) = (self.meta.writer_id.clone(), self.meta.writer_url.clone());
+            self.set_role(Role::Replica, writer_term, id, url, 0)?;
+        }
+        if self.meta.needs_snapshot {
+            return Err(Refusal::NeedsSnapshot);
+        }
+        let entries = entry::decode_frames(frames).map_err(Refusal::BadFrames)?;
+        let shipped: Vec<Shipped> = entries
+            .iter()
+            .map(|e| Shipped {
+                index: e.index,
+                term: e.term,
+            })
+            .collect();
+        for e in &shipped {
+            if e.term > writer_term {
+                return Err(Refusal::BadFrames(FrameError::Truncated(
+                    "an entry of a term above the writer's",
+                )));
+            }
+        }
+        let req = log::AppendRequest {
+            prev_index,
+            prev_term,
+            truncate_after,
+            entries: &shipped,
+            writer_commit,
+        };
+        let mut lookup_err = None;
+        let plan = {
+            let (conn, meta) = (&self.conn, &self.meta);
+            log::plan_append(&self.view(), &req, &mut |idx| {
+                term_at(conn, meta, idx).unwrap_or_else(|e| {
+                    lookup_err = Some(e);
+                    u64::MAX
+                })
+            })
+        };
+        if let Some(e) = lookup_err {
+            return Err(e.into());
+        }
+        let plan = plan.map_err(Refusal::Append)?;
+        let nothing_new = plan.truncate_after.is_none()
+            && plan.append_from == entries.len()
+            && plan.commit == self.meta.commit;
+        if nothing_new {
+            return Ok(self.state());
+        }
+        let keep = self.keep;
+        self.replication_txn(|conn, m| {
+            if let Some(j) = plan.truncate_after {
+                assert!(j >= m.commit && m.applied <= m.commit.max(j));
+                conn.prepare_cached("DELETE FROM _base_log WHERE idx > ?1")?
+                    .execute([i(j)])?;
+            }
+            let mut insert = conn
+                .prepare_cached("INSERT INTO _base_log(idx, term, payload) VALUES (?1, ?2, ?3)")?;
+            for e in &entries[plan.append_from..] {
+                if e.index > m.base_index {
+                    insert.execute(params![i(e.index), i(e.term), e.payload])?;
+                }
+            }
+            drop(insert);
+            m.commit = plan.commit;
+            apply_up_to(conn, m, plan.commit)?;
+            compact_in(conn, m, keep)?;
+            Ok(())
+        })?;
+        Ok(self.state())
+    }
+
+    /// `GET /_replica/snapshot`: a consistent copy holding exactly the entries up to commit.
+    /// Returns the file's path (in the data directory), its index and term.
+    pub fn make_snapshot(&mut self) -> Result<(PathBuf, u64, u64), Refusal> {
+        let out = self.dir.join(OUTGOING);
+        let _ = std::fs::remove_file(&out);
+        self.conn
+            .execute("VACUUM INTO ?1", [out.to_string_lossy()])?;
+        let auth = sql::new_auth();
+        let copy = open_conn(&out, &auth)?;
+        let mut m = load_meta(&copy)?;
+        copy.execute_batch("PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE")?;
+        if !undo_suffix(&copy, &mut m)? {
+            drop(copy);
+            let _ = std::fs::remove_file(&out);
+            return Err(Refusal::SnapshotUnavailable);
+        }
+        m.base_term = term_at(&copy, &m, m.commit)?;
+        m.base_index = m.commit;
+        m.applied = m.commit;
+        m.role = Role::Replica;
+        m.term_start = 0;
+        copy.execute("DELETE FROM _base_log", [])?;
+        save_meta(&copy, &m)?;
+        copy.execute_batch("COMMIT; PRAGMA journal_mode = DELETE")?;
+        drop(copy);
+        Ok((out, m.base_index, m.base_term))
+    }
+
+    /// `PUT /_replica/snapshot`: `file` (already written and fsynced in the data directory by
+    /// [`Store::incoming_path`]) replaces the database atomically.
+    pub fn install_snapshot(
+        &mut self,
+        writer_term: u64,
+        index: u64,
+        term: u64,
+        gate: &std::sync::RwLock<()>,
+        close_readers: impl FnOnce(),
+    ) -> Result<State, Refusal> {
+        let incoming = self.dir.join(INCOMING);
+        let result = self.install_inner(writer_term, index, term, gate, close_readers, &incoming);
+        let _ = std::fs::remove_file(&incoming);
+        result
+    }
+
+    pub fn incoming_path(&self) -> PathBuf {
+        self.dir.join(INCOMING)
+    }
+
+    fn install_inner(
+        &mut self,
+        writer_term: u64,
+        index: u64,
+        term: u64,
+        gate: &std::sync::RwLock<()>,
+        close_readers: impl FnOnce(),
+        incoming: &Path,
+    ) -> Result<State, Refusal> {
+        if writer_term < self.meta.term {
+            return Err(Refusal::StaleTerm {
+                given: writer_term,
+                term: self.meta.term,
+            });
+        }
+        if index <= self.meta.commit && !self.meta.needs_snapshot {
+            return Err(Refusal::SnapshotBehind {
+                index,
+                commit: self.meta.commit,
+            });
+        }
+        {
+            let bad = |e: &dyn std::fmt::Display| Refusal::BadSnapshot(e.to_string());
+            let copy = Connection::open(incoming).map_err(|e| bad(&e))?;
+            let check: String = copy
+                .query_row("PRAGMA quick_check", [], |r| r.get(0))
+                .map_err(|e| bad(&e))?;
+            if check != "ok" {
+                return Err(Refusal::BadSnapshot(format!("quick_check: {check}")));
+            }
+            let mut m = load_meta(&copy).map_err(|e| bad(&e))?;
+            let (li, _) = last_entry(&copy, &m).map_err(|e| bad(&e))?;
+            if m.base_index != index || m.base_term != term || li != index || m.applied != index {
+                return Err(Refusal::BadSnapshot(format!(
+                    "the file holds index {} term {} (last {li}), the headers say {index} {term}",
+                    m.base_index, m.base_term
+                )));
+            }
+            m.term = self.meta.term.max(writer_term);
+            m.role = Role::Replica;
+            m.writer_id = self.meta.writer_id.clone();
+            m.writer_url = self.meta.writer_url.clone();
+            m.commit = index;
+            m.needs_snapshot = false;
+            save_meta(&copy, &m).map_err(|e| bad(&e))?;
+            copy.execute_batch("PRAGMA journal_mode = DELETE")
+                .map_err(|e| bad(&e))?;
+            drop(copy);
+            std::fs::File::open(incoming)?.sync_all()?;
+        }
+        // Nobody may hold the old file open across the rename: readers wait on the gate.
+        let _closed = gate.write().unwrap_or_else(|p| p.into_inner());
+        close_readers();
+        let db = self.dir.join(DB_FILE);
+        // An empty WAL (everything checkpointed) can go with the old file.
+        let (busy, _, _): (i64, i64, i64) =
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+        if busy != 0 {
+            return Err(Refusal::Internal(StoreError::Invalid(
+                "the WAL could not be checkpointed; retry".into(),
+            )));
+        }
+        let old = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        if let Err((_, e)) = old.close() {
+            return Err(e.into());
+        }
+        for suffix in ["-wal", "-shm"] {
+            let mut p = db.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+        std::fs::rename(incoming, &db)?;
+        fsync_dir(&self.dir)?;
+        self.conn = open_conn(&db, &self.auth)?;
+        self.meta = load_meta(&self.conn)?;
+        let (li, lt) = last_entry(&self.conn, &self.meta)?;
+        self.last_index = li;
+        self.last_term = lt;
+        tracing::info!(index, term, "snapshot installed");
+        Ok(self.state())
+    }
+}
+
+fn compact_in(conn: &Connection, m: &mut Meta, keep: u64) -> Result<(), StoreError> {
+    let floor = m.commit.min(m.applied).saturating_sub(keep);
+    if floor <= m.base_index + keep / 10 {
+        return Ok(());
+    }
+    m.base_term = term_at(conn, m, floor)?;
+    conn.prepare_cached("DELETE FROM _base_log WHERE idx <= ?1")?
+        .execute([i(floor)])?;
+    m.base_index = floor;
+    Ok(())
+}
+
+/// The statements of one request. Without `transaction` each statement runs in a savepoint of
+/// its own (a failed one changes nothing, the others stand); with it the first failure ends the
+/// request and the caller rolls everything back. Returns the results and the operations to log.
+fn run_statements(
+    conn: &Connection,
+    auth: &SharedAuth,
+    req: &ExecRequest,
+) -> Result<(Vec<Json>, Vec<Op>), StoreError> {
+    let mut results = Vec::with_capacity(req.stmts.len());
+    let mut ops = Vec::new();
+    let mut session = Some(new_session(conn)?);
+    let mut failed = false;
+    for st in &req.stmts {
+        let started = Instant::now();
+        if !req.transaction {
+            conn.execute_batch("SAVEPOINT stmt")?;
+        }
+        match run_one(conn, auth, st, &mut session, &mut ops) {
+            Ok(mut res) => {
+                if !req.transaction {
+                    conn.execute_batch("RELEASE stmt")?;
+                }
+                if req.timings {
+                    res.insert("time".into(), started.elapsed().as_secs_f64().into());
+                }
+                results.push(Json::Object(res));
+            }
+            Err(StmtError::Client(msg)) => {
+                results.push(sql::error_result(msg));
+                if req.transaction {
+                    failed = true;
+                    break;
+                }
+                conn.execute_batch("ROLLBACK TO stmt; RELEASE stmt")?;
+            }
+            Err(StmtError::Internal(e)) => return Err(e.into()),
+        }
+        if session.is_none() {
+            session = Some(new_session(conn)?);
+        }
+    }
+    if failed {
+        // All or nothing: the caller's savepoint rollback undoes every statement.
+        conn.execute_batch("ROLLBACK TO request")?;
+        return Ok((results, Vec::new()));
+    }
+    if let Some(s) = session.as_mut() {
+        take_changeset(s, &mut ops)?;
+    }
+    Ok((results, ops))
+}
+
+fn run_one<'c>(
+    conn: &'c Connection,
+    auth: &SharedAuth,
+    st: &sql::Statement,
+    session: &mut Option<Session<'c>>,
+    ops: &mut Vec<Op>,
+) -> Result<Map<String, Json>, StmtError> {
+    sql::set_mode(auth, Mode::Execute);
+    let prepared = conn.prepare(&st.sql);
+    let (refused, ddl, created) = {
+        let mut a = auth.lock().unwrap_or_else(|p| p.into_inner());
+        a.mode = Mode::Internal;
+        (a.refused.take(), a.ddl, std::mem::take(&mut a.created))
+    };
+    let mut stmt = match (prepared, refused) {
+        (_, Some(why)) => return Err(StmtError::Client(why)),
+        (Err(e), None) => return Err(StmtError::Client(e.to_string())),
+        (Ok(s), None) => s,
+    };
+    sql::bind(&mut stmt, &st.params).map_err(StmtError::Client)?;
+    let mut res = Map::new();
+    if ddl {
+        if st.has_params() {
+            return Err(StmtError::Client(
+                "DDL replicates as its text: it cannot take parameters".into(),
+            ));
+        }
+        // What came before the schema change is recorded against the old schema.
+        if let Some(mut s) = session.take() {
+            take_changeset(&mut s, ops)?;
+        }
+        step_all(&mut stmt)?;
+        drop(stmt);
+        for t in &created {
+            check_created_table(conn, t)?;
+        }
+        ops.push(Op::Ddl(st.sql.clone()));
+        res.insert("rows_affected".into(), 0.into());
+        return Ok(res);
+    }
+    let readonly = stmt.readonly();
+    step_all(&mut stmt)?;
+    drop(stmt);
+    if !readonly {
+        res.insert("last_insert_id".into(), conn.last_insert_rowid().into());
+        res.insert("rows_affected".into(), conn.changes().into());
+    }
+    Ok(res)
+}
+
+fn step_all(stmt: &mut rusqlite::Statement<'_>) -> Result<(), StmtError> {
+    let mut rows = stmt.raw_query();
+    loop {
+        match rows.next() {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(StmtError::Client(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn dir() -> PathBuf {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "base-store-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn exec(s: &mut Store, tx: bool, stmts: &[&str]) -> ExecAnswer {
+        let term = s.meta.term;
+        s.execute(vec![ExecRequest {
+            term,
+            stmts: stmts.iter().map(|q| sql::Statement::plain(*q)).collect(),
+            transaction: tx,
+            timings: false,
+        }])
+        .pop()
+        .unwrap()
+        .unwrap()
+    }
+
+    fn rows(s: &Store, q: &str) -> Vec<String> {
+        let mut st = s.conn.prepare(q).unwrap();
+        st.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    fn writer(d: &Path, term: u64) -> Store {
+        let mut s = Store::open(d, 100).unwrap();
+        s.set_role(Role::Writer, term, "w".into(), "http://w".into(), 0)
+            .unwrap();
+        s
+    }
+
+    /// Ships everything from `from` to `to` the way an agent would, following conflicts.
+    fn ship(from: &mut Store, to: &mut Store) -> State {
+        for _ in 0..10 {
+            let (after_index, after_term) = (to.last_index, to.last_term);
+            let (decision, frames) = from.serve_log(after_index, after_term, 1 << 20).unwrap();
+            match decision {
+                Serve::From(_) => {
+                    return to
+                        .append(
+                            from.meta.term,
+                            after_index,
+                            after_term,
+                            None,
+                            from.meta.commit,
+                            &frames,
+                        )
+                        .unwrap();
+                }
+                Serve::Conflict {
+                    truncate_after,
+                    term,
+                } => {
+                    to.append(
+                        from.meta.term,
+                        truncate_after,
+                        term,
+                        Some(truncate_after),
+                        0,
+                        &[],
+                    )
+                    .unwrap();
+                }
+                Serve::Gone { .. } => panic!("gone"),
+            }
+        }
+        panic!("no convergence")
+    }
+
+    /// Row images carry what the writer computed; a failed statement (its own savepoint) leaves
+    /// nothing in the changeset; replicas apply only up to commit.
+    #[test]
+    fn replicas_get_the_writers_values_and_only_up_to_commit() {
+        let (dw, dr) = (dir(), dir());
+        let mut w = writer(&dw, 1);
+        let mut r = Store::open(&dr, 100).unwrap();
+        exec(
+            &mut w,
+            false,
+            &["CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)"],
+        );
+        let a = exec(
+            &mut w,
+            false,
+            &[
+                "INSERT INTO t(v) VALUES (hex(randomblob(8)))",
+                "INSERT INTO t(id, v) VALUES (1, 'duplicate key')",
+                "INSERT INTO t(v) VALUES (datetime('now') || random())",
+            ],
+        );
+        assert!(a.results[1].get("error").is_some(), "{:?}", a.results);
+        assert_eq!(a.index, 3, "no-op 1, DDL 2, the inserts 3");
+        // Not committed yet: shipped but not applied.
+        let st = ship(&mut w, &mut r);
+        assert_eq!((st.last_index, st.commit, st.applied), (3, 0, 0));
+        w.set_role(Role::Writer, 1, "w".into(), "http://w".into(), 3)
+            .unwrap();
+        let st = ship(&mut w, &mut r);
+        assert_eq!((st.commit, st.applied), (3, 3));
+        let q = "SELECT id || ':' || v FROM t ORDER BY id";
+        assert_eq!(rows(&w, q), rows(&r, q));
+        assert_eq!(rows(&r, q).len(), 2);
+    }
+
+    /// A writer deposed with uncommitted entries undoes them, then takes the new writer's log
+    /// (truncating its own suffix) and ends equal to it.
+    #[test]
+    fn a_demoted_writer_undoes_its_suffix_and_converges() {
+        let (d1, d2) = (dir(), dir());
+        let mut old = writer(&d1, 1);
+        let mut new = Store::open(&d2, 100).unwrap();
+        exec(
+            &mut old,
+            false,
+            &["CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"],
+        );
+        exec(&mut old, false, &["INSERT INTO t VALUES (1, 'committed')"]);
+        old.set_role(Role::Writer, 1, "w".into(), "u".into(), 3)
+            .unwrap();
+        ship(&mut old, &mut new);
+        exec(&mut old, false, &["INSERT INTO t VALUES (2, 'lost')"]);
+        exec(
+            &mut old,
+            false,
+            &["UPDATE t SET v = 'changed' WHERE id = 1"],
+        );
+        assert_eq!(old.last_index, 5);
+        // The other store wins term 2 and writes.
+        new.set_role(Role::Writer, 2, "n".into(), "u2".into(), 0)
+            .unwrap();
+        exec(&mut new, false, &["INSERT INTO t VALUES (3, 'new')"]);
+        old.set_role(Role::Replica, 2, "n".into(), "u2".into(), 0)
+            .unwrap();
+        let q = "SELECT id || ':' || v FROM t ORDER BY id";
+        assert_eq!(rows(&old, q), vec!["1:committed"]);
+        assert_eq!(old.meta.applied, 3);
+        new.set_role(Role::Writer, 2, "n".into(), "u2".into(), 5)
+            .unwrap();
+        let st = ship(&mut new, &mut old);
+        assert_eq!((st.last_index, st.last_term, st.commit), (5, 2, 5));
+        assert_eq!(rows(&old, q), vec!["1:committed", "3:new"]);
+        assert_eq!(rows(&old, q), rows(&new, q));
+    }
+
+    /// What cannot replicate is refused with the rule, and changes nothing.
+    #[test]
+    fn untrackable_statements_are_refused_with_the_reason() {
+        let d = dir();
+        let mut w = writer(&d, 1);
+        let a = exec(
+            &mut w,
+            false,
+            &[
+                "CREATE TABLE nokey(v TEXT)",
+                "CREATE TABLE nullkey(k TEXT PRIMARY KEY, v TEXT)",
+                "CREATE TABLE t(id INTEGER PRIMARY KEY)",
+                "CREATE TABLE copy AS SELECT 1 AS id",
+                "PRAGMA foreign_keys = OFF",
+                "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END",
+                "INSERT INTO _base_log VALUES (99, 9, x'')",
+                "BEGIN",
+                "CREATE TEMP TABLE tmp(id INTEGER PRIMARY KEY)",
+            ],
+        );
+        let err = |k: usize| a.results[k]["error"].as_str().unwrap_or("").to_string();
+        assert!(err(0).contains("no PRIMARY KEY"), "{}", err(0));
+        assert!(err(1).contains("may hold NULL"), "{}", err(1));
+        assert!(a.results[2].get("error").is_none());
+        assert!(err(3).contains("AS SELECT"), "{}", err(3));
+        assert!(err(4).contains("PRAGMA"), "{}", err(4));
+        assert!(err(5).contains("TRIGGER"), "{}", err(5));
+        assert!(err(6).contains("_base_"), "{}", err(6));
+        assert!(err(7).contains("transaction"), "{}", err(7));
+        assert!(err(8).contains("temporary"), "{}", err(8));
+        let tables = rows(
+            &w,
+            "SELECT name FROM sqlite_schema WHERE type IN ('table','trigger') AND name NOT LIKE '\\_base\\_%' ESCAPE '\\'",
+        );
+        assert_eq!(tables, vec!["t"]);
+        // With ?transaction the first failure undoes the request.
+        let a = exec(
+            &mut w,
+            true,
+            &["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (1)"],
+        );
+        assert!(a.results[1].get("error").is_some());
+        assert_eq!(rows(&w, "SELECT count(*) || '' FROM t"), vec!["0"]);
+        assert_eq!(a.index, w.last_index);
+    }
+
+    /// A replica far behind gets a snapshot holding exactly the committed entries, installed
+    /// atomically; the log goes on from there; a restart recovers it all.
+    #[test]
+    fn snapshots_carry_exactly_the_committed_state_and_survive_restart() {
+        let (dw, dr) = (dir(), dir());
+        let mut w = Store::open(&dw, 2).unwrap();
+        w.set_role(Role::Writer, 1, "w".into(), "u".into(), 0)
+            .unwrap();
+        exec(
+            &mut w,
+            false,
+            &["CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)"],
+        );
+        for k in 0..40 {
+            exec(
+                &mut w,
+                false,
+                &[&format!("INSERT INTO t VALUES ({k}, {k})")],
+            );
+        }
+        let c = w.last_index;
+        w.set_role(Role::Writer, 1, "w".into(), "u".into(), c)
+            .unwrap();
+        exec(&mut w, false, &["INSERT INTO t VALUES (100, 0)"]);
+        assert!(w.meta.base_index > 0, "compacted");
+        let mut r = Store::open(&dr, 2).unwrap();
+        assert!(matches!(
+            w.serve_log(0, 0, 1 << 20).unwrap().0,
+            Serve::Gone { .. }
+        ));
+        let (path, index, term) = w.make_snapshot().unwrap();
+        assert_eq!((index, term), (c, 1));
+        std::fs::copy(&path, r.incoming_path()).unwrap();
+        let gate = std::sync::RwLock::new(());
+        let st = r.install_snapshot(1, index, term, &gate, || {}).unwrap();
+        assert_eq!((st.commit, st.applied, st.last_index), (c, c, c));
+        assert_eq!(rows(&r, "SELECT count(*) || '' FROM t"), vec!["40"]);
+        let st = ship(&mut w, &mut r);
+        assert_eq!(st.last_index, c + 1);
+        drop(r);
+        let r = Store::open(&dr, 2).unwrap();
+        assert_eq!(r.state().last_index, c + 1);
+        assert_eq!(r.state().term, 1);
+    }
+}
