@@ -418,6 +418,7 @@ pub struct SimConfig {
     pub operator_clock: Clock,
     /// The network's latency range when no chaos is on.
     pub latency_ms: (u64, u64),
+    pub fault_mix: FaultMix,
     pub faults: Vec<Scheduled>,
     pub heal_at_ms: u64,
 }
@@ -498,6 +499,7 @@ impl SimConfig {
             gateway_clock,
             operator_clock,
             latency_ms,
+            fault_mix: options.faults,
             faults,
             heal_at_ms,
         }
