@@ -1,7 +1,24 @@
-//! Scripted Quasar scenarios, in the manner of etcd raft's `testdata/*.txt`: every file under
-//! `tests/scenarios/` is a script of commands run against the simulated cluster of
+//! Scripted Quasar scenarios, in the manner of etcd raft's `testdata/*.txt` (datadriven): every
+//! file under `tests/scenarios/` is a script of commands run against the simulated cluster of
 //! `tests/cluster`. Safety (one writer per term; never two nodes accepting writes at once) is
-//! checked after every simulated millisecond of every script.
+//! checked after every simulated millisecond of every script, and every `expect` must hold.
+//!
+//! Each command is followed by the effects it produced, as `Cluster::record` writes them
+//! (`[real ms] node ...`: vote and pre-vote traffic, refused heartbeat acks, persisted terms and
+//! votes, winning and stepping down; heartbeats and lease renewals are left out):
+//! ```text
+//! kill 1
+//! advance 2000
+//! ----
+//! [  3021] 2 -> 1 PreVote term 2 position 57
+//! ...
+//!
+//! ```
+//! A command without a block produced nothing; a block runs to the next blank line. The test fails
+//! on any difference and prints it as a diff. `REWRITE=1 cargo test -p base-core --test scenarios`
+//! re-records the blocks from what the commands now produce (comments and commands stay as
+//! written); review the diff before committing it. A failed `expect` or wait, or a safety
+//! violation, still fails the run: those are never rewritten.
 //!
 //! Commands (nodes are named 1..N; `#` starts a comment):
 //! ```text
@@ -29,7 +46,7 @@
 //! expect role N ROLE              follower | pre_candidate | candidate | writer | dead
 //! expect view N writer M term T   node N's writer_view names M (or none) in term T
 //! expect handover A B             A last accepted writes strictly before B first won a later term
-//! print                           the cluster's state, to stderr
+//! print                           the cluster's state, into the command's output
 //! ```
 
 mod cluster;
@@ -43,7 +60,8 @@ const WAIT_DEFAULT_MS: u64 = 10_000;
 
 struct Interp {
     c: Option<Cluster>,
-    file: String,
+    /// What `print` wrote during the current command.
+    printed: Vec<String>,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -80,12 +98,9 @@ impl Interp {
                         _ => return Err(format!("cluster: unknown option {pair:?}")),
                     }
                 }
-                self.c = Some(Cluster::new(
-                    n,
-                    Timing::default(),
-                    seed,
-                    NetFaults::clean(delay),
-                ));
+                let mut c = Cluster::new(n, Timing::default(), seed, NetFaults::clean(delay));
+                c.log = Some(Vec::new());
+                self.c = Some(c);
             }
             ["rate", n, ppm] => {
                 let i = self.node(n)?;
@@ -276,24 +291,24 @@ impl Interp {
                 }
             }
             ["print"] => {
-                let file = self.file.clone();
                 let c = self.cluster()?;
                 let acc = c.accepting();
-                eprintln!(
-                    "-- {file}: real {} ms, in flight {}",
+                let mut lines = vec![format!(
+                    "real {} ms, in flight {}",
                     c.real_ms,
                     c.inflight_len()
-                );
+                )];
                 for i in 0..c.nodes.len() {
-                    eprintln!(
-                        "   {} term {} role {:?} accepting {} paused {}",
+                    lines.push(format!(
+                        "{} term {} role {:?} accepting {} paused {}",
                         c.nodes[i].id,
                         c.term(i),
                         c.role(i),
                         acc.contains(&i),
                         c.nodes[i].paused
-                    );
+                    ));
                 }
+                self.printed.extend(lines);
             }
             _ => return Err(format!("unknown command {words:?}")),
         }
@@ -301,33 +316,175 @@ impl Interp {
     }
 }
 
-fn run_script(path: &Path) -> Result<usize> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let mut interp = Interp {
-        c: None,
-        file: path.display().to_string(),
-    };
-    let mut commands = 0;
-    for (lineno, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let at = format!("{}:{}: `{line}`", interp.file, lineno + 1);
-        interp.run_line(&words).map_err(|e| format!("{at}: {e}"))?;
-        commands += 1;
-        if let Some(c) = &interp.c
-            && let Some(v) = &c.violation
-        {
-            return Err(format!("{at}: safety violated {v}"));
-        }
-    }
-    Ok(commands)
+/// A script line: a command with the output recorded under it, or text kept as written
+/// (comments, blank lines).
+enum Line {
+    Text(String),
+    Command {
+        lineno: usize,
+        text: String,
+        output: Vec<String>,
+    },
 }
 
+/// Splits a script into commands and their `----` blocks (each ends at a blank line or the end).
+fn parse(text: &str) -> Vec<Line> {
+    let mut out = Vec::new();
+    let mut lines = text.lines().enumerate().peekable();
+    while let Some((i, line)) = lines.next() {
+        if line.split('#').next().unwrap_or("").trim().is_empty() {
+            out.push(Line::Text(line.to_string()));
+            continue;
+        }
+        let mut output = Vec::new();
+        if lines.peek().is_some_and(|(_, l)| *l == "----") {
+            lines.next();
+            for (_, l) in lines.by_ref() {
+                if l.is_empty() {
+                    break;
+                }
+                output.push(l.to_string());
+            }
+        }
+        out.push(Line::Command {
+            lineno: i + 1,
+            text: line.to_string(),
+            output,
+        });
+    }
+    out
+}
+
+/// The script again, each command followed by its output block (if it has output).
+fn render(lines: &[Line]) -> String {
+    let mut out = String::new();
+    let mut after_block = false;
+    for l in lines {
+        match l {
+            // The blank line that ends a block is the block's own.
+            Line::Text(t) if after_block && t.is_empty() => {}
+            Line::Text(t) => {
+                out.push_str(t);
+                out.push('\n');
+            }
+            Line::Command { text, output, .. } => {
+                out.push_str(text);
+                out.push('\n');
+                if !output.is_empty() {
+                    out.push_str("----\n");
+                    for o in output {
+                        out.push_str(o);
+                        out.push('\n');
+                    }
+                    out.push('\n');
+                }
+            }
+        }
+        after_block = matches!(l, Line::Command { output, .. } if !output.is_empty());
+    }
+    while out.ends_with("\n\n") {
+        out.pop();
+    }
+    out
+}
+
+/// A line diff of `expected` against `got` (longest common subsequence): `-` expected only,
+/// `+` produced only.
+fn diff(expected: &[String], got: &[String]) -> String {
+    let (n, m) = (expected.len(), got.len());
+    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if expected[i] == got[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, String::new());
+    while i < n || j < m {
+        if i < n && j < m && expected[i] == got[j] {
+            out.push_str(&format!("    {}\n", expected[i]));
+            (i, j) = (i + 1, j + 1);
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out.push_str(&format!("  - {}\n", expected[i]));
+            i += 1;
+        } else {
+            out.push_str(&format!("  + {}\n", got[j]));
+            j += 1;
+        }
+    }
+    out
+}
+
+struct Outcome {
+    commands: usize,
+    /// One entry per command whose output differs from its block.
+    diffs: Vec<String>,
+    /// The script with every block as the commands now produce it.
+    rewritten: String,
+    original: String,
+}
+
+/// Runs a script. `Err` for a failed command (an `expect`, a wait) or a safety violation.
+fn run_script(path: &Path) -> Result<Outcome> {
+    let file = path.display().to_string();
+    let original = std::fs::read_to_string(path).map_err(|e| format!("{file}: {e}"))?;
+    let mut interp = Interp {
+        c: None,
+        printed: Vec::new(),
+    };
+    let mut commands = 0;
+    let mut diffs = Vec::new();
+    let mut rendered = Vec::new();
+    for line in parse(&original) {
+        let Line::Command {
+            lineno,
+            text,
+            output: expected,
+        } = line
+        else {
+            rendered.push(line);
+            continue;
+        };
+        let command = text.split('#').next().unwrap_or("").trim();
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let at = format!("{file}:{lineno}: `{command}`");
+        interp.run_line(&words).map_err(|e| format!("{at}: {e}"))?;
+        commands += 1;
+        if let Some(v) = interp.c.as_ref().and_then(|c| c.violation.as_ref()) {
+            return Err(format!("{at}: safety violated {v}"));
+        }
+        let mut got: Vec<String> = interp
+            .c
+            .as_mut()
+            .and_then(|c| c.log.as_mut())
+            .map(std::mem::take)
+            .unwrap_or_default();
+        got.append(&mut interp.printed);
+        if got != expected {
+            diffs.push(format!("{at}:\n{}", diff(&expected, &got)));
+        }
+        rendered.push(Line::Command {
+            lineno,
+            text,
+            output: got,
+        });
+    }
+    Ok(Outcome {
+        commands,
+        diffs,
+        rewritten: render(&rendered),
+        original,
+    })
+}
+
+/// Every script runs to its end with every `expect` holding and no safety violation, and every
+/// command produces exactly the effects recorded under it. `REWRITE=1` records them anew.
 #[test]
 fn quasar_scenarios() {
+    let rewrite = std::env::var("REWRITE").is_ok_and(|v| v == "1");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("tests/scenarios exists")
@@ -343,7 +500,20 @@ fn quasar_scenarios() {
     let mut failures = Vec::new();
     for f in &files {
         match run_script(f) {
-            Ok(n) => eprintln!("ok   {} ({n} commands)", f.display()),
+            Ok(o) if rewrite => {
+                if o.rewritten != o.original {
+                    std::fs::write(f, &o.rewritten).expect("rewrite the script");
+                    eprintln!("rewrote {} ({} commands)", f.display(), o.commands);
+                }
+            }
+            Ok(o) if o.diffs.is_empty() => {
+                eprintln!("ok   {} ({} commands)", f.display(), o.commands);
+            }
+            Ok(o) => failures.push(format!(
+                "{}: effects differ from the recording (- recorded, + now; REWRITE=1 re-records):\n{}",
+                f.display(),
+                o.diffs.join("")
+            )),
             Err(e) => failures.push(e),
         }
     }

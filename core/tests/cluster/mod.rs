@@ -124,6 +124,8 @@ pub struct Cluster {
     /// Whether the writer accepts a simulated write every `WRITE_EVERY_MS`.
     pub writes: bool,
     fenced_wins: Vec<Term>,
+    /// When set, the effects the nodes produce are recorded here, one line each (see `record`).
+    pub log: Option<Vec<String>>,
 }
 
 impl Cluster {
@@ -176,6 +178,7 @@ impl Cluster {
             trace: false,
             writes: true,
             fenced_wins: Vec::new(),
+            log: None,
         }
     }
 
@@ -239,7 +242,64 @@ impl Cluster {
         self.fenced_wins.clone()
     }
 
+    /// Appends `effect` of node `i` to the log, if one is kept: election traffic, persisted
+    /// terms and votes, winning and stepping down. Heartbeats, their granted acks and lease
+    /// renewals (every tick) are left out; a refused ack (it deposes a stale writer) is kept.
+    /// Sends are recorded as produced, whether or not the network then delivers them.
+    fn record(&mut self, i: usize, effect: &Effect) {
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        let id = &self.nodes[i].id;
+        let granted = |g: &bool| if *g { "granted" } else { "refused" };
+        let what = match effect {
+            Effect::Send { to, msg } => {
+                let msg = match msg {
+                    Message::Heartbeat { .. } | Message::HeartbeatAck { ok: true, .. } => return,
+                    Message::HeartbeatAck {
+                        term, ok: false, ..
+                    } => {
+                        format!("HeartbeatAck term {term} refused")
+                    }
+                    Message::PreVote { term, position } => {
+                        format!("PreVote term {term} position {position}")
+                    }
+                    Message::PreVoteResponse { term, granted: g } => {
+                        format!("PreVoteResponse term {term} {}", granted(g))
+                    }
+                    Message::Vote {
+                        term,
+                        position,
+                        transfer_from,
+                        ..
+                    } => match transfer_from {
+                        Some(w) => {
+                            format!("Vote term {term} position {position} transfer from {w}")
+                        }
+                        None => format!("Vote term {term} position {position}"),
+                    },
+                    Message::VoteResponse {
+                        term, granted: g, ..
+                    } => {
+                        format!("VoteResponse term {term} {}", granted(g))
+                    }
+                    Message::TimeoutNow { term } => format!("TimeoutNow term {term}"),
+                };
+                format!("{id} -> {to} {msg}")
+            }
+            Effect::Persist { term, voted_for } => match voted_for {
+                Some(v) => format!("{id} persists term {term} vote {v}"),
+                None => format!("{id} persists term {term} no vote"),
+            },
+            Effect::BecomeWriter { term, .. } => format!("{id} becomes writer of term {term}"),
+            Effect::StepDown { term } => format!("{id} steps down from term {term}"),
+            Effect::LeaseRenewed { .. } => return,
+        };
+        log.push(format!("[{:>6}] {what}", self.real_ms));
+    }
+
     fn perform(&mut self, i: usize, effect: Effect) {
+        self.record(i, &effect);
         match effect {
             Effect::Send { to, msg } => {
                 let Some(to) = self.index(to.as_str()) else {
