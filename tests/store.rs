@@ -180,14 +180,15 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
-/// What the replica's agent does: fetch from the writer after the replica's last entry, follow a
-/// conflict by truncating, install a snapshot when the entries are gone, append what came.
-/// Returns the replica's state once nothing is left to fetch.
+/// What the replica's agent does: fetch from the writer after where the replica's machine says
+/// (first: its last entry), hand the shipment to the replica's store with the writer's headers,
+/// install a snapshot when told to. Returns the replica's state once an empty shipment changed
+/// nothing.
 async fn ship(writer: &Store, replica: &Store) -> Value {
     let http = &writer.http;
+    let st = replica.state().await;
+    let (mut after_index, mut after_term) = (u(&st["last_index"]), u(&st["last_term"]));
     for _ in 0..20 {
-        let st = replica.state().await;
-        let (after_index, after_term) = (u(&st["last_index"]), u(&st["last_term"]));
         let r = http
             .get(writer.url(&format!(
                 "/_replica/log?after_index={after_index}&after_term={after_term}&max_bytes=512"
@@ -195,79 +196,57 @@ async fn ship(writer: &Store, replica: &Store) -> Value {
             .send()
             .await
             .unwrap();
-        match r.status() {
-            StatusCode::OK => {
-                let term = r.headers()["x-base-term"].to_str().unwrap().to_string();
-                let commit = r.headers()["x-base-commit"].to_str().unwrap().to_string();
-                let frames = r.bytes().await.unwrap();
-                let empty = frames.is_empty();
-                let a = http
-                    .post(replica.url("/_replica/append"))
-                    .header("x-base-term", &term)
-                    .header("x-base-prev-index", after_index)
-                    .header("x-base-prev-term", after_term)
-                    .header("x-base-commit", &commit)
-                    .body(frames)
-                    .send()
-                    .await
-                    .unwrap();
-                let status = a.status();
-                let st: Value = a.json().await.unwrap();
-                assert_eq!(status, StatusCode::OK, "append: {st}");
-                if empty {
-                    return st;
-                }
-            }
-            StatusCode::CONFLICT => {
-                let c: Value = r.json().await.unwrap();
-                assert_eq!(c["error"], "log_conflict", "{c}");
-                let writer_term = writer.state().await["term"].clone();
-                let a = http
-                    .post(replica.url("/_replica/append"))
-                    .header("x-base-term", u(&writer_term))
-                    .header("x-base-prev-index", u(&c["truncate_after"]))
-                    .header("x-base-prev-term", u(&c["term"]))
-                    .header("x-base-truncate-after", u(&c["truncate_after"]))
-                    .header("x-base-commit", 0)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(
-                    a.status(),
-                    StatusCode::OK,
-                    "truncate: {}",
-                    a.text().await.unwrap()
-                );
-            }
-            StatusCode::GONE => {
-                let snap = http
-                    .get(writer.url("/_replica/snapshot"))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(snap.status(), StatusCode::OK);
-                let index = snap.headers()["x-base-snapshot-index"].clone();
-                let term = snap.headers()["x-base-snapshot-term"].clone();
-                let file = snap.bytes().await.unwrap();
-                let writer_term = writer.state().await["term"].clone();
-                let put = http
-                    .put(replica.url("/_replica/snapshot"))
-                    .header("x-base-term", u(&writer_term))
-                    .header("x-base-snapshot-index", index)
-                    .header("x-base-snapshot-term", term)
-                    .body(file)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(
-                    put.status(),
-                    StatusCode::OK,
-                    "install: {}",
-                    put.text().await.unwrap()
-                );
-            }
-            other => panic!("log: {other}: {}", r.text().await.unwrap()),
+        assert_eq!(r.status(), StatusCode::OK, "log");
+        let mut append = http.post(replica.url("/_replica/append"));
+        for h in [
+            "x-base-term",
+            "x-base-prev-index",
+            "x-base-prev-term",
+            "x-base-log-start-index",
+            "x-base-log-start-term",
+            "x-base-commit",
+        ] {
+            append = append.header(h, r.headers()[h].clone());
         }
+        let frames = r.bytes().await.unwrap();
+        let empty = frames.is_empty();
+        let a = append.body(frames).send().await.unwrap();
+        let status = a.status();
+        let answer: Value = a.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "append: {answer}");
+        let next = &answer["next"];
+        if let Some(p) = next.get("pull_after") {
+            let (i, t) = (u(&p["index"]), u(&p["term"]));
+            if empty && (i, t) == (after_index, after_term) {
+                return answer["state"].clone();
+            }
+            (after_index, after_term) = (i, t);
+            continue;
+        }
+        assert!(next.get("fetch_snapshot").is_some(), "{answer}");
+        let snap = http
+            .get(writer.url("/_replica/snapshot"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(snap.status(), StatusCode::OK);
+        let index = snap.headers()["x-base-snapshot-index"].clone();
+        let term = snap.headers()["x-base-snapshot-term"].clone();
+        let file = snap.bytes().await.unwrap();
+        let writer_term = writer.state().await["term"].clone();
+        let put = http
+            .put(replica.url("/_replica/snapshot"))
+            .header("x-base-term", u(&writer_term))
+            .header("x-base-snapshot-index", index)
+            .header("x-base-snapshot-term", term)
+            .body(file)
+            .send()
+            .await
+            .unwrap();
+        let status = put.status();
+        let st: Value = put.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "install: {st}");
+        (after_index, after_term) = (u(&st["last_index"]), u(&st["last_term"]));
     }
     panic!("shipping did not converge");
 }
@@ -602,8 +581,14 @@ async fn log_shipping_between_three_stores() {
     );
     // b commits its term (b and a will hold it) and a converges by truncation.
     assert_eq!(b.role("writer", 2, i2).await.status(), StatusCode::OK);
+    let epoch = u(&a.state().await["epoch"]);
     let st = ship(&b, &a).await;
     assert_eq!((u(&st["last_index"]), u(&st["last_term"])), (i2, 2));
+    assert_eq!(
+        u(&st["epoch"]),
+        epoch + 1,
+        "the cut is news to the election: {st}"
+    );
     assert_eq!(u(&st["applied"]), i2);
     assert_eq!(a.values(all).await, b.values(all).await);
     assert!(

@@ -4,8 +4,13 @@
 //! [`super::log`]; this module performs them.
 
 use super::entry::{self, Entry, FrameError, Op};
-use super::log::{self, AppendRefusal, LogView, Role, RoleChange, Serve, Shipped};
+use super::log::{self, Role, RoleChange};
 use super::sql::{self, Mode, SharedAuth};
+use base_core::Term;
+use base_core::replication::{
+    LogPosition, LogShape, Replica, ReplicaEffect, ReplicaError, ReplicaInput, ReplicaState,
+    Shipment,
+};
 use rusqlite::session::{ConflictAction, Session};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -25,8 +30,8 @@ CREATE TABLE IF NOT EXISTS _base_meta(
   id INTEGER PRIMARY KEY CHECK (id = 1), term INTEGER NOT NULL, role TEXT NOT NULL,
   writer_id TEXT NOT NULL, writer_url TEXT NOT NULL, commit_index INTEGER NOT NULL,
   applied INTEGER NOT NULL, base_index INTEGER NOT NULL, base_term INTEGER NOT NULL,
-  term_start INTEGER NOT NULL, needs_snapshot INTEGER NOT NULL);
-INSERT OR IGNORE INTO _base_meta VALUES (1, 0, 'replica', '', '', 0, 0, 0, 0, 0, 0);
+  term_start INTEGER NOT NULL, needs_snapshot INTEGER NOT NULL, epoch INTEGER NOT NULL);
+INSERT OR IGNORE INTO _base_meta VALUES (1, 0, 'replica', '', '', 0, 0, 0, 0, 0, 0, 0);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +54,7 @@ pub enum Refusal {
     #[error("term {given} is below the store's term {term}")]
     StaleTerm { given: u64, term: u64 },
     #[error("{0}")]
-    Append(AppendRefusal),
+    Shipment(ReplicaError),
     #[error("the store needs a snapshot before it can go on")]
     NeedsSnapshot,
     #[error("the snapshot (index {index}) is not ahead of this store's commit {commit}")]
@@ -76,6 +81,42 @@ impl From<rusqlite::Error> for Refusal {
     }
 }
 
+pub fn pos(term: u64, index: u64) -> LogPosition {
+    LogPosition::new(Term(term), index)
+}
+
+/// What `GET /_replica/log` sends (as headers and body).
+#[derive(Debug)]
+pub struct Served {
+    pub term: u64,
+    pub prev: LogPosition,
+    pub log_start: LogPosition,
+    pub commit: u64,
+    pub frames: Vec<u8>,
+}
+
+/// The headers of `POST /_replica/append` (what `GET /_replica/log` sent).
+#[derive(Debug, Clone, Copy)]
+pub struct ShipmentHeaders {
+    pub term: u64,
+    pub prev: LogPosition,
+    pub log_start: LogPosition,
+    pub commit: u64,
+}
+
+/// What the replica's agent does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Pull { after: LogPosition },
+    FetchSnapshot { at_least: LogPosition },
+}
+
+#[derive(Debug)]
+pub struct Appended {
+    pub state: State,
+    pub next: Next,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
     pub term: u64,
@@ -88,6 +129,9 @@ pub struct Meta {
     pub base_term: u64,
     pub term_start: u64,
     pub needs_snapshot: bool,
+    /// Grows with every change that can lower the position (truncation, snapshot install), so
+    /// the election can take a lower position as news (`base_core::replication`).
+    pub epoch: u64,
 }
 
 /// `GET /_replica/state`.
@@ -108,6 +152,7 @@ pub struct State {
     pub base_term: u64,
     pub term_start: u64,
     pub needs_snapshot: bool,
+    pub epoch: u64,
 }
 
 fn i(v: u64) -> i64 {
@@ -120,7 +165,7 @@ fn u(v: i64) -> u64 {
 fn load_meta(conn: &Connection) -> rusqlite::Result<Meta> {
     conn.query_row(
         "SELECT term, role, writer_id, writer_url, commit_index, applied, base_index, base_term,
-                term_start, needs_snapshot FROM _base_meta WHERE id = 1",
+                term_start, needs_snapshot, epoch FROM _base_meta WHERE id = 1",
         [],
         |r| {
             Ok(Meta {
@@ -138,6 +183,7 @@ fn load_meta(conn: &Connection) -> rusqlite::Result<Meta> {
                 base_term: u(r.get(7)?),
                 term_start: u(r.get(8)?),
                 needs_snapshot: r.get::<_, i64>(9)? != 0,
+                epoch: u(r.get(10)?),
             })
         },
     )
@@ -147,7 +193,7 @@ fn save_meta(conn: &Connection, m: &Meta) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE _base_meta SET term = ?1, role = ?2, writer_id = ?3, writer_url = ?4,
            commit_index = ?5, applied = ?6, base_index = ?7, base_term = ?8, term_start = ?9,
-           needs_snapshot = ?10 WHERE id = 1",
+           needs_snapshot = ?10, epoch = ?11 WHERE id = 1",
     )?
     .execute(params![
         i(m.term),
@@ -160,6 +206,7 @@ fn save_meta(conn: &Connection, m: &Meta) -> rusqlite::Result<()> {
         i(m.base_term),
         i(m.term_start),
         i64::from(m.needs_snapshot),
+        i(m.epoch),
     ])?;
     Ok(())
 }
@@ -466,16 +513,7 @@ impl Store {
             base_term: m.base_term,
             term_start: m.term_start,
             needs_snapshot: m.needs_snapshot,
-        }
-    }
-
-    fn view(&self) -> LogView {
-        LogView {
-            base_index: self.meta.base_index,
-            base_term: self.meta.base_term,
-            last_index: self.last_index,
-            last_term: self.last_term,
-            commit: self.meta.commit,
+            epoch: m.epoch,
         }
     }
 
@@ -723,132 +761,189 @@ impl Store {
         })
     }
 
-    /// `GET /_replica/log`: the entries after `(after_index, after_term)`, at most `max_bytes`
-    /// of frames (but at least one entry if any).
-    pub fn serve_log(
-        &self,
-        after_index: u64,
-        after_term: u64,
-        max_bytes: usize,
-    ) -> Result<(Serve, Vec<u8>), Refusal> {
-        let mut lookup_err = None;
-        let decision = log::serve_after(&self.view(), after_index, after_term, &mut |idx| {
-            term_at(&self.conn, &self.meta, idx).unwrap_or_else(|e| {
-                lookup_err = Some(e);
-                u64::MAX
-            })
-        });
-        if let Some(e) = lookup_err {
-            return Err(e.into());
+    /// The log's shape (snapshot, term runs, end) for the core replication machines.
+    fn shape(&self) -> Result<LogShape, StoreError> {
+        let m = &self.meta;
+        let mut shape = LogShape::new(pos(m.base_term, m.base_index));
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT term, min(idx), max(idx) FROM _base_log GROUP BY term ORDER BY term",
+        )?;
+        let runs = stmt
+            .query_map([], |r| Ok((u(r.get(0)?), u(r.get(1)?), u(r.get(2)?))))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (term, first, last) in runs {
+            shape
+                .append(Term(term), last - first + 1)
+                .map_err(|e| StoreError::Invalid(format!("the log's terms: {e}")))?;
         }
-        let mut frames = Vec::new();
-        if let Serve::From(from) = decision {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT idx, term, payload FROM _base_log WHERE idx >= ?1 ORDER BY idx",
-            )?;
-            let mut rows = stmt.query([i(from)])?;
-            while let Some(r) = rows.next()? {
-                let e = Entry {
-                    index: u(r.get(0)?),
-                    term: u(r.get(1)?),
-                    payload: r.get(2)?,
-                };
-                if !frames.is_empty() && frames.len() + entry::frame_len(&e) > max_bytes {
-                    break;
-                }
-                entry::encode_frame(&mut frames, &e).map_err(StoreError::from)?;
-            }
-        }
-        Ok((decision, frames))
+        assert_eq!(shape.last(), pos(self.last_term, self.last_index));
+        Ok(shape)
     }
 
-    /// `POST /_replica/append`.
+    /// `GET /_replica/log`: what to ship a replica whose log ends at `after` — from where both
+    /// logs may agree (`after` itself if this log holds it, else the last entry that could, else
+    /// this log's start: the replica then needs a snapshot), at most `max_bytes` of frames (but
+    /// at least one entry if any).
+    pub fn serve_log(&self, after: LogPosition, max_bytes: usize) -> Result<Served, Refusal> {
+        let shape = self.shape()?;
+        let start = shape.snapshot();
+        let prev = if after.index < start.index {
+            start
+        } else if shape.term_at(after.index) == Some(after.term) {
+            after
+        } else {
+            shape.last_agreeing_at_most(after.index, after.term)
+        };
+        let mut frames = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT idx, term, payload FROM _base_log WHERE idx > ?1 ORDER BY idx",
+        )?;
+        let mut rows = stmt.query([i(prev.index)])?;
+        while let Some(r) = rows.next()? {
+            let e = Entry {
+                index: u(r.get(0)?),
+                term: u(r.get(1)?),
+                payload: r.get(2)?,
+            };
+            if !frames.is_empty() && frames.len() + entry::frame_len(&e) > max_bytes {
+                break;
+            }
+            entry::encode_frame(&mut frames, &e).map_err(StoreError::from)?;
+        }
+        Ok(Served {
+            term: self.meta.term,
+            prev,
+            log_start: start,
+            commit: self.meta.commit,
+            frames,
+        })
+    }
+
+    /// `POST /_replica/append`: a shipment from the writer of `shipment.term`, decided by the
+    /// core replica machine (`base_core::replication::Replica`) and performed here in one
+    /// transaction.
     pub fn append(
         &mut self,
-        writer_term: u64,
-        prev_index: u64,
-        prev_term: u64,
-        truncate_after: Option<u64>,
-        writer_commit: u64,
+        shipment: &ShipmentHeaders,
         frames: &[u8],
-    ) -> Result<State, Refusal> {
-        if writer_term < self.meta.term {
+    ) -> Result<Appended, Refusal> {
+        if shipment.term < self.meta.term {
             return Err(Refusal::StaleTerm {
-                given: writer_term,
+                given: shipment.term,
                 term: self.meta.term,
             });
         }
-        if writer_term > self.meta.term || self.meta.role == Role::Writer {
+        if shipment.term > self.meta.term || self.meta.role == Role::Writer {
             // Another writer's log: this store is a replica of it (a writer is demoted).
             let (id, url) = (self.meta.writer_id.clone(), self.meta.writer_url.clone());
-            self.set_role(Role::Replica, writer_term, id, url, 0)?;
+            self.set_role(Role::Replica, shipment.term, id, url, 0)?;
         }
         if self.meta.needs_snapshot {
-            return Err(Refusal::NeedsSnapshot);
+            return Ok(Appended {
+                state: self.state(),
+                next: Next::FetchSnapshot {
+                    at_least: shipment.log_start,
+                },
+            });
         }
         let entries = entry::decode_frames(frames).map_err(Refusal::BadFrames)?;
-        let shipped: Vec<Shipped> = entries
-            .iter()
-            .map(|e| Shipped {
-                index: e.index,
-                term: e.term,
-            })
-            .collect();
-        for e in &shipped {
-            if e.term > writer_term {
+        for (k, e) in entries.iter().enumerate() {
+            if e.index != shipment.prev.index + 1 + k as u64 || e.term > shipment.term {
                 return Err(Refusal::BadFrames(FrameError::Truncated(
-                    "an entry of a term above the writer's",
+                    "entries that do not follow X-Base-Prev-Index in order, or of a term above \
+                     the writer's",
                 )));
             }
         }
-        let req = log::AppendRequest {
-            prev_index,
-            prev_term,
-            truncate_after,
-            entries: &shipped,
-            writer_commit,
+        let mut machine = Replica::new(ReplicaState {
+            term: Term(self.meta.term),
+            log: self.shape()?,
+            commit: self.meta.commit,
+            applied: self.meta.applied,
+            epoch: self.meta.epoch,
+        });
+        let effects = machine
+            .step(ReplicaInput::Shipment(Shipment {
+                term: Term(shipment.term),
+                prev: shipment.prev,
+                entries: entries.iter().map(|e| Term(e.term)).collect(),
+                commit: shipment.commit,
+                log_start: shipment.log_start,
+            }))
+            .map_err(Refusal::Shipment)?;
+        let decided = machine.state().clone();
+        let mut next = Next::Pull {
+            after: machine.last(),
         };
-        let mut lookup_err = None;
-        let plan = {
-            let (conn, meta) = (&self.conn, &self.meta);
-            log::plan_append(&self.view(), &req, &mut |idx| {
-                term_at(conn, meta, idx).unwrap_or_else(|e| {
-                    lookup_err = Some(e);
-                    u64::MAX
-                })
-            })
-        };
-        if let Some(e) = lookup_err {
-            return Err(e.into());
-        }
-        let plan = plan.map_err(Refusal::Append)?;
-        let nothing_new = plan.truncate_after.is_none()
-            && plan.append_from == entries.len()
-            && plan.commit == self.meta.commit;
-        if nothing_new {
-            return Ok(self.state());
-        }
-        let keep = self.keep;
-        self.replication_txn(|conn, m| {
-            if let Some(j) = plan.truncate_after {
-                assert!(j >= m.commit && m.applied <= m.commit.max(j));
-                conn.prepare_cached("DELETE FROM _base_log WHERE idx > ?1")?
-                    .execute([i(j)])?;
-            }
-            let mut insert = conn
-                .prepare_cached("INSERT INTO _base_log(idx, term, payload) VALUES (?1, ?2, ?3)")?;
-            for e in &entries[plan.append_from..] {
-                if e.index > m.base_index {
-                    insert.execute(params![i(e.index), i(e.term), e.payload])?;
+        let changes = effects.iter().any(|e| {
+            matches!(
+                e,
+                ReplicaEffect::TruncateAfter { .. }
+                    | ReplicaEffect::Append { .. }
+                    | ReplicaEffect::Apply { .. }
+                    | ReplicaEffect::FetchSnapshot { .. }
+            )
+        });
+        if changes {
+            let keep = self.keep;
+            self.replication_txn(|conn, m| {
+                for effect in &effects {
+                    match *effect {
+                        ReplicaEffect::TruncateAfter { index, epoch } => {
+                            assert!(index >= m.commit, "truncating committed entries");
+                            if m.applied > index {
+                                // Only a demoted writer shows entries above commit, and it
+                                // undid them when it was demoted.
+                                return Err(StoreError::Invalid(format!(
+                                    "entries above {index} are applied (applied {})",
+                                    m.applied
+                                )));
+                            }
+                            conn.prepare_cached("DELETE FROM _base_log WHERE idx > ?1")?
+                                .execute([i(index)])?;
+                            m.epoch = epoch;
+                        }
+                        ReplicaEffect::Append { from, to } => {
+                            let mut insert = conn.prepare_cached(
+                                "INSERT INTO _base_log(idx, term, payload) VALUES (?1, ?2, ?3)",
+                            )?;
+                            for e in &entries {
+                                if e.index >= from && e.index <= to {
+                                    insert.execute(params![i(e.index), i(e.term), e.payload])?;
+                                }
+                            }
+                        }
+                        ReplicaEffect::Apply { up_to } => {
+                            m.commit = m.commit.max(up_to);
+                            apply_up_to(conn, m, up_to)?;
+                        }
+                        ReplicaEffect::FetchSnapshot { at_least, epoch } => {
+                            m.epoch = epoch;
+                            next = Next::FetchSnapshot { at_least };
+                        }
+                        ReplicaEffect::Position { .. } | ReplicaEffect::Pull { .. } => {}
+                    }
                 }
-            }
-            drop(insert);
-            m.commit = plan.commit;
-            apply_up_to(conn, m, plan.commit)?;
-            compact_in(conn, m, keep)?;
-            Ok(())
-        })?;
-        Ok(self.state())
+                m.term = m.term.max(decided.term.0);
+                m.commit = m.commit.max(decided.commit);
+                compact_in(conn, m, keep)?;
+                Ok(())
+            })?;
+        } else if decided.term.0 != self.meta.term {
+            self.replication_txn(|_, m| {
+                m.term = decided.term.0;
+                Ok(())
+            })?;
+        }
+        assert_eq!(
+            pos(self.last_term, self.last_index),
+            machine.last(),
+            "the store's log is not the machine's"
+        );
+        Ok(Appended {
+            state: self.state(),
+            next,
+        })
     }
 
     /// `GET /_replica/snapshot`: a consistent copy holding exactly the entries up to commit.
@@ -943,6 +1038,8 @@ impl Store {
             m.writer_url = self.meta.writer_url.clone();
             m.commit = index;
             m.needs_snapshot = false;
+            // The position may go down: a new epoch says it is news.
+            m.epoch = self.meta.epoch.max(m.epoch) + 1;
             save_meta(&copy, &m).map_err(|e| bad(&e))?;
             copy.execute_batch("PRAGMA journal_mode = DELETE")
                 .map_err(|e| bad(&e))?;
@@ -1154,39 +1251,25 @@ mod tests {
         s
     }
 
-    /// Ships everything from `from` to `to` the way an agent would, following conflicts.
+    /// Ships everything from `from` to `to` the way an agent would: pull where the replica's
+    /// machine says, until an empty shipment changes nothing.
     fn ship(from: &mut Store, to: &mut Store) -> State {
-        for _ in 0..10 {
-            let (after_index, after_term) = (to.last_index, to.last_term);
-            let (decision, frames) = from.serve_log(after_index, after_term, 1 << 20).unwrap();
-            match decision {
-                Serve::From(_) => {
-                    return to
-                        .append(
-                            from.meta.term,
-                            after_index,
-                            after_term,
-                            None,
-                            from.meta.commit,
-                            &frames,
-                        )
-                        .unwrap();
+        let mut after = pos(to.last_term, to.last_index);
+        for _ in 0..20 {
+            let served = from.serve_log(after, 1 << 20).unwrap();
+            let headers = ShipmentHeaders {
+                term: served.term,
+                prev: served.prev,
+                log_start: served.log_start,
+                commit: served.commit,
+            };
+            let a = to.append(&headers, &served.frames).unwrap();
+            match a.next {
+                Next::Pull { after: next } if served.frames.is_empty() && next == after => {
+                    return a.state;
                 }
-                Serve::Conflict {
-                    truncate_after,
-                    term,
-                } => {
-                    to.append(
-                        from.meta.term,
-                        truncate_after,
-                        term,
-                        Some(truncate_after),
-                        0,
-                        &[],
-                    )
-                    .unwrap();
-                }
-                Serve::Gone { .. } => panic!("gone"),
+                Next::Pull { after: next } => after = next,
+                Next::FetchSnapshot { .. } => panic!("a snapshot is needed"),
             }
         }
         panic!("no convergence")
@@ -1339,16 +1422,28 @@ mod tests {
         exec(&mut w, false, &["INSERT INTO t VALUES (100, 0)"]);
         assert!(w.meta.base_index > 0, "compacted");
         let mut r = Store::open(&dr, 2).unwrap();
-        assert!(matches!(
-            w.serve_log(0, 0, 1 << 20).unwrap().0,
-            Serve::Gone { .. }
-        ));
+        let served = w.serve_log(pos(0, 0), 1 << 20).unwrap();
+        let headers = ShipmentHeaders {
+            term: served.term,
+            prev: served.prev,
+            log_start: served.log_start,
+            commit: served.commit,
+        };
+        let a = r.append(&headers, &served.frames).unwrap();
+        assert_eq!(
+            a.next,
+            Next::FetchSnapshot {
+                at_least: served.log_start
+            }
+        );
+        assert_eq!(a.state.epoch, 1);
         let (path, index, term) = w.make_snapshot().unwrap();
         assert_eq!((index, term), (c, 1));
         std::fs::copy(&path, r.incoming_path()).unwrap();
         let gate = std::sync::RwLock::new(());
         let st = r.install_snapshot(1, index, term, &gate, || {}).unwrap();
         assert_eq!((st.commit, st.applied, st.last_index), (c, c, c));
+        assert_eq!(st.epoch, 2, "the install is news to the election");
         assert_eq!(rows(&r, "SELECT count(*) || '' FROM t"), vec!["40"]);
         let st = ship(&mut w, &mut r);
         assert_eq!(st.last_index, c + 1);

@@ -4,17 +4,18 @@
 #![allow(clippy::result_large_err)]
 
 use super::StoreArgs;
-use super::db::{ExecAnswer, ExecRequest, Refusal, State, Store};
-use super::log::{Role, Serve};
+use super::db::{ExecAnswer, ExecRequest, Next, Refusal, ShipmentHeaders, State, Store, pos};
+use super::log::Role;
 use super::read::Reads;
 use super::sql;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Query, Request, State as AxState};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use base_core::replication::{LogPosition, ReplicaError};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -34,7 +35,8 @@ pub const HEADER_LOG_TERM: &str = "x-base-log-term";
 pub const HEADER_COMMIT: &str = "x-base-commit";
 pub const HEADER_PREV_INDEX: &str = "x-base-prev-index";
 pub const HEADER_PREV_TERM: &str = "x-base-prev-term";
-pub const HEADER_TRUNCATE_AFTER: &str = "x-base-truncate-after";
+pub const HEADER_LOG_START_INDEX: &str = "x-base-log-start-index";
+pub const HEADER_LOG_START_TERM: &str = "x-base-log-start-term";
 pub const HEADER_SNAPSHOT_INDEX: &str = "x-base-snapshot-index";
 pub const HEADER_SNAPSHOT_TERM: &str = "x-base-snapshot-term";
 /// Long polls wait at most this long.
@@ -177,7 +179,11 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// Only loopback peers (the agent) get anything but `/healthz`; every answer names the contract.
-async fn guard(ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request, next: Next) -> Response {
+async fn guard(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: middleware::Next,
+) -> Response {
     let mut resp = if req.uri().path() == "/healthz" || peer.ip().is_loopback() {
         next.run(req).await
     } else {
@@ -213,17 +219,13 @@ fn refusal(r: Refusal) -> Response {
             StatusCode::CONFLICT,
             json!({"error": "stale_term", "term": term}),
         ),
-        Refusal::Append(a) => {
-            let mut body = json!({"error": a.code()});
-            if let super::log::AppendRefusal::PrevMismatch {
-                last_index,
-                last_term,
-            } = a
-            {
-                body["last_index"] = json!(last_index);
-                body["last_term"] = json!(last_term);
-            }
-            (StatusCode::CONFLICT, body)
+        Refusal::Shipment(e) => {
+            let code = match e {
+                ReplicaError::StaleWriter { .. } => "stale_term",
+                ReplicaError::CommittedConflict { .. } => "committed_conflict",
+                _ => "bad_shipment",
+            };
+            (StatusCode::CONFLICT, json!({"error": code}))
         }
         Refusal::NeedsSnapshot => (StatusCode::CONFLICT, json!({"error": "needs_snapshot"})),
         Refusal::SnapshotBehind { commit, .. } => (
@@ -415,6 +417,7 @@ async fn replica_log(
         )
         .await;
     }
+    let after = pos(after_term, after_index);
     let served = app
         .call(move |s| {
             if s.meta.role != Role::Writer {
@@ -423,51 +426,32 @@ async fn replica_log(
                     role: s.meta.role,
                 });
             }
-            let out = s.serve_log(after_index, after_term, max_bytes)?;
-            Ok((out, s.meta.term, s.meta.commit))
+            s.serve_log(after, max_bytes)
         })
         .await;
-    let ((decision, frames), term, commit) = match served {
+    let served = match served {
         Ok(Ok(x)) => x,
         Ok(Err(r)) => return refusal(r),
         Err(resp) => return resp,
     };
-    match decision {
-        Serve::From(_) => (
-            StatusCode::OK,
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/x-base-log"),
-                ),
-                (
-                    HeaderName::from_static(HEADER_TERM),
-                    HeaderValue::from(term),
-                ),
-                (
-                    HeaderName::from_static(HEADER_COMMIT),
-                    HeaderValue::from(commit),
-                ),
-            ],
-            frames,
-        )
-            .into_response(),
-        Serve::Conflict {
-            truncate_after,
-            term: t,
-        } => (
-            StatusCode::CONFLICT,
-            axum::Json(
-                json!({"error": "log_conflict", "truncate_after": truncate_after, "term": t}),
+    let h = |name: &'static str, v: u64| (HeaderName::from_static(name), HeaderValue::from(v));
+    (
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-base-log"),
             ),
-        )
-            .into_response(),
-        Serve::Gone { log_start } => (
-            StatusCode::GONE,
-            axum::Json(json!({"error": "log_gone", "log_start": log_start})),
-        )
-            .into_response(),
-    }
+            h(HEADER_TERM, served.term),
+            h(HEADER_PREV_INDEX, served.prev.index),
+            h(HEADER_PREV_TERM, served.prev.term.0),
+            h(HEADER_LOG_START_INDEX, served.log_start.index),
+            h(HEADER_LOG_START_TERM, served.log_start.term.0),
+            h(HEADER_COMMIT, served.commit),
+        ],
+        served.frames,
+    )
+        .into_response()
 }
 
 async fn replica_append(
@@ -476,15 +460,20 @@ async fn replica_append(
     body: Body,
 ) -> Response {
     let parsed = (|| {
-        Ok::<_, Response>((
-            required(&headers, HEADER_TERM)?,
-            required(&headers, HEADER_PREV_INDEX)?,
-            required(&headers, HEADER_PREV_TERM)?,
-            required(&headers, HEADER_COMMIT)?,
-            header_u64(&headers, HEADER_TRUNCATE_AFTER)?,
-        ))
+        Ok::<_, Response>(ShipmentHeaders {
+            term: required(&headers, HEADER_TERM)?,
+            prev: pos(
+                required(&headers, HEADER_PREV_TERM)?,
+                required(&headers, HEADER_PREV_INDEX)?,
+            ),
+            log_start: pos(
+                required(&headers, HEADER_LOG_START_TERM)?,
+                required(&headers, HEADER_LOG_START_INDEX)?,
+            ),
+            commit: required(&headers, HEADER_COMMIT)?,
+        })
     })();
-    let (term, prev_index, prev_term, commit, truncate_after) = match parsed {
+    let shipment = match parsed {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -492,11 +481,15 @@ async fn replica_append(
         Ok(b) => b,
         Err(r) => return r,
     };
-    match app
-        .call(move |s| s.append(term, prev_index, prev_term, truncate_after, commit, &frames))
-        .await
-    {
-        Ok(Ok(state)) => state_response(&state),
+    match app.call(move |s| s.append(&shipment, &frames)).await {
+        Ok(Ok(a)) => {
+            let at = |p: LogPosition| json!({"index": p.index, "term": p.term.0});
+            let next = match a.next {
+                Next::Pull { after } => json!({"pull_after": at(after)}),
+                Next::FetchSnapshot { at_least } => json!({"fetch_snapshot": at(at_least)}),
+            };
+            axum::Json(json!({"state": a.state, "next": next})).into_response()
+        }
         Ok(Err(r)) => refusal(r),
         Err(resp) => resp,
     }
