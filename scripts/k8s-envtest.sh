@@ -6,6 +6,7 @@
 #   scripts/k8s-envtest.sh build          # once: ~6 min on 2 cores, ~1.5 GB peak; then cached
 #   scripts/k8s-envtest.sh start DIR      # start etcd + apiserver + controller-manager, state in DIR
 #   scripts/k8s-envtest.sh stop DIR       # stop what `start DIR` started
+#   scripts/k8s-envtest.sh restart-apiserver DIR   # kill and restart only the apiserver (same port)
 #
 # `start` prints the kubeconfig path; DIR/kubeconfig is written when the apiserver is ready.
 # Limits: it is v1.20, so fields it does not know (StatefulSet persistentVolumeClaimRetentionPolicy,
@@ -57,6 +58,45 @@ EOC
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# Starts the apiserver of DIR (ports from DIR/ports) and waits until it is ready.
+apiserver_up() {
+  local D=$1 etcd_port api_port
+  read -r etcd_port api_port < "$D/ports"
+  "$W/bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 --secure-port="$api_port" --cert-dir="$D/certs" \
+    --token-auth-file="$D/pki/tokens.csv" --authorization-mode=RBAC \
+    --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$D/pki/sa.pub" \
+    --service-account-signing-key-file="$D/pki/sa.key" --service-cluster-ip-range=10.0.0.0/16 \
+    --disable-admission-plugins=ServiceAccount --allow-privileged=true \
+    --audit-policy-file="$D/audit-policy.yaml" --audit-log-path="$D/audit.log" >> "$D/apiserver.log" 2>&1 &
+  echo $! > "$D/apiserver.pid"
+  for _ in $(seq 600); do
+    if [ "$(curl -sk -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer envtest-admin-token' "https://127.0.0.1:$api_port/readyz")" = 200 ]; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# Kills the apiserver of DIR (SIGKILL: a graceful stop waits up to a minute for open requests)
+# and starts it again on the same port, certificates and etcd: every watch is cut, and a client
+# resuming from a resourceVersion older than the new watch cache gets 410 Gone.
+restart_apiserver() {
+  local D=${1:?usage: restart-apiserver DIR}
+  D=$(cd "$D" && pwd)
+  local pid; pid=$(cat "$D/apiserver.pid")
+  kill -KILL "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  apiserver_up "$D" || { echo "k8s-envtest: apiserver not ready after restart; see $D/apiserver.log" >&2; return 1; }
+  # /readyz does not wait for the RBAC authorizer's cache: until it has synced, every request of a
+  # plain user is denied (403). Return once the operator's user is authorized again.
+  local api_port; api_port=$(cut -d' ' -f2 "$D/ports")
+  for _ in $(seq 600); do
+    if [ "$(curl -sk -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer envtest-operator-token' "https://127.0.0.1:$api_port/apis/apps/v1/statefulsets?limit=1")" = 200 ]; then return 0; fi
+    sleep 0.1
+  done
+  echo "k8s-envtest: the operator's user is not authorized after the restart" >&2; return 1
+}
+
 start() {
   local D=${1:?usage: start DIR}
   mkdir -p "$D/pki"
@@ -74,20 +114,8 @@ start() {
     --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" --initial-cluster "default=http://127.0.0.1:$peer_port" \
     --listen-metrics-urls "http://127.0.0.1:$(free_port)" > "$D/etcd.log" 2>&1 &
   echo $! > "$D/etcd.pid"
-  "$W/bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 --secure-port="$api_port" --cert-dir="$D/certs" \
-    --token-auth-file="$D/pki/tokens.csv" --authorization-mode=RBAC \
-    --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$D/pki/sa.pub" \
-    --service-account-signing-key-file="$D/pki/sa.key" --service-cluster-ip-range=10.0.0.0/16 \
-    --disable-admission-plugins=ServiceAccount --allow-privileged=true \
-    --audit-policy-file="$D/audit-policy.yaml" --audit-log-path="$D/audit.log" > "$D/apiserver.log" 2>&1 &
-  echo $! > "$D/apiserver.pid"
-  local ok=0
-  for _ in $(seq 600); do
-    if [ "$(curl -sk -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer envtest-admin-token' "https://127.0.0.1:$api_port/readyz")" = 200 ]; then ok=1; break; fi
-    sleep 0.1
-  done
-  [ $ok = 1 ] || { echo "k8s-envtest: apiserver not ready; see $D/apiserver.log" >&2; stop "$D"; return 1; }
+  echo "$etcd_port $api_port" > "$D/ports"
+  apiserver_up "$D" || { echo "k8s-envtest: apiserver not ready; see $D/apiserver.log" >&2; stop "$D"; return 1; }
   cat > "$D/kubeconfig" <<EOK
 apiVersion: v1
 kind: Config
@@ -120,5 +148,6 @@ case "${1:-}" in
   build) build ;;
   start) build >/dev/null; start "${2:-}" ;;
   stop) stop "${2:-}" ;;
-  *) echo "usage: $0 build | start DIR | stop DIR" >&2; exit 2 ;;
+  restart-apiserver) restart_apiserver "${2:-}" ;;
+  *) echo "usage: $0 build | start DIR | stop DIR | restart-apiserver DIR" >&2; exit 2 ;;
 esac

@@ -90,8 +90,8 @@ impl Cluster {
         )
     }
 
-    /// The (verb, group, resource) of every request the user `base-operator` made, from the audit log.
-    pub fn operator_calls(&self) -> Vec<(String, String, String, u16)> {
+    /// Every request the user `base-operator` made, in the audit log's order.
+    pub fn operator_requests(&self) -> Vec<AuditedCall> {
         let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -105,14 +105,37 @@ impl Cluster {
                     Some(s) => format!("{resource}/{s}"),
                     None => resource.to_string(),
                 };
-                Some((
-                    e["verb"].as_str()?.to_string(),
-                    r["apiGroup"].as_str().unwrap_or("").to_string(),
+                Some(AuditedCall {
+                    verb: e["verb"].as_str()?.to_string(),
+                    group: r["apiGroup"].as_str().unwrap_or("").to_string(),
                     resource,
-                    e["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
-                ))
+                    name: r["name"].as_str().unwrap_or("").to_string(),
+                    code: e["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
+                    at: e["stageTimestamp"].as_str()?.parse().ok()?,
+                })
             })
             .collect()
+    }
+
+    /// Kills the kube-apiserver and starts it again (same port, certificates and etcd): every
+    /// client's watch is cut and resumes against a new watch cache. Returns when the operator's
+    /// user is authorized again, with the window in which it was down or not yet authorizing
+    /// (a restarted apiserver denies everyone until its RBAC cache has synced).
+    pub fn restart_apiserver(
+        &self,
+    ) -> (k8s_openapi::jiff::Timestamp, k8s_openapi::jiff::Timestamp) {
+        let from = k8s_openapi::jiff::Timestamp::now();
+        let status = Command::new(format!("{ROOT}/scripts/k8s-envtest.sh"))
+            .arg("restart-apiserver")
+            .arg(&self.dir)
+            .status()
+            .expect("run scripts/k8s-envtest.sh restart-apiserver");
+        assert!(
+            status.success(),
+            "the apiserver did not come back; see {}",
+            self.dir.display()
+        );
+        (from, k8s_openapi::jiff::Timestamp::now())
     }
 }
 
@@ -123,6 +146,19 @@ impl Drop for Cluster {
             .arg(&self.dir)
             .status();
     }
+}
+
+/// One request of the audit log.
+#[derive(Clone, Debug)]
+pub struct AuditedCall {
+    pub verb: String,
+    pub group: String,
+    /// `resource` or `resource/subresource`.
+    pub resource: String,
+    pub name: String,
+    pub code: u16,
+    /// When the response completed (`stageTimestamp`).
+    pub at: k8s_openapi::jiff::Timestamp,
 }
 
 pub async fn client_for(kubeconfig: &Path) -> Client {
@@ -145,21 +181,39 @@ pub fn free_port() -> u16 {
 pub struct Operator {
     pub child: Child,
     pub metrics_port: u16,
+    /// Its stderr (the log; every spawn of an identity appends to the same file).
+    pub log: PathBuf,
 }
 
 impl Operator {
+    /// With a 3 s Lease renewed every second, and a 2 s resync.
     pub fn spawn(cluster: &Cluster, identity: &str, extra: &[&str]) -> Operator {
+        Operator::spawn_with_lease(cluster, identity, "3s", "1s", extra)
+    }
+
+    /// With its own Lease timing (e.g. a Lease that outlives an apiserver restart).
+    pub fn spawn_with_lease(
+        cluster: &Cluster,
+        identity: &str,
+        lease_duration: &str,
+        lease_renew: &str,
+        extra: &[&str],
+    ) -> Operator {
         let metrics_port = free_port();
-        let log = std::fs::File::create(cluster.dir.join(format!("operator-{identity}.log")))
+        let log_path = cluster.dir.join(format!("operator-{identity}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
             .expect("log file");
         let child = Command::new(BIN)
             .arg("run")
             .args(["--identity", identity, "--lease-namespace", "base-system"])
             .args([
                 "--lease-duration",
-                "3s",
+                lease_duration,
                 "--lease-renew",
-                "1s",
+                lease_renew,
                 "--resync",
                 "2s",
             ])
@@ -167,7 +221,8 @@ impl Operator {
             .args(["--agent-image", "base-operator:test"])
             .args(extra)
             .env("KUBECONFIG", &cluster.operator_kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
+            // The watcher's debug lines name the watch errors (a 410 Gone among them).
+            .env("RUST_LOG", "info,kube=warn,kube_runtime::watcher=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -175,7 +230,13 @@ impl Operator {
         Operator {
             child,
             metrics_port,
+            log: log_path,
         }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub async fn metrics(&self) -> Option<String> {
@@ -188,14 +249,31 @@ impl Operator {
     }
 
     /// Sum of a counter family (all label sets), `None` while the endpoint is not up.
+    /// A sample counts when its name is `family` or `family_total`.
     pub async fn counter(&self, family: &str) -> Option<f64> {
         let text = self.metrics().await?;
+        let total = format!("{family}_total");
         Some(
             text.lines()
-                .filter(|l| l.starts_with(family) && !l.starts_with('#'))
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| {
+                    let name = l.split(['{', ' ']).next().unwrap_or_default();
+                    name == family || name == total
+                })
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum(),
         )
+    }
+
+    /// A counter that must be readable: fails the test when the metrics endpoint does not answer.
+    pub async fn counter_now(&self, family: &str) -> f64 {
+        match self.counter(family).await {
+            Some(v) => v,
+            None => panic!(
+                "the operator's metrics endpoint (port {}) did not answer for {family}",
+                self.metrics_port
+            ),
+        }
     }
 
     pub fn kill(&mut self) {

@@ -205,6 +205,44 @@ fn agent_url(pod: &Pod, port: Option<i32>) -> Option<String> {
     Some(format!("http://{ip}:{port}"))
 }
 
+/// Backoff of a controller's trigger stream: its own watch and those of owned objects, pods and
+/// Gateways, merged. kube-runtime pauses the whole merged stream at every error of any of them,
+/// and its default pause grows to 30 s (60 s with jitter): after an apiserver restart, the dozen
+/// watches' errors (connection refused, then 410 Gone on resuming) paused every trigger, new
+/// Bases included, for over a minute. Each watch retries on its own schedule; this only keeps a
+/// failing watch from spinning, so it stays short: 200 ms doubling to 2 s, reset by any event.
+struct TriggerBackoff {
+    next: Duration,
+}
+
+impl TriggerBackoff {
+    const MIN: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(2);
+}
+
+impl Default for TriggerBackoff {
+    fn default() -> Self {
+        TriggerBackoff { next: Self::MIN }
+    }
+}
+
+impl Iterator for TriggerBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(Self::MAX);
+        // ±20% jitter, as in `backoff`.
+        Some(now.mul_f64(0.8 + 0.4 * rand::random::<f64>()))
+    }
+}
+
+impl kube::runtime::utils::Backoff for TriggerBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
 fn backoff(failures: u32) -> Duration {
     let base_ms = 500u64.saturating_mul(1u64 << failures.min(10)).min(300_000);
     // ±20% jitter so that many failing objects do not retry in lockstep.
@@ -550,7 +588,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             b.close();
         });
     }
-    let base_ctl = owned!(base_ctl.with_config(ctl_config.clone()))
+    let base_ctl = base_ctl
+        .with_config(ctl_config.clone())
+        .trigger_backoff(TriggerBackoff::default());
+    let base_ctl = owned!(base_ctl)
         .watches_stream_with(
             gw_events(),
             move |gw| referring(&base_store, &gw, |b: &Base| &b.spec),
@@ -577,7 +618,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let app_ctl = Controller::new(apps, wc);
     let app_store = app_ctl.store();
     let app_reader = app_ctl.store();
-    let app_ctl = owned!(app_ctl.with_config(ctl_config))
+    let app_ctl = app_ctl
+        .with_config(ctl_config)
+        .trigger_backoff(TriggerBackoff::default());
+    let app_ctl = owned!(app_ctl)
         .watches_stream_with(
             gw_events(),
             move |gw| referring(&app_store, &gw, |b: &BaseApp| &b.spec.0),
@@ -689,4 +733,23 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: mpsc::UnboundedReceiver<T>,
 ) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TriggerBackoff;
+    use kube::runtime::utils::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn trigger_backoff_doubles_to_its_cap_and_resets() {
+        let mut b = TriggerBackoff::default();
+        let within = |d: Duration, of: Duration| d >= of.mul_f64(0.79) && d <= of.mul_f64(1.21);
+        for want in [200, 400, 800, 1600, 2000, 2000] {
+            let d = b.next().unwrap();
+            assert!(within(d, Duration::from_millis(want)), "{d:?} vs {want} ms");
+        }
+        b.reset();
+        assert!(within(b.next().unwrap(), Duration::from_millis(200)));
+    }
 }
