@@ -57,6 +57,7 @@ impl Args {
             timing,
             faults: self.faults,
             replicas: self.replicas,
+            crash_writer_at_end: false,
         }
     }
 }

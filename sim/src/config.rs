@@ -398,6 +398,9 @@ pub struct Options {
     /// Force the Base's initial `spec.replicas` (3 or 5) instead of drawing it (5 in a quarter of
     /// the seeds).
     pub replicas: Option<i32>,
+    /// When the run could end, crash the writer first (it restarts 0.5 s later): the final check
+    /// of invariant 5 must wait for the next writer and check that one (a test's knob).
+    pub crash_writer_at_end: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -406,6 +409,7 @@ pub struct SimConfig {
     pub bug: Option<Bug>,
     pub keep_trace: bool,
     pub membership_faults: bool,
+    pub crash_writer_at_end: bool,
     pub profile: TimingProfile,
     pub timing: Timing,
     pub bounds: Bounds,
@@ -488,6 +492,7 @@ impl SimConfig {
             bug: options.bug,
             keep_trace: options.keep_trace,
             membership_faults: options.membership_faults,
+            crash_writer_at_end: options.crash_writer_at_end,
             profile: options.timing,
             timing,
             bounds,

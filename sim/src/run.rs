@@ -811,6 +811,7 @@ impl World {
             }
             Err(why) => self.fail(CONVERGES, format!("at the end: {why}")),
         }
+        self.stats.final_checked = Some((term, o));
         let log = &self.k8s.pvcs[&o].log;
         let missing = self
             .checks
@@ -844,6 +845,7 @@ async fn supervise(world: &Shared) {
     let mut followups: Vec<(Instant, Fault)> = Vec::new();
     // When the run could first have ended (it ends once the final check has a writer to check).
     let mut final_wait_since: Option<u64> = None;
+    let mut crashed_at_end = false;
     let mut last_convergence_check = start;
     // A scale change is rolling out (faults wait, unless `membership_faults`).
     let mut membership_change = false;
@@ -984,10 +986,21 @@ async fn supervise(world: &Shared) {
                 {
                     // The newest writer may have just stepped down: wait for the next one.
                     let since = *final_wait_since.get_or_insert(now_ns);
-                    if let Some((term, o)) = w.final_writer() {
-                        w.stats.final_check_wait_ms = (now_ns - since) / 1_000_000;
-                        w.final_checks(term, o);
-                        break;
+                    match w.final_writer() {
+                        Some((_, o)) if w.cfg.crash_writer_at_end && !crashed_at_end => {
+                            crashed_at_end = true;
+                            w.ev(format!(
+                                "the end: {} crashes first (crash_writer_at_end)",
+                                pod_id(o)
+                            ));
+                            w.crash_pod(o, 500);
+                        }
+                        Some((term, o)) => {
+                            w.stats.final_check_wait_ms = (now_ns - since) / 1_000_000;
+                            w.final_checks(term, o);
+                            break;
+                        }
+                        None => {}
                     }
                     if now_ns > since + liveness_bound_ms * 1_000_000 {
                         w.fail(

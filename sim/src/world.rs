@@ -429,6 +429,8 @@ pub struct Stats {
     /// How long the end of the run waited for a writer of the newest term (the newest writer
     /// had stepped down) before the final check of invariant 5.
     pub final_check_wait_ms: u64,
+    /// The writer (term, ordinal) the final check of invariant 5 checked.
+    pub final_checked: Option<(Term, i32)>,
     /// Ordinals scaled away whose PVC the end of the run found removed (`Delete`) or kept
     /// (`Retain`), as the policy says.
     pub pvcs_removed_on_scale_down: u64,

@@ -153,6 +153,32 @@ fn assert_invariant(report: &Report, invariant: &str) {
     assert!(!v.trace.is_empty());
 }
 
+/// The final check of invariant 5 never skips: when the newest writer is gone at the moment the
+/// run could end (here crashed on purpose), the run waits for the next writer and checks that
+/// one's log for every acknowledged write.
+#[test]
+fn final_lost_write_check_waits_for_the_next_writer() {
+    let crash = Options {
+        crash_writer_at_end: true,
+        ..Options::default()
+    };
+    for seed in 0..5 {
+        // Same seed, same run up to the end: the writer this one crashes is the one checked there.
+        let plain = run_seed(seed, &options());
+        let (old_term, _) = plain.stats.final_checked.expect("the final check ran");
+        let report = run_seed(seed, &crash);
+        if let Some(text) = report.failure_text() {
+            panic!("{text}");
+        }
+        let (term, _) = report.stats.final_checked.expect("the final check ran");
+        assert!(
+            report.stats.final_check_wait_ms > 0 && term > old_term,
+            "seed {seed}: checked term {term} after {} ms (the writer at the end had term {old_term})",
+            report.stats.final_check_wait_ms
+        );
+    }
+}
+
 /// Finds the first seed in `0..limit` that the bug breaks, and checks that it replays exactly.
 fn first_caught(options: &Options, limit: u64) -> Option<Report> {
     let report = (0..limit)
@@ -494,6 +520,7 @@ fn replay() {
             FaultMix::parse(&f).expect("SIM_FAULTS")
         }),
         replicas: env("SIM_REPLICAS").and_then(|n| n.parse().ok()),
+        crash_writer_at_end: false,
     };
     let report = run_seed(seed, &options);
     for line in &report.trace_all {
