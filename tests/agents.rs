@@ -3,8 +3,9 @@
 //! process is killed; another agent wins a higher term and only it forwards writes; the killed
 //! one, restarted with its state dir, rejoins as a follower without raising the term; a voter
 //! restarted with every peer down is back in its term and still bound by its vote. A writer
-//! that gets SIGTERM hands its role over before it exits. `POST /_ha/transfer` hands the role to
-//! a named follower (term + 1). A fenced replica (downward-API annotations file) hands over, stays
+//! that gets SIGTERM hands its role over before it exits. A transfer request written into the
+//! writer's annotations file (`hanzo.ai/transfer-to`, as the kubelet would) hands the role to a
+//! named follower (term + 1). A fenced replica (downward-API annotations file) hands over, stays
 //! ready for reads, and never becomes writer again while fenced. With peer keys and a peer port,
 //! a rogue process on loopback (wrong key, another Base's key, replays, stale and misaddressed
 //! messages) changes neither the term nor the writer, and the drop counters show it; a key
@@ -384,9 +385,14 @@ impl Cluster {
         }
     }
 
+    /// The agent's metrics: on the control port when there is one.
     async fn metrics(&self, i: usize) -> String {
+        let url = match self.peer_port {
+            Some(port) => format!("http://{}:{port}", self.agents[i].host),
+            None => self.agents[i].url(),
+        };
         self.http
-            .get(format!("{}/_quasar/metrics", self.agents[i].url()))
+            .get(format!("{url}/_quasar/metrics"))
             .send()
             .await
             .expect("metrics answer")
@@ -426,17 +432,45 @@ impl Cluster {
         }
     }
 
-    async fn transfer(&self, i: usize, body: &str) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .post(format!("{}/_ha/transfer", self.agents[i].url()))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("agent answers");
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
+    /// Sets `hanzo.ai/transfer-to` in agent `i`'s annotations file to `value` (kept: the other
+    /// annotations), as the kubelet does after the operator patches the pod.
+    fn annotate_transfer(&self, i: usize, value: &str) {
+        let path = self.dir.join(format!("annotations-{i}"));
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut text: String = old
+            .lines()
+            .filter(|l| !l.starts_with("hanzo.ai/transfer-to="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let quoted = value.replace('\\', "\\\\").replace('"', "\\\"");
+        text.push_str(&format!("hanzo.ai/transfer-to=\"{quoted}\"\n"));
+        write_atomically(&path, &text);
+    }
+
+    /// Asks agent `i` (as writer of `term`) to hand over to `to` (empty: the best peer), through
+    /// its annotations file. Each call is a new request.
+    fn request_transfer(&self, i: usize, to: &str, term: u64) {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let at = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let value = serde_json::json!({"to": to, "term": term, "at": at, "by": "test"});
+        self.annotate_transfer(i, &value.to_string());
+    }
+
+    /// Waits until agent `i` counted `n` transfer requests with this outcome.
+    async fn wait_transfer_outcome(&self, i: usize, outcome: &str, n: u64) {
+        let name = format!("quasar_transfer_requests_total{{outcome=\"{outcome}\"}}");
+        let start = Instant::now();
+        loop {
+            let m = self.metrics(i).await;
+            if sample(&m, &name) >= n {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "agent {i} never counted {name} {n}: {m}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn leader_view(&self, i: usize) -> Option<Value> {
@@ -491,12 +525,11 @@ impl Cluster {
         let start = Instant::now();
         loop {
             // Not answering yet (just started) counts as not there yet.
-            let m = match self
-                .http
-                .get(format!("{}/_quasar/metrics", self.agents[i].url()))
-                .send()
-                .await
-            {
+            let url = match self.peer_port {
+                Some(port) => format!("http://{}:{port}", self.agents[i].host),
+                None => self.agents[i].url(),
+            };
+            let m = match self.http.get(format!("{url}/_quasar/metrics")).send().await {
                 Ok(r) => r.text().await.unwrap_or_default(),
                 Err(_) => String::new(),
             };
@@ -1054,29 +1087,35 @@ fn dropped(metrics: &str, reason: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_on_request() {
-    let c = Cluster::start("transfer").await;
+    let c = Cluster::start_with(
+        "transfer",
+        Options {
+            fence: true,
+            ..Options::default()
+        },
+    )
+    .await;
     let (w1, t1) = c.agreed_writer("a first writer", |_, _| true).await;
     c.wait_peers_up(w1).await;
     let f = (w1 + 1) % NODES;
-    let (status, body) = c.transfer(f, r#"{"to":"base-0"}"#).await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["error"], "not_writer");
-    let (status, body) = c.transfer(w1, r#"{"to":"base-9"}"#).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"], "unknown_target");
-    let (status, _) = c.transfer(w1, "not json").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let target = c.agents[f].id.clone();
+    // Refused, each counted under its outcome: on a follower, to an unknown node, for another
+    // term than the writer's, and not a request at all.
+    c.request_transfer(f, "base-0", t1);
+    c.wait_transfer_outcome(f, "not_writer", 1).await;
+    c.request_transfer(w1, "base-9", t1);
+    c.wait_transfer_outcome(w1, "unknown_target", 1).await;
+    c.request_transfer(w1, &target, t1 + 1);
+    c.wait_transfer_outcome(w1, "stale_term", 1).await;
+    c.annotate_transfer(w1, "not json");
+    c.wait_transfer_outcome(w1, "malformed", 1).await;
     // Still the writer after the refusals.
     assert_eq!(
         c.agreed_writer("the same writer", |_, _| true).await,
         (w1, t1)
     );
 
-    let target = c.agents[f].id.clone();
-    let (status, body) = c.transfer(w1, &format!(r#"{{"to":"{target}"}}"#)).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body["to"], target.as_str());
-    assert_eq!(body["url"], c.agents[f].url().as_str());
+    c.request_transfer(w1, &target, t1);
     let (w2, t2) = c
         .agreed_writer("the named follower as writer", |w, t| w != w1 && t > t1)
         .await;
@@ -1088,19 +1127,23 @@ async fn transfer_on_request() {
     check_writes(&c, w2, t2, "after-transfer").await;
     let m = c.metrics(w1).await;
     assert_eq!(sample(&m, "quasar_transfers_total"), 1, "{m}");
+    assert_eq!(
+        sample(&m, "quasar_transfer_requests_total{outcome=\"started\"}"),
+        1,
+        "{m}"
+    );
     assert_eq!(sample(&m, "quasar_is_writer"), 0, "{m}");
     assert_eq!(sample(&c.metrics(w2).await, "quasar_is_writer"), 1);
 
-    // `{}`: the best up-to-date peer.
+    // No target named: the best up-to-date peer.
     c.wait_peers_up(w2).await;
-    let (status, body) = c.transfer(w2, "{}").await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    c.agreed_writer("a writer after the second transfer", |w, t| {
-        w != w2 && t > t2
-    })
-    .await;
-    let w3 = c.winner_of(t2 + 1).await;
-    assert_eq!(body["to"], c.agents[w3].id.as_str(), "one new term again");
+    c.request_transfer(w2, "", t2);
+    let (w3, _) = c
+        .agreed_writer("a writer after the second transfer", |w, t| {
+            w != w2 && t > t2
+        })
+        .await;
+    assert_eq!(c.winner_of(t2 + 1).await, w3, "one new term again");
     let _ = std::fs::remove_dir_all(&c.dir);
 }
 
@@ -1165,10 +1208,7 @@ async fn a_fenced_replica_hands_over_and_keeps_serving_reads() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     c.wait_peers_up(w3).await;
-    let (status, body) = c
-        .transfer(w3, &format!(r#"{{"to":"{}"}}"#, c.agents[w1].id))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    c.request_transfer(w3, &c.agents[w1].id, t3);
     let (w4, t4) = c
         .agreed_writer("the unfenced node as writer", |w, t| w == w1 && t > t3)
         .await;
@@ -1551,8 +1591,8 @@ async fn the_proxy_bounds_concurrency_and_cuts_idle_bodies() {
 /// `--position-url`: each agent polls its Base's replication position (a plain number, or JSON
 /// `{"position": N}`) and reports the one the election uses (`quasar_position`); a smaller answer
 /// never moves it back. The election follows it: a writer hands over only to a peer at least as
-/// advanced (`409 no_up_to_date_peer` while every peer is behind; the advanced one once it has
-/// caught up), and when the writer dies a replica that is behind cannot win while a more
+/// advanced (a transfer request is refused `no_target` while every peer is behind; the advanced one
+/// is handed the role once it has caught up), and when the writer dies a replica that is behind cannot win while a more
 /// advanced one is up (it refuses its vote).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_election_follows_the_polled_positions() {
@@ -1560,6 +1600,7 @@ async fn the_election_follows_the_polled_positions() {
         "position",
         Options {
             position: true,
+            fence: true,
             ..Options::default()
         },
     )
@@ -1585,9 +1626,8 @@ async fn the_election_follows_the_polled_positions() {
     set(&c, w, 500);
     c.wait_metric(w, "quasar_position", 500).await;
     c.wait_peers_up(w).await;
-    let (status, body) = c.transfer(w, "{}").await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["error"], "no_up_to_date_peer");
+    c.request_transfer(w, "", t);
+    c.wait_transfer_outcome(w, "no_target", 1).await;
 
     // One follower's Base overtakes it: once the writer has heard so (heartbeat acks carry the
     // position), that follower, and only it, can be handed the role.
@@ -1595,20 +1635,36 @@ async fn the_election_follows_the_polled_positions() {
     let behind = (w + 2) % NODES;
     set(&c, f, 1_000);
     c.wait_metric(f, "quasar_position", 1_000).await;
+    let outcome = |m: &str, o: &str| {
+        sample(
+            m,
+            &format!("quasar_transfer_requests_total{{outcome=\"{o}\"}}"),
+        )
+    };
     let start = Instant::now();
-    let body = loop {
-        let (status, body) = c.transfer(w, "{}").await;
-        if status == StatusCode::ACCEPTED {
-            break body;
+    let mut no_target = 1;
+    loop {
+        c.request_transfer(w, "", t);
+        let m = loop {
+            let m = c.metrics(w).await;
+            if outcome(&m, "started") + outcome(&m, "no_target") > no_target {
+                break m;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the request was never read: {m}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if outcome(&m, "started") == 1 {
+            break;
         }
-        assert_eq!(body["error"], "no_up_to_date_peer", "{status} {body}");
+        no_target = outcome(&m, "no_target");
         assert!(
             start.elapsed() < DEADLINE,
             "the writer never heard the new position"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(body["to"], c.agents[f].id.as_str(), "{body}");
+    }
     assert_eq!(c.winner_of(t + 1).await, f);
     let (w2, t2) = c
         .agreed_writer("the advanced follower as writer", |x, tt| x == f && tt > t)

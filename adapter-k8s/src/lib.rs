@@ -5,4 +5,5 @@ pub mod cli;
 pub mod controller;
 pub mod gateway;
 pub mod plugin;
+pub mod refusals;
 pub mod store;

@@ -1,6 +1,7 @@
 //! Pure, deterministic state machines of the Hanzo Base operator. No I/O, no clocks, no async:
 //! time and randomness are inputs, effects are returned as data.
 
+pub mod control;
 pub mod ids;
 pub mod quasar;
 pub mod replication;

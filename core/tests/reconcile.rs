@@ -417,9 +417,30 @@ fn switchover_and_fencing_through_annotations() {
         Some([(ANNOTATION_SWITCHOVER_TO.to_string(), "my-app-2".to_string())].into());
     let p = plan(&base, &observed);
     let t = p.transfer.clone().expect("asks the writer to transfer");
-    assert_eq!((t.from.as_str(), t.to.as_str()), ("my-app-0", "my-app-2"));
+    assert_eq!(
+        (t.pod.as_str(), t.request.to.as_str()),
+        ("my-app-0", "my-app-2")
+    );
+    assert_eq!((t.request.term, t.request.by.as_str()), (2, "switchover"));
     assert_eq!(cond(&p, CONDITION_SWITCHOVER).unwrap().reason, "InProgress");
     assert!(p.clear_annotations.is_empty());
+    // The request is on the writer's pod: not written again until it is due for a retry, then
+    // asked again as a new request (a new `at`); a request of another term is no request.
+    let t0 = observed.now;
+    observed.pods[0].transfer = Some(t.request.clone());
+    let p2 = plan(&base, &observed);
+    assert_eq!(p2.transfer, None, "a pending request is not written again");
+    assert!(p2.requeue_after_ms <= base_core::reconcile::TRANSFER_RETRY_MS);
+    observed.now = base_core::Millis(t0.0 + base_core::reconcile::TRANSFER_RETRY_MS);
+    let retry = plan(&base, &observed).transfer.expect("asked again");
+    assert_eq!(retry.request.at, observed.now.0);
+    observed.now = t0;
+    observed.pods[0].transfer = Some(base_core::control::TransferRequest {
+        term: 1,
+        ..t.request.clone()
+    });
+    assert_eq!(plan(&base, &observed).transfer, Some(t.clone()));
+    observed.pods[0].transfer = None;
 
     base.status = Some(p.status);
     // The target is writer, by an answer from before the request was seen: it may predate a

@@ -141,6 +141,7 @@ fn with_world(base: &Base, g: &mut Gen) -> Observed {
             terminating: false,
             writer_label: i == writer,
             fenced: false,
+            transfer: None,
         })
         .collect();
     observed.writer = Some(WriterView {

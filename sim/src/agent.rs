@@ -13,6 +13,7 @@ use crate::world::{
     Agent, Entry, Out, Packet, Shared, World, WriteId, WriteReply, agent_addr, lock, ordinal_of,
     pod_id, send_all,
 };
+use base_core::control::{TransferDecision, TransferInbox};
 use base_core::quasar::{Effect, Input, Message, Node, Role};
 use base_core::wire::LeaderAnswer;
 use base_core::{Millis, NodeId, Term};
@@ -83,6 +84,9 @@ impl World {
         .expect("a valid peer set");
         let effects = node.step(now, Input::SetFenced(fenced));
         assert!(effects.is_empty());
+        // A request already in the file is old: refused (and remembered) by a node with no role.
+        let mut inbox = TransferInbox::default();
+        let _ = inbox.offer(self.k8s.pods.get(&ordinal)?.transfer_file.as_deref(), &node);
         let effects = node.step(now, Input::Position(pos));
         assert!(effects.is_empty());
         let slot = &mut self.replicas[ordinal as usize];
@@ -100,6 +104,7 @@ impl World {
             next_fence_read: now.saturating_add(Millis(FENCE_POLL_MS)),
             sigterm: false,
             granted_term: None,
+            inbox,
         });
         self.stats.pod_starts += 1;
         self.ev(format!(
@@ -441,13 +446,56 @@ impl World {
         (late > 0).then_some(late / 1_000_000 + bound_ms)
     }
 
-    /// Every `FENCE_POLL_MS`: the agent re-reads its pod's annotations file; a change becomes
-    /// `Input::SetFenced` (adapter-k8s `agent::fence::watch`).
+    /// Every `FENCE_POLL_MS`: the agent re-reads its pod's annotations file; a change of the
+    /// fence becomes `Input::SetFenced`, a new transfer request is decided by the core
+    /// (`control::TransferInbox`) as in adapter-k8s `agent::fence::watch` and `agent::driver`.
     fn read_fence_file(&mut self, ordinal: i32, now: Millis) -> Vec<Out> {
         let Some(a) = self.agent_mut(ordinal).filter(|a| now >= a.next_fence_read) else {
             return Vec::new();
         };
         a.next_fence_read = now.saturating_add(Millis(FENCE_POLL_MS));
+        let mut out = self.read_fence(ordinal);
+        out.extend(self.read_transfer_request(ordinal));
+        out
+    }
+
+    /// The transfer request in the annotations file, considered once.
+    fn read_transfer_request(&mut self, ordinal: i32) -> Vec<Out> {
+        let value = self
+            .k8s
+            .pods
+            .get(&ordinal)
+            .and_then(|p| p.transfer_file.clone());
+        let Some(a) = self.agent_mut(ordinal) else {
+            return Vec::new();
+        };
+        let Some(considered) = a.inbox.offer(value.as_deref(), &a.node) else {
+            return Vec::new();
+        };
+        match considered.decision {
+            TransferDecision::Start(to) => {
+                self.ev(format!(
+                    "{} reads a transfer request: hands over to {to}",
+                    pod_id(ordinal)
+                ));
+                self.stats.transfers += 1;
+                self.step_agent(ordinal, Input::TransferWriter { to })
+            }
+            TransferDecision::Refused(why) => {
+                self.ev(format!(
+                    "{} reads a transfer request: {}",
+                    pod_id(ordinal),
+                    why.as_str()
+                ));
+                Vec::new()
+            }
+        }
+    }
+
+    fn read_fence(&mut self, ordinal: i32) -> Vec<Out> {
+        let Some(a) = self.agent_mut(ordinal) else {
+            return Vec::new();
+        };
         let (was, role) = (a.node.is_fenced(), a.node.role());
         let fenced = self.k8s.pods.get(&ordinal).is_some_and(|p| p.fence_file)
             && self.cfg.bug != Some(Bug::IgnoreFence);
@@ -556,11 +604,6 @@ impl World {
                 }
                 self.stats.reads += 1;
                 vec![self.out(src, Packet::ReadReply { req, log_len })]
-            }
-            Packet::Transfer { to } => {
-                self.ev(format!("{} is asked to hand over to {to}", pod_id(ordinal)));
-                self.stats.transfers += 1;
-                self.step_agent(ordinal, Input::TransferWriter { to })
             }
             // Writes are admitted by `admit_write` in the receive loop; nothing else is for agents.
             _ => Vec::new(),

@@ -11,6 +11,7 @@ use crate::config::{BASE_NAME, Bug, NAMESPACE, SimConfig, SpecChange};
 use crate::rng::Fnv;
 use crate::world::SwitchoverRequest;
 use crate::world::{Entry, World, ordinal_of, pod_id, pod_name};
+use base_core::control::TransferRequest;
 use base_core::crd::{Base, RetentionPolicy};
 use base_core::quasar::PersistedState;
 use base_core::reconcile::objects::{ANNOTATION_FENCED_INSTANCES, ANNOTATION_SWITCHOVER_TO};
@@ -78,6 +79,10 @@ pub struct Pod {
     pub fence_sync_at: Option<u64>,
     /// Since when (real ns) the annotations file says fenced.
     pub fence_file_since: Option<u64>,
+    /// The annotation `hanzo.ai/transfer-to` (set by the operator's plan), and what the
+    /// annotations file says of it (caught up by the kubelet with the fence).
+    pub transfer: Option<String>,
+    pub transfer_file: Option<String>,
 }
 
 pub struct K8s {
@@ -320,6 +325,8 @@ impl World {
                     fence_file: false,
                     fence_sync_at: None,
                     fence_file_since: None,
+                    transfer: None,
+                    transfer_file: None,
                 },
             );
             self.ev(format!(
@@ -364,8 +371,9 @@ impl World {
         let Some(pod) = self.k8s.pods.get(&ordinal) else {
             return;
         };
+        let behind = pod.fence_file != pod.fenced || pod.transfer_file != pod.transfer;
         match pod.fence_sync_at {
-            None if pod.fence_file != pod.fenced => {
+            None if behind => {
                 let at = now + self.rng.range(100, FENCE_SYNC_MAX_MS) * 1_000_000;
                 if let Some(pod) = self.k8s.pods.get_mut(&ordinal) {
                     pod.fence_sync_at = Some(at);
@@ -378,6 +386,7 @@ impl World {
                         pod.fence_file = pod.fenced;
                         pod.fence_file_since = pod.fenced.then_some(now);
                     }
+                    pod.transfer_file.clone_from(&pod.transfer);
                 }
             }
             _ => {}
@@ -520,6 +529,7 @@ impl World {
                 terminating: matches!(p.phase, PodPhase::Terminating { .. }),
                 writer_label: p.writer_label,
                 fenced: p.fenced,
+                transfer: p.transfer.as_deref().and_then(TransferRequest::parse),
                 ..PodView::default()
             })
             .collect();
@@ -557,9 +567,9 @@ impl World {
     }
 
     /// One pass of the operator: hand the poll task its targets, observe, plan with the real
-    /// reconciler, apply the plan's writes. Returns a writer transfer to request (from, to), which
-    /// goes over the network.
-    pub fn reconcile(&mut self) -> Option<(i32, String)> {
+    /// reconciler, apply the plan's writes (a writer transfer is the writer pod's annotation
+    /// `hanzo.ai/transfer-to`, which its agent reads from the annotations file).
+    pub fn reconcile(&mut self) {
         self.operator.wake = false;
         self.operator.targets = self.poll_targets();
         let mut observed = self.observe();
@@ -598,7 +608,7 @@ impl World {
                 "harness",
                 format!("the simulation's Base is invalid: {invalid:?}"),
             );
-            return None;
+            return;
         }
         self.check_switchover(&observed, &plan);
         let mut writes = 0;
@@ -672,6 +682,16 @@ impl World {
                 plan.clear_annotations
             ));
         }
+        if let Some(t) = &plan.transfer {
+            writes += 1;
+            if let Some(pod) = ordinal_of(&t.pod).and_then(|o| self.k8s.pods.get_mut(&o)) {
+                pod.transfer = Some(t.request.to_annotation());
+                self.ev(format!(
+                    "operator asks {} to hand the writer role to {} (annotation, term {})",
+                    t.pod, t.request.to, t.request.term
+                ));
+            }
+        }
         if let Some(gw) = &plan.gateway {
             writes += 1;
             self.k8s.gateway_cr["spec"]["routes"] = Value::Array(gw.routes.clone());
@@ -700,12 +720,6 @@ impl World {
         } else {
             Err(still.join(", "))
         });
-        let transfer = plan.transfer.as_ref()?;
-        self.ev(format!(
-            "operator asks {} to hand the writer role to {}",
-            transfer.from, transfer.to
-        ));
-        Some((ordinal_of(&transfer.from)?, transfer.to.clone()))
     }
 
     /// Invariant 9, on every plan that decides a switchover: a target the Base fences is refused
@@ -728,7 +742,10 @@ impl World {
             .any(|k| k == ANNOTATION_SWITCHOVER_TO);
         const INV: &str = "9 switchover and fencing";
         if self.fence_annotated(&target) {
-            let asked = plan.transfer.as_ref().is_some_and(|t| t.to == target);
+            let asked = plan
+                .transfer
+                .as_ref()
+                .is_some_and(|t| t.request.to == target);
             if !(cleared && reason == "Refused") || asked {
                 self.fail(
                     INV,

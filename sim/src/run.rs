@@ -10,11 +10,10 @@ use crate::gateway::{client_main, gateway_main, operator_poll_loop, poll_loop};
 use crate::k8s::{CONTROLLER_TICK_MS, CONVERGES, OPERATOR_LOOP_MS, PodPhase};
 use crate::stats::FailoverKind;
 use crate::world::{
-    Host, Packet, PendingFailover, Shared, Stats, Violation, World, agent_addr, lock, pod_id,
-    pod_name,
+    Host, PendingFailover, Shared, Stats, Violation, World, lock, pod_id, pod_name,
 };
 use base_core::Term;
-use madsim::net::{Endpoint, NetSim};
+use madsim::net::NetSim;
 use madsim::runtime::{Handle, Runtime};
 use madsim::time::{Duration, Instant, sleep, sleep_until};
 use std::sync::{Arc, Mutex};
@@ -299,26 +298,14 @@ async fn operator_process(world: Shared) {
 }
 
 /// The operator's reconcile loop (every `OPERATOR_LOOP_MS`, or at once when the poll task saw
-/// the writer change); a writer transfer is a request over the network.
+/// the writer change); a writer transfer is a pod annotation, written by the reconcile.
 async fn operator_main(world: Shared) {
-    let Ok(ep) = Endpoint::bind("0.0.0.0:0").await else {
-        return;
-    };
     loop {
         let due = Instant::now() + Duration::from_millis(OPERATOR_LOOP_MS);
         while Instant::now() < due && !lock(&world).operator.wake {
             sleep(Duration::from_millis(OPERATOR_WAKE_CHECK_MS)).await;
         }
-        let transfer = lock(&world).reconcile();
-        if let Some((from, to)) = transfer {
-            let out = lock(&world).out(
-                agent_addr(from),
-                Packet::Transfer {
-                    to: base_core::NodeId::new(to),
-                },
-            );
-            crate::world::send_all(&ep, vec![out]).await;
-        }
+        lock(&world).reconcile();
     }
 }
 

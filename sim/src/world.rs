@@ -7,6 +7,7 @@ use crate::config::{BASE_NAME, Bug, SimConfig};
 use crate::k8s::K8s;
 use crate::rng::{Fnv, Rng};
 use crate::stats::{Failover, FailoverKind};
+use base_core::control::TransferInbox;
 use base_core::quasar::{Message, Node};
 use base_core::tracker::{Tracker, TrackerConfig};
 use base_core::{Millis, NodeId, Term};
@@ -197,10 +198,6 @@ pub enum Packet {
         req: u64,
         log_len: u64,
     },
-    /// The operator asks the writer to hand its role over.
-    Transfer {
-        to: NodeId,
-    },
     /// A client's request to the gateway, and its answer.
     Client {
         client: u32,
@@ -257,6 +254,8 @@ pub struct Agent {
     /// The planted `vote-cache`: the term of the last vote the election granted, replayed to
     /// any candidate of that term.
     pub granted_term: Option<Term>,
+    /// The transfer requests (pod annotation `hanzo.ai/transfer-to`) already considered.
+    pub inbox: TransferInbox,
 }
 
 /// One ordinal's process slot.

@@ -1,10 +1,12 @@
 //! The driver: one task owns the order of inputs to the core `Node` (ticks, peer messages,
-//! position updates, transfer requests, the fence) and performs the effects in the order given: a
+//! position updates, transfer requests from the pod annotation, the fence) and performs the effects in the order given: a
 //! `Persist` is on disk before any later `Send` is queued.
 
 use super::Shared;
+use super::metrics::TRANSFER_STARTED;
 use super::state::{StateError, StateStore};
 use super::transport::Transport;
+use base_core::control::{TransferDecision, TransferInbox};
 use base_core::quasar::{Effect, Envelope, Input, Message, PersistedState, Role};
 use base_core::{Millis, NodeId};
 use std::sync::Arc;
@@ -20,12 +22,9 @@ pub enum Control {
         msg: Message,
     },
     Position(u64),
-    /// Hand the writer role over (to the best up-to-date peer when `to` is `None`); the outcome
-    /// goes to `reply`.
-    Transfer {
-        to: Option<NodeId>,
-        reply: oneshot::Sender<TransferOutcome>,
-    },
+    /// The pod annotation `hanzo.ai/transfer-to` changed (`--fence-file`): a transfer request
+    /// (`base_core::control`), considered once.
+    TransferAnnotation(Option<String>),
     /// The fence changed (`--fence-file`).
     Fence(bool),
     /// Transfer the writer role if we hold it, wait (bounded) for a successor, then stop.
@@ -35,21 +34,6 @@ pub enum Control {
 }
 
 pub const CONTROL_QUEUE_MAX: usize = 1024;
-
-/// What became of a transfer request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TransferOutcome {
-    /// The hand-over to this peer started (this node accepts no more writes).
-    Started { to: NodeId, term: base_core::Term },
-    /// This node is not the writer.
-    NotWriter,
-    /// A hand-over is already under way (to this peer): one at a time.
-    InProgress { to: Option<NodeId> },
-    /// `to` is not a peer of this node.
-    UnknownTarget,
-    /// No peer is known to be as up to date as this node.
-    NoTarget,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -66,6 +50,8 @@ pub struct Driver {
     pub rx: mpsc::Receiver<Control>,
     pub tick: Duration,
     pub shutdown_timeout: Duration,
+    /// The transfer requests already considered.
+    pub inbox: TransferInbox,
 }
 
 struct ShuttingDown {
@@ -86,11 +72,7 @@ impl Driver {
                     None => return Ok(()),
                     Some(Control::Peer { from, msg }) => Some(Input::Message { from, msg }),
                     Some(Control::Position(position)) => Some(Input::Position(position)),
-                    Some(Control::Transfer { to, reply }) => {
-                        let outcome = self.request_transfer(to).await?;
-                        let _ = reply.send(outcome);
-                        None
-                    }
+                    Some(Control::TransferAnnotation(value)) => self.transfer_request(value.as_deref()),
                     Some(Control::Fence(fenced)) => {
                         self.shared.fenced.store(fenced, Ordering::Relaxed);
                         Some(Input::SetFenced(fenced))
@@ -132,40 +114,37 @@ impl Driver {
         node.role() != Role::Writer && node.leader().is_some_and(|l| l != node.id())
     }
 
-    /// `POST /_ha/transfer`: checks the request against the node, then starts the hand-over.
-    async fn request_transfer(
-        &mut self,
-        to: Option<NodeId>,
-    ) -> Result<TransferOutcome, DriverError> {
-        let target = {
+    /// A transfer request from the pod annotation: decided by the core (`control::decide`), acted
+    /// on at most once, logged with who asked.
+    fn transfer_request(&mut self, value: Option<&str>) -> Option<Input> {
+        let considered = {
             let node = self.shared.lock_node();
-            if node.role() != Role::Writer {
-                return Ok(TransferOutcome::NotWriter);
-            }
-            if let Some(current) = node.transferring_to() {
-                return Ok(TransferOutcome::InProgress {
-                    to: Some(current.clone()),
-                });
-            }
-            if node.is_fenced() {
-                return Ok(TransferOutcome::InProgress { to: None });
-            }
-            match to {
-                Some(to) if !node.peers().contains(&to) => {
-                    return Ok(TransferOutcome::UnknownTarget);
-                }
-                Some(to) => to,
-                None => match node.best_transfer_target() {
-                    Some(to) => to,
-                    None => return Ok(TransferOutcome::NoTarget),
-                },
-            }
+            self.inbox.offer(value, &node)
+        }?;
+        let (to, term, at, by) = match &considered.request {
+            Some(r) => (r.to.as_str(), r.term, r.at, r.by.as_str()),
+            None => ("", 0, 0, ""),
         };
-        let term = self.shared.lock_node().term();
-        tracing::info!(to = %target, "handing the writer role over (requested)");
-        self.step_counting_transfers(Input::TransferWriter { to: target.clone() })
-            .await?;
-        Ok(TransferOutcome::Started { to: target, term })
+        match considered.decision {
+            TransferDecision::Start(target) => {
+                self.shared.metrics.transfer_request(TRANSFER_STARTED);
+                tracing::info!(to = %target, requested_term = term, requested_at = at, by,
+                    "handing the writer role over, as the pod annotation hanzo.ai/transfer-to asks");
+                Some(Input::TransferWriter { to: target })
+            }
+            TransferDecision::Refused(why) => {
+                self.shared.metrics.transfer_request(why.as_str());
+                tracing::info!(
+                    reason = why.as_str(),
+                    to,
+                    requested_term = term,
+                    requested_at = at,
+                    by,
+                    "transfer request not acted on"
+                );
+                None
+            }
+        }
     }
 
     /// Steps, and counts a hand-over this input started (a transfer, or a fence on a writer).

@@ -1,12 +1,15 @@
-//! Fencing from the pod's annotations (`--fence-file`): the Kubernetes downward API writes the
-//! pod's annotations to a file, one `key="value"` per line with the value quoted as Go's `%q`
-//! does. The replica is fenced while it holds `hanzo.ai/fenced="true"`; the file is re-read every
-//! [`FENCE_POLL`]. A missing or unreadable file means "not fenced", with a warning (once per change).
+//! Fencing and transfer requests from the pod's annotations (`--fence-file`): the Kubernetes
+//! downward API writes the pod's annotations to a file, one `key="value"` per line with the value
+//! quoted as Go's `%q` does. The replica is fenced while it holds `hanzo.ai/fenced="true"`;
+//! `hanzo.ai/transfer-to` carries the operator's transfer request (`base_core::control`). The
+//! file is re-read every [`FENCE_POLL`]. A missing or unreadable file means "not fenced, no
+//! request", with a warning (once per change).
 //!
 //! A fenced replica accepts no writes and does not stand for election (see
 //! `base_core::quasar::Input::SetFenced`); it still votes, and keeps serving reads and staying
 //! ready, so fencing takes a replica out of the writer's seat, not out of the read pool.
 
+use base_core::control::ANNOTATION_TRANSFER;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -92,9 +95,17 @@ pub enum FenceError {
     TooLarge { path: PathBuf, len: u64 },
 }
 
-/// Is the replica fenced according to the annotations file? `true` only for the value `true`
-/// (trimmed, any case).
-pub fn read_fence(path: &Path) -> Result<bool, FenceError> {
+/// What the agent reads from its pod's annotations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodAnnotations {
+    pub fenced: bool,
+    /// The raw value of `hanzo.ai/transfer-to`, if present.
+    pub transfer: Option<String>,
+}
+
+/// Reads the annotations file: the fence (`true` only for the value `true`, trimmed, any case)
+/// and the transfer request.
+pub fn read_annotations(path: &Path) -> Result<PodAnnotations, FenceError> {
     let io = |source| FenceError::Io {
         path: path.to_path_buf(),
         source,
@@ -107,15 +118,26 @@ pub fn read_fence(path: &Path) -> Result<bool, FenceError> {
         });
     }
     let text = std::fs::read_to_string(path).map_err(io)?;
-    Ok(parse_annotations(&text)
-        .get(FENCE_ANNOTATION)
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")))
+    let mut annotations = parse_annotations(&text);
+    Ok(PodAnnotations {
+        fenced: annotations
+            .get(FENCE_ANNOTATION)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+        transfer: annotations.remove(ANNOTATION_TRANSFER),
+    })
 }
 
-/// Reads the fence, logging a change of state; an unreadable file counts as not fenced.
-/// `last` holds what was read before (`None` before the first read), `Err(())` if unreadable.
-pub fn read_and_log(path: &Path, last: &mut Option<Result<bool, ()>>) -> bool {
-    let now = read_fence(path);
+/// Is the replica fenced according to the annotations file?
+pub fn read_fence(path: &Path) -> Result<bool, FenceError> {
+    read_annotations(path).map(|a| a.fenced)
+}
+
+/// Reads the annotations, logging a change of the fence; an unreadable file counts as not fenced
+/// and no request. `last` holds the fence read before (`None` before the first read), `Err(())`
+/// if unreadable.
+pub fn read_and_log(path: &Path, last: &mut Option<Result<bool, ()>>) -> PodAnnotations {
+    let read = read_annotations(path);
+    let now = read.as_ref().map(|a| a.fenced);
     let summary = now.as_ref().map(|f| *f).map_err(|_| ());
     if last.as_ref() != Some(&summary) {
         match &now {
@@ -130,14 +152,15 @@ pub fn read_and_log(path: &Path, last: &mut Option<Result<bool, ()>>) -> bool {
         }
         *last = Some(summary);
     }
-    now.unwrap_or(false)
+    read.unwrap_or_default()
 }
 
-/// Re-reads the fence file every [`FENCE_POLL`] and sends each change to the driver.
+/// Re-reads the annotations file every [`FENCE_POLL`] and sends each change (of the fence, of
+/// the transfer request) to the driver.
 pub async fn watch(
     path: PathBuf,
     mut last: Option<Result<bool, ()>>,
-    mut fenced: bool,
+    mut seen: PodAnnotations,
     control: mpsc::Sender<super::driver::Control>,
 ) {
     let mut interval = tokio::time::interval(FENCE_POLL);
@@ -147,23 +170,32 @@ pub async fn watch(
         interval.tick().await;
         let now = {
             let path = path.clone();
-            let mut seen = last;
-            match tokio::task::spawn_blocking(move || (read_and_log(&path, &mut seen), seen)).await
+            let mut fence_seen = last;
+            match tokio::task::spawn_blocking(move || {
+                let now = read_and_log(&path, &mut fence_seen);
+                (now, fence_seen)
+            })
+            .await
             {
-                Ok((now, seen)) => {
-                    last = seen;
+                Ok((now, fence_seen)) => {
+                    last = fence_seen;
                     now
                 }
                 Err(_) => continue,
             }
         };
-        if now != fenced {
-            fenced = now;
-            if control
-                .send(super::driver::Control::Fence(fenced))
-                .await
-                .is_err()
-            {
+        let mut changes = Vec::new();
+        if now.fenced != seen.fenced {
+            changes.push(super::driver::Control::Fence(now.fenced));
+        }
+        if now.transfer != seen.transfer {
+            changes.push(super::driver::Control::TransferAnnotation(
+                now.transfer.clone(),
+            ));
+        }
+        seen = now;
+        for change in changes {
+            if control.send(change).await.is_err() {
                 return;
             }
         }
@@ -213,10 +245,15 @@ mod tests {
         let f = dir.join("annotations");
         assert!(read_fence(&f).is_err());
         let mut last = None;
-        assert!(!read_and_log(&f, &mut last));
+        assert_eq!(read_and_log(&f, &mut last), PodAnnotations::default());
         std::fs::write(&f, "hanzo.ai/fenced=\"true\"\n").unwrap();
         assert!(read_fence(&f).unwrap());
-        assert!(read_and_log(&f, &mut last));
+        assert!(read_and_log(&f, &mut last).fenced);
+        std::fs::write(&f, "hanzo.ai/transfer-to=\"{\\\"to\\\":\\\"b\\\"}\"\n").unwrap();
+        assert_eq!(
+            read_annotations(&f).unwrap().transfer.as_deref(),
+            Some(r#"{"to":"b"}"#)
+        );
         std::fs::write(&f, "hanzo.ai/fenced=\"false\"\n").unwrap();
         assert!(!read_fence(&f).unwrap());
         std::fs::write(&f, "other=\"true\"\n").unwrap();

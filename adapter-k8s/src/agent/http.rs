@@ -1,12 +1,25 @@
-//! The agent's HTTP side: the peer endpoint, `/_ha/*`, `/_quasar/metrics`, health, and the front
-//! door that forwards to the local Base: reads always, writes only while this node holds a valid
-//! writer lease (never while fenced), at most `--proxy-max-concurrent` at once, and bodies that
-//! go idle are cut (see [`proxy`](super::proxy)).
+//! The agent's HTTP side, in two planes.
+//!
+//! - The **client port** (`--listen`): the front door that forwards to the local Base (reads
+//!   always, writes only while this node holds a valid writer lease, never while fenced, at most
+//!   `--proxy-max-concurrent` at once, idle bodies cut: see [`proxy`](super::proxy)), plus the
+//!   read-only wire of the Hanzo gateway (`GET /_ha/leader`, `GET /_ha/peers`, the `X-Base-*`
+//!   headers) and `/healthz`, `/readyz`. Every other control path
+//!   ([`base_core::control::is_control_path`]) gets a `404 {"error":"control_path"}` of the
+//!   agent's own, never Base's, counted (`quasar_control_refused_total{reason="client_port"}`).
+//! - The **control port** (`--peer-port`): HMAC-signed peer messages (`POST /_quasar/msg`) and
+//!   `GET /_quasar/metrics`; anything else `404`, counted as `unknown_path`. Without
+//!   `--peer-port` (development only, warned at start) both are served on the client port.
+//!
+//! No HTTP request moves the writer: transfers come from the pod annotation
+//! (`Control::TransferAnnotation`) or, between agents, as the election's own signed messages.
+//! Refusals are logged once per source address a minute.
 
 use super::Shared;
 use super::auth::{DropReason, HEADER_MAC, HEADER_NONCE, HEADER_TIMESTAMP};
 use super::clock::format_rfc3339;
-use super::driver::{Control, TransferOutcome};
+use super::driver::Control;
+use super::metrics::ControlRefusal;
 use super::proxy::IdleTimeout;
 use super::transport::MESSAGE_PATH;
 use axum::Router;
@@ -21,8 +34,8 @@ use base_core::quasar::{Envelope, MAX_MESSAGE_BYTES};
 use base_core::wire::{
     HEADER_LEADER, HEADER_TERM, HEADER_WRITER_REQUIRED, LeaderAnswer, NO_WRITER_BODY,
 };
-use base_core::{Millis, NodeId, Term};
-use serde::{Deserialize, Serialize};
+use base_core::{Millis, Term};
+use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -39,25 +52,20 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// Answers to a transfer that is not answered within this bound say 503.
-const TRANSFER_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Marks `/_ha/peers` and `/readyz` answers of a fenced replica.
 const HEADER_FENCED: &str = "x-base-fenced";
 
-/// The client port. With `--peer-port`, peer messages are not served here.
+/// The client port. Without `--peer-port` it also serves the control port's endpoints.
 pub fn router(shared: Arc<Shared>) -> Router {
     let base = if shared.separate_peer_port {
-        Router::new().route(
-            MESSAGE_PATH,
-            axum::routing::any(|| async { error(StatusCode::NOT_FOUND, "use_the_peer_port") }),
-        )
+        Router::new()
     } else {
-        Router::new().route(MESSAGE_PATH, post(peer_message))
+        Router::new()
+            .route(MESSAGE_PATH, post(peer_message))
+            .route("/_quasar/metrics", get(metrics))
     };
     base.route("/_ha/leader", get(leader))
         .route("/_ha/peers", get(peers))
-        .route("/_ha/transfer", post(transfer))
-        .route("/_quasar/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(front_door)
@@ -66,6 +74,22 @@ pub fn router(shared: Arc<Shared>) -> Router {
             stamp_headers,
         ))
         .with_state(shared)
+}
+
+/// Counts a refused control request and logs it, once per source a minute.
+fn refuse_control(
+    shared: &Shared,
+    reason: ControlRefusal,
+    source: SocketAddr,
+    method: &Method,
+    uri: &Uri,
+) -> Response {
+    shared.metrics.control_refused(reason);
+    if shared.refusals.should_log(Some(source.ip())) {
+        tracing::warn!(reason = reason.as_str(), source = %source.ip(), %method, path = %uri.path(),
+            "refused a control-plane request (logged once a minute per source)");
+    }
+    error(StatusCode::NOT_FOUND, "control_path")
 }
 
 /// Who this agent believes is the writer: (URL, node id, term, lease end).
@@ -96,10 +120,24 @@ async fn stamp_headers(State(shared): State<Arc<Shared>>, mut response: Response
     response
 }
 
-/// The peer port (`--peer-port`): peer messages only.
+/// The control port (`--peer-port`): peer messages and the metrics; anything else 404.
 pub fn peer_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(MESSAGE_PATH, post(peer_message))
+        .route("/_quasar/metrics", get(metrics))
+        .fallback(
+            |State(shared): State<Arc<Shared>>,
+             ConnectInfo(source): ConnectInfo<SocketAddr>,
+             request: Request| async move {
+                refuse_control(
+                    &shared,
+                    ControlRefusal::UnknownPath,
+                    source,
+                    request.method(),
+                    request.uri(),
+                )
+            },
+        )
         .with_state(shared)
 }
 
@@ -119,7 +157,11 @@ fn drop_response(reason: DropReason) -> Response {
 
 /// Checks one peer message (see [`auth`](super::auth) for the order of the checks) and queues it
 /// for the driver.
-async fn peer_message(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+async fn peer_message(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(source): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
     match admit_peer_message(&shared, request).await {
         Ok(()) => {
             shared.metrics.accepted.inc();
@@ -127,7 +169,12 @@ async fn peer_message(State(shared): State<Arc<Shared>>, request: Request) -> Re
         }
         Err(reason) => {
             shared.metrics.dropped(reason);
-            tracing::debug!(reason = reason.as_str(), "peer message dropped");
+            if reason != DropReason::Busy && shared.refusals.should_log(Some(source.ip())) {
+                tracing::warn!(reason = reason.as_str(), source = %source.ip(),
+                    "peer message dropped (logged once a minute per source)");
+            } else {
+                tracing::debug!(reason = reason.as_str(), "peer message dropped");
+            }
             drop_response(reason)
         }
     }
@@ -166,74 +213,6 @@ async fn admit_peer_message(shared: &Shared, request: Request) -> Result<(), Dro
         .control
         .try_send(control)
         .map_err(|_| DropReason::Busy)
-}
-
-/// The body of `POST /_ha/transfer`: `{"to": "<node id>"}`, or `{}` for the best up-to-date peer.
-#[derive(Debug, Default, Deserialize)]
-struct TransferRequest {
-    #[serde(default)]
-    to: Option<String>,
-}
-
-/// `POST /_ha/transfer`: the writer hands over (it stops accepting writes at once). 202 with the
-/// target; 409 `not_writer`; 400 `unknown_target`; 409 `no_up_to_date_peer`; 429
-/// `transfer_in_progress` (one at a time).
-async fn transfer(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let bytes = match axum::body::to_bytes(request.into_body(), MAX_MESSAGE_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
-    };
-    let body: TransferRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
-        TransferRequest::default()
-    } else {
-        match serde_json::from_slice(&bytes) {
-            Ok(body) => body,
-            Err(_) => return error(StatusCode::BAD_REQUEST, "bad_request"),
-        }
-    };
-    let to = body
-        .to
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .map(NodeId::new);
-    let (reply, outcome) = tokio::sync::oneshot::channel();
-    if shared
-        .control
-        .try_send(Control::Transfer { to, reply })
-        .is_err()
-    {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "busy");
-    }
-    let outcome = match tokio::time::timeout(TRANSFER_REPLY_TIMEOUT, outcome).await {
-        Ok(Ok(outcome)) => outcome,
-        _ => return error(StatusCode::SERVICE_UNAVAILABLE, "busy"),
-    };
-    match outcome {
-        TransferOutcome::Started { to, term } => (
-            StatusCode::ACCEPTED,
-            axum::Json(serde_json::json!({
-                "to": to.as_str(),
-                "url": shared.url_of(&to),
-                "term": term.0,
-            })),
-        )
-            .into_response(),
-        TransferOutcome::NotWriter => error(StatusCode::CONFLICT, "not_writer"),
-        TransferOutcome::UnknownTarget => error(StatusCode::BAD_REQUEST, "unknown_target"),
-        TransferOutcome::NoTarget => error(StatusCode::CONFLICT, "no_up_to_date_peer"),
-        TransferOutcome::InProgress { to } => {
-            let body = serde_json::json!({
-                "error": "transfer_in_progress",
-                "to": to.as_ref().map(NodeId::as_str),
-            });
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
-                axum::Json(body),
-            )
-                .into_response()
-        }
-    }
 }
 
 /// `GET /_quasar/metrics`: Prometheus text.
@@ -400,6 +379,15 @@ async fn front_door(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
+    if base_core::control::is_control_path(request.method().as_str(), request.uri().path()) {
+        return refuse_control(
+            &shared,
+            ControlRefusal::ClientPort,
+            peer,
+            request.method(),
+            request.uri(),
+        );
+    }
     let Ok(permit) = shared.proxy_limit.clone().try_acquire_owned() else {
         shared.metrics.proxy_rejected.inc();
         return (

@@ -1,9 +1,12 @@
-//! The agent's counters, served as Prometheus text at `GET /_quasar/metrics` (client port):
+//! The agent's counters, served as Prometheus text at `GET /_quasar/metrics` (the control port):
 //! `quasar_peer_messages_accepted_total`, `quasar_peer_messages_dropped_total{reason}` (see
-//! [`DropReason`]), `quasar_transfers_total`, `quasar_proxy_rejected_total`, and the gauges
-//! `quasar_fenced`, `quasar_term`, `quasar_is_writer`, `quasar_position` (the local Base's
-//! replication position as the election uses it: the highest polled from `--position-url`, 0
-//! without), `quasar_peer_auth` (1 when peer messages are authenticated).
+//! [`DropReason`]), `quasar_control_refused_total{reason}` (see [`ControlRefusal`]),
+//! `quasar_transfer_requests_total{outcome}` (`started` or a
+//! [`TransferRefusal`](base_core::control::TransferRefusal)), `quasar_transfers_total`,
+//! `quasar_proxy_rejected_total`, and the gauges `quasar_fenced`, `quasar_term`,
+//! `quasar_is_writer`, `quasar_position` (the local Base's replication position as the election
+//! uses it: the highest polled from `--position-url`, 0 without), `quasar_peer_auth` (1 when peer
+//! messages are authenticated).
 
 use super::auth::DropReason;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -17,10 +20,40 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+/// Why a control-plane HTTP request was answered 404 (peer messages have their own counter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlRefusal {
+    /// A control path (`base_core::control::is_control_path`) on the client port.
+    ClientPort,
+    /// A path the control port does not serve (e.g. the removed `POST /_ha/transfer`).
+    UnknownPath,
+}
+
+impl ControlRefusal {
+    pub const ALL: [ControlRefusal; 2] = [ControlRefusal::ClientPort, ControlRefusal::UnknownPath];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlRefusal::ClientPort => "client_port",
+            ControlRefusal::UnknownPath => "unknown_path",
+        }
+    }
+}
+
+/// The `outcome` of a transfer request that started a hand-over.
+pub const TRANSFER_STARTED: &str = "started";
+
 pub struct AgentMetrics {
     registry: Registry,
     pub accepted: Counter,
     dropped: Family<ReasonLabel, Counter>,
+    control_refused: Family<ReasonLabel, Counter>,
+    transfer_requests: Family<OutcomeLabel, Counter>,
     pub transfers: Counter,
     pub proxy_rejected: Counter,
     pub fenced: Gauge,
@@ -35,6 +68,8 @@ impl Default for AgentMetrics {
         let mut registry = Registry::with_prefix("quasar");
         let accepted = Counter::default();
         let dropped = Family::<ReasonLabel, Counter>::default();
+        let control_refused = Family::<ReasonLabel, Counter>::default();
+        let transfer_requests = Family::<OutcomeLabel, Counter>::default();
         let transfers = Counter::default();
         let proxy_rejected = Counter::default();
         let fenced = Gauge::default();
@@ -51,6 +86,16 @@ impl Default for AgentMetrics {
             "peer_messages_dropped",
             "Peer messages dropped, by reason",
             dropped.clone(),
+        );
+        registry.register(
+            "control_refused",
+            "Control-plane HTTP requests answered 404, by reason (client_port, unknown_path)",
+            control_refused.clone(),
+        );
+        registry.register(
+            "transfer_requests",
+            "Transfer requests read from the pod annotation, by outcome",
+            transfer_requests.clone(),
         );
         registry.register(
             "transfers",
@@ -85,10 +130,27 @@ impl Default for AgentMetrics {
                 reason: reason.as_str().to_string(),
             });
         }
+        for reason in ControlRefusal::ALL {
+            let _ = control_refused.get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_string(),
+            });
+        }
+        let outcomes = std::iter::once(TRANSFER_STARTED).chain(
+            base_core::control::TransferRefusal::ALL
+                .iter()
+                .map(|r| r.as_str()),
+        );
+        for outcome in outcomes {
+            let _ = transfer_requests.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            });
+        }
         AgentMetrics {
             registry,
             accepted,
             dropped,
+            control_refused,
+            transfer_requests,
             transfers,
             proxy_rejected,
             fenced,
@@ -115,6 +177,23 @@ impl AgentMetrics {
                 reason: reason.as_str().to_string(),
             })
             .get()
+    }
+
+    pub fn control_refused(&self, reason: ControlRefusal) {
+        self.control_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// A transfer request was considered: `started`, or why not.
+    pub fn transfer_request(&self, outcome: &str) {
+        self.transfer_requests
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// The text exposition (OpenMetrics text, which Prometheus reads).

@@ -4,17 +4,19 @@
 //! again right before forwarding, with the term as the fencing token `X-Base-Term`), otherwise the
 //! client gets `307` to the writer or `503 {"error":"no_writer"}`.
 //!
-//! Endpoints (client port, `--listen`): `GET /_ha/leader`, `GET /_ha/peers`,
-//! `POST /_ha/transfer`, `GET /_quasar/metrics`, `GET /healthz`, `GET /readyz`, and
-//! `POST /_quasar/msg` (peers) unless `--peer-port` moves it to a port of its own; everything else
-//! is proxied. Every response carries `X-Base-Leader` (the writer's URL, empty if none is known)
-//! and `X-Base-Term`.
+//! Endpoints. Client port (`--listen`): `GET /_ha/leader`, `GET /_ha/peers`, `GET /healthz`,
+//! `GET /readyz`; every other path under `/_ha/`, `/_quasar/`, `/_replica/` is a `404` of the
+//! agent's own (counted); everything else is proxied. Control port (`--peer-port`):
+//! `POST /_quasar/msg` (peers, HMAC-signed) and `GET /_quasar/metrics`; without `--peer-port`
+//! (development only) these two are on the client port. Every response of the client port
+//! carries `X-Base-Leader` (the writer's URL, empty if none is known) and `X-Base-Term`.
 //!
-//! - **Transfer** — `POST /_ha/transfer` `{"to": "<node id>"}` (or `{}`: the best up-to-date peer):
-//!   the writer stops accepting writes at once and hands over (`Input::TransferWriter`); `202
-//!   {"to","url","term"}`, `409 not_writer`, `400 unknown_target`, `409 no_up_to_date_peer`, `429
-//!   transfer_in_progress` (one at a time). The operator calls it for writer-last rolling updates
-//!   and switchovers.
+//! - **Transfer** — by the pod annotation `hanzo.ai/transfer-to`, read from the downward-API
+//!   annotations file (`--fence-file`, as the fence): a JSON request `{"to","term","at","by"}`
+//!   that acts at most once and only on the writer of that term (`base_core::control`); the
+//!   writer stops accepting writes at once and hands over (`Input::TransferWriter`). The operator
+//!   sets it for writer-last rolling updates and switchovers, so who may move the writer is who
+//!   may patch the pod. No HTTP endpoint moves the writer (there is no `POST /_ha/transfer`).
 //! - **Fencing** — `--fence-file` (the downward-API annotations file, re-read every second, see
 //!   [`fence`]): while the pod holds `hanzo.ai/fenced="true"` the replica accepts no writes and does
 //!   not stand for election (a writer hands over first); it still votes, serves reads and stays
@@ -26,14 +28,15 @@
 //!   messages are dropped and counted (see [`auth`], which also says why an HMAC and not mTLS, and
 //!   how a rotation proceeds without an outage). Without the flag, messages are not authenticated
 //!   (a warning at start).
-//! - **Peer port** — `--peer-port`: peer messages are served only on that port (same host as
-//!   `--listen`) and sent to that port of each peer's host, so a NetworkPolicy can admit only the
-//!   Base's own pods to it.
+//! - **Control port** — `--peer-port`: peer messages and metrics are served only on that port
+//!   (same host as `--listen`), and messages are sent to that port of each peer's host, so a
+//!   NetworkPolicy can admit only the Base's own pods to it.
 //! - **Proxy hygiene** — `--proxy-max-concurrent` proxied requests at most (503 `overloaded`
 //!   beyond), and `--proxy-idle-timeout-ms` cuts a request or response body that stays idle (see
 //!   [`proxy`]).
-//! - **Metrics** — `GET /_quasar/metrics` (Prometheus text, see [`metrics`]): messages accepted,
-//!   dropped by reason, transfers, fenced, term, is_writer, position, proxy rejections.
+//! - **Metrics** — `GET /_quasar/metrics` on the control port (Prometheus text, see [`metrics`]):
+//!   messages accepted, dropped by reason, control requests refused by reason, transfer requests
+//!   by outcome, transfers, fenced, term, is_writer, position, proxy rejections.
 //! - **Position** — `--position-url` (polled every 200 ms; a number or `{"position": N}`): the
 //!   local Base's replication position. A node grants its (pre-)vote only to a candidate at least
 //!   as advanced, and a writer hands over only to a peer at least as advanced; a smaller answer
@@ -138,7 +141,8 @@ pub struct AgentArgs {
     pub shutdown_transfer_timeout_ms: u64,
     /// The pod's annotations as the downward API writes them (`key="value"` lines). The replica
     /// is fenced (no writes, not standing for election; reads go on) while it holds
-    /// `hanzo.ai/fenced="true"`. Re-read every second; missing or unreadable = not fenced.
+    /// `hanzo.ai/fenced="true"`; `hanzo.ai/transfer-to` asks the writer to hand over. Re-read
+    /// every second; missing or unreadable = not fenced, no request.
     #[arg(long, env = "BASE_FENCE_FILE")]
     pub fence_file: Option<PathBuf>,
     /// A mounted Secret with the Base's peer key: `current` (required) and `previous`
@@ -149,8 +153,9 @@ pub struct AgentArgs {
     /// How often the peer key files are re-read (a rotation needs no restart).
     #[arg(long, env = "BASE_PEER_KEY_RELOAD_MS", default_value_t = auth::KEY_RELOAD_DEFAULT_MS)]
     pub peer_key_reload_ms: u64,
-    /// Serve peer messages only on this port (same host as `--listen`), and send them to this
-    /// port of each peer's host; `/_quasar/msg` is then not served on the client port.
+    /// The control port: serve peer messages and `/_quasar/metrics` only on this port (same host
+    /// as `--listen`), and send messages to this port of each peer's host. Without it both share
+    /// the client port (development only).
     #[arg(long, env = "BASE_PEER_PORT")]
     pub peer_port: Option<u16>,
     /// Most proxied requests in flight at once; beyond it clients get 503 `overloaded`.
@@ -226,6 +231,8 @@ pub struct Shared {
     /// Permits for proxied requests in flight.
     pub proxy_limit: Arc<Semaphore>,
     pub proxy_idle_timeout: Duration,
+    /// Refused control requests are logged once per source.
+    pub refusals: crate::refusals::SourceLog,
 }
 
 impl Shared {
@@ -365,10 +372,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let peer_auth = Arc::new(auth::PeerAuth::new(keys));
     // The fence is read before the node may campaign (a restarted node waits out its promise).
     let mut fence_seen = None;
-    let fenced = args
+    let annotations = args
         .fence_file
         .as_deref()
-        .is_some_and(|f| fence::read_and_log(f, &mut fence_seen));
+        .map(|f| fence::read_and_log(f, &mut fence_seen))
+        .unwrap_or_default();
+    let fenced = annotations.fenced;
     let clock = Clock::new();
     let seed =
         std::collections::hash_map::RandomState::new().hash_one((plan.id.as_str(), clock.now().0));
@@ -384,6 +393,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     .map_err(AgentError::from)?;
     let mut node = node;
     let _ = node.step(clock.now(), base_core::quasar::Input::SetFenced(fenced));
+    // A request already in the file at start is old: this node holds no role yet, so it is
+    // refused (and remembered) here, and never acts later (see `base_core::control`).
+    let mut inbox = base_core::control::TransferInbox::default();
+    let _ = inbox.offer(annotations.transfer.as_deref(), &node);
+    if plan.peer_listen.is_none() {
+        tracing::warn!(
+            "no --peer-port: peer messages and /_quasar/metrics share the client port (for development only)"
+        );
+    }
     tracing::info!(
         node_id = %plan.id, url = %plan.self_url, term = %persisted.term,
         voted_for = ?persisted.voted_for, peers = plan.peers.len(), fenced,
@@ -434,6 +452,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         separate_peer_port: plan.peer_listen.is_some(),
         proxy_limit: Arc::new(Semaphore::new(args.proxy_max_concurrent)),
         proxy_idle_timeout: Duration::from_millis(args.proxy_idle_timeout_ms),
+        refusals: crate::refusals::SourceLog::default(),
     });
     shared.metrics.peer_auth.set(i64::from(peer_auth.enabled()));
 
@@ -444,13 +463,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         rx,
         tick: Duration::from_millis(args.tick_ms),
         shutdown_timeout: Duration::from_millis(args.shutdown_transfer_timeout_ms),
+        inbox,
     };
     let mut driver_task = tokio::spawn(driver.run());
     if let Some(url) = args.position_url.clone() {
         tokio::spawn(poll_position(url, control.clone(), peer_timeout));
     }
     if let Some(file) = args.fence_file.clone() {
-        tokio::spawn(fence::watch(file, fence_seen, fenced, control.clone()));
+        tokio::spawn(fence::watch(file, fence_seen, annotations, control.clone()));
     }
     if let Some(dir) = args.peer_key_dir.clone() {
         let every = Duration::from_millis(args.peer_key_reload_ms.max(100));
@@ -477,8 +497,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     addr: addr.to_string(),
                     source,
                 })?;
-            tracing::info!(%addr, "serving peer messages");
-            let peer_app = http::peer_router(shared.clone());
+            tracing::info!(%addr, "serving the control port (peer messages, metrics)");
+            let peer_app = http::peer_router(shared.clone())
+                .into_make_service_with_connect_info::<SocketAddr>();
             let until = stopped(http_stopped.clone());
             Some(tokio::spawn(async move {
                 axum::serve(peer_listener, peer_app)

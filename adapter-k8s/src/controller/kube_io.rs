@@ -2,6 +2,7 @@
 //! the controller. No decisions here — they are all in `base_core::reconcile`.
 
 use super::{Context, Error};
+use base_core::control::{ANNOTATION_TRANSFER, TransferRequest};
 use base_core::crd::{Base, Kind};
 use base_core::reconcile::objects::{ANNOTATION_POD_FENCED, LABEL_BASE, LABEL_ROLE, ROLE_WRITER};
 use base_core::reconcile::route::{GATEWAY_API_VERSION, GATEWAY_KIND};
@@ -90,6 +91,10 @@ fn pod_view(p: &Pod) -> PodView {
             .get(ANNOTATION_POD_FENCED)
             .map(String::as_str)
             == Some("true"),
+        transfer: p
+            .annotations()
+            .get(ANNOTATION_TRANSFER)
+            .and_then(|v| TransferRequest::parse(v)),
     }
 }
 
@@ -257,8 +262,24 @@ pub async fn perform(
         )
         .await?;
     }
+    // A transfer is asked by annotating the writer's pod, as fencing is: the agent reads it from
+    // its downward-API file. No port of the agent moves the writer (base_core::control).
     if let Some(t) = &plan.transfer {
-        ctx.transfer(&ns, t).await;
+        let value = t.request.to_annotation();
+        ctx.metrics.write("patch", "Pod");
+        match pods
+            .patch(
+                &t.pod,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {ANNOTATION_TRANSFER: value}}})),
+            )
+            .await
+        {
+            Ok(_) => info!(base = %name, from = %t.pod, to = %t.request.to, term = t.request.term,
+                at = t.request.at, by = %t.request.by, "asked the writer to transfer (pod annotation)"),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(Error::Kube(e)),
+        }
     }
     for key in &plan.delete {
         let api_version = match key.kind.as_str() {

@@ -13,7 +13,7 @@ pub use kube_io::{ANNOTATION_AGENT_URL, FIELD_MANAGER};
 use admission::Admission;
 use base_core::crd::{Base, BaseApp, BaseSpec, Kind};
 use base_core::reconcile::route;
-use base_core::reconcile::{EventType as PlanEventType, OperatorConfig, Plan, Transfer, plan_for};
+use base_core::reconcile::{EventType as PlanEventType, OperatorConfig, Plan, plan_for};
 use base_core::validate::parse_duration_ms;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -138,7 +138,6 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub writers: Writers,
-    http: reqwest::Client,
     cleanup_timeout: Duration,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -157,30 +156,6 @@ impl Context {
     fn remember_peer_key(&self, ns: &str, name: &str) {
         if let Ok(mut s) = self.peer_keys.lock() {
             s.insert((ns.to_string(), name.to_string()));
-        }
-    }
-
-    /// Asks the writer's agent to hand its role to `to` (writer-last rolling, scale-down).
-    async fn transfer(&self, ns: &str, t: &Transfer) {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let Ok(Some(pod)) = pods.get_opt(&t.from).await else {
-            return;
-        };
-        let Some(url) = agent_url(&pod, None) else {
-            return;
-        };
-        self.metrics.write("transfer", "Pod");
-        match self
-            .http
-            .post(format!("{url}/_ha/transfer"))
-            .json(&json!({"to": t.to}))
-            .send()
-            .await
-        {
-            Ok(r) => {
-                info!(from = %t.from, to = %t.to, status = %r.status(), "asked the writer to transfer")
-            }
-            Err(e) => warn!(from = %t.from, to = %t.to, error = %e, "transfer request failed"),
         }
     }
 }
@@ -514,9 +489,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
         ),
         writers: Writers::new(wake_tx),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .build()?,
         cleanup_timeout: args.cleanup_timeout,
         failures: Mutex::default(),
         peer_keys: Mutex::default(),

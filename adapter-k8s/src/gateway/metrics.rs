@@ -16,6 +16,7 @@ pub struct Metrics {
     registry: Registry,
     routed: Family<Labels2, Counter>,
     rejected: Family<Labels, Counter>,
+    control_refused: Counter,
     retries: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
     polls: Family<Labels, Counter>,
@@ -66,6 +67,12 @@ impl Metrics {
             "Requests answered 503 by the gateway, by reason (no_writer, no_replica)",
             rejected.clone(),
         );
+        let control_refused = Counter::default();
+        registry.register(
+            "control_refused",
+            "Requests for the agents' control plane (/_ha/*, /_quasar/*, /_replica/* but the read-only /_ha/leader and /_ha/peers) answered 404 by the gateway, never forwarded",
+            control_refused.clone(),
+        );
         let retries = Family::<Labels, Counter>::default();
         registry.register(
             "retries",
@@ -106,6 +113,7 @@ impl Metrics {
             registry,
             routed,
             rejected,
+            control_refused,
             retries,
             upstream_errors,
             polls,
@@ -133,6 +141,10 @@ impl Metrics {
             Reject::NoReplica => "no_replica",
         };
         self.rejected.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub fn control_refused(&self) {
+        self.control_refused.inc();
     }
 
     pub fn retried(&self, kind: RequestKind) {

@@ -13,6 +13,11 @@
 //! - `/_gateway/healthz`: the process is alive; `/_gateway/readyz`: a writer is known;
 //! - `/_gateway/state`: the tracker's view as JSON, for people and tests.
 //!
+//! It never forwards the agents' control plane ([`base_core::control::is_control_path`]: everything
+//! under `/_ha/`, `/_quasar/`, `/_replica/` but `GET /_ha/leader` and `GET /_ha/peers`): such a
+//! request gets a `404 {"error":"control_path"}` of the gateway's own, is counted
+//! (`base_gateway_control_refused_total`) and logged once per source address a minute.
+//!
 //! Lease times are compared with this machine's clock: the gateway trusts that the replicas' clocks
 //! and its own agree within the election's drift bound, as the Hanzo gateway does.
 
@@ -178,6 +183,8 @@ struct Shared {
     upstream_timeout: Duration,
     body_idle_timeout: Duration,
     retry_buffer_bytes: usize,
+    /// Refused control requests are logged once per source.
+    refusals: crate::refusals::SourceLog,
 }
 
 impl Shared {
@@ -262,6 +269,7 @@ impl Gateway {
                 upstream_timeout: args.upstream_timeout,
                 body_idle_timeout: args.body_idle_timeout,
                 retry_buffer_bytes: args.retry_buffer_bytes,
+                refusals: crate::refusals::SourceLog::default(),
             }),
             root_metrics: args.root_metrics,
         })

@@ -72,6 +72,14 @@ pub(super) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
     let (parts, body) = request.into_parts();
+    if base_core::control::is_control_path(parts.method.as_str(), parts.uri.path()) {
+        shared.metrics.control_refused();
+        if shared.refusals.should_log(peer) {
+            tracing::warn!(source = ?peer, method = %parts.method, path = %parts.uri.path(),
+                "refused a control-plane request: the gateway never forwards it (logged once a minute per source)");
+        }
+        return json_error(StatusCode::NOT_FOUND, "control_path");
+    }
     let kind = RequestKind::from_method(parts.method.as_str());
     let writer_required = header_str(&parts.headers, HEADER_WRITER_REQUIRED)
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("required"));

@@ -115,6 +115,8 @@ pub struct PodView {
     pub writer_label: bool,
     /// Carries the annotation `hanzo.ai/fenced: "true"`.
     pub fenced: bool,
+    /// The transfer request its annotation `hanzo.ai/transfer-to` holds, if it parses.
+    pub transfer: Option<crate::control::TransferRequest>,
 }
 
 /// The StatefulSet's state, read from its JSON.
@@ -226,6 +228,55 @@ pub struct Transfer {
     pub to: String,
 }
 
+/// The write that asks for a transfer: set the annotation `hanzo.ai/transfer-to` of pod `pod`
+/// (the writer) to `request.to_annotation()`. The agent reads it from its downward-API
+/// annotations file (see [`crate::control`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodTransfer {
+    pub pod: String,
+    pub request: crate::control::TransferRequest,
+}
+
+/// A transfer request still pending after this long (the writer unchanged) is asked again with
+/// a new `at`: the target may not have caught up in time, or `TimeoutNow` was lost. Longer than
+/// the kubelet's rewrite of the annotations file plus the agent's re-read of it.
+pub const TRANSFER_RETRY_MS: u64 = 5_000;
+
+/// The write a transfer intent needs now, and when to look again. `None` when the writer's pod
+/// already holds a request for this target in the writer's term that is younger than
+/// [`TRANSFER_RETRY_MS`] (so an unchanged world writes nothing), or when the writer is not `from`.
+fn transfer_write(intent: &Transfer, by: &str, observed: &Observed) -> (Option<PodTransfer>, u64) {
+    let Some(writer) = observed.writer.as_ref().filter(|w| w.pod == intent.from) else {
+        return (None, TRANSFER_RETRY_MS);
+    };
+    let now = observed.now.0;
+    let pending = observed
+        .pods
+        .iter()
+        .find(|p| p.name == intent.from)
+        .and_then(|p| p.transfer.as_ref())
+        .filter(|r| r.to == intent.to && r.term == writer.term);
+    if let Some(r) = pending {
+        let due = r.at.saturating_add(TRANSFER_RETRY_MS);
+        if now < due {
+            return (None, due - now);
+        }
+    }
+    let request = crate::control::TransferRequest {
+        to: intent.to.clone(),
+        term: writer.term,
+        at: now,
+        by: by.to_string(),
+    };
+    (
+        Some(PodTransfer {
+            pod: intent.from.clone(),
+            request,
+        }),
+        TRANSFER_RETRY_MS,
+    )
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {
     Normal,
@@ -258,7 +309,8 @@ pub struct Plan {
     /// Annotations to remove from the Base (a finished or refused switchover request).
     pub clear_annotations: Vec<String>,
     pub gateway: Option<GatewayWrite>,
-    pub transfer: Option<Transfer>,
+    /// A transfer request to write (see [`PodTransfer`]).
+    pub transfer: Option<PodTransfer>,
     pub status: BaseStatus,
     pub status_changed: bool,
     pub events: Vec<PlanEvent>,
@@ -413,10 +465,10 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
     if let Some(pod) = &step.delete_pod {
         plan.delete.push(ObjectKey::new("Pod", pod));
     }
-    plan.transfer = step
+    let mut transfer_intent = step
         .transfer
         .clone()
-        .map(|(from, to)| Transfer { from, to });
+        .map(|(from, to)| (Transfer { from, to }, "rollout"));
     // PVCs of removed ordinals, once their pods are gone, when the spec says Delete.
     if base.spec.storage.retention() == RetentionPolicy::Delete {
         for pvc in &observed.pvcs {
@@ -474,8 +526,8 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
                 observed.now,
             ) {
                 Some(operations::Switchover::InProgress { transfer, message }) => {
-                    if transfer.is_some() {
-                        plan.transfer = transfer;
+                    if let Some(t) = transfer {
+                        transfer_intent = Some((t, "switchover"));
                     } else {
                         plan.requeue_after_ms = plan.requeue_after_ms.min(CONFIRM_REQUEUE_MS);
                     }
@@ -515,6 +567,12 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
             "InvalidFencedInstances",
             message,
         )),
+    }
+
+    if let Some((intent, by)) = &transfer_intent {
+        let (write, look_again_ms) = transfer_write(intent, by, observed);
+        plan.transfer = write;
+        plan.requeue_after_ms = plan.requeue_after_ms.min(look_again_ms);
     }
 
     let mut route_outcome = status::RouteOutcome::NotConfigured;

@@ -772,7 +772,8 @@ pub(super) fn network_policy(c: &Ctx) -> Option<Object> {
         from.push(obj!([("podSelector", Value::Object(Map::new()))]));
     }
     if let Some(ns) = &c.config.operator_namespace {
-        // The operator polls /_ha/leader and asks for transfers on the client port.
+        // The operator polls /_ha/leader on the client port (it asks for transfers through the
+        // API server, by a pod annotation: never on a port).
         from.push(obj!([(
             "namespaceSelector",
             obj!([(

@@ -146,6 +146,7 @@ mod tests {
             terminating: false,
             writer_label: false,
             fenced: false,
+            transfer: None,
         }
     }
 

@@ -527,7 +527,8 @@ pub fn network_policy(c: &Ctx) -> Option<NetworkPolicy> {
         });
     }
     if let Some(ns) = &c.config.operator_namespace {
-        // The operator polls /_ha/leader and asks for transfers on the client port.
+        // The operator polls /_ha/leader on the client port (it asks for transfers through the
+        // API server, by a pod annotation: never on a port).
         from.push(NetworkPolicyPeer {
             namespace_selector: Some(LabelSelector {
                 match_labels: Some(BTreeMap::from([(
