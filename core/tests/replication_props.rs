@@ -681,13 +681,15 @@ fn schedules_exercise_commits_truncations_and_snapshots() {
             .filter(|s| s.writer.is_none() && s.replica.state().log.snapshot().index > 0)
             .count();
     }
-    assert!(acked > 100, "only {acked} writes acknowledged");
+    // Typical counts over 300 schedules: 100–220 acked, ~250 cut, ~160 snapshots; the bounds
+    // are far below, as the schedules are random.
+    assert!(acked > 30, "only {acked} writes acknowledged");
     assert!(
-        truncations > 10,
+        truncations > 80,
         "only {truncations} stores ever cut or re-snapshotted"
     );
     assert!(
-        snapshots > 10,
+        snapshots > 40,
         "only {snapshots} replicas started from a snapshot"
     );
 }

@@ -55,9 +55,12 @@ enum Action {
         to: u8,
     },
     Campaign(u8),
+    /// The store's position moves: up by `delta`, or (with `cut`) down by `delta` in a new
+    /// epoch, as after a truncation or a snapshot.
     Position {
         node: u8,
         delta: u16,
+        cut: bool,
     },
     /// Deliver again, now, a message sent earlier (possibly many terms ago), to its recipient.
     Replay(u16),
@@ -634,13 +637,23 @@ fn run(data: &[u8]) -> Result<()> {
                 );
             }
             Action::Campaign(i) => sim.step(pick(i), Input::Campaign, &mut u),
-            Action::Position { node, delta } => {
+            Action::Position { node, delta, cut } => {
                 let i = pick(node);
-                let pos = sim.nodes[i]
+                let (epoch, pos) = sim.nodes[i]
                     .as_ref()
-                    .map_or(0, Node::position)
-                    .saturating_add(u64::from(delta));
-                sim.step(i, Input::Position(pos), &mut u);
+                    .map_or((0, 0), |n| (n.position_epoch(), n.position()));
+                let input = if cut {
+                    Input::Position {
+                        epoch: epoch.saturating_add(1),
+                        position: pos.saturating_sub(u64::from(delta)),
+                    }
+                } else {
+                    Input::Position {
+                        epoch,
+                        position: pos.saturating_add(u64::from(delta)),
+                    }
+                };
+                sim.step(i, input, &mut u);
             }
             Action::Replay(index) => {
                 if !sim.history.is_empty() {

@@ -87,7 +87,13 @@ impl World {
         // A request already in the file is old: refused (and remembered) by a node with no role.
         let mut inbox = TransferInbox::default();
         let _ = inbox.offer(self.k8s.pods.get(&ordinal)?.transfer_file.as_deref(), &node);
-        let effects = node.step(now, Input::Position(pos));
+        let effects = node.step(
+            now,
+            Input::Position {
+                epoch: 0,
+                position: pos,
+            },
+        );
         assert!(effects.is_empty());
         let slot = &mut self.replicas[ordinal as usize];
         slot.incarnation += 1;
@@ -231,7 +237,13 @@ impl World {
         a.commit = 0;
         a.next_index = a.peers.iter().map(|&p| (p, log_len + 1)).collect();
         a.match_index = a.peers.iter().map(|&p| (p, 0)).collect();
-        let effects = a.node.step(now, Input::Position(pos));
+        let effects = a.node.step(
+            now,
+            Input::Position {
+                epoch: 0,
+                position: pos,
+            },
+        );
         assert!(effects.is_empty());
         self.ev(format!(
             "{} becomes writer of term {term} (log {})",
@@ -683,7 +695,13 @@ impl World {
                 );
             }
         }
-        let mut out = self.step_agent(ordinal, Input::Position(pos));
+        let mut out = self.step_agent(
+            ordinal,
+            Input::Position {
+                epoch: 0,
+                position: pos,
+            },
+        );
         let ack = Packet::AppendAck {
             from: ordinal,
             term,
@@ -853,7 +871,13 @@ impl World {
         self.ev(format!("{} applies {entry} at {index}", pod_id(ordinal)));
         // Invariant 2, at the moment a store applies a write.
         self.check_sole_acceptor(ordinal, term, &format!("applies {entry}"));
-        let mut out = self.step_agent(ordinal, Input::Position(pos));
+        let mut out = self.step_agent(
+            ordinal,
+            Input::Position {
+                epoch: 0,
+                position: pos,
+            },
+        );
         out.extend(self.appends(ordinal, None));
         (Ok(index), out)
     }

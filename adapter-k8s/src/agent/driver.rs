@@ -21,7 +21,11 @@ pub enum Control {
         from: NodeId,
         msg: Message,
     },
-    Position(u64),
+    /// The store's replication position and its epoch (`quasar::Input::Position`).
+    Position {
+        epoch: u64,
+        position: u64,
+    },
     /// The pod annotation `hanzo.ai/transfer-to` changed (`--fence-file`): a transfer request
     /// (`base_core::control`), considered once.
     TransferAnnotation(Option<String>),
@@ -71,7 +75,9 @@ impl Driver {
                 control = self.rx.recv() => match control {
                     None => return Ok(()),
                     Some(Control::Peer { from, msg }) => Some(Input::Message { from, msg }),
-                    Some(Control::Position(position)) => Some(Input::Position(position)),
+                    Some(Control::Position { epoch, position }) => {
+                        Some(Input::Position { epoch, position })
+                    }
                     Some(Control::TransferAnnotation(value)) => self.transfer_request(value.as_deref()),
                     Some(Control::Fence(fenced)) => {
                         self.shared.fenced.store(fenced, Ordering::Relaxed);

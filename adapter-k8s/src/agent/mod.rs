@@ -109,7 +109,8 @@ pub struct AgentArgs {
     #[arg(long, env = "BASE_AGENT_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
     /// Optional: a URL on the local Base answering its replication position (a number, or JSON
-    /// `{"position": N}`). Without it every node counts as equally up to date.
+    /// `{"position": N, "epoch": E}`; the epoch, 0 if absent, grows whenever the store's log lost a
+    /// suffix, and lets the position go down). Without it every node counts as equally up to date.
     #[arg(long, env = "BASE_AGENT_POSITION_URL")]
     pub position_url: Option<String>,
     #[arg(long, env = "BASE_QUASAR_HEARTBEAT_MS", default_value_t = qt::DEFAULT_HEARTBEAT_INTERVAL_MS)]
@@ -560,18 +561,30 @@ async fn poll_position(url: String, control: mpsc::Sender<Control>, timeout: Dur
         let Ok(text) = response.text().await else {
             continue;
         };
-        let position = text.trim().parse::<u64>().ok().or_else(|| {
-            serde_json::from_str::<serde_json::Value>(&text)
-                .ok()?
-                .get("position")?
-                .as_u64()
-        });
-        if let Some(position) = position
-            && control.send(Control::Position(position)).await.is_err()
+        if let Some((epoch, position)) = parse_position(&text)
+            && control
+                .send(Control::Position { epoch, position })
+                .await
+                .is_err()
         {
             return;
         }
     }
+}
+
+/// A position answer: a bare integer (epoch 0), or JSON with `position` and optionally `epoch`
+/// (which the store raises whenever its log loses a suffix, so the position may go down).
+fn parse_position(text: &str) -> Option<(u64, u64)> {
+    if let Ok(position) = text.trim().parse::<u64>() {
+        return Some((0, position));
+    }
+    let value = serde_json::from_str::<serde_json::Value>(text).ok()?;
+    let position = value.get("position")?.as_u64()?;
+    let epoch = match value.get("epoch") {
+        None => 0,
+        Some(e) => e.as_u64()?,
+    };
+    Some((epoch, position))
 }
 
 async fn shutdown_signal() {
@@ -676,5 +689,21 @@ mod tests {
         assert!(plan(&cli.agent).is_err());
         let cli = Cli::parse_from(base.iter().chain(&["--lease-margin-ms", "0"]));
         assert!(plan(&cli.agent).is_err());
+    }
+
+    /// The store's answer gives the election its position and epoch: a bare number is epoch 0,
+    /// JSON may name the epoch, and anything malformed is ignored rather than taken as 0.
+    #[test]
+    fn parses_position_answers() {
+        assert_eq!(parse_position("42\n"), Some((0, 42)));
+        assert_eq!(parse_position(r#"{"position": 7}"#), Some((0, 7)));
+        assert_eq!(
+            parse_position(r#"{"position": 7, "epoch": 3}"#),
+            Some((3, 7))
+        );
+        assert_eq!(parse_position(r#"{"position": 7, "epoch": "x"}"#), None);
+        assert_eq!(parse_position(r#"{"epoch": 3}"#), None);
+        assert_eq!(parse_position("-1"), None);
+        assert_eq!(parse_position(""), None);
     }
 }

@@ -12,10 +12,34 @@
 //! Terms only grow and are persisted with the vote (`Persist` comes before every `Send` that
 //! depends on it), so a node votes at most once per term even across restarts; a candidate needs
 //! a majority, so each term has at most one writer. A voter grants only a candidate whose
-//! replication position is at least its own. An election starts with a *pre-vote* that changes no
+//! replication position is at least its own (see "Positions" below). An election starts with a *pre-vote* that changes no
 //! state, so a node back from a partition cannot raise the term and depose a healthy writer.
 //! *CheckQuorum*: a writer that has no majority ack of anything it sent in the last
 //! `election_timeout_min_ms` steps down.
+//!
+//! # Positions: why the writer holds every committed entry
+//! A node's position is `(last term << 32) | last index` of its store's durable log, which orders
+//! like Raft's "at least as up to date" (§5.4.1); the replication machine
+//! ([`crate::replication`]) commits an entry only once a majority holds it *and* it is of the
+//! writer's own term. A candidate needs the votes of a majority, which shares a member with the
+//! majority holding any committed entry, and that member grants only if the candidate's position
+//! is at least its own: so the winner's log holds the entry (Raft §5.4.3).
+//!
+//! Positions reach the node as reports (`Input::Position { epoch, position }`) that may be late,
+//! and a store's log can lose a suffix (a replica cuts entries that conflict with the writer's, or
+//! replaces its log by a snapshot), so a position can go down. The store's epoch grows with every
+//! such loss, persisted with it; the node keeps the newest report by `(epoch, position)`, so a
+//! lower position of a newer epoch is taken, and a late report of an older epoch is not. The
+//! argument holds for whatever report the node holds, because (a) every report describes a log
+//! the store really had, and (b) the store only ever loses entries that are not committed (it cuts
+//! only entries that differ from the current writer's, which holds every committed entry, and
+//! installs a snapshot only past its own end). A *voter* holding an out-of-date report: too high
+//! only makes it refuse more; too low cannot hide a committed entry from the writer's count,
+//! because the writer counts a follower only at the position the follower itself reported. A
+//! *candidate* holding a report higher than its log (the report from before a cut): that log
+//! held every committed entry a voter's log up to that position implies (Raft's argument, applied
+//! to the earlier log), and the cut removed none of them. Epochs are never compared between
+//! nodes: messages carry positions only.
 //!
 //! # Safety: fencing by lease
 //! A write is accepted only by the writer, only while `now < lease_until` (`can_accept_writes`).

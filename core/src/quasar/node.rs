@@ -29,8 +29,12 @@ pub enum Input {
     Tick,
     /// A message from a peer.
     Message { from: NodeId, msg: Message },
-    /// The local Base's replication position (opaque, monotone; a smaller value is ignored).
-    Position(u64),
+    /// The local store's replication position: `(last term << 32) | last index` of its durable
+    /// log, with the store's `epoch`, which grows whenever the log may have lost a suffix (a
+    /// truncation of uncommitted entries, a snapshot install). The node keeps the newest report
+    /// by `(epoch, position)`: within an epoch a smaller position is a stale report and ignored;
+    /// a higher epoch replaces the position even when it is smaller; an older epoch is ignored.
+    Position { epoch: u64, position: u64 },
     /// Hand the writer role to `to` (ignored unless this node is the writer and `to` a peer).
     TransferWriter { to: NodeId },
     /// Start an election now, as if the election timeout had fired (still pre-votes, and still
@@ -194,6 +198,8 @@ pub struct Node {
     role: Role,
     leader: Option<NodeId>,
     position: u64,
+    /// The epoch of `position` (see [`Input::Position`]).
+    position_epoch: u64,
 
     promise: Promise,
     election_deadline: Millis,
@@ -251,6 +257,7 @@ impl Node {
             role: Role::Follower,
             leader: None,
             position: 0,
+            position_epoch: 0,
             promise: Promise {
                 term: persisted.term,
                 holder: None,
@@ -290,6 +297,10 @@ impl Node {
     }
     pub fn position(&self) -> u64 {
         self.position
+    }
+    /// The epoch of [`Node::position`].
+    pub fn position_epoch(&self) -> u64 {
+        self.position_epoch
     }
     pub fn timing(&self) -> &Timing {
         &self.timing
@@ -425,7 +436,7 @@ impl Node {
         match input {
             Input::Tick => self.tick(now, &mut out),
             Input::Message { from, msg } => self.receive(now, from, msg, &mut out),
-            Input::Position(position) => self.position = self.position.max(position),
+            Input::Position { epoch, position } => self.set_position(epoch, position),
             Input::TransferWriter { to } => self.start_transfer(now, to, &mut out),
             Input::Campaign => {
                 if self.role != Role::Writer
@@ -439,6 +450,14 @@ impl Node {
         }
         self.check_invariants(now, before, &out);
         out
+    }
+
+    fn set_position(&mut self, epoch: u64, position: u64) {
+        if (epoch, position) <= (self.position_epoch, self.position) {
+            return; // stale: an older epoch, or an older report of this one
+        }
+        self.position_epoch = epoch;
+        self.position = position;
     }
 
     fn tick(&mut self, now: Millis, out: &mut Vec<Effect>) {
@@ -1278,6 +1297,50 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    fn position(epoch: u64, position: u64) -> Input {
+        Input::Position { epoch, position }
+    }
+
+    /// The node keeps the newest position report by (epoch, position): a smaller position of the
+    /// same epoch is a late report and ignored, a smaller one of a newer epoch (a truncation, a
+    /// snapshot) is taken, an older epoch is ignored. And a voter whose position went down
+    /// grants a candidate it refused before.
+    #[test]
+    fn position_goes_down_only_with_a_new_epoch() {
+        let mut n = node("a", &["b", "c"]);
+        let _ = n.step(Millis(0), position(0, 50));
+        let _ = n.step(Millis(0), position(0, 40));
+        assert_eq!((n.position_epoch(), n.position()), (0, 50));
+        let _ = n.step(Millis(0), position(1, 30));
+        assert_eq!((n.position_epoch(), n.position()), (1, 30));
+        let _ = n.step(Millis(0), position(0, 90));
+        assert_eq!((n.position_epoch(), n.position()), (1, 30));
+        let vote = |position| Input::Message {
+            from: NodeId::from("b"),
+            msg: Message::Vote {
+                term: Term(1),
+                position,
+                sent_ms: Millis(1000),
+                transfer_from: None,
+            },
+        };
+        let granted = |out: &[Effect]| {
+            out.iter().any(|e| {
+                matches!(
+                    e,
+                    Effect::Send {
+                        msg: Message::VoteResponse { granted: true, .. },
+                        ..
+                    }
+                )
+            })
+        };
+        let mut high = n.clone();
+        let _ = high.step(Millis(0), position(1, 50));
+        assert!(!granted(&high.step(Millis(1000), vote(40))));
+        assert!(granted(&n.step(Millis(1000), vote(40))));
     }
 
     #[test]

@@ -15,9 +15,9 @@
 //! The writer's store appends a client write (data and log entry in one transaction) and reports
 //! it (`WriterInput::Appended`); the agent holds the answer (`Hold`). A replica pulls entries after
 //! its last entry (`Pull` → `Ship`), appends them durably, and reports its position to the
-//! election (`ReplicaEffect::Position` → `quasar::Input::Position`), which re-sends its heartbeat
-//! ack at once; the writer's agent passes the ack's position on (`PeerPosition`), commit advances,
-//! and the held answer is released (`Release { Committed }`). A write whose deadline passes, or
+//! election (`ReplicaEffect::Position` → `quasar::Input::Position`), whose heartbeat acks carry
+//! it; the writer's agent passes the ack's position on (`PeerPosition`, or the pull itself proves
+//! it), commit advances, and the held answer is released (`Release { Committed }`). A write whose deadline passes, or
 //! whose writer steps down first, is answered `CommitUnknown`: never success without a quorum.
 //!
 //! # Why an acknowledged write survives

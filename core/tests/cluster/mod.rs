@@ -387,7 +387,13 @@ impl Cluster {
         if let Message::Heartbeat { position, .. } = &m.msg.0 {
             let pos = self.nodes[m.to].position.max(*position);
             self.nodes[m.to].position = pos;
-            self.step_node(m.to, Input::Position(pos));
+            self.step_node(
+                m.to,
+                Input::Position {
+                    epoch: 0,
+                    position: pos,
+                },
+            );
         }
         let from = self.nodes[m.from].id.clone();
         self.step_node(m.to, Input::Message { from, msg: m.msg.0 });
@@ -465,7 +471,13 @@ impl Cluster {
                 self.nodes[i].next_write_real = self.real_ms + WRITE_EVERY_MS;
                 self.nodes[i].position += 1;
                 let pos = self.nodes[i].position;
-                self.step_node(i, Input::Position(pos));
+                self.step_node(
+                    i,
+                    Input::Position {
+                        epoch: 0,
+                        position: pos,
+                    },
+                );
             }
         }
         self.check();
@@ -536,7 +548,13 @@ impl Cluster {
             self.local(i),
         )
         .expect("valid node");
-        let _ = node.step(self.local(i), Input::Position(self.nodes[i].position));
+        let _ = node.step(
+            self.local(i),
+            Input::Position {
+                epoch: 0,
+                position: self.nodes[i].position,
+            },
+        );
         // The agent re-reads the annotation before the node may campaign.
         let _ = node.step(self.local(i), Input::SetFenced(self.nodes[i].fenced));
         self.nodes[i].node = Some(node);
