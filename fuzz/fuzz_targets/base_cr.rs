@@ -12,6 +12,7 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
+use base_core::control::TransferRequest;
 use base_core::crd::{Base, Kind};
 use base_core::manifest;
 use base_core::reconcile::{GatewayView, ObjectKey, Observed, PodView, WriterView, plan_for};
@@ -238,6 +239,8 @@ struct Pod {
     terminating: bool,
     writer_label: bool,
     fenced: bool,
+    /// A pending `hanzo.ai/transfer-to` request: (target ordinal, term, at in seconds).
+    transfer: Option<(u8, u8, u16)>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -325,6 +328,12 @@ impl World {
                 terminating: p.terminating,
                 writer_label: p.writer_label,
                 fenced: p.fenced,
+                transfer: p.transfer.map(|(to, term, at)| TransferRequest {
+                    to: format!("{name}-{}", ord(to)),
+                    term: u64::from(term),
+                    at: u64::from(at) * 1000,
+                    by: "fuzz".into(),
+                }),
             })
             .filter(|p| names.insert(p.name.clone()))
             .collect();
