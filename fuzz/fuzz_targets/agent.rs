@@ -297,7 +297,10 @@ fuzz_target!(|s: Scenario| {
                     None => continue,
                 }
             }
-            Step::Position(p) => Input::Position { epoch: 0, position: *p },
+            Step::Position(p) => Input::Position {
+                epoch: 0,
+                position: *p,
+            },
             Step::Transfer(to) => Input::TransferWriter { to: id(to % 4) },
             Step::Campaign => Input::Campaign,
         };
