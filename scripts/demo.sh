@@ -13,6 +13,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "### building base-operator and the local apiserver (cached after the first run)"
+./scripts/host-deps.sh
 cargo build --locked -q -p base-adapter-k8s
 bin="${CARGO_TARGET_DIR:-target}/debug/base-operator"
 ./scripts/k8s-envtest.sh build

@@ -4,6 +4,7 @@
 # The README's test command; CI runs it too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/host-deps.sh
 ./scripts/k8s-envtest.sh build
 cargo test --workspace --locked --no-fail-fast
 # The deterministic simulation (madsim build, in its own target dir; README "Simulation").
