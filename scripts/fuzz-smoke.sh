@@ -44,7 +44,9 @@ done
 # clock is slowed far past the drift bound and cut off, so every committed seed must end in the
 # checker's "both accept writes" panic. A seed that runs clean, or fails another way, means the
 # checker no longer sees the bug it exists for (a missing `election` binary fails here too).
-bin="target/$(rustc -vV | sed -n 's/^host: //p')/release/election"
+# cargo fuzz builds where cargo would (CARGO_TARGET_DIR, which .ci/run sets, or fuzz/target).
+target_dir=$(cargo metadata --locked --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+bin="$target_dir/$(rustc -vV | sed -n 's/^host: //p')/release/election"
 seeds=(corpus/election/*)
 [ -e "${seeds[0]}" ] || { echo "== election self-test: no seeds in fuzz/corpus/election"; exit 1; }
 caught=0
