@@ -293,6 +293,12 @@ async fn body_bytes(body: Body, limit: usize) -> Result<Bytes, Response> {
     })
 }
 
+/// The JSON array of statements of `POST /db/execute` and `POST /db/query`, or the error answer.
+async fn statements(body: Body, limit: usize) -> Result<Vec<sql::Statement>, Response> {
+    let bytes = body_bytes(body, limit).await?;
+    sql::parse_statements(&bytes).map_err(|msg| error(StatusCode::BAD_REQUEST, "bad_request", msg))
+}
+
 fn flag(q: &HashMap<String, String>, name: &str) -> bool {
     q.get(name).is_some_and(|v| v != "false" && v != "0")
 }
@@ -591,13 +597,9 @@ async fn db_execute(
         Ok(t) => t,
         Err(r) => return r,
     };
-    let bytes = match body_bytes(body, app.max_body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let stmts = match sql::parse_statements(&bytes) {
+    let stmts = match statements(body, app.max_body).await {
         Ok(s) => s,
-        Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_request", msg),
+        Err(r) => return r,
     };
     let timings = flag(&q, "timings");
     let req = ExecRequest {
@@ -736,13 +738,9 @@ async fn db_query_post(
     uri: axum::http::Uri,
     body: Body,
 ) -> Response {
-    let bytes = match body_bytes(body, app.max_body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let stmts = match sql::parse_statements(&bytes) {
+    let stmts = match statements(body, app.max_body).await {
         Ok(s) => s,
-        Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_request", msg),
+        Err(r) => return r,
     };
     let pq = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     run_query(&app, &q, &pq, stmts).await
