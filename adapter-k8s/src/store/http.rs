@@ -47,7 +47,8 @@ const MAX_BATCH: usize = 256;
 const MAX_APPEND_BYTES: usize = 256 << 20;
 const DEFAULT_SHIP_BYTES: usize = 4 << 20;
 
-type Work = Box<dyn FnOnce(&mut Store) + Send>;
+/// A job for the writer thread; it publishes the state it leaves before it answers.
+type Work = Box<dyn FnOnce(&mut Store, &watch::Sender<State>) + Send>;
 
 enum Job {
     Execute(ExecRequest, oneshot::Sender<Result<ExecAnswer, Refusal>>),
@@ -91,8 +92,11 @@ impl App {
         f: impl FnOnce(&mut Store) -> T + Send + 'static,
     ) -> Result<T, Response> {
         let (tx, rx) = oneshot::channel();
-        let work: Work = Box::new(move |s| {
-            let _ = tx.send(f(s));
+        let work: Work = Box::new(move |s, state| {
+            let out = f(s);
+            // A caller that reads /_replica/state after the answer must see this job's effect.
+            publish(s, state);
+            let _ = tx.send(out);
         });
         if self.jobs.send(Job::Other(work)).is_err() {
             return Err(error(
@@ -122,7 +126,7 @@ fn writer_loop(mut store: Store, rx: mpsc::Receiver<Job>, state: watch::Sender<S
             },
         };
         match job {
-            Job::Other(f) => f(&mut store),
+            Job::Other(f) => f(&mut store, &state),
             Job::Execute(first, reply) => {
                 // Everything queued meanwhile commits with it.
                 let mut reqs = vec![first];
