@@ -8,7 +8,8 @@
 //! What it proves, in order: every object with its owner; the route next to another owner's; the
 //! writer label and status following the agents; a peer key rotated by hand is never overwritten
 //! (also by a restarted operator, whose create meets 409); resyncs that write nothing; a write of
-//! the Gateway that meets a concurrent writer (409) re-planned without losing the other entry; a
+//! the Gateway that meets a concurrent writer (409, forced by holding the operator's patch at an
+//! API proxy while another owner writes) re-planned without losing the other entry; a
 //! rolling update ordered followers first, one hand-over, writer last, with the operator killed in
 //! the middle of it; a create race on the peer-key Secret; a kill mid-creation and one between two
 //! scale steps; PVCs of removed ordinals deleted under `Delete` and kept under `Retain`; one active
@@ -67,13 +68,7 @@ struct Agents {
     state: Arc<Mutex<HashMap<String, (String, u64)>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
     hold: Arc<Mutex<Option<Hold>>>,
-    /// Armed: the next transfer request first changes the Gateway (a concurrent writer between
-    /// the operator's read of the Gateway and its write), adding this route entry.
-    gateway_hook: Arc<Mutex<Option<GatewayHook>>>,
 }
-
-/// The Gateway API and the route entry the concurrent writer adds.
-type GatewayHook = (Api<DynamicObject>, Value);
 
 impl Agents {
     fn set(&self, base: &str, writer: &str, term: u64) {
@@ -119,16 +114,6 @@ async fn on_transfer_annotation(a: &Agents, base: &str, pod: &str, value: &str) 
     let (from, term) = a.get(base);
     if from != pod || request.term != term || request.to.is_empty() {
         return;
-    }
-    let hook = a.gateway_hook.lock().unwrap().take();
-    if let Some((api, entry)) = hook {
-        let add: json_patch::Patch = serde_json::from_value(
-            json!([{"op": "add", "path": "/spec/routes/-", "value": entry}]),
-        )
-        .unwrap();
-        api.patch("gateway", &PatchParams::default(), &Patch::Json::<()>(add))
-            .await
-            .expect("the concurrent write to the Gateway");
     }
     let to = request.to;
     a.seen.lock().unwrap().push(Seen::Transfer {
@@ -546,19 +531,38 @@ async fn operator_against_a_real_apiserver() {
         "the operator left the rotated peer key as it is"
     );
 
-    // -- a concurrent writer of the Gateway: the stand-in agent, asked to transfer (by the pod
-    // annotation), adds another owner's route to the Gateway while the operator writes its new
-    // route entry (the same plan asks for both). Nothing may be lost: the concurrent entry stays,
-    // each entry once. (Since transfers are pod annotations, which the stand-in reads on its own
-    // schedule, the concurrent write can no longer be placed between the operator's read of the
-    // Gateway and its write, so a 409 re-plan is not forced here.)
+    // -- a concurrent writer of the Gateway, placed exactly between the operator's read of the
+    // Gateway and its write: the operator runs behind a proxy that holds its next Gateway PATCH
+    // while another owner's route entry is added. Its patch, guarded by the resourceVersion it
+    // planned against, must meet 409 and be re-planned from a fresh read; nothing may be lost:
+    // the concurrent entry stays, each entry once. The same plan also carries a switchover.
+    let proxy = support::api_proxy::ApiProxy::start(&c.operator_kubeconfig, &c.dir).await;
+    op.kill();
+    op = Operator::spawn_via(&c, &proxy.kubeconfig, "op-a", &[]);
+    let held = proxy.hold_next(
+        axum::http::Method::PATCH,
+        "/apis/hanzo.ai/v1/namespaces/hanzo/gateways/gateway",
+    );
     let concurrent = json!({"prefix": "/v1/concurrent", "backend": "http://concurrent", "owner": "Base/hanzo/concurrent"});
-    *agents.gateway_hook.lock().unwrap() = Some((gateways(&c, "hanzo"), concurrent.clone()));
     patch_base(
         &c,
         "my-app",
         r#"{"metadata": {"annotations": {"hanzo.ai/switchover-to": "my-app-0"}}, "spec": {"gateway": {"readYourWritesTTL": "7s"}}}"#,
     );
+    tokio::time::timeout(T, held.reached)
+        .await
+        .expect("the operator patched the Gateway for the new TTL")
+        .expect("the proxy held the patch");
+    let add: json_patch::Patch = serde_json::from_value(
+        json!([{"op": "add", "path": "/spec/routes/-", "value": concurrent}]),
+    )
+    .unwrap();
+    gateways(&c, "hanzo")
+        .patch("gateway", &PatchParams::default(), &Patch::Json::<()>(add))
+        .await
+        .expect("the concurrent write to the Gateway");
+    let concurrent_at = k8s_openapi::jiff::Timestamp::now();
+    held.go.send(()).expect("the held patch still waits");
     eventually(
         T,
         "the switchover done and the new route entry written",
@@ -577,9 +581,15 @@ async fn operator_against_a_real_apiserver() {
         },
     )
     .await;
+    let gateway_patches: Vec<u16> = c
+        .operator_requests()
+        .iter()
+        .filter(|r| r.verb == "patch" && r.resource == "gateways" && r.at > concurrent_at)
+        .map(|r| r.code)
+        .collect();
     assert!(
-        agents.gateway_hook.lock().unwrap().is_none(),
-        "the concurrent write happened"
+        gateway_patches.first() == Some(&409) && gateway_patches[1..].contains(&200),
+        "the held patch met 409, and a re-planned one then succeeded: {gateway_patches:?}"
     );
     let routes = gateway_routes(&gateways(&c, "hanzo").get("gateway").await.unwrap());
     let mut prefixes: Vec<&str> = routes.iter().filter_map(|r| r["prefix"].as_str()).collect();

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod api_proxy;
+
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::path::{Path, PathBuf};
@@ -199,6 +201,32 @@ impl Operator {
         lease_renew: &str,
         extra: &[&str],
     ) -> Operator {
+        Operator::spawn_inner(
+            cluster,
+            &cluster.operator_kubeconfig,
+            identity,
+            (lease_duration, lease_renew),
+            extra,
+        )
+    }
+
+    /// Through another kubeconfig of the operator's user (e.g. an [`api_proxy::ApiProxy`]).
+    pub fn spawn_via(
+        cluster: &Cluster,
+        kubeconfig: &Path,
+        identity: &str,
+        extra: &[&str],
+    ) -> Operator {
+        Operator::spawn_inner(cluster, kubeconfig, identity, ("3s", "1s"), extra)
+    }
+
+    fn spawn_inner(
+        cluster: &Cluster,
+        kubeconfig: &Path,
+        identity: &str,
+        (lease_duration, lease_renew): (&str, &str),
+        extra: &[&str],
+    ) -> Operator {
         let metrics_port = free_port();
         let log_path = cluster.dir.join(format!("operator-{identity}.log"));
         let log = std::fs::OpenOptions::new()
@@ -220,7 +248,7 @@ impl Operator {
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--agent-image", "base-operator:test"])
             .args(extra)
-            .env("KUBECONFIG", &cluster.operator_kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             // The watcher's debug lines name the watch errors (a 410 Gone among them).
             .env("RUST_LOG", "info,kube=warn,kube_runtime::watcher=debug")
             .stdout(Stdio::null())
