@@ -8,6 +8,7 @@ use super::state::{StateError, StateStore};
 use super::transport::Transport;
 use base_core::control::{TransferDecision, TransferInbox};
 use base_core::quasar::{Effect, Envelope, Input, Message, PersistedState, Role};
+use base_core::replication::CoordinatorInput;
 use base_core::{Millis, NodeId};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -202,6 +203,15 @@ impl Driver {
         for effect in effects {
             self.perform(now, effect).await?;
         }
+        // The coordinator follows the election: the role the store should hold, the peers'
+        // positions from the acks, held writes past their deadline.
+        let view = {
+            let node = self.shared.lock_node();
+            super::replication::election_view(&self.shared, &node, now)
+        };
+        let shared = &self.shared;
+        super::replication::step(shared, now, CoordinatorInput::Election(view));
+        super::replication::step(shared, now, CoordinatorInput::Tick);
         Ok(())
     }
 

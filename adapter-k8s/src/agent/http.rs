@@ -21,6 +21,7 @@ use super::clock::format_rfc3339;
 use super::driver::Control;
 use super::metrics::ControlRefusal;
 use super::proxy::IdleTimeout;
+use super::replication::{HEADER_LOG_INDEX, HEADER_LOG_TERM};
 use super::transport::MESSAGE_PATH;
 use axum::Router;
 use axum::body::Body;
@@ -31,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base_core::quasar::Role;
 use base_core::quasar::{Envelope, MAX_MESSAGE_BYTES};
+use base_core::replication::{Contract, CoordinatorInput, LogPosition, Outcome};
 use base_core::wire::{
     HEADER_LEADER, HEADER_TERM, HEADER_WRITER_REQUIRED, LeaderAnswer, NO_WRITER_BODY,
 };
@@ -63,6 +65,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         Router::new()
             .route(MESSAGE_PATH, post(peer_message))
             .route("/_quasar/metrics", get(metrics))
+            .route("/_replica/log", get(ship))
+            .route("/_replica/snapshot", get(ship))
     };
     base.route("/_ha/leader", get(leader))
         .route("/_ha/peers", get(peers))
@@ -125,6 +129,8 @@ pub fn peer_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(MESSAGE_PATH, post(peer_message))
         .route("/_quasar/metrics", get(metrics))
+        .route("/_replica/log", get(ship))
+        .route("/_replica/snapshot", get(ship))
         .fallback(
             |State(shared): State<Arc<Shared>>,
              ConnectInfo(source): ConnectInfo<SocketAddr>,
@@ -231,6 +237,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     m.position.set(i64::try_from(position).unwrap_or(i64::MAX));
     m.is_writer.set(i64::from(writer));
     m.fenced.set(i64::from(fenced));
+    let commit = shared.replication.lock().commit().unwrap_or(0);
+    m.commit.set(i64::try_from(commit).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,
@@ -410,8 +418,15 @@ async fn front_door(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("required"));
     let write = is_write(&parts.method) || writer_required;
-    if write && !shared.can_accept_writes() {
+    let strong = is_strong_read(&parts.uri);
+    if (write || strong) && !shared.can_accept_writes() {
         return not_here(&shared, &parts.uri);
+    }
+    if strong && shared.replication.contract() == Contract::Supported {
+        let term = shared.lock_node().term();
+        if !shared.replication.lock().strong_reads_ready(term) {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "term_start_not_committed");
+        }
     }
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let uri: Uri = match format!("{}{}", shared.upstream, path_and_query).parse() {
@@ -444,7 +459,114 @@ async fn front_door(
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // The store logged the write: its answer is final only once the entry commits.
+            if let Some(at) = logged_entry(&parts.headers)
+                && write
+            {
+                match super::replication::hold(&shared, at).await {
+                    Outcome::Committed => {}
+                    Outcome::CommitUnknown => {
+                        return error(StatusCode::GATEWAY_TIMEOUT, "commit_unknown");
+                    }
+                }
+            }
             let body = IdleTimeout::new(body, shared.proxy_idle_timeout, Some(permit));
+            Response::from_parts(parts, Body::new(body))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "upstream request failed");
+            error(StatusCode::BAD_GATEWAY, "upstream_unreachable")
+        }
+        Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+    }
+}
+
+/// A read the writer must serve within its lease after its term's no-op committed: rqlite's
+/// `level=strong`.
+fn is_strong_read(uri: &Uri) -> bool {
+    uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv.eq_ignore_ascii_case("level=strong"))
+    })
+}
+
+/// The log entry a store's answer names (`X-Base-Log-Index`, `X-Base-Log-Term`).
+fn logged_entry(headers: &HeaderMap) -> Option<LogPosition> {
+    let num = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some(LogPosition::new(
+        Term(num(HEADER_LOG_TERM)?),
+        num(HEADER_LOG_INDEX)?,
+    ))
+}
+
+/// `GET /_replica/log` and `GET /_replica/snapshot` on the control port: a replica's agent asks
+/// for the writer's log (signed like a peer message). Served only while this node is the
+/// writer and its store holds the role; a pull proves the replica holds the entry it pulls after.
+async fn ship(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(source): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let pq = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let peer = match super::replication::admit_ship(&shared, request.headers(), &pq) {
+        Ok(peer) => peer,
+        Err(reason) => {
+            shared.metrics.dropped(reason);
+            if shared.refusals.should_log(Some(source.ip())) {
+                tracing::warn!(reason = reason.as_str(), source = %source.ip(), path = %pq,
+                    "shipping request refused (logged once a minute per source)");
+            }
+            return drop_response(reason);
+        }
+    };
+    let (writer, term) = {
+        let node = shared.lock_node();
+        (node.role() == Role::Writer, node.term())
+    };
+    if !writer || !shared.replication.lock().writer_ready(term) {
+        return error(StatusCode::CONFLICT, "not_writer");
+    }
+    if request.uri().path() == "/_replica/log" {
+        let q: std::collections::HashMap<String, String> = request
+            .uri()
+            .query()
+            .map(|q| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let num = |k: &str| q.get(k).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(index), Some(t)) = (num("after_index"), num("after_term")) {
+            let now = shared.clock.now();
+            let after = LogPosition::new(Term(t), index);
+            super::replication::step(&shared, now, CoordinatorInput::Pull { peer, after });
+        }
+    }
+    let uri: Uri = match format!("{}{}", shared.upstream, pq).parse() {
+        Ok(uri) => uri,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "bad_request_target"),
+    };
+    let mut outgoing = axum::http::Request::new(Body::empty());
+    *outgoing.uri_mut() = uri;
+    // Long polls wait up to 30 s at the store.
+    let wait = shared
+        .upstream_timeout
+        .max(std::time::Duration::from_secs(35));
+    match tokio::time::timeout(wait, shared.client.request(outgoing)).await {
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Body::new(body))
         }
         Ok(Err(e)) => {

@@ -61,6 +61,10 @@ pub struct AgentMetrics {
     pub is_writer: Gauge,
     pub position: Gauge,
     pub peer_auth: Gauge,
+    pub replication_contract: Gauge,
+    pub commit: Gauge,
+    pub writes_committed: Counter,
+    pub writes_commit_unknown: Counter,
 }
 
 impl Default for AgentMetrics {
@@ -77,6 +81,11 @@ impl Default for AgentMetrics {
         let is_writer = Gauge::default();
         let position = Gauge::default();
         let peer_auth = Gauge::default();
+        let replication_contract = Gauge::default();
+        replication_contract.set(-1);
+        let commit = Gauge::default();
+        let writes_committed = Counter::default();
+        let writes_commit_unknown = Counter::default();
         registry.register(
             "peer_messages_accepted",
             "Peer messages that passed every check and reached the election",
@@ -124,6 +133,26 @@ impl Default for AgentMetrics {
             "1 when peer messages are authenticated",
             peer_auth.clone(),
         );
+        registry.register(
+            "replication_contract",
+            "1 while the local Base implements the replica contract, 0 when it does not (404 on /_replica/state: writes are not held for a quorum), -1 before it answered",
+            replication_contract.clone(),
+        );
+        registry.register(
+            "commit",
+            "The writer's commit index (the highest entry a majority holds); 0 on a replica",
+            commit.clone(),
+        );
+        registry.register(
+            "writes_committed",
+            "Client writes answered after a majority held them",
+            writes_committed.clone(),
+        );
+        registry.register(
+            "writes_commit_unknown",
+            "Client writes answered 504 commit_unknown (deadline, step-down, or too many held)",
+            writes_commit_unknown.clone(),
+        );
         // Every reason shows from the start, at 0.
         for reason in DropReason::ALL {
             let _ = dropped.get_or_create(&ReasonLabel {
@@ -158,6 +187,10 @@ impl Default for AgentMetrics {
             is_writer,
             position,
             peer_auth,
+            replication_contract,
+            commit,
+            writes_committed,
+            writes_commit_unknown,
         }
     }
 }

@@ -37,10 +37,21 @@
 //! - **Metrics** — `GET /_quasar/metrics` on the control port (Prometheus text, see [`metrics`]):
 //!   messages accepted, dropped by reason, control requests refused by reason, transfer requests
 //!   by outcome, transfers, fenced, term, is_writer, position, proxy rejections.
-//! - **Position** — `--position-url` (polled every 200 ms; a number or `{"position": N}`): the
-//!   local Base's replication position. A node grants its (pre-)vote only to a candidate at least
+//! - **Replica contract** (`docs/replica-contract.md`, [`replication`]) — by default, with no
+//!   flag: the agent long-polls its Base's `GET /_replica/state` and gives the election the
+//!   store's durable position (with its epoch); it pushes role, term, writer and (on the writer)
+//!   commit with `PUT /_replica/role`; it holds each write's answer until the entry the store
+//!   names (`X-Base-Log-Index`/`-Term`) is held by a majority, else `504
+//!   {"error":"commit_unknown"}` after `--commit-timeout-ms`; a strong read (`level=strong`) is
+//!   served only by the writer within its lease once its term's no-op committed; replicas pull
+//!   the log from the writer's agent on its control port (signed like peer messages). Every
+//!   decision is the core `replication::Coordinator`'s. A Base answering `404` (or without
+//!   `X-Base-Replica-Contract`) runs as before, reported by a warning and
+//!   `quasar_replication_contract 0`.
+//! - **Position** — for a Base without the contract only: `--position-url` (polled every 200 ms;
+//!   a number or `{"position": N}`). A node grants its (pre-)vote only to a candidate at least
 //!   as advanced, and a writer hands over only to a peer at least as advanced; a smaller answer
-//!   is ignored. Without the flag every node is at 0 (equally up to date).
+//!   is ignored. Without either every node is at 0 (equally up to date).
 //!
 //! Layers: [`driver`] feeds the core node and performs its effects in order (persisting through
 //! [`state`] before sending through [`transport`]); [`http`] serves; [`clock`] gives a monotonic
@@ -55,6 +66,7 @@ pub mod fence;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
+pub mod replication;
 pub mod state;
 pub mod transport;
 
@@ -159,6 +171,10 @@ pub struct AgentArgs {
     /// the client port (development only).
     #[arg(long, env = "BASE_PEER_PORT")]
     pub peer_port: Option<u16>,
+    /// How long a write's answer is held for its entry to commit (a majority holds it) before
+    /// the client gets `504 {"error":"commit_unknown"}` (stores with the replica contract).
+    #[arg(long, env = "BASE_AGENT_COMMIT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub commit_timeout_ms: u64,
     /// Most proxied requests in flight at once; beyond it clients get 503 `overloaded`.
     #[arg(long, env = "BASE_AGENT_PROXY_MAX_CONCURRENT", default_value_t = proxy::PROXY_MAX_CONCURRENT_DEFAULT)]
     pub proxy_max_concurrent: usize,
@@ -196,6 +212,8 @@ pub enum AgentError {
     Serve(std::io::Error),
     #[error("election driver: {0}")]
     Driver(#[from] driver::DriverError),
+    #[error("replication: {0}")]
+    Replication(String),
     #[error("election driver stopped unexpectedly: {0}")]
     DriverPanicked(String),
 }
@@ -234,6 +252,10 @@ pub struct Shared {
     pub proxy_idle_timeout: Duration,
     /// Refused control requests are logged once per source.
     pub refusals: crate::refusals::SourceLog,
+    /// The replica contract with the local store (see [`replication`]).
+    pub replication: replication::Replication,
+    /// Per peer: the base URL of its control port (shipping requests go there).
+    pub peer_control_urls: BTreeMap<NodeId, String>,
 }
 
 impl Shared {
@@ -423,6 +445,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     let client = Client::builder(TokioExecutor::new()).build(connector);
+    let quorum = base_core::replication::QuorumConfig::simple(
+        std::iter::once(plan.id.clone()).chain(plan.peers.iter().map(|p| p.id.clone())),
+    )
+    .map_err(|e| AgentError::Replication(e.to_string()))?;
+    let coordinator = base_core::replication::Coordinator::new(
+        plan.id.clone(),
+        plan.self_url.clone(),
+        quorum,
+        args.heartbeat_interval_ms,
+    );
+    let (repl, repl_tasks) = replication::Replication::new(
+        coordinator,
+        Duration::from_millis(args.commit_timeout_ms.max(1)),
+    );
     let shared = Arc::new(Shared {
         id: plan.id.clone(),
         self_url: plan.self_url.clone(),
@@ -454,6 +490,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         proxy_limit: Arc::new(Semaphore::new(args.proxy_max_concurrent)),
         proxy_idle_timeout: Duration::from_millis(args.proxy_idle_timeout_ms),
         refusals: crate::refusals::SourceLog::default(),
+        replication: repl,
+        peer_control_urls: plan.message_urls.iter().cloned().collect(),
     });
     shared.metrics.peer_auth.set(i64::from(peer_auth.enabled()));
 
@@ -467,8 +505,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         inbox,
     };
     let mut driver_task = tokio::spawn(driver.run());
+    replication::start(shared.clone(), repl_tasks);
     if let Some(url) = args.position_url.clone() {
-        tokio::spawn(poll_position(url, control.clone(), peer_timeout));
+        tokio::spawn(poll_position(
+            shared.clone(),
+            url,
+            control.clone(),
+            peer_timeout,
+        ));
     }
     if let Some(file) = args.fence_file.clone() {
         tokio::spawn(fence::watch(file, fence_seen, annotations, control.clone()));
@@ -547,7 +591,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn poll_position(url: String, control: mpsc::Sender<Control>, timeout: Duration) {
+/// `--position-url`, for a store without the replica contract (with it, the position comes from
+/// `GET /_replica/state`, and this poll is ignored).
+async fn poll_position(
+    shared: Arc<Shared>,
+    url: String,
+    control: mpsc::Sender<Control>,
+    timeout: Duration,
+) {
     let Ok(client) = reqwest::Client::builder().timeout(timeout).build() else {
         tracing::warn!("cannot build the position client");
         return;
@@ -561,6 +612,10 @@ async fn poll_position(url: String, control: mpsc::Sender<Control>, timeout: Dur
         let Ok(text) = response.text().await else {
             continue;
         };
+        let contract = shared.replication.contract();
+        if contract == base_core::replication::Contract::Supported {
+            continue;
+        }
         if let Some((epoch, position)) = parse_position(&text)
             && control
                 .send(Control::Position { epoch, position })

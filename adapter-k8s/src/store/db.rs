@@ -780,6 +780,24 @@ impl Store {
         Ok(shape)
     }
 
+    /// The log's shape in the contract's wire form (`PUT /_replica/role?shape=1`): the base, the
+    /// first index of each term's run, the last index. The writer's agent starts its commit
+    /// bookkeeping from it.
+    pub fn shape_json(&self) -> Result<Json, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT term, min(idx) FROM _base_log GROUP BY term ORDER BY term")?;
+        let runs = stmt
+            .query_map([], |r| Ok([u(r.get(0)?), u(r.get(1)?)]))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(serde_json::json!({
+            "base_index": self.meta.base_index,
+            "base_term": self.meta.base_term,
+            "runs": runs,
+            "last_index": self.last_index,
+        }))
+    }
+
     /// `GET /_replica/log`: what to ship a replica whose log ends at `after` — from where both
     /// logs may agree (`after` itself if this log holds it, else the last entry that could, else
     /// this log's start: the replica then needs a snapshot), at most `max_bytes` of frames (but

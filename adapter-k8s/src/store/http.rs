@@ -357,7 +357,12 @@ struct RoleBody {
     commit: u64,
 }
 
-async fn replica_role(AxState(app): AxState<Arc<App>>, body: Body) -> Response {
+async fn replica_role(
+    AxState(app): AxState<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Body,
+) -> Response {
+    let with_shape = flag(&q, "shape");
     let bytes = match body_bytes(body, 64 << 10).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -378,10 +383,22 @@ async fn replica_role(AxState(app): AxState<Arc<App>>, body: Body) -> Response {
         }
     };
     match app
-        .call(move |s| s.set_role(role, b.term, b.writer_id, b.writer_url, b.commit))
+        .call(move |s| {
+            let state = s.set_role(role, b.term, b.writer_id, b.writer_url, b.commit)?;
+            let shape = match with_shape {
+                true => Some(s.shape_json().map_err(Refusal::from)?),
+                false => None,
+            };
+            Ok((state, shape))
+        })
         .await
     {
-        Ok(Ok(state)) => state_response(&state),
+        Ok(Ok((state, None))) => state_response(&state),
+        Ok(Ok((state, Some(shape)))) => {
+            let mut body = serde_json::to_value(&state).unwrap_or_default();
+            body["log_shape"] = shape;
+            axum::Json(body).into_response()
+        }
         Ok(Err(r)) => refusal(r),
         Err(resp) => resp,
     }

@@ -10,6 +10,9 @@
 //!   writes, the no-op, and the [`Shipment`] answering a replica's pull.
 //! - [`replica`]: [`Replica`]: append / truncate / fetch a snapshot, apply up to commit, report
 //!   the durable position with its epoch.
+//! - [`coordinator`]: [`Coordinator`], the agent's side: the role and term pushed to the store,
+//!   a [`Writer`] per confirmed writer term, held client writes, whom a replica pulls from, the
+//!   store's position for the election.
 //!
 //! # The data flow
 //! The writer's store appends a client write (data and log entry in one transaction) and reports
@@ -45,11 +48,16 @@
 //! A truncation or snapshot can lower a replica's position; the epoch it carries grows with each,
 //! so the election takes the lower position as news rather than as a stale report.
 
+pub mod coordinator;
 pub mod log;
 pub mod quorum;
 pub mod replica;
 pub mod writer;
 
+pub use coordinator::{
+    Contract, Coordinator, CoordinatorEffect, CoordinatorInput, ElectionView, RoleAnswer,
+    RoleOrder, StoreRole, StoreView, shape_from_runs,
+};
 pub use log::{LogPosition, LogShape, PositionTooLarge, ShapeError};
 pub use quorum::{Majority, QuorumConfig, QuorumError};
 pub use replica::{Replica, ReplicaEffect, ReplicaError, ReplicaInput, ReplicaState};

@@ -1,0 +1,516 @@
+//! Real processes on loopback (issue 15 §6): three `base-operator store`s, each behind its own
+//! `base-operator agent` (peer keys, control ports on their own addresses), and a
+//! `base-operator gateway` in front. Clients insert unique rows through the gateway while the
+//! writer — agent and store together — is SIGKILLed and restarted, and later SIGSTOPped past its
+//! lease and continued. Afterwards every acknowledged row is on every replica exactly once, and
+//! in a strong read through the gateway.
+//!
+//! An acknowledgement is a `200` whose result inserted the row; `504 commit_unknown` and every
+//! other answer are "unknown" (the row may or may not be there, but at most once). Everything is
+//! waited for on conditions with generous deadlines.
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::BIN;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const KEY: &str = "replication-test-peer-key-0123456789abcdef";
+
+fn free_port(host: &str) -> u16 {
+    std::net::TcpListener::bind((host, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn pid_signal(child: &Child, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status();
+}
+
+/// One pod: a store and its agent.
+struct Pod {
+    id: String,
+    host: String,
+    agent_port: u16,
+    peer_port: u16,
+    store_port: u16,
+    dir: PathBuf,
+    peers: String,
+    agent: Option<Child>,
+    store: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Pod {
+    fn store_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.store_port)
+    }
+
+    fn start(&mut self) {
+        let sink = |log: &Arc<Mutex<Vec<String>>>, child: &mut Child, tag: String| {
+            let stderr = child.stderr.take().expect("piped stderr");
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(format!("{tag}: {line}"));
+                }
+            });
+        };
+        let mut store = Command::new(BIN)
+            .arg("store")
+            .args(["--listen", &format!("127.0.0.1:{}", self.store_port)])
+            .arg("--data-dir")
+            .arg(self.dir.join("store"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the store");
+        sink(&self.log, &mut store, format!("{} store", self.id));
+        let mut agent = Command::new(BIN)
+            .arg("agent")
+            .args(["--node-id", &self.id, "--peers", &self.peers])
+            .args(["--listen", &format!("{}:{}", self.host, self.agent_port)])
+            .args(["--peer-port", &self.peer_port.to_string()])
+            .args([
+                "--upstream",
+                &format!("http://127.0.0.1:{}", self.store_port),
+            ])
+            .arg("--state-dir")
+            .arg(self.dir.join("quasar"))
+            .arg("--peer-key-dir")
+            .arg(self.dir.join("keys"))
+            .args(["--commit-timeout-ms", "3000"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the agent");
+        sink(&self.log, &mut agent, format!("{} agent", self.id));
+        self.store = Some(store);
+        self.agent = Some(agent);
+    }
+
+    /// SIGKILL, both processes: nothing is flushed, nothing handed over.
+    fn kill(&mut self) {
+        for mut c in [self.agent.take(), self.store.take()].into_iter().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        for c in [&self.agent, &self.store].into_iter().flatten() {
+            pid_signal(c, signal);
+        }
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        self.kill();
+    }
+}
+
+struct Gateway {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_gateway(replicas: &str) -> Gateway {
+    let mut child = Command::new(BIN)
+        .args(["gateway", "--listen", "127.0.0.1:0", "--replicas", replicas])
+        .args(["--poll-interval", "200ms"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the gateway");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("gateway listening")
+                && let Ok(v) = serde_json::from_str::<Value>(&line)
+                && let Some(addr) = v["fields"]["addr"].as_str().or(v["addr"].as_str())
+            {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(DEADLINE)
+        .expect("the gateway did not start");
+    Gateway {
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
+struct Cluster {
+    pods: Vec<Pod>,
+    gateway: Gateway,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = std::env::temp_dir().join(format!("base-replication-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let hosts: Vec<String> = (1..=3).map(|i| format!("127.0.0.{i}")).collect();
+        // The control port is one number for the whole Base (as in a pod template), each agent
+        // on its own loopback address.
+        let peer_port = loop {
+            let p = free_port("127.0.0.1");
+            if hosts
+                .iter()
+                .all(|h| std::net::TcpListener::bind((h.as_str(), p)).is_ok())
+            {
+                break p;
+            }
+        };
+        let agent_ports: Vec<u16> = hosts.iter().map(|h| free_port(h)).collect();
+        let peers = (0..3)
+            .map(|i| format!("b-{i}=http://{}:{}", hosts[i], agent_ports[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut pods: Vec<Pod> = (0..3)
+            .map(|i| {
+                let d = dir.join(format!("b-{i}"));
+                std::fs::create_dir_all(d.join("keys")).expect("dirs");
+                std::fs::write(d.join("keys/current"), KEY).expect("key");
+                Pod {
+                    id: format!("b-{i}"),
+                    host: hosts[i].clone(),
+                    agent_port: agent_ports[i],
+                    peer_port,
+                    store_port: free_port("127.0.0.1"),
+                    dir: d,
+                    peers: peers.clone(),
+                    agent: None,
+                    store: None,
+                    log: log.clone(),
+                }
+            })
+            .collect();
+        for p in &mut pods {
+            p.start();
+        }
+        let gateway = start_gateway(&peers);
+        Cluster { pods, gateway, dir }
+    }
+
+    fn logs(&self) -> String {
+        let log = self.pods[0].log.lock().unwrap_or_else(|e| e.into_inner());
+        let n = log.len();
+        log[n.saturating_sub(400)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.pods {
+            p.signal("-CONT");
+            p.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// The writer the gateway routes to, if it knows one.
+async fn gateway_writer(client: &reqwest::Client, gw: &Gateway) -> Option<String> {
+    let v: Value = client
+        .get(format!("{}/_gateway/state", gw.base))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["writer"].as_str().map(str::to_owned)
+}
+
+/// Writes `stmts` through the gateway; `Some(results)` only for a `200`.
+async fn execute(client: &reqwest::Client, gw: &Gateway, stmts: Value) -> Option<Vec<Value>> {
+    let r = client
+        .post(format!("{}/db/execute", gw.base))
+        .header("content-type", "application/json")
+        .body(stmts.to_string())
+        .send()
+        .await
+        .ok()?;
+    if r.status() != StatusCode::OK {
+        return None;
+    }
+    let v: Value = r.json().await.ok()?;
+    v["results"].as_array().cloned()
+}
+
+async fn wait_for<F, Fut>(what: &str, cluster: &Cluster, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}; logs:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every row's tag and how often it is there, read from one store directly (`level=none`: what
+/// it applied, which on a replica is exactly its commit).
+async fn tags_on_store(client: &reqwest::Client, pod: &Pod) -> Option<BTreeMap<String, u64>> {
+    let q = "SELECT tag, count(*) FROM t GROUP BY tag";
+    let r = client
+        .get(pod.store_url(&format!("/db/query?q={}", encode(q))))
+        .send()
+        .await
+        .ok()?;
+    let v: Value = r.json().await.ok()?;
+    let values = v["results"][0]["values"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Some(
+        values
+            .iter()
+            .filter_map(|row| Some((row[0].as_str()?.to_string(), row[1].as_u64()?)))
+            .collect(),
+    )
+}
+
+/// Percent-encodes a query parameter's value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn writer_index(name: &str) -> usize {
+    name.trim_start_matches("b-").parse().expect("b-<i>")
+}
+
+/// Fails if an acknowledged write can be lost or duplicated across a writer crash and a writer
+/// paused past its lease: the agent answering before a majority holds the entry, a new writer
+/// cutting committed entries, a replica applying past commit, or a store losing a durable write
+/// on SIGKILL would each leave an acknowledged tag missing from some store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_writer_crash_and_pause() {
+    let mut cluster = Cluster::start();
+    let client = http();
+    let gw_client = client.clone();
+    wait_for("a writer", &cluster, || {
+        let c = gw_client.clone();
+        let gw = &cluster.gateway;
+        async move { gateway_writer(&c, gw).await.is_some() }
+    })
+    .await;
+    wait_for("the table", &cluster, || {
+        let c = client.clone();
+        let gw = &cluster.gateway;
+        async move {
+            let ddl =
+                json!(["CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, tag TEXT NOT NULL)"]);
+            execute(&c, gw, ddl)
+                .await
+                .is_some_and(|r| r.first().is_some_and(|r| r.get("error").is_none()))
+        }
+    })
+    .await;
+
+    // Clients: unique tags, one insert per request; the tag never repeats, so a row twice would
+    // be a duplicate made by the system.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let unknown = Arc::new(Mutex::new(0u64));
+    let base = cluster.gateway.base.clone();
+    let mut clients = Vec::new();
+    for k in 0..4 {
+        let (stop, acked, unknown, base) =
+            (stop.clone(), acked.clone(), unknown.clone(), base.clone());
+        let c = http();
+        clients.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let tag = format!("c{k}-{n}");
+                let body = json!([["INSERT INTO t(tag) VALUES(?)", tag]]);
+                let r = c
+                    .post(format!("{base}/db/execute"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                let ok = match r {
+                    Ok(r) if r.status() == StatusCode::OK => r
+                        .json::<Value>()
+                        .await
+                        .ok()
+                        .is_some_and(|v| v["results"][0]["rows_affected"] == 1),
+                    _ => false,
+                };
+                if ok {
+                    acked.lock().unwrap().insert(tag);
+                } else {
+                    *unknown.lock().unwrap() += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    let acked_count = || acked.lock().unwrap().len();
+    wait_for("writes acknowledged", &cluster, || {
+        let n = acked_count();
+        async move { n >= 50 }
+    })
+    .await;
+
+    // 1. SIGKILL the writer's agent and store together; restart both on the same disks.
+    let w = gateway_writer(&client, &cluster.gateway)
+        .await
+        .expect("writer");
+    let w = writer_index(&w);
+    cluster.pods[w].kill();
+    let before = acked_count();
+    wait_for("writes acknowledged by a new writer", &cluster, || {
+        let n = acked_count();
+        async move { n >= before + 50 }
+    })
+    .await;
+    cluster.pods[w].start();
+
+    // 2. SIGSTOP the (new) writer past its lease (900 ms, and more), then let it go on.
+    let w2 = loop {
+        if let Some(name) = gateway_writer(&client, &cluster.gateway).await
+            && writer_index(&name) != w
+        {
+            break writer_index(&name);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    cluster.pods[w2].signal("-STOP");
+    let before = acked_count();
+    wait_for(
+        "writes acknowledged while the old writer is stopped",
+        &cluster,
+        || {
+            let n = acked_count();
+            async move { n >= before + 50 }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.pods[w2].signal("-CONT");
+    let before = acked_count();
+    wait_for("writes after the pause", &cluster, || {
+        let n = acked_count();
+        async move { n >= before + 50 }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client task");
+    }
+    let acked = acked.lock().unwrap().clone();
+    let unknown = *unknown.lock().unwrap();
+    eprintln!(
+        "{} writes acknowledged, {unknown} unknown or refused",
+        acked.len()
+    );
+
+    // Every acknowledged row on every store, exactly once; no row of any tag twice anywhere.
+    for pod in &cluster.pods {
+        let start = Instant::now();
+        loop {
+            let tags = tags_on_store(&client, pod).await.unwrap_or_default();
+            let dup: Vec<_> = tags.iter().filter(|(_, n)| **n > 1).collect();
+            assert!(dup.is_empty(), "{}: rows twice: {dup:?}", pod.id);
+            let missing: Vec<_> = acked.iter().filter(|t| !tags.contains_key(*t)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{}: {} acknowledged rows missing, e.g. {:?}; logs:\n{}",
+                pod.id,
+                missing.len(),
+                &missing[..missing.len().min(5)],
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // And in a strong read through the gateway (served by the writer within its lease, after its
+    // term's no-op committed; a replica redirects to it).
+    let start = Instant::now();
+    let strong: BTreeMap<String, u64> = loop {
+        let r = client
+            .get(format!(
+                "{}/db/query?level=strong&q={}",
+                cluster.gateway.base,
+                encode("SELECT tag, count(*) FROM t GROUP BY tag")
+            ))
+            .send()
+            .await;
+        if let Ok(r) = r
+            && r.status() == StatusCode::OK
+            && let Ok(v) = r.json::<Value>().await
+        {
+            break v["results"][0]["values"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|row| Some((row[0].as_str()?.to_string(), row[1].as_u64()?)))
+                .collect();
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no strong read; logs:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for t in &acked {
+        assert_eq!(strong.get(t), Some(&1), "strong read: {t}");
+    }
+}
