@@ -7,6 +7,7 @@ pub mod quasar;
 pub mod replication;
 pub mod tracker;
 pub mod wire;
+pub mod writer_poll;
 
 pub use ids::{Millis, NodeId, Term};
 pub mod crd;

@@ -688,6 +688,22 @@ impl Tracker {
         }
     }
 
+    /// How long the poller of `replica`, whose last poll ended at `last_end`, sleeps at `now`
+    /// before it asks again (`Some`), or `None`: poll now. [`Tracker::next_poll`] as a sleep: until
+    /// `at`, or until `valid_until` if sooner (the rule may change then), at least 1 ms. The
+    /// gateway's tokio loop and the simulation's both sleep exactly this.
+    #[must_use]
+    pub fn poll_wait(
+        &self,
+        now: Millis,
+        replica: ReplicaIx,
+        last_end: Millis,
+        interval: Millis,
+    ) -> Option<Millis> {
+        let next = self.next_poll(now, replica, last_end, interval);
+        (next.at > now).then(|| Millis(next.wake_at().0.saturating_sub(now.0).max(1)))
+    }
+
     /// When `replica` last answered a poll (its claim, whatever it said, dates from then).
     #[must_use]
     pub fn answered_at(&self, replica: ReplicaIx) -> Option<Millis> {

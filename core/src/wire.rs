@@ -89,6 +89,28 @@ pub fn parse_leader_answer(bytes: &[u8]) -> Result<LeaderAnswer, WireError> {
     })
 }
 
+/// Unix milliseconds as RFC 3339 UTC with milliseconds (`2026-01-02T03:04:05.678Z`), the form
+/// `/_ha/leader` carries: what [`parse_rfc3339`] reads back exactly. The agent, the operator's
+/// tests and the simulation all format with this one.
+#[must_use]
+pub fn format_rfc3339(t: crate::Millis) -> String {
+    let ms = t.0 % 1000;
+    let secs = t.0 / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (hour, minute, second) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{ms:03}Z")
+}
+
 /// An RFC 3339 time (`2024-05-01T12:00:00.123456789Z`, `…+02:00`) as Unix milliseconds, without
 /// reading a clock. Fractions below a millisecond are cut (a lease then ends a little early, never
 /// late). Times before 1970 are refused.
@@ -205,6 +227,27 @@ pub fn parse_rfc3339(value: &str) -> Result<crate::Millis, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_formats_and_round_trips() {
+        assert_eq!(format_rfc3339(crate::Millis(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339(crate::Millis(951_782_400_123)),
+            "2000-02-29T00:00:00.123Z"
+        );
+        for t in [
+            1,
+            86_399_999,
+            1_700_000_000_000,
+            1_767_225_600_000,
+            4_102_444_800_000,
+            4_102_444_800_999,
+            1_709_251_199_999,
+        ] {
+            let text = format_rfc3339(crate::Millis(t));
+            assert_eq!(parse_rfc3339(&text), Ok(crate::Millis(t)), "{text}");
+        }
+    }
 
     #[test]
     fn rfc3339_times() {

@@ -339,6 +339,74 @@ fn writer_label_moves_in_one_step_and_status_follows() {
     assert!(p.events.iter().any(|e| e.reason == "WriterChanged"));
 }
 
+/// `Plan::writes` is the one order the adapter and the simulation perform: applies first, every
+/// writer-label clear before the set (here the new writer's ordinal comes first in the pod list,
+/// so the plan's own `relabel` order would set before it clears), the Gateway write carrying
+/// the resourceVersion it was planned against, deletes after every other object write, status
+/// last. Fails if any write moves, or if the Gateway guard is lost.
+#[test]
+fn the_plans_writes_come_in_one_order() {
+    use base_core::reconcile::Write;
+    let base = example();
+    let mut observed = Observed::default();
+    for o in &plan(&base, &observed).desired {
+        observed.insert(o);
+    }
+    observed
+        .objects
+        .remove(&ObjectKey::new("Service", "my-app"));
+    observed.objects.insert(
+        ObjectKey::new("ConfigMap", "my-app-old"),
+        json!({"metadata": {"name": "my-app-old"}}),
+    );
+    observed.gateway =
+        GatewayView::Found(json!({"metadata": {"resourceVersion": "7"}, "spec": {"routes": []}}));
+    observed.pods = (0..3)
+        .map(|i| PodView {
+            name: format!("my-app-{i}"),
+            ready: true,
+            writer_label: i == 2,
+            ..Default::default()
+        })
+        .collect();
+    observed.writer = Some(WriterView {
+        pod: "my-app-0".into(),
+        term: 4,
+        confirmed_at: observed.now,
+    });
+    let p = plan(&base, &observed);
+    assert_eq!(
+        p.relabel[0].pod, "my-app-0",
+        "the plan's own order sets first"
+    );
+    let order: Vec<String> = p
+        .writes()
+        .map(|w| match w {
+            Write::Create(o) => format!("create {}", o.name),
+            Write::Apply(o) => format!("apply {}/{}", o.kind, o.name),
+            Write::Label(l) => format!("label {} {}", l.pod, l.writer),
+            Write::Fence(f) => format!("fence {} {}", f.pod, f.fenced),
+            Write::ClearAnnotations(a) => format!("clear {a:?}"),
+            Write::Transfer(t) => format!("transfer {}", t.pod),
+            Write::Gateway(g) => format!("gateway {:?}", g.resource_version),
+            Write::Delete(k) => format!("delete {}/{}", k.kind, k.name),
+            Write::Status(_) => "status".to_string(),
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "apply Service/my-app",
+            "label my-app-2 false",
+            "label my-app-0 true",
+            "gateway Some(\"7\")",
+            "delete ConfigMap/my-app-old",
+            "status",
+        ]
+    );
+    assert!(!p.is_noop());
+}
+
 #[test]
 fn gateway_route_conflict_is_a_condition_not_an_overwrite() {
     let base = example();

@@ -770,7 +770,7 @@ impl World {
                     crate::world::AGENT_PORT
                 ),
                 w.to_string(),
-                crate::clock::rfc3339(lease),
+                base_core::wire::format_rfc3339(lease),
             ),
             _ => (String::new(), String::new(), String::new()),
         };

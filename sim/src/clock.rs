@@ -77,52 +77,9 @@ impl Clock {
     }
 }
 
-/// Unix milliseconds as RFC 3339 (`2026-01-01T00:00:01.250Z`), the form `/_ha/leader` carries.
-#[must_use]
-pub fn rfc3339(t: Millis) -> String {
-    let ms = t.0 % 1000;
-    let secs = t.0 / 1000;
-    let (day, sod) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = day as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_round_trips_through_the_wire_parser() {
-        for t in [
-            0,
-            EPOCH_MS,
-            EPOCH_MS + 1_234,
-            951_782_400_000,
-            4_102_444_800_999,
-        ] {
-            let text = rfc3339(Millis(t));
-            assert_eq!(
-                base_core::wire::parse_rfc3339(&text),
-                Ok(Millis(t)),
-                "{text}"
-            );
-        }
-        assert_eq!(rfc3339(Millis(EPOCH_MS)), "2026-01-01T00:00:00.000Z");
-    }
 
     #[test]
     fn real_time_of_a_local_time_is_exact() {

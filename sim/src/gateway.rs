@@ -10,9 +10,8 @@ use crate::world::{
     gateway_addr, lock, pod_id,
 };
 use base_core::tracker::{
-    AfterOutcome, Attempt, ClientHeaders, ClientId, Delivery, Forward, NextPoll, Outcome,
-    PollEffect, PollResult, Request, RequestKind, Route, Tracker, TrackerConfig, client_identity,
-    parse_leader_claim,
+    AfterOutcome, Attempt, ClientHeaders, ClientId, Delivery, Forward, Outcome, PollEffect,
+    PollResult, Request, RequestKind, Route, client_identity, parse_leader_claim,
 };
 use base_core::{Millis, Term};
 use futures::StreamExt;
@@ -83,100 +82,67 @@ impl World {
     }
 
     /// How long the poller of `ordinal`, whose last poll ended at `last_end`, sleeps before it
-    /// asks again; `None`: poll now. The production gateway's rule (`Tracker::next_poll`, adapter-k8s
-    /// `gateway::poll::poll_loop`).
+    /// asks again; `None`: poll now. The production gateway's rule (`Tracker::poll_wait`, which
+    /// adapter-k8s `gateway::poll::poll_loop` sleeps too).
     pub fn gateway_poll_wait(&mut self, ordinal: i32, last_end: Millis) -> Option<u64> {
         let now = self.gateway_now();
         let interval = Millis(self.cfg.poll_interval_ms);
-        let next = if self.cfg.bug == Some(Bug::FixedPoll) {
-            NextPoll {
-                at: Millis(last_end.0 + interval.0),
-                valid_until: None,
-            }
-        } else {
-            self.gateway
-                .tracker
-                .next_poll(now, ordinal as usize, last_end, interval)
-        };
-        (next.at > now).then(|| next.wake_at().0.saturating_sub(now.0).max(1))
-    }
-
-    /// The operator's poll task starts a round: the targets the last reconcile handed over, the
-    /// tracker rebuilt when they changed. Returns the tracker's generation and the targets to
-    /// poll now (those whose last poll has ended), marked busy; `None`, as there, when there is
-    /// none to poll.
-    pub fn operator_round_start(&mut self) -> Option<(u64, Vec<i32>)> {
-        let targets = self.operator.targets.clone();
-        if self
-            .operator
-            .tracker
-            .as_ref()
-            .is_none_or(|(t, _)| *t != targets)
-        {
-            let ids = targets.iter().map(|o| pod_id(*o)).collect();
-            // The operator keeps no read-your-writes pins (`TrackerConfig::new(interval, 0)`).
-            let cfg = TrackerConfig::new(Millis(self.cfg.poll_interval_ms), Millis(0));
-            self.operator.tracker = Tracker::new(ids, cfg).ok().map(|t| (targets.clone(), t));
-            self.operator.generation += 1;
-            self.operator.busy.clear();
+        if self.cfg.bug == Some(Bug::FixedPoll) {
+            let at = last_end.0 + interval.0;
+            return (at > now.0).then(|| at - now.0);
         }
-        let (targets, _) = self.operator.tracker.as_ref()?;
-        let idle: Vec<i32> = targets
-            .iter()
-            .copied()
-            .filter(|o| !self.operator.busy.contains(o))
-            .collect();
-        self.operator.busy.extend(&idle);
-        Some((self.operator.generation, idle))
+        self.gateway
+            .tracker
+            .poll_wait(now, ordinal as usize, last_end, interval)
+            .map(|w| w.0)
     }
 
-    /// One operator poll of `ordinal` ended: its answer is fed to the tracker now; the writer the
-    /// tracker then names is what the reconcile observes (a change wakes it). Returns how soon
-    /// the next round should start when that writer's lease needs renewing.
+    /// The operator's poll task starts a round (`WriterPoller::start_round`): the polls to start
+    /// now, each (tracker generation, replica index, ordinal).
+    pub fn operator_round_start(&mut self) -> Vec<(u64, usize, i32)> {
+        self.operator
+            .poller
+            .start_round()
+            .into_iter()
+            .map(|p| (p.generation, p.replica, p.target))
+            .collect()
+    }
+
+    /// One operator poll ended: its answer goes to the poller now (`WriterPoller::on_answer`); a
+    /// change of the writer the reconcile may have seen wakes it. Returns how soon the next round
+    /// should start when that writer's lease needs renewing.
     pub fn operator_poll_answer(
         &mut self,
         generation: u64,
+        replica: usize,
         ordinal: i32,
         body: Option<Vec<u8>>,
     ) -> Option<u64> {
-        if generation != self.operator.generation {
-            return None;
-        }
-        self.operator.busy.retain(|o| *o != ordinal);
         let result = self.poll_outcome(ordinal, body);
         let now = self.operator_now();
-        let (targets, tracker) = self.operator.tracker.as_mut()?;
-        let ix = targets.iter().position(|o| *o == ordinal)?;
-        let _ = tracker.on_poll(now, ix, result);
-        let named = tracker.writer(now);
-        let writer = named.map(|(ix, term, _)| (targets[ix], term));
-        let lease = named.map(|(_, _, lease)| lease);
-        self.operator.confirmed_at = named.and_then(|(ix, _, _)| tracker.answered_at(ix));
-        // Poll the writer again before its lease passes: the production operator's rule, the
-        // core tracker's (`Tracker::next_poll`).
-        let interval = Millis(self.cfg.poll_interval_ms);
-        let soon = named
-            .filter(|_| self.cfg.bug != Some(Bug::FixedPoll))
-            .map(|(ix, _, _)| {
-                tracker
-                    .next_poll(now, ix, now, interval)
-                    .at
-                    .0
-                    .saturating_sub(now.0)
-            });
+        let answered = self
+            .operator
+            .poller
+            .on_answer(now, generation, replica, result);
+        let writer = self
+            .operator
+            .poller
+            .writer(now)
+            .and_then(|w| Some((crate::world::ordinal_of(&w.pod)?, Term(w.term))));
         if writer.is_some() {
             self.operator.named = writer;
         }
-        self.operator.writer_lease = lease;
-        if writer != self.operator.writer {
-            self.operator.writer = writer;
+        if answered.wake {
             self.operator.wake = true;
             let w = writer.map_or("none".to_string(), |(o, t)| {
                 format!("{} at term {t}", pod_id(o))
             });
             self.ev(format!("operator: writer is {w}"));
         }
-        soon
+        answered
+            .renew_within
+            .filter(|_| self.cfg.bug != Some(Bug::FixedPoll))
+            .map(|d| d.0)
     }
 
     /// The poller (`via`) last named `writer` (same node, same term) as the writer and knows no
@@ -195,12 +161,7 @@ impl World {
         let quiet_for = (self.cfg.poll_interval_ms + timeout) * 1_000_000;
         let calm = self.now_ns() > self.disturbed_ns + quiet_for;
         // The operator polls only pods with an IP that are not being deleted.
-        let polled = via != Host::Operator
-            || self
-                .operator
-                .tracker
-                .as_ref()
-                .is_some_and(|(targets, _)| targets.contains(&writer));
+        let polled = via != Host::Operator || self.operator.poller.polls(&writer);
         calm && polled && named.is_some_and(|(o, t)| o == writer && Some(t) == term)
     }
 
@@ -414,21 +375,26 @@ pub async fn operator_poll_loop(world: Shared) {
             w.cfg.bug == Some(Bug::StaleOperatorWriter),
         )
     };
-    let (tx, mut answers) = mpsc::unbounded::<(u64, i32, Option<Vec<u8>>)>();
+    let (tx, mut answers) = mpsc::unbounded::<(u64, usize, i32, Option<Vec<u8>>)>();
     let mut next_round = madsim::time::Instant::now();
     loop {
         let now = madsim::time::Instant::now();
         if now >= next_round {
             next_round = now + interval;
-            let (generation, targets) = lock(&world).operator_round_start().unwrap_or_default();
-            for &o in &targets {
-                madsim::task::spawn(operator_poll(world.clone(), generation, o, tx.clone()));
+            let polls = lock(&world).operator_round_start();
+            for &(generation, replica, o) in &polls {
+                madsim::task::spawn(operator_poll(
+                    world.clone(),
+                    (generation, replica),
+                    o,
+                    tx.clone(),
+                ));
             }
             if bug {
                 // The adapter before the fix: the round lasts until its slowest poll ends, then
                 // every answer is fed at once.
                 let mut done = Vec::new();
-                while done.len() < targets.len() {
+                while done.len() < polls.len() {
                     match answers.next().await {
                         Some(answer) => done.push(answer),
                         None => return,
@@ -437,7 +403,7 @@ pub async fn operator_poll_loop(world: Shared) {
                 let mut w = lock(&world);
                 let soon = done
                     .into_iter()
-                    .filter_map(|(g, o, body)| w.operator_poll_answer(g, o, body))
+                    .filter_map(|(g, ix, o, body)| w.operator_poll_answer(g, ix, o, body))
                     .last();
                 let wait = soon.map_or(interval, |ms| interval.min(Duration::from_millis(ms)));
                 next_round = madsim::time::Instant::now() + wait;
@@ -445,8 +411,8 @@ pub async fn operator_poll_loop(world: Shared) {
             continue;
         }
         match madsim::time::timeout(next_round - now, answers.next()).await {
-            Ok(Some((generation, o, body))) => {
-                let soon = lock(&world).operator_poll_answer(generation, o, body);
+            Ok(Some((generation, ix, o, body))) => {
+                let soon = lock(&world).operator_poll_answer(generation, ix, o, body);
                 if let Some(ms) = soon {
                     let at = madsim::time::Instant::now() + Duration::from_millis(ms);
                     next_round = next_round.min(at);
@@ -523,16 +489,16 @@ impl LeaderPoll {
 /// nothing when the process is gone, dies meanwhile, or does not answer within the timeout.
 async fn operator_poll(
     world: Shared,
-    generation: u64,
+    (generation, replica): (u64, usize),
     ordinal: i32,
-    tx: mpsc::UnboundedSender<(u64, i32, Option<Vec<u8>>)>,
+    tx: mpsc::UnboundedSender<(u64, usize, i32, Option<Vec<u8>>)>,
 ) {
     let poll = LeaderPoll::start(&world, Who::Operator, ordinal);
     let body = match (poll, Endpoint::bind("0.0.0.0:0").await) {
         (Some(poll), Ok(ep)) => poll.answer(&world, &ep).await,
         _ => None,
     };
-    let _ = tx.unbounded_send((generation, ordinal, body));
+    let _ = tx.unbounded_send((generation, replica, ordinal, body));
 }
 
 fn client_id(client: u32) -> ClientId {

@@ -11,15 +11,15 @@ use crate::config::{BASE_NAME, Bug, NAMESPACE, SimConfig, SpecChange};
 use crate::rng::Fnv;
 use crate::world::SwitchoverRequest;
 use crate::world::{Entry, World, ordinal_of, pod_id, pod_name};
+use base_core::Term;
 use base_core::control::TransferRequest;
 use base_core::crd::{Base, RetentionPolicy};
 use base_core::quasar::PersistedState;
 use base_core::reconcile::objects::{ANNOTATION_FENCED_INSTANCES, ANNOTATION_SWITCHOVER_TO};
 use base_core::reconcile::{
-    CONDITION_SWITCHOVER, GatewayView, ObjectKey, Observed, OperatorConfig, Plan, PodView,
-    WriterView, objects, plan, route,
+    CONDITION_SWITCHOVER, GatewayView, ObjectKey, Observed, OperatorConfig, Plan, PodView, Write,
+    objects, plan, route,
 };
-use base_core::{Millis, Term};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -33,6 +33,9 @@ pub const OPERATOR_LOOP_MS: u64 = 500;
 /// The kubelet rewrites a pod's downward-API annotations file this long (at most) after the
 /// annotation changed (in a real cluster its sync period can make this much longer).
 pub const FENCE_SYNC_MAX_MS: u64 = 1_500;
+
+/// Invariant 10's name in reports.
+pub const WRITER_SERVICE: &str = "10 the writer Service selects at most one pod";
 
 /// Invariant 7's name in reports.
 pub const CONVERGES: &str = "7 reconcile converges, PVCs follow retentionPolicy";
@@ -145,7 +148,7 @@ impl K8s {
             gateway_cr: json!({
                 "apiVersion": "hanzo.ai/v1",
                 "kind": "Gateway",
-                "metadata": { "name": "gateway", "namespace": NAMESPACE },
+                "metadata": { "name": "gateway", "namespace": NAMESPACE, "resourceVersion": "1" },
                 "spec": { "routes": [] },
             }),
             last_spec_change_ns: 0,
@@ -534,16 +537,13 @@ impl World {
             })
             .collect();
         let op_now = self.operator_now();
-        // The writer as the poll task's last round left it (`Writers::track`).
-        let writer = self.operator_writer().map(|(o, term)| WriterView {
-            pod: pod_name(o),
-            term: term.0,
+        // The writer as the poll task's last answer left it (`Writers::track`).
+        let writer = self.operator_writer().map(|mut w| {
             // The operator before its fix had no confirmation time: every view looked fresh.
-            confirmed_at: if self.cfg.bug == Some(Bug::StaleOperatorWriter) {
-                op_now
-            } else {
-                self.operator.confirmed_at.unwrap_or(Millis::ZERO)
-            },
+            if self.cfg.bug == Some(Bug::StaleOperatorWriter) {
+                w.confirmed_at = op_now;
+            }
+            w
         });
         Observed {
             now: op_now,
@@ -571,7 +571,8 @@ impl World {
     /// `hanzo.ai/transfer-to`, which its agent reads from the annotations file).
     pub fn reconcile(&mut self) {
         self.operator.wake = false;
-        self.operator.targets = self.poll_targets();
+        let targets = self.poll_targets().into_iter().map(|o| (pod_id(o), o));
+        self.operator.poller.set_targets(targets.collect());
         let mut observed = self.observe();
         // Lent to the plan rather than copied (a copy per pass was a tenth of a run); back below.
         observed.objects = std::mem::take(&mut self.k8s.objects);
@@ -611,94 +612,14 @@ impl World {
             return;
         }
         self.check_switchover(&observed, &plan);
+        // The plan's writes in its one order (`Plan::writes`), as adapter-k8s `kube_io::perform`
+        // makes them; the model stores each, and the checkers look after every one.
         let mut writes = 0;
-        for obj in plan.apply() {
-            let key = obj.key();
-            let mut body = obj.body.clone();
-            let old = self.k8s.objects.get(&key);
-            let old_generation = old
-                .and_then(|o| o.pointer("/metadata/generation"))
-                .and_then(Value::as_i64);
-            let spec_changed = old.is_none_or(|o| o.get("spec") != body.get("spec"));
-            let generation = match old_generation {
-                Some(g) if spec_changed => g + 1,
-                Some(g) => g,
-                None => 1,
-            };
-            if let Some(status) = old.and_then(|o| o.get("status")).cloned() {
-                body["status"] = status;
-            }
-            body["metadata"]["generation"] = json!(generation);
-            if spec_changed {
-                self.ev(format!("operator applies {} {}", key.kind, key.name));
-            }
-            self.k8s.objects.insert(key, body);
+        for write in plan.writes() {
             writes += 1;
-        }
-        for key in &plan.delete {
-            writes += 1;
-            match key.kind.as_str() {
-                "Pod" => {
-                    if let Some(o) = ordinal_of(&key.name) {
-                        self.terminate_pod(o, "deleted by the operator");
-                    }
-                }
-                "PersistentVolumeClaim" => self.delete_pvc(&key.name),
-                _ => {
-                    self.k8s.objects.remove(key);
-                }
+            if !self.store_write(write) {
+                break;
             }
-        }
-        for label in &plan.relabel {
-            writes += 1;
-            if let Some(pod) = ordinal_of(&label.pod).and_then(|o| self.k8s.pods.get_mut(&o)) {
-                pod.writer_label = label.writer;
-            }
-        }
-        for fence in &plan.fence {
-            writes += 1;
-            if let Some(pod) = ordinal_of(&fence.pod).and_then(|o| self.k8s.pods.get_mut(&o)) {
-                pod.fenced = fence.fenced;
-                let what = if fence.fenced { "fences" } else { "unfences" };
-                self.ev(format!("operator {what} pod {}", fence.pod));
-            }
-        }
-        if !plan.clear_annotations.is_empty() {
-            writes += 1;
-            if let Some(a) = self.k8s.base.metadata.annotations.as_mut() {
-                for key in &plan.clear_annotations {
-                    a.remove(key);
-                }
-            }
-            if plan
-                .clear_annotations
-                .iter()
-                .any(|k| k == ANNOTATION_SWITCHOVER_TO)
-            {
-                self.checks.switchover = None;
-            }
-            self.ev(format!(
-                "operator removes annotations {:?}",
-                plan.clear_annotations
-            ));
-        }
-        if let Some(t) = &plan.transfer {
-            writes += 1;
-            if let Some(pod) = ordinal_of(&t.pod).and_then(|o| self.k8s.pods.get_mut(&o)) {
-                pod.transfer = Some(t.request.to_annotation());
-                self.ev(format!(
-                    "operator asks {} to hand the writer role to {} (annotation, term {})",
-                    t.pod, t.request.to, t.request.term
-                ));
-            }
-        }
-        if let Some(gw) = &plan.gateway {
-            writes += 1;
-            self.k8s.gateway_cr["spec"]["routes"] = Value::Array(gw.routes.clone());
-        }
-        if plan.status_changed {
-            writes += 1;
-            self.k8s.base.status = Some(plan.status.clone());
         }
         self.stats.api_writes += writes;
         let pending = [
@@ -720,6 +641,102 @@ impl World {
         } else {
             Err(still.join(", "))
         });
+    }
+
+    /// The API server stores one write of a plan (the Kubernetes model's storage); false when it
+    /// refuses it (a Gateway changed since it was read: 409), which ends the pass as it does in
+    /// the adapter.
+    fn store_write(&mut self, write: Write<'_>) -> bool {
+        match write {
+            Write::Create(obj) => {
+                self.k8s
+                    .objects
+                    .entry(obj.key())
+                    .or_insert_with(|| obj.body.clone());
+            }
+            Write::Apply(obj) => {
+                let key = obj.key();
+                let mut body = obj.body.clone();
+                let old = self.k8s.objects.get(&key);
+                let old_generation = old
+                    .and_then(|o| o.pointer("/metadata/generation"))
+                    .and_then(Value::as_i64);
+                let spec_changed = old.is_none_or(|o| o.get("spec") != body.get("spec"));
+                let generation = match old_generation {
+                    Some(g) if spec_changed => g + 1,
+                    Some(g) => g,
+                    None => 1,
+                };
+                if let Some(status) = old.and_then(|o| o.get("status")).cloned() {
+                    body["status"] = status;
+                }
+                body["metadata"]["generation"] = json!(generation);
+                if spec_changed {
+                    self.ev(format!("operator applies {} {}", key.kind, key.name));
+                }
+                self.k8s.objects.insert(key, body);
+            }
+            Write::Label(label) => {
+                if let Some(pod) = ordinal_of(&label.pod).and_then(|o| self.k8s.pods.get_mut(&o)) {
+                    pod.writer_label = label.writer;
+                }
+                self.check_writer_service();
+            }
+            Write::Fence(fence) => {
+                if let Some(pod) = ordinal_of(&fence.pod).and_then(|o| self.k8s.pods.get_mut(&o)) {
+                    pod.fenced = fence.fenced;
+                    let what = if fence.fenced { "fences" } else { "unfences" };
+                    self.ev(format!("operator {what} pod {}", fence.pod));
+                }
+            }
+            Write::ClearAnnotations(keys) => {
+                if let Some(a) = self.k8s.base.metadata.annotations.as_mut() {
+                    for key in keys {
+                        a.remove(key);
+                    }
+                }
+                if keys.iter().any(|k| k == ANNOTATION_SWITCHOVER_TO) {
+                    self.checks.switchover = None;
+                }
+                self.ev(format!("operator removes annotations {keys:?}"));
+            }
+            Write::Transfer(t) => {
+                if let Some(pod) = ordinal_of(&t.pod).and_then(|o| self.k8s.pods.get_mut(&o)) {
+                    pod.transfer = Some(t.request.to_annotation());
+                    self.ev(format!(
+                        "operator asks {} to hand the writer role to {} (annotation, term {})",
+                        t.pod, t.request.to, t.request.term
+                    ));
+                }
+            }
+            Write::Gateway(gw) => {
+                let rv = self.k8s.gateway_cr["metadata"]["resourceVersion"]
+                    .as_str()
+                    .map(str::to_string);
+                if gw.resource_version != rv {
+                    self.ev(
+                        "the API server refuses the Gateway write: it changed since it was read",
+                    );
+                    return false;
+                }
+                let next = rv.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
+                self.k8s.gateway_cr["metadata"]["resourceVersion"] = json!(next.to_string());
+                self.k8s.gateway_cr["spec"]["routes"] = Value::Array(gw.routes.clone());
+            }
+            Write::Delete(key) => match key.kind.as_str() {
+                "Pod" => {
+                    if let Some(o) = ordinal_of(&key.name) {
+                        self.terminate_pod(o, "deleted by the operator");
+                    }
+                }
+                "PersistentVolumeClaim" => self.delete_pvc(&key.name),
+                _ => {
+                    self.k8s.objects.remove(key);
+                }
+            },
+            Write::Status(status) => self.k8s.base.status = Some(status.clone()),
+        }
+        true
     }
 
     /// Invariant 9, on every plan that decides a switchover: a target the Base fences is refused
@@ -807,6 +824,24 @@ impl World {
             ),
         }
     }
+    /// Invariant 10, after every label write: the writer Service (`hanzo.ai/role=writer`) never
+    /// selects two pods that are not terminating, not even between two writes of one plan.
+    fn check_writer_service(&mut self) {
+        let labelled: Vec<String> = self
+            .k8s
+            .pods
+            .iter()
+            .filter(|(_, p)| p.writer_label && !matches!(p.phase, PodPhase::Terminating { .. }))
+            .map(|(o, _)| pod_name(*o))
+            .collect();
+        if labelled.len() > 1 {
+            self.fail(
+                WRITER_SERVICE,
+                format!("the writer Service selects {}", labelled.join(" and ")),
+            );
+        }
+    }
+
     /// Invariant 7b: a PVC under `retentionPolicy: Retain` is never deleted.
     fn delete_pvc(&mut self, name: &str) {
         let Some(ordinal) = name
@@ -899,7 +934,7 @@ impl World {
             return Err(format!("pod {} should be gone", pod_name(*o)));
         }
         self.scaled_away_pvcs()?;
-        let Some((writer, _)) = self.operator_writer() else {
+        let Some(writer) = self.operator_writer().and_then(|w| ordinal_of(&w.pod)) else {
             return Err("the operator knows no writer".into());
         };
         for (o, pod) in &self.k8s.pods {

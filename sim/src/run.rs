@@ -618,7 +618,10 @@ impl World {
                 self.handle.kill(self.host_ids[&Host::Operator]);
                 self.operator_down = true;
                 // Its memory is gone: the poll task's tracker and writer, its last plan.
-                self.operator = crate::world::OperatorPoller::new(self.cfg.operator_clock);
+                self.operator = crate::world::OperatorPoller::new(
+                    self.cfg.operator_clock,
+                    self.cfg.poll_interval_ms,
+                );
                 self.last_plan = None;
                 Some((*restart_after_ms, Undo::OperatorRestart))
             }

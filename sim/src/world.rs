@@ -9,7 +9,9 @@ use crate::rng::{Fnv, Rng};
 use crate::stats::{Failover, FailoverKind};
 use base_core::control::TransferInbox;
 use base_core::quasar::{Message, Node};
+use base_core::reconcile::WriterView;
 use base_core::tracker::{Tracker, TrackerConfig};
+use base_core::writer_poll::WriterPoller;
 use base_core::{Millis, NodeId, Term};
 use madsim::runtime::Handle;
 use madsim::time::Instant;
@@ -306,48 +308,27 @@ impl Poller {
     }
 }
 
-/// The operator's writer tracking, as adapter-k8s `controller::writers` does it: one task starts a
-/// round every poll interval (sooner while a writer's lease needs renewing), polling each target
-/// (each pod that has an IP and is not being deleted, as of the last reconcile) whose last poll
-/// has ended; each answer is fed to a tracker (rebuilt when the targets change) as it arrives,
-/// the writer it then names is stored with its lease, and a change wakes the reconcile.
+/// The operator's writer tracking: the core `writer_poll::WriterPoller` (the production operator's
+/// own machine, adapter-k8s `controller::writers`), driven by the madsim loop
+/// `gateway::operator_poll_loop`; targets are ordinals.
 pub struct OperatorPoller {
     pub clock: Clock,
-    /// The targets the last reconcile handed over (`Writers::track`).
-    pub targets: Vec<i32>,
-    /// The tracker of the poll task, with the targets it was built for (index = position).
-    pub tracker: Option<(Vec<i32>, Tracker)>,
-    /// The writer as of the end of the last round, and its lease: what the reconcile observes
-    /// until that lease passes (all along under `Bug::StaleOperatorWriter`).
-    pub writer: Option<(i32, Term)>,
-    pub writer_lease: Option<Millis>,
-    /// When that writer last answered the operator's poll itself (operator clock).
-    pub confirmed_at: Option<Millis>,
+    pub poller: WriterPoller<i32>,
     /// The writer changed: reconcile now.
     pub wake: bool,
     pub seq: u64,
     /// The writer a round last named (the checkers' record).
     pub named: Option<(i32, Term)>,
-    /// Bumped when the tracker is rebuilt: answers to polls of an older one are dropped.
-    pub generation: u64,
-    /// Targets whose poll is still running (not polled again until it ends).
-    pub busy: Vec<i32>,
 }
 
 impl OperatorPoller {
-    pub fn new(clock: Clock) -> OperatorPoller {
+    pub fn new(clock: Clock, poll_interval_ms: u64) -> OperatorPoller {
         OperatorPoller {
             clock,
-            targets: Vec::new(),
-            tracker: None,
-            writer: None,
-            writer_lease: None,
-            confirmed_at: None,
+            poller: WriterPoller::new(Millis(poll_interval_ms)),
             wake: false,
             seq: 0,
             named: None,
-            generation: 0,
-            busy: Vec::new(),
         }
     }
 }
@@ -562,7 +543,7 @@ impl World {
             replicas,
             k8s: K8s::new(&cfg),
             gateway: Poller::new(cfg.gateway_clock, cfg.poll_interval_ms, cfg.ryw_ttl_ms, max),
-            operator: OperatorPoller::new(cfg.operator_clock),
+            operator: OperatorPoller::new(cfg.operator_clock, cfg.poll_interval_ms),
             checks: Checks::default(),
             stats: Stats::default(),
             healed_ns: None,
@@ -704,14 +685,13 @@ impl World {
             })
     }
 
-    /// The writer the operator's reconcile observes now.
-    pub fn operator_writer(&self) -> Option<(i32, Term)> {
-        let live = self.cfg.bug == Some(Bug::StaleOperatorWriter)
-            || self
-                .operator
-                .writer_lease
-                .is_some_and(|lease| lease > self.operator_now());
-        self.operator.writer.filter(|_| live)
+    /// The writer the operator's reconcile observes now (`Writers::track`): the poller's, while
+    /// its lease lasts (all along under `Bug::StaleOperatorWriter`, the operator before its fix).
+    pub fn operator_writer(&self) -> Option<WriterView> {
+        if self.cfg.bug == Some(Bug::StaleOperatorWriter) {
+            return self.operator.poller.last_polled().map(|p| p.view.clone());
+        }
+        self.operator.poller.writer(self.operator_now())
     }
 
     /// The newest writer by the checkers' record (term, ordinal), whether or not it still accepts.

@@ -6,7 +6,7 @@ use base_core::control::{ANNOTATION_TRANSFER, TransferRequest};
 use base_core::crd::{Base, Kind};
 use base_core::reconcile::objects::{ANNOTATION_POD_FENCED, LABEL_BASE, LABEL_ROLE, ROLE_WRITER};
 use base_core::reconcile::route::{GATEWAY_API_VERSION, GATEWAY_KIND};
-use base_core::reconcile::{GatewayView, ObjectKey, Observed, Plan, PodView};
+use base_core::reconcile::{GatewayView, ObjectKey, Observed, Plan, PodView, Write};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
@@ -104,8 +104,8 @@ pub async fn observe(ctx: &Context, base: &Base) -> Result<(Observed, Vec<Pod>),
     let name = base.name_any();
     let lp = ListParams::default().labels(&format!("{LABEL_BASE}={name}"));
     let mut observed = Observed {
-        // Condition times are stored with second precision; plan with the same.
-        now: base_core::Millis(super::writers::now_ms().0 / 1000 * 1000),
+        // On the clock the writer's `confirmed_at` is on (`controller::clock`).
+        now: ctx.writers.plan_now(),
         config: ctx.config.clone(),
         peer_key_exists: ctx.peer_key_known(&ns, &name),
         ..Default::default()
@@ -169,170 +169,150 @@ fn fresh_key() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Performs a plan's writes: each one counted, none issued when the plan is a no-op.
-pub async fn perform(
+/// Performs a plan's writes, in the one order `Plan::writes` gives (the simulation performs the
+/// same list): each one counted, none issued when the plan is a no-op, the first that fails ends
+/// the pass (the next reconcile plans again from what was written).
+pub async fn perform(ctx: &Context, kind: Kind, base: &Base, plan: &Plan) -> Result<(), Error> {
+    for write in plan.writes() {
+        perform_one(ctx, kind, base, write).await?;
+    }
+    Ok(())
+}
+
+/// A merge patch of one pod; false when the pod is gone (it needs nothing more then).
+async fn patch_pod(ctx: &Context, pods: &Api<Pod>, pod: &str, patch: Value) -> Result<bool, Error> {
+    ctx.metrics.write("patch", "Pod");
+    match pods
+        .patch(pod, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+async fn perform_one(
     ctx: &Context,
     kind: Kind,
     base: &Base,
-    observed: &Observed,
-    plan: &Plan,
+    write: Write<'_>,
 ) -> Result<(), Error> {
     let ns = base.namespace().unwrap_or_else(|| "default".into());
     let name = base.name_any();
     let ssa = PatchParams::apply(FIELD_MANAGER).force();
-    // Create-only objects first (the StatefulSet's pods mount the peer-key Secret).
-    for obj in &plan.create {
-        let api = dynamic(ctx, &ns, &obj.api_version, &obj.kind);
-        let new: DynamicObject = serde_json::from_value(obj.body.clone()).map_err(Error::Json)?;
-        ctx.metrics.write("create", &obj.kind);
-        match api.create(&kube::api::PostParams::default(), &new).await {
-            Ok(_) => info!(base = %name, kind = %obj.kind, object = %obj.name, "created"),
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(Error::Kube(e)),
-        }
-        ctx.remember_peer_key(&ns, &name);
-    }
-    for obj in plan.apply() {
-        let api = dynamic(ctx, &ns, &obj.api_version, &obj.kind);
-        ctx.metrics.write("apply", &obj.kind);
-        match api.patch(&obj.name, &ssa, &Patch::Apply(&obj.body)).await {
-            Ok(_) => info!(base = %name, kind = %obj.kind, object = %obj.name, "applied"),
-            Err(e) if obj.kind == "ServiceMonitor" && is_not_found(&e) => {
-                warn!(base = %name, "ServiceMonitor CRD is not installed; skipping the ServiceMonitor")
-            }
-            Err(e) => return Err(Error::Kube(e)),
-        }
-    }
-    // Clear the writer label before setting it, so the writer Service never selects two pods.
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut relabel = plan.relabel.clone();
-    relabel.sort_by_key(|l| l.writer);
-    for l in &relabel {
-        let value = if l.writer {
-            json!(ROLE_WRITER)
-        } else {
-            Value::Null
-        };
-        ctx.metrics.write("patch", "Pod");
-        match pods
-            .patch(
-                &l.pod,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {LABEL_ROLE: value}}})),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(Error::Kube(e)),
-        }
-    }
-    for f in &plan.fence {
-        let value = if f.fenced { json!("true") } else { Value::Null };
-        ctx.metrics.write("patch", "Pod");
-        match pods
-            .patch(
-                &f.pod,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {ANNOTATION_POD_FENCED: value}}})),
-            )
-            .await
-        {
-            Ok(_) => info!(base = %name, pod = %f.pod, fenced = f.fenced, "fencing changed"),
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(Error::Kube(e)),
-        }
-    }
-    if !plan.clear_annotations.is_empty() {
+    let base_api = || {
         let ar = resource(
             &format!("{}/{}", base_core::crd::GROUP, base_core::crd::VERSION),
             kind.as_str(),
         );
-        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
-        let cleared: serde_json::Map<String, Value> = plan
-            .clear_annotations
-            .iter()
-            .map(|a| (a.clone(), Value::Null))
-            .collect();
-        ctx.metrics.write("patch", kind.as_str());
-        api.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": cleared, "resourceVersion": base.resource_version()}})),
-        )
-        .await?;
-    }
-    // A transfer is asked by annotating the writer's pod, as fencing is: the agent reads it from
-    // its downward-API file. No port of the agent moves the writer (base_core::control).
-    if let Some(t) = &plan.transfer {
-        let value = t.request.to_annotation();
-        ctx.metrics.write("patch", "Pod");
-        match pods
-            .patch(
-                &t.pod,
+        Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &ar)
+    };
+    match write {
+        Write::Create(obj) => {
+            let api = dynamic(ctx, &ns, &obj.api_version, &obj.kind);
+            let new: DynamicObject =
+                serde_json::from_value(obj.body.clone()).map_err(Error::Json)?;
+            ctx.metrics.write("create", &obj.kind);
+            match api.create(&kube::api::PostParams::default(), &new).await {
+                Ok(_) => info!(base = %name, kind = %obj.kind, object = %obj.name, "created"),
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(Error::Kube(e)),
+            }
+            ctx.remember_peer_key(&ns, &name);
+        }
+        Write::Apply(obj) => {
+            let api = dynamic(ctx, &ns, &obj.api_version, &obj.kind);
+            ctx.metrics.write("apply", &obj.kind);
+            match api.patch(&obj.name, &ssa, &Patch::Apply(&obj.body)).await {
+                Ok(_) => info!(base = %name, kind = %obj.kind, object = %obj.name, "applied"),
+                Err(e) if obj.kind == "ServiceMonitor" && is_not_found(&e) => {
+                    warn!(base = %name, "ServiceMonitor CRD is not installed; skipping the ServiceMonitor")
+                }
+                Err(e) => return Err(Error::Kube(e)),
+            }
+        }
+        Write::Label(l) => {
+            let value = if l.writer {
+                json!(ROLE_WRITER)
+            } else {
+                Value::Null
+            };
+            let patch = json!({"metadata": {"labels": {LABEL_ROLE: value}}});
+            patch_pod(ctx, &pods, &l.pod, patch).await?;
+        }
+        Write::Fence(f) => {
+            let value = if f.fenced { json!("true") } else { Value::Null };
+            let patch = json!({"metadata": {"annotations": {ANNOTATION_POD_FENCED: value}}});
+            if patch_pod(ctx, &pods, &f.pod, patch).await? {
+                info!(base = %name, pod = %f.pod, fenced = f.fenced, "fencing changed");
+            }
+        }
+        Write::ClearAnnotations(keys) => {
+            let cleared: serde_json::Map<String, Value> =
+                keys.iter().map(|a| (a.clone(), Value::Null)).collect();
+            ctx.metrics.write("patch", kind.as_str());
+            base_api()
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": cleared, "resourceVersion": base.resource_version()}})),
+                )
+                .await?;
+        }
+        // A transfer is asked by annotating the writer's pod, as fencing is: the agent reads it
+        // from its downward-API file. No port of the agent moves the writer (base_core::control).
+        Write::Transfer(t) => {
+            let value = t.request.to_annotation();
+            let patch = json!({"metadata": {"annotations": {ANNOTATION_TRANSFER: value}}});
+            if patch_pod(ctx, &pods, &t.pod, patch).await? {
+                info!(base = %name, from = %t.pod, to = %t.request.to, term = t.request.term,
+                    at = t.request.at, by = %t.request.by, "asked the writer to transfer (pod annotation)");
+            }
+        }
+        Write::Gateway(gw) => {
+            let api = dynamic(ctx, &gw.namespace, GATEWAY_API_VERSION, GATEWAY_KIND);
+            ctx.metrics.write("patch", "Gateway");
+            api.patch(
+                &gw.name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {ANNOTATION_TRANSFER: value}}})),
+                &Patch::Merge(json!({
+                    "metadata": {"resourceVersion": gw.resource_version},
+                    "spec": {"routes": gw.routes},
+                })),
             )
-            .await
-        {
-            Ok(_) => info!(base = %name, from = %t.pod, to = %t.request.to, term = t.request.term,
-                at = t.request.at, by = %t.request.by, "asked the writer to transfer (pod annotation)"),
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(Error::Kube(e)),
+            .await?;
         }
-    }
-    for key in &plan.delete {
-        let api_version = match key.kind.as_str() {
-            "PodDisruptionBudget" => ctx.config.pdb_api_version.as_str(),
-            "NetworkPolicy" => "networking.k8s.io/v1",
-            "ServiceMonitor" => "monitoring.coreos.com/v1",
-            "StatefulSet" => "apps/v1",
-            _ => "v1",
-        };
-        ctx.metrics.write("delete", &key.kind);
-        match dynamic(ctx, &ns, api_version, &key.kind)
-            .delete(&key.name, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => info!(base = %name, kind = %key.kind, object = %key.name, "deleted"),
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(Error::Kube(e)),
+        Write::Delete(key) => {
+            let api_version = match key.kind.as_str() {
+                "PodDisruptionBudget" => ctx.config.pdb_api_version.as_str(),
+                "NetworkPolicy" => "networking.k8s.io/v1",
+                "ServiceMonitor" => "monitoring.coreos.com/v1",
+                "StatefulSet" => "apps/v1",
+                _ => "v1",
+            };
+            ctx.metrics.write("delete", &key.kind);
+            match dynamic(ctx, &ns, api_version, &key.kind)
+                .delete(&key.name, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => info!(base = %name, kind = %key.kind, object = %key.name, "deleted"),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(Error::Kube(e)),
+            }
         }
-    }
-    if let Some(gw) = &plan.gateway {
-        let api = dynamic(ctx, &gw.namespace, GATEWAY_API_VERSION, GATEWAY_KIND);
-        // The resourceVersion we planned against: if the Gateway changed since, the API answers
-        // 409 and the next reconcile re-reads it, so another owner's entry is never lost.
-        let rv = match &observed.gateway {
-            GatewayView::Found(g) => g
-                .pointer("/metadata/resourceVersion")
-                .cloned()
-                .unwrap_or(Value::Null),
-            _ => Value::Null,
-        };
-        ctx.metrics.write("patch", "Gateway");
-        api.patch(
-            &gw.name,
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"metadata": {"resourceVersion": rv}, "spec": {"routes": gw.routes}}),
-            ),
-        )
-        .await?;
-    }
-    if plan.status_changed {
-        let ar = resource(
-            &format!("{}/{}", base_core::crd::GROUP, base_core::crd::VERSION),
-            kind.as_str(),
-        );
-        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
-        let body = json!({
-            "apiVersion": format!("{}/{}", base_core::crd::GROUP, base_core::crd::VERSION),
-            "kind": kind.as_str(),
-            "status": plan.status,
-        });
-        ctx.metrics.write("apply-status", kind.as_str());
-        api.patch_status(&name, &ssa, &Patch::Apply(&body)).await?;
+        Write::Status(status) => {
+            let body = json!({
+                "apiVersion": format!("{}/{}", base_core::crd::GROUP, base_core::crd::VERSION),
+                "kind": kind.as_str(),
+                "status": status,
+            });
+            ctx.metrics.write("apply-status", kind.as_str());
+            base_api()
+                .patch_status(&name, &ssa, &Patch::Apply(&body))
+                .await?;
+        }
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! observe → `base_core::reconcile::plan_for` → perform the plan's writes (none when nothing changed).
 
 mod admission;
+pub mod clock;
 mod kube_io;
 pub mod leader;
 pub mod metrics;
@@ -342,7 +343,7 @@ async fn reconcile(
         );
     }
     let plan = plan_for(kind, &base, &observed);
-    kube_io::perform(&ctx, kind, &base, &observed, &plan).await?;
+    kube_io::perform(&ctx, kind, &base, &plan).await?;
     publish_events(&ctx, &base_ref, &plan).await;
 
     if deleting {
@@ -351,12 +352,11 @@ async fn reconcile(
             .deletion_timestamp
             .as_ref()
             .map(|t| {
-                k8s_openapi::jiff::Timestamp::now()
-                    .duration_since(t.0)
-                    .as_secs()
+                let deleted_ms = u64::try_from(t.0.as_millisecond()).unwrap_or(0);
+                Duration::from_millis(ctx.writers.clock().now().0.saturating_sub(deleted_ms))
             })
-            .unwrap_or(0);
-        let timed_out = age >= ctx.cleanup_timeout.as_secs() as i64;
+            .unwrap_or_default();
+        let timed_out = age >= ctx.cleanup_timeout;
         if plan.finalized || timed_out {
             if timed_out && !plan.finalized {
                 let ev = KubeEvent {

@@ -1,19 +1,20 @@
 //! Writer tracking for the operator: one task per Base polls each ready pod's agent `/_ha/leader`
-//! every `leaderPollInterval`, feeds the core leader tracker, and wakes the Base's reconcile when the
-//! writer changes, so the writer label and `status.currentWriter` follow within one poll.
+//! every `leaderPollInterval` and wakes the Base's reconcile when the writer changes, so the
+//! writer label and `status.currentWriter` follow within one poll.
 //!
-//! Each replica's answer goes to the tracker as it arrives, and a replica whose poll is still
-//! running (an unreachable pod holds one for the 2 s timeout) is skipped, not waited for, so it
-//! never holds up the others. The writer is kept with its lease, and a reconcile that reads it
-//! after the lease has passed sees no writer: by then it may have been deposed.
+//! Every decision (rounds, busy pods, the writer kept with its lease, when to wake) is the core
+//! machine `base_core::writer_poll::WriterPoller`'s; this is its tokio loop (the simulation has
+//! the madsim one).
 
+use super::clock::OperatorClock;
 use base_core::reconcile::WriterView;
-use base_core::tracker::{PollResult, ReplicaIx, Tracker, TrackerConfig, parse_leader_claim};
+use base_core::tracker::{PollResult, ReplicaIx, parse_leader_claim};
+use base_core::writer_poll::WriterPoller;
 use base_core::{Millis, NodeId};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -28,45 +29,9 @@ pub struct Target {
     pub url: String,
 }
 
-/// The writer as last polled, and the end of its lease as the tracker reported it (on
-/// [`lease_clock`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolledWriter {
-    pub view: WriterView,
-    pub lease_expires: Millis,
-}
-
-/// The writer a reconcile at `now` may act on: the one last polled, while its lease lasts. Once the
-/// lease has passed it may have been deposed (a poll round held up, a partition): no writer, so the
-/// plan waits rather than, say, report a switchover done because the old writer is still named.
-pub fn live_writer(polled: Option<&PolledWriter>, now: Millis) -> Option<WriterView> {
-    polled
-        .filter(|p| p.lease_expires > now)
-        .map(|p| p.view.clone())
-}
-
-/// Whether replacing the polled writer `old` with `new` at `now` must wake the reconcile: the
-/// writer changed, or `old`'s lease had passed (a reconcile may have planned with no writer since).
-pub fn writer_changed(old: Option<&PolledWriter>, new: Option<&PolledWriter>, now: Millis) -> bool {
-    // Which node at which term: a fresh confirmation of the same writer is no change.
-    fn who(p: Option<&PolledWriter>) -> Option<(&str, u64)> {
-        p.map(|p| (p.view.pod.as_str(), p.view.term))
-    }
-    let live = |p: &&PolledWriter| p.lease_expires > now;
-    who(old) != who(new) || who(old.filter(live)) != who(new.filter(live))
-}
-
-/// The clock the poll tasks feed the tracker and leases are judged on: Unix milliseconds read once,
-/// then advanced by the monotonic clock, so a step of the wall clock cannot stretch a lease.
-pub fn lease_clock() -> Millis {
-    static CLOCK: OnceLock<crate::agent::clock::Clock> = OnceLock::new();
-    CLOCK.get_or_init(crate::agent::clock::Clock::new).now()
-}
-
+/// One Base's poller (the core machine) and the task that drives it.
 struct Entry {
-    targets: Vec<Target>,
-    interval: Duration,
-    writer: Option<PolledWriter>,
+    poller: WriterPoller<Target>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -76,17 +41,16 @@ pub struct Writers {
     inner: Arc<Mutex<HashMap<BaseKey, Entry>>>,
     http: reqwest::Client,
     wake: mpsc::UnboundedSender<BaseKey>,
-}
-
-pub fn now_ms() -> Millis {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Millis(d.as_millis() as u64)
+    /// The operator's one clock: the tracker is fed on it and leases are judged on it.
+    clock: OperatorClock,
 }
 
 /// How long one `/_ha/leader` poll may take before it counts as failed.
 pub const POLL_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn millis(d: Duration) -> Millis {
+    Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 impl Writers {
     pub fn new(wake: mpsc::UnboundedSender<BaseKey>) -> Self {
@@ -96,6 +60,14 @@ impl Writers {
     /// As [`Writers::new`], with another poll timeout (tests use one that never fires, so what
     /// they observe cannot come from a poll giving up).
     pub fn with_poll_timeout(wake: mpsc::UnboundedSender<BaseKey>, timeout: Duration) -> Self {
+        Self::with_clock(wake, timeout, OperatorClock::new())
+    }
+
+    pub fn with_clock(
+        wake: mpsc::UnboundedSender<BaseKey>,
+        timeout: Duration,
+        clock: OperatorClock,
+    ) -> Self {
         Writers {
             inner: Arc::default(),
             http: reqwest::Client::builder()
@@ -103,7 +75,19 @@ impl Writers {
                 .build()
                 .unwrap_or_default(),
             wake,
+            clock,
         }
+    }
+
+    /// The operator's one clock (see `controller::clock`).
+    pub fn clock(&self) -> OperatorClock {
+        self.clock
+    }
+
+    /// The `now` a reconcile plans at (`Observed::now`): on the clock the writers it returns are
+    /// confirmed on, which `reconcile::operations` compares it with.
+    pub fn plan_now(&self) -> Millis {
+        self.clock.plan_now()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BaseKey, Entry>> {
@@ -112,34 +96,32 @@ impl Writers {
     }
 
     /// Starts or updates tracking of a Base; returns the writer as last polled, if its lease has not
-    /// passed ([`live_writer`]).
+    /// passed (`writer_poll::live_writer`).
     pub fn track(
         &self,
         key: BaseKey,
         targets: Vec<Target>,
         interval: Duration,
     ) -> Option<WriterView> {
+        let targets = targets
+            .into_iter()
+            .map(|t| (NodeId::new(t.pod.clone()), t))
+            .collect();
         let mut map = self.lock();
         if let Some(e) = map.get_mut(&key)
-            && e.interval == interval
+            && e.poller.interval() == millis(interval)
             && !e.task.is_finished()
         {
-            e.targets = targets;
-            return live_writer(e.writer.as_ref(), lease_clock());
+            e.poller.set_targets(targets);
+            return e.poller.writer(self.clock.now());
         }
         if let Some(old) = map.remove(&key) {
             old.task.abort();
         }
-        let task = tokio::spawn(poll_loop(self.clone(), key.clone(), interval));
-        map.insert(
-            key,
-            Entry {
-                targets,
-                interval,
-                writer: None,
-                task,
-            },
-        );
+        let mut poller = WriterPoller::new(millis(interval));
+        poller.set_targets(targets);
+        let task = tokio::spawn(poll_loop(self.clone(), key.clone()));
+        map.insert(key, Entry { poller, task });
         None
     }
 
@@ -149,19 +131,9 @@ impl Writers {
         }
     }
 
-    fn targets(&self, key: &BaseKey) -> Option<Vec<Target>> {
-        self.lock().get(key).map(|e| e.targets.clone())
-    }
-
-    /// Stores the writer just polled; true when the reconcile must be woken ([`writer_changed`]).
-    fn set_writer(&self, key: &BaseKey, writer: Option<PolledWriter>, now: Millis) -> bool {
-        let mut map = self.lock();
-        let Some(e) = map.get_mut(key) else {
-            return false;
-        };
-        let changed = writer_changed(e.writer.as_ref(), writer.as_ref(), now);
-        e.writer = writer;
-        changed
+    /// Runs `f` on the poller of `key`; `None` once the Base is no longer tracked.
+    fn with<R>(&self, key: &BaseKey, f: impl FnOnce(&mut WriterPoller<Target>) -> R) -> Option<R> {
+        self.lock().get_mut(key).map(|e| f(&mut e.poller))
     }
 }
 
@@ -180,79 +152,48 @@ async fn poll_one(http: &reqwest::Client, url: &str) -> PollResult {
     }
 }
 
-async fn poll_tagged(http: reqwest::Client, url: String, ix: ReplicaIx) -> (ReplicaIx, PollResult) {
-    (ix, poll_one(&http, &url).await)
+async fn poll_tagged(
+    http: reqwest::Client,
+    url: String,
+    generation: u64,
+    ix: ReplicaIx,
+) -> (u64, ReplicaIx, PollResult) {
+    (generation, ix, poll_one(&http, &url).await)
 }
 
-/// The writer the tracker knows at `now`, with its lease.
-fn polled_writer(t: &Tracker, now: Millis) -> Option<PolledWriter> {
-    t.writer(now).and_then(|(ix, term, lease_expires)| {
-        t.replica_id(ix).map(|id| PolledWriter {
-            view: WriterView {
-                pod: id.to_string(),
-                term: term.0,
-                confirmed_at: t.answered_at(ix).unwrap_or(Millis::ZERO),
-            },
-            lease_expires,
-        })
-    })
-}
-
-/// Every `interval` each replica whose last poll has ended is polled again; each answer goes to the
-/// tracker as it arrives. While a writer is known, the next round comes before its lease passes
-/// (the lease may be shorter than the interval), so a healthy writer is never forgotten between
-/// polls and its label never flaps.
-async fn poll_loop(w: Writers, key: BaseKey, interval: Duration) {
-    let mut tracker: Option<(Vec<Target>, Tracker)> = None;
+/// The tokio loop of the core `WriterPoller`: start the polls a round asks for, feed each answer
+/// as it arrives, wake the reconcile and bring the next round forward when it says so.
+async fn poll_loop(w: Writers, key: BaseKey) {
     let mut in_flight = FuturesUnordered::new();
-    let mut busy: Vec<bool> = Vec::new();
     let mut next_round = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            Some((ix, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                busy[ix] = false;
-                let Some((_, t)) = tracker.as_mut() else {
-                    continue;
+            Some((generation, ix, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                let now = w.clock.now();
+                let Some((answered, writer)) = w.with(&key, |p| {
+                    let a = p.on_answer(now, generation, ix, result);
+                    (a, p.writer(now))
+                }) else {
+                    return;
                 };
-                let now = lease_clock();
-                let effect = t.on_poll(now, ix, result);
-                debug!(base = %key.2, replica = ix, ?effect, "polled");
-                let writer = polled_writer(t, now);
-                // Poll the writer again before its lease passes: the core tracker's rule, the
-                // gateway's too (`Tracker::next_poll`).
-                if let Some((writer_ix, _, _)) = t.writer(now) {
-                    let interval_ms = Millis(interval.as_millis() as u64);
-                    let at = t.next_poll(now, writer_ix, now, interval_ms).at;
-                    let soon = Duration::from_millis(at.0.saturating_sub(now.0));
-                    next_round = next_round.min(tokio::time::Instant::now() + soon);
+                debug!(base = %key.2, replica = ix, effect = ?answered.effect, "polled");
+                if let Some(within) = answered.renew_within {
+                    let at = tokio::time::Instant::now() + Duration::from_millis(within.0);
+                    next_round = next_round.min(at);
                 }
-                let view = writer.as_ref().map(|w| w.view.clone());
-                if w.set_writer(&key, writer, now) {
-                    info!(base = %key.2, namespace = %key.1, writer = ?view, "writer changed");
+                if answered.wake {
+                    info!(base = %key.2, namespace = %key.1, ?writer, "writer changed");
                     let _ = w.wake.send(key.clone());
                 }
             }
             () = tokio::time::sleep_until(next_round) => {
-                let Some(targets) = w.targets(&key) else {
+                let Some((polls, interval)) = w.with(&key, |p| (p.start_round(), p.interval())) else {
                     return;
                 };
-                if tracker.as_ref().is_none_or(|(t, _)| *t != targets) {
-                    let ids = targets.iter().map(|t| NodeId::new(t.pod.clone())).collect();
-                    let cfg = TrackerConfig::new(Millis(interval.as_millis() as u64), Millis(0));
-                    tracker = Tracker::new(ids, cfg).ok().map(|t| (targets.clone(), t));
-                    // Answers to polls of the old list would land on the wrong replicas.
-                    in_flight = FuturesUnordered::new();
-                    busy = vec![false; targets.len()];
+                for poll in polls {
+                    in_flight.push(poll_tagged(w.http.clone(), poll.target.url, poll.generation, poll.replica));
                 }
-                if let Some((targets, _)) = &tracker {
-                    for (ix, tg) in targets.iter().enumerate() {
-                        if !busy[ix] {
-                            busy[ix] = true;
-                            in_flight.push(poll_tagged(w.http.clone(), tg.url.clone(), ix));
-                        }
-                    }
-                }
-                next_round = tokio::time::Instant::now() + interval;
+                next_round = tokio::time::Instant::now() + Duration::from_millis(interval.0);
             }
         }
     }
@@ -265,54 +206,14 @@ mod tests {
     use base_core::crd::Kind;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    fn polled(pod: &str, term: u64, lease_expires: u64) -> PolledWriter {
-        PolledWriter {
-            view: WriterView {
-                pod: pod.into(),
-                term,
-                confirmed_at: Millis::ZERO,
-            },
-            lease_expires: Millis(lease_expires),
-        }
-    }
-
-    #[test]
-    fn a_writer_whose_lease_has_passed_is_no_writer() {
-        let w = polled("b-0", 3, 1_000);
-        assert_eq!(live_writer(Some(&w), Millis(0)), Some(w.view.clone()));
-        assert_eq!(live_writer(Some(&w), Millis(999)), Some(w.view.clone()));
-        // The tracker's own rule: a lease ending at `now` is over.
-        assert_eq!(live_writer(Some(&w), Millis(1_000)), None);
-        assert_eq!(live_writer(Some(&w), Millis(3_000)), None);
-        assert_eq!(live_writer(None, Millis(0)), None);
-    }
-
-    #[test]
-    fn the_reconcile_is_woken_when_the_writer_it_may_have_seen_changes() {
-        let (a, a_later) = (polled("b-0", 3, 1_000), polled("b-0", 3, 2_000));
-        let b = polled("b-1", 4, 2_000);
-        // A renewed lease, confirmed by a newer answer, changes nothing a reconcile sees.
-        let mut a_confirmed = a_later.clone();
-        a_confirmed.view.confirmed_at = Millis(400);
-        assert!(!writer_changed(Some(&a), Some(&a_later), Millis(500)));
-        assert!(!writer_changed(Some(&a), Some(&a_confirmed), Millis(500)));
-        assert!(!writer_changed(None, None, Millis(500)));
-        // Another writer, a new term, or none.
-        assert!(writer_changed(Some(&a), Some(&b), Millis(500)));
-        assert!(writer_changed(
-            Some(&a),
-            Some(&polled("b-0", 4, 2_000)),
-            Millis(500)
-        ));
-        assert!(writer_changed(Some(&a), None, Millis(500)));
-        assert!(writer_changed(None, Some(&a), Millis(500)));
-        // `a`'s lease passed before it was renewed: a reconcile in between planned with no writer.
-        assert!(writer_changed(Some(&a), Some(&a_later), Millis(1_500)));
-    }
-
     /// A fake agent naming itself the writer, with a lease `lease_ms` from each answer; while
     /// `silent` is set it takes requests and never answers (an unreachable pod).
-    async fn fake_agent(pod: &'static str, lease_ms: u64, silent: Arc<AtomicBool>) -> String {
+    async fn fake_agent(
+        pod: &'static str,
+        lease_ms: u64,
+        silent: Arc<AtomicBool>,
+        clock: OperatorClock,
+    ) -> String {
         let app = axum::Router::new().route(
             "/_ha/leader",
             axum::routing::get(move || {
@@ -321,7 +222,7 @@ mod tests {
                     if silent.load(Ordering::SeqCst) {
                         std::future::pending::<()>().await;
                     }
-                    let lease = format_rfc3339(Millis(lease_clock().0 + lease_ms));
+                    let lease = format_rfc3339(Millis(clock.now().0 + lease_ms));
                     format!(
                         r#"{{"leader_url":"http://{pod}:8090","node_id":"{pod}","term":3,"lease_expires":"{lease}"}}"#
                     )
@@ -349,9 +250,9 @@ mod tests {
 
     /// Starts tracking `targets` (polls never time out) and waits, bounded, for the first
     /// wake-up, which must be for this Base.
-    async fn track_until_woken(targets: &[Target]) -> (Writers, BaseKey) {
+    async fn track_until_woken(targets: &[Target], clock: OperatorClock) -> (Writers, BaseKey) {
         let (wake, mut woken) = mpsc::unbounded_channel();
-        let w = Writers::with_poll_timeout(wake, NO_TIMEOUT);
+        let w = Writers::with_clock(wake, NO_TIMEOUT, clock);
         let key: BaseKey = (Kind::Base, "ns".into(), "b".into());
         assert_eq!(w.track(key.clone(), targets.to_vec(), INTERVAL), None);
         let got = tokio::time::timeout(DEADLINE, woken.recv()).await;
@@ -383,14 +284,18 @@ mod tests {
     /// that waited for every poll of a round (or for b-0 before b-1) would never wake.
     #[tokio::test]
     async fn an_unreachable_pod_does_not_hold_up_the_writer() {
+        let clock = OperatorClock::new();
         let targets = vec![
             target(
                 "b-0",
-                fake_agent("b-0", 60_000, Arc::new(AtomicBool::new(true))).await,
+                fake_agent("b-0", 60_000, Arc::new(AtomicBool::new(true)), clock).await,
             ),
-            target("b-1", fake_agent("b-1", 60_000, Arc::default()).await),
+            target(
+                "b-1",
+                fake_agent("b-1", 60_000, Arc::default(), clock).await,
+            ),
         ];
-        let (w, key) = track_until_woken(&targets).await;
+        let (w, key) = track_until_woken(&targets, clock).await;
         let writer = w.track(key.clone(), targets, INTERVAL);
         assert_eq!(writer.map(|v| (v.pod, v.term)), Some(("b-1".into(), 3)));
         w.untrack(&key);
@@ -400,12 +305,13 @@ mod tests {
     /// lease can make it no writer: a reconcile then sees none. Kept forever, it never would.
     #[tokio::test]
     async fn a_writer_that_stops_answering_is_no_writer_once_its_lease_passes() {
+        let clock = OperatorClock::new();
         let silent = Arc::new(AtomicBool::new(false));
         let targets = vec![target(
             "b-0",
-            fake_agent("b-0", 2_000, silent.clone()).await,
+            fake_agent("b-0", 2_000, silent.clone(), clock).await,
         )];
-        let (w, key) = track_until_woken(&targets).await;
+        let (w, key) = track_until_woken(&targets, clock).await;
         until_writer(&w, &key, &targets, "b-0 as the writer", |v| {
             v.as_ref().is_some_and(|v| v.pod == "b-0")
         })
@@ -415,6 +321,35 @@ mod tests {
             v.is_none()
         })
         .await;
+        w.untrack(&key);
+    }
+
+    /// One clock (the drift this fixed): the `now` a reconcile plans at and the writer's
+    /// `confirmed_at`, which `reconcile::operations` compares (a switchover is `Done` on an answer
+    /// from after the request), must be read from one clock. Here the operator's clock started
+    /// 10 minutes off the system's wall clock, as after an NTP step; the agent's lease is on the
+    /// operator's clock. The writer answered just now, so its confirmation is within the poll
+    /// interval of the plan's `now`. Before, `observe` stamped the system's wall clock while the
+    /// confirmation was on the lease clock: 10 minutes apart here, a switchover `Done` early (or
+    /// refused late) in a real cluster.
+    #[tokio::test]
+    async fn the_plan_and_the_writers_confirmation_read_one_clock() {
+        let clock = OperatorClock::shifted(-600_000);
+        let targets = vec![target(
+            "b-0",
+            fake_agent("b-0", 60_000, Arc::default(), clock).await,
+        )];
+        let (w, key) = track_until_woken(&targets, clock).await;
+        let writer = w
+            .track(key.clone(), targets, INTERVAL)
+            .expect("b-0 is the writer");
+        let plan_now = w.plan_now();
+        assert!(
+            plan_now.0 + 1_000 >= writer.confirmed_at.0
+                && writer.confirmed_at.0 + DEADLINE.as_millis() as u64 >= plan_now.0,
+            "the plan's now {plan_now:?} and the confirmation {:?} are on two clocks",
+            writer.confirmed_at
+        );
         w.untrack(&key);
     }
 }

@@ -3,7 +3,7 @@
 use super::Shared;
 use super::metrics::PollKind;
 use base_core::Millis;
-use base_core::tracker::{self, NextPoll, PollEffect, PollResult, ReplicaIx};
+use base_core::tracker::{self, PollEffect, PollResult, ReplicaIx};
 use base_core::wire::MAX_LEADER_ANSWER_BYTES;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,25 +95,18 @@ pub(super) async fn poll_loop(shared: Arc<Shared>, replica: ReplicaIx) {
         poll_and_record(&shared, replica, &mut last).await;
         // Counted from the poll's end: a slow poll delays the next one rather than bunching them up.
         let last_end = super::now_ms();
-        loop {
-            let now = super::now_ms();
-            let next = next_poll(&shared, now, replica, last_end);
-            if next.at <= now {
-                break;
-            }
-            // Wake early when the writer's lease ends: the rule changes then (hunting).
-            let wait_ms = next.wake_at().0.saturating_sub(now.0).max(1);
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        // The core tracker's rule (`Tracker::poll_wait`): the writer is polled again before its
+        // lease passes, every replica every 100 ms while no writer is known, and the sleep ends
+        // early when the writer's lease does (the rule changes then).
+        while let Some(wait) = poll_wait(&shared, super::now_ms(), replica, last_end) {
+            tokio::time::sleep(Duration::from_millis(wait.0)).await;
         }
     }
 }
 
-/// The core tracker's rule (`Tracker::next_poll`): the writer is polled again before its lease
-/// passes (900 ms by default, shorter than the 1 s default interval), and while no writer is known
-/// every replica is polled every 100 ms, so a new writer is found soon after its election.
-fn next_poll(shared: &Shared, now: Millis, replica: ReplicaIx, last_end: Millis) -> NextPoll {
+fn poll_wait(shared: &Shared, now: Millis, replica: ReplicaIx, last_end: Millis) -> Option<Millis> {
     let interval = super::duration_ms(shared.poll_interval);
     shared
         .lock_tracker()
-        .next_poll(now, replica, last_end, interval)
+        .poll_wait(now, replica, last_end, interval)
 }

@@ -212,6 +212,27 @@ pub struct GatewayWrite {
     pub namespace: String,
     pub name: String,
     pub routes: Vec<Value>,
+    /// The Gateway's `metadata.resourceVersion` the routes were planned against: the write must
+    /// carry it, so that if the Gateway changed since, the API refuses it (409) and the next
+    /// reconcile re-reads it: another owner's entry is never lost.
+    pub resource_version: Option<String>,
+}
+
+impl GatewayWrite {
+    fn new(namespace: &str, name: &str, routes: Vec<Value>, observed: &GatewayView) -> Self {
+        let resource_version = match observed {
+            GatewayView::Found(g) => at(g, ["metadata", "resourceVersion"])
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        };
+        GatewayWrite {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            routes,
+            resource_version,
+        }
+    }
 }
 
 /// Set or clear the fencing annotation on one pod.
@@ -291,6 +312,32 @@ pub struct PlanEvent {
     pub message: String,
 }
 
+/// One API write of a plan. [`Plan::writes`] lists them in the order they must be made; the
+/// adapter and the simulation both perform exactly that list, in that order, stopping at the
+/// first that fails (the next reconcile plans again from what was written).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Write<'a> {
+    /// Create if absent, never update (an existing one is kept: "already exists" is success).
+    Create(&'a Object),
+    /// Server-side apply of a desired object that differs from what was observed.
+    Apply(&'a Object),
+    /// Set or clear the writer label of one pod (every clear comes before the set).
+    Label(&'a PodLabel),
+    /// Set or clear the fencing annotation of one pod.
+    Fence(&'a PodFence),
+    /// Remove these annotations from the Base (a finished or refused switchover request),
+    /// guarded by the Base's resourceVersion.
+    ClearAnnotations(&'a [String]),
+    /// Annotate the writer's pod with a transfer request.
+    Transfer(&'a PodTransfer),
+    /// A new route list for the Gateway, guarded by [`GatewayWrite::resource_version`].
+    Gateway(&'a GatewayWrite),
+    /// Delete an object (an optional object no longer wanted, a pod to roll, a PVC).
+    Delete(&'a ObjectKey),
+    /// The Base's status.
+    Status(&'a BaseStatus),
+}
+
 /// What should happen now. Empty write lists and an unchanged status mean "nothing to write".
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Plan {
@@ -327,17 +374,36 @@ impl Plan {
         self.apply_ix.iter().map(|&i| &self.desired[i])
     }
 
+    /// The plan's writes in the order they must be made:
+    /// 1. creates (the StatefulSet's pods mount the peer-key Secret), then applies;
+    /// 2. writer labels, every clear before the set, so the writer Service never selects two
+    ///    pods (not even between two writes);
+    /// 3. fences, the Base's annotation removals, the transfer request;
+    /// 4. the Gateway's routes (guarded by the resourceVersion planned against);
+    /// 5. deletes, last of the object writes: a write that fails before them leaves everything
+    ///    in place;
+    /// 6. the status, which reports what was written.
+    pub fn writes(&self) -> impl Iterator<Item = Write<'_>> + '_ {
+        let clears = self.relabel.iter().filter(|l| !l.writer);
+        let sets = self.relabel.iter().filter(|l| l.writer);
+        let annotations = (!self.clear_annotations.is_empty())
+            .then_some(Write::ClearAnnotations(&self.clear_annotations));
+        self.create
+            .iter()
+            .map(Write::Create)
+            .chain(self.apply().map(Write::Apply))
+            .chain(clears.chain(sets).map(Write::Label))
+            .chain(self.fence.iter().map(Write::Fence))
+            .chain(annotations)
+            .chain(self.transfer.iter().map(Write::Transfer))
+            .chain(self.gateway.iter().map(Write::Gateway))
+            .chain(self.delete.iter().map(Write::Delete))
+            .chain(self.status_changed.then_some(Write::Status(&self.status)))
+    }
+
     /// True when performing this plan would issue no API write at all.
     pub fn is_noop(&self) -> bool {
-        self.apply_ix.is_empty()
-            && self.create.is_empty()
-            && self.delete.is_empty()
-            && self.relabel.is_empty()
-            && self.fence.is_empty()
-            && self.clear_annotations.is_empty()
-            && self.gateway.is_none()
-            && self.transfer.is_none()
-            && !self.status_changed
+        self.writes().next().is_none()
     }
 }
 
@@ -596,11 +662,12 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         route_outcome = match &observed.gateway {
             GatewayView::Found(gw) => match route::upsert(route::routes_in(gw), &entry) {
                 Ok(Some(routes)) => {
-                    plan.gateway = Some(GatewayWrite {
-                        namespace: gw_ns.clone(),
-                        name: gw_name.clone(),
+                    plan.gateway = Some(GatewayWrite::new(
+                        &gw_ns,
+                        &gw_name,
                         routes,
-                    });
+                        &observed.gateway,
+                    ));
                     status::RouteOutcome::Injected([gw_ns.as_str(), "/", &gw_name].concat())
                 }
                 Ok(None) => {
@@ -704,11 +771,7 @@ fn plan_cleanup(
     let mut done = true;
     if let (Some((ns, gw)), GatewayView::Found(g)) = (gateway_ref.as_ref(), &observed.gateway) {
         if let Some(routes) = route::remove(route::routes_in(g), owner) {
-            plan.gateway = Some(GatewayWrite {
-                namespace: ns.clone(),
-                name: gw.clone(),
-                routes,
-            });
+            plan.gateway = Some(GatewayWrite::new(ns, gw, routes, &observed.gateway));
             done = false;
         }
     } else if gateway_ref.is_some() && observed.gateway == GatewayView::NotLooked {
