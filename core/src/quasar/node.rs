@@ -205,6 +205,9 @@ pub struct Node {
     election_deadline: Millis,
     /// When this node last acked the current leader's heartbeat (followers).
     leader_contact_at: Option<Millis>,
+    /// The last heartbeat acked: its term, its writer, its send time (echoed again when the
+    /// position advances, see [`Input::Position`]).
+    last_heartbeat: Option<(Term, NodeId, Millis)>,
     campaign: CampaignState,
     writer: Option<WriterState>,
 
@@ -265,6 +268,7 @@ impl Node {
             },
             election_deadline: now,
             leader_contact_at: None,
+            last_heartbeat: None,
             campaign: CampaignState::default(),
             writer: None,
             last_now: now,
@@ -436,7 +440,7 @@ impl Node {
         match input {
             Input::Tick => self.tick(now, &mut out),
             Input::Message { from, msg } => self.receive(now, from, msg, &mut out),
-            Input::Position { epoch, position } => self.set_position(epoch, position),
+            Input::Position { epoch, position } => self.set_position(epoch, position, &mut out),
             Input::TransferWriter { to } => self.start_transfer(now, to, &mut out),
             Input::Campaign => {
                 if self.role != Role::Writer
@@ -452,12 +456,30 @@ impl Node {
         out
     }
 
-    fn set_position(&mut self, epoch: u64, position: u64) {
+    /// A newer position is news for the writer this node follows: the ack of its last heartbeat
+    /// goes again at once with it (the same echoed send time, so it extends no lease), and the
+    /// writer's commit need not wait for the next heartbeat.
+    fn set_position(&mut self, epoch: u64, position: u64, out: &mut Vec<Effect>) {
         if (epoch, position) <= (self.position_epoch, self.position) {
             return; // stale: an older epoch, or an older report of this one
         }
         self.position_epoch = epoch;
         self.position = position;
+        if self.role == Role::Follower
+            && let Some((term, writer, sent_ms)) = &self.last_heartbeat
+            && *term == self.term
+            && self.leader.as_ref() == Some(writer)
+        {
+            out.push(Effect::Send {
+                to: writer.clone(),
+                msg: Message::HeartbeatAck {
+                    term: self.term,
+                    ok: true,
+                    sent_ms: *sent_ms,
+                    position,
+                },
+            });
+        }
     }
 
     fn tick(&mut self, now: Millis, out: &mut Vec<Effect>) {
@@ -685,6 +707,7 @@ impl Node {
         }
         self.make_promise(now, from.clone());
         self.leader_contact_at = Some(now);
+        self.last_heartbeat = Some((self.term, from.clone(), sent_ms));
         self.reset_election_deadline(now);
         out.push(Effect::Send {
             to: from,
@@ -1341,6 +1364,46 @@ mod tests {
         let _ = high.step(Millis(0), position(1, 50));
         assert!(!granted(&high.step(Millis(1000), vote(40))));
         assert!(granted(&n.step(Millis(1000), vote(40))));
+    }
+
+    /// A follower whose position advances re-sends the ack of the writer's last heartbeat at
+    /// once, with the new position and the same echoed send time (no lease is extended); a
+    /// stale report, or no writer followed, sends nothing.
+    #[test]
+    fn an_advanced_position_is_acked_at_once() {
+        let mut n = node("a", &["b", "c"]);
+        assert!(n.step(Millis(0), position(0, 5)).is_empty(), "no writer yet");
+        let heartbeat = Input::Message {
+            from: NodeId::from("b"),
+            msg: Message::Heartbeat {
+                term: Term(1),
+                sent_ms: Millis(700),
+                position: 9,
+            },
+        };
+        let _ = n.step(Millis(10), heartbeat);
+        let acks = |out: &[Effect]| -> Vec<(NodeId, u64, Millis)> {
+            out.iter()
+                .filter_map(|e| match e {
+                    Effect::Send {
+                        to,
+                        msg:
+                            Message::HeartbeatAck {
+                                ok: true,
+                                position,
+                                sent_ms,
+                                ..
+                            },
+                    } => Some((to.clone(), *position, *sent_ms)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            acks(&n.step(Millis(20), position(0, 9))),
+            vec![(NodeId::from("b"), 9, Millis(700))]
+        );
+        assert!(acks(&n.step(Millis(21), position(0, 8))).is_empty());
     }
 
     #[test]
