@@ -1372,7 +1372,10 @@ mod tests {
     #[test]
     fn an_advanced_position_is_acked_at_once() {
         let mut n = node("a", &["b", "c"]);
-        assert!(n.step(Millis(0), position(0, 5)).is_empty(), "no writer yet");
+        assert!(
+            n.step(Millis(0), position(0, 5)).is_empty(),
+            "no writer yet"
+        );
         let heartbeat = Input::Message {
             from: NodeId::from("b"),
             msg: Message::Heartbeat {
