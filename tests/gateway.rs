@@ -64,25 +64,11 @@ fn name(i: usize) -> String {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    // Civil-from-days (H. Hinnant), enough for a test's lease times.
-    let d = t.duration_since(UNIX_EPOCH).expect("after 1970");
-    let (secs, ms) = (d.as_secs() as i64, d.subsec_millis());
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    base_core::wire::format_rfc3339(base_core::Millis(ms as u64))
 }
 
 #[derive(Clone)]
