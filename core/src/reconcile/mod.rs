@@ -493,15 +493,70 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         replicas: step.replicas,
         config: &observed.config,
     };
-    plan.desired = desired_objects(&ctx);
+    let objects = plan_objects(&ctx, observed, &step);
+    plan.desired = objects.desired;
+    plan.apply_ix = objects.apply_ix;
+    plan.create = objects.create;
+    plan.delete = objects.delete;
+    plan.relabel = objects.relabel;
+
+    let ops = plan_operations(base, observed, &step);
+    plan.fence = ops.fence;
+    plan.clear_annotations = ops.clear_annotations;
+    plan.transfer = ops.transfer;
+    if let Some(ms) = ops.requeue_after_ms {
+        plan.requeue_after_ms = plan.requeue_after_ms.min(ms);
+    }
+
+    let (gateway, route) = plan_route(base, observed, &owner, gateway_ref.as_ref());
+    plan.gateway = gateway;
+
+    plan_status(
+        base,
+        observed,
+        &mut plan,
+        &step,
+        sts_view,
+        route,
+        ops.conditions,
+    );
+    // Safety: a PVC under Retain is never deleted, whatever the observation said.
+    if base.spec.storage.retention() == RetentionPolicy::Retain {
+        assert!(
+            plan.delete
+                .iter()
+                .all(|k| k.kind != "PersistentVolumeClaim"),
+            "plan deletes a PVC of {name} under retentionPolicy Retain"
+        );
+    }
+    plan
+}
+
+/// The objects part of a plan. It raises no condition.
+struct ObjectsPart {
+    /// Every object this Base should have, and which of them differ from what was observed.
+    desired: Vec<Object>,
+    apply_ix: Vec<usize>,
+    /// The peer-key Secret, once.
+    create: Vec<Object>,
+    /// Optional objects no longer wanted, the pod the rollout restarts, PVCs of removed ordinals
+    /// under `Delete`.
+    delete: Vec<ObjectKey>,
+    /// The writer label onto exactly the writer's pod.
+    relabel: Vec<PodLabel>,
+}
+
+fn plan_objects(ctx: &Ctx, observed: &Observed, step: &rollout::RolloutStep) -> ObjectsPart {
+    let (base, name) = (ctx.base, ctx.name);
+    let desired = desired_objects(ctx);
+    let mut create = Vec::new();
     if !observed.peer_key_exists
         && let Some(key) = &observed.fresh_peer_key
     {
-        plan.create.push(objects::peer_key_secret(&ctx, key));
+        create.push(objects::peer_key_secret(ctx, key));
     }
     // Keep the operator's view and the cluster's aligned: an object is written only when it differs.
-    plan.apply_ix = plan
-        .desired
+    let apply_ix = desired
         .iter()
         .enumerate()
         .filter(|(_, d)| {
@@ -512,6 +567,7 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         })
         .map(|(i, _)| i)
         .collect();
+    let mut delete = Vec::new();
     for optional in [
         "ConfigMap",
         "PodDisruptionBudget",
@@ -519,22 +575,17 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         "ServiceMonitor",
     ] {
         for key in observed.objects.keys().filter(|k| k.kind == optional) {
-            if !plan
-                .desired
+            if !desired
                 .iter()
                 .any(|d| d.kind == key.kind && d.name == key.name)
             {
-                plan.delete.push(key.clone());
+                delete.push(key.clone());
             }
         }
     }
     if let Some(pod) = &step.delete_pod {
-        plan.delete.push(ObjectKey::new("Pod", pod));
+        delete.push(ObjectKey::new("Pod", pod));
     }
-    let mut transfer_intent = step
-        .transfer
-        .clone()
-        .map(|(from, to)| (Transfer { from, to }, "rollout"));
     // PVCs of removed ordinals, once their pods are gone, when the spec says Delete.
     if base.spec.storage.retention() == RetentionPolicy::Delete {
         for pvc in &observed.pvcs {
@@ -548,17 +599,67 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
                     .iter()
                     .any(|p| p.name == objects::pod_name(name, ord))
             {
-                plan.delete
-                    .push(ObjectKey::new("PersistentVolumeClaim", pvc));
+                delete.push(ObjectKey::new("PersistentVolumeClaim", pvc));
             }
         }
     }
-    plan.relabel = relabel(&observed.pods, writer);
+    let writer = observed.writer.as_ref().map(|w| w.pod.as_str());
+    ObjectsPart {
+        desired,
+        apply_ix,
+        create,
+        delete,
+        relabel: relabel(&observed.pods, writer),
+    }
+}
 
-    let mut extra = Vec::new();
+/// The operations part (`operations`): fences to set or clear, the switchover's progress and
+/// the transfer request it (or the rollout) needs. Raises `Fenced` and `Switchover`.
+struct OperationsPart {
+    fence: Vec<PodFence>,
+    clear_annotations: Vec<String>,
+    transfer: Option<PodTransfer>,
+    conditions: Vec<status::Cond>,
+    /// Look again this soon (a switchover waiting for a confirmation, a transfer to retry).
+    requeue_after_ms: Option<u64>,
+}
+
+impl OperationsPart {
+    /// The switchover is over: its annotation goes, its condition says how it ended.
+    fn end_switchover(&mut self, reason: &'static str, message: String) {
+        self.clear_annotations
+            .push(objects::ANNOTATION_SWITCHOVER_TO.to_string());
+        self.conditions.push(status::Cond::new(
+            CONDITION_SWITCHOVER,
+            false,
+            reason,
+            message,
+        ));
+    }
+}
+
+fn plan_operations(
+    base: &Base,
+    observed: &Observed,
+    step: &rollout::RolloutStep,
+) -> OperationsPart {
+    let mut part = OperationsPart {
+        fence: Vec::new(),
+        clear_annotations: Vec::new(),
+        transfer: None,
+        conditions: Vec::new(),
+        requeue_after_ms: None,
+    };
+    let soon = |part: &mut OperationsPart, ms: u64| {
+        part.requeue_after_ms = Some(part.requeue_after_ms.map_or(ms, |r| r.min(ms)));
+    };
+    let mut transfer_intent = step
+        .transfer
+        .clone()
+        .map(|(from, to)| (Transfer { from, to }, "rollout"));
     match operations::fenced(base) {
         Ok(fenced) => {
-            plan.fence = observed
+            part.fence = observed
                 .pods
                 .iter()
                 .filter(|p| !p.terminating && p.fenced != fenced.contains(&p.name))
@@ -574,7 +675,7 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
                 .map(|p| p.name.as_str())
                 .collect();
             if fenced != operations::Fenced::None {
-                extra.push(status::Cond::new(
+                part.conditions.push(status::Cond::new(
                     CONDITION_FENCED,
                     true,
                     "Fenced",
@@ -595,9 +696,9 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
                     if let Some(t) = transfer {
                         transfer_intent = Some((t, "switchover"));
                     } else {
-                        plan.requeue_after_ms = plan.requeue_after_ms.min(CONFIRM_REQUEUE_MS);
+                        soon(&mut part, CONFIRM_REQUEUE_MS);
                     }
-                    extra.push(status::Cond::new(
+                    part.conditions.push(status::Cond::new(
                         CONDITION_SWITCHOVER,
                         true,
                         "InProgress",
@@ -605,86 +706,90 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
                     ));
                 }
                 Some(operations::Switchover::Done(message)) => {
-                    plan.clear_annotations
-                        .push(objects::ANNOTATION_SWITCHOVER_TO.to_string());
-                    extra.push(status::Cond::new(
-                        CONDITION_SWITCHOVER,
-                        false,
-                        "Done",
-                        message,
-                    ));
+                    part.end_switchover("Done", message);
                 }
                 Some(operations::Switchover::Refused(message)) => {
-                    plan.clear_annotations
-                        .push(objects::ANNOTATION_SWITCHOVER_TO.to_string());
-                    extra.push(status::Cond::new(
-                        CONDITION_SWITCHOVER,
-                        false,
-                        "Refused",
-                        message,
-                    ));
+                    part.end_switchover("Refused", message);
                 }
                 None => {}
             }
         }
-        Err(message) => extra.push(status::Cond::new(
+        Err(message) => part.conditions.push(status::Cond::new(
             CONDITION_FENCED,
             false,
             "InvalidFencedInstances",
             message,
         )),
     }
-
     if let Some((intent, by)) = &transfer_intent {
         let (write, look_again_ms) = transfer_write(intent, by, observed);
-        plan.transfer = write;
-        plan.requeue_after_ms = plan.requeue_after_ms.min(look_again_ms);
+        part.transfer = write;
+        soon(&mut part, look_again_ms);
     }
+    part
+}
 
-    let mut route_outcome = status::RouteOutcome::NotConfigured;
-    if let (Some((gw_ns, gw_name)), Some(g)) = (gateway_ref, base.spec.gateway.as_ref()) {
-        let entry = route::RouteEntry {
-            prefix: g.route.clone().unwrap_or_default(),
-            owner: owner.clone(),
-            namespace: namespace.to_string(),
-            service: name.to_string(),
-            writer_service: objects::writer_service_name(name),
-            port: base.spec.port,
-            leader_poll_interval: g
-                .leader_poll_interval
-                .clone()
-                .unwrap_or_else(|| crate::crd::DEFAULT_LEADER_POLL_INTERVAL.to_string()),
-            read_your_writes_ttl: g
-                .read_your_writes_ttl
-                .clone()
-                .unwrap_or_else(|| crate::crd::DEFAULT_READ_YOUR_WRITES_TTL.to_string()),
-        };
-        route_outcome = match &observed.gateway {
-            GatewayView::Found(gw) => match route::upsert(route::routes_in(gw), &entry) {
-                Ok(Some(routes)) => {
-                    plan.gateway = Some(GatewayWrite::new(
-                        &gw_ns,
-                        &gw_name,
-                        routes,
-                        &observed.gateway,
-                    ));
-                    status::RouteOutcome::Injected([gw_ns.as_str(), "/", &gw_name].concat())
-                }
-                Ok(None) => {
-                    status::RouteOutcome::Injected([gw_ns.as_str(), "/", &gw_name].concat())
-                }
-                Err(conflict) => status::RouteOutcome::Conflict(conflict.to_string()),
-            },
-            GatewayView::Missing | GatewayView::NotLooked => {
-                status::RouteOutcome::GatewayMissing(format!("{gw_ns}/{gw_name}"))
-            }
-        };
+/// The route part: the Gateway's new `spec.routes` when this Base's entry must change, and the
+/// outcome the `GatewayRouted` condition (and `Ready`, on a conflict) reports.
+fn plan_route(
+    base: &Base,
+    observed: &Observed,
+    owner: &str,
+    gateway_ref: Option<&(String, String)>,
+) -> (Option<GatewayWrite>, status::RouteOutcome) {
+    let (Some((gw_ns, gw_name)), Some(g)) = (gateway_ref, base.spec.gateway.as_ref()) else {
+        return (None, status::RouteOutcome::NotConfigured);
+    };
+    let name = base.metadata.name.as_deref().unwrap_or_default();
+    let namespace = base.metadata.namespace.as_deref().unwrap_or("default");
+    let entry = route::RouteEntry {
+        prefix: g.route.clone().unwrap_or_default(),
+        owner: owner.to_string(),
+        namespace: namespace.to_string(),
+        service: name.to_string(),
+        writer_service: objects::writer_service_name(name),
+        port: base.spec.port,
+        leader_poll_interval: g
+            .leader_poll_interval
+            .clone()
+            .unwrap_or_else(|| crate::crd::DEFAULT_LEADER_POLL_INTERVAL.to_string()),
+        read_your_writes_ttl: g
+            .read_your_writes_ttl
+            .clone()
+            .unwrap_or_else(|| crate::crd::DEFAULT_READ_YOUR_WRITES_TTL.to_string()),
+    };
+    let injected = || status::RouteOutcome::Injected([gw_ns.as_str(), "/", gw_name].concat());
+    match &observed.gateway {
+        GatewayView::Found(gw) => match route::upsert(route::routes_in(gw), &entry) {
+            Ok(Some(routes)) => (
+                Some(GatewayWrite::new(gw_ns, gw_name, routes, &observed.gateway)),
+                injected(),
+            ),
+            Ok(None) => (None, injected()),
+            Err(conflict) => (None, status::RouteOutcome::Conflict(conflict.to_string())),
+        },
+        GatewayView::Missing | GatewayView::NotLooked => (
+            None,
+            status::RouteOutcome::GatewayMissing(format!("{gw_ns}/{gw_name}")),
+        ),
     }
+}
 
+/// The status part: whether the Base is still progressing (then look again soon), and the
+/// status with every condition the other parts raised.
+fn plan_status(
+    base: &Base,
+    observed: &Observed,
+    plan: &mut Plan,
+    step: &rollout::RolloutStep,
+    sts: Option<StsView>,
+    route: status::RouteOutcome,
+    conditions: Vec<status::Cond>,
+) {
     let progressing = step.replicas != base.spec.replicas
         || step.outdated > 0
         || step.transfer.is_some()
-        || sts_view
+        || sts
             .as_ref()
             .is_none_or(|s| s.ready_replicas < base.spec.replicas);
     if progressing || !plan.apply_ix.is_empty() || !plan.delete.is_empty() {
@@ -693,24 +798,14 @@ pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
     status::finish(
         base,
         observed,
-        &mut plan,
+        plan,
         status::Outcome::Planned {
-            sts: sts_view,
-            route: route_outcome,
+            sts,
+            route,
             progressing,
-            extra,
+            extra: conditions,
         },
     );
-    // Safety: a PVC under Retain is never deleted, whatever the observation said.
-    if base.spec.storage.retention() == RetentionPolicy::Retain {
-        assert!(
-            plan.delete
-                .iter()
-                .all(|k| k.kind != "PersistentVolumeClaim"),
-            "plan deletes a PVC of {name} under retentionPolicy Retain"
-        );
-    }
-    plan
 }
 
 fn desired_objects(c: &Ctx) -> Vec<Object> {
