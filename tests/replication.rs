@@ -514,3 +514,146 @@ async fn acknowledged_writes_survive_writer_crash_and_pause() {
         assert_eq!(strong.get(t), Some(&1), "strong read: {t}");
     }
 }
+
+/// A Base that does not implement the replica contract (`404` on `GET /_replica/state`) still
+/// works as before — a write goes through the writer's agent and is answered at once — but is
+/// reported, never silent: `X-Base-Replica-Contract: 0` on `/_ha/leader` (what the operator
+/// turns into `ReplicationContract=False`), the metric `quasar_replication_contract 0`, and a
+/// warning in the agent's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_without_the_contract_runs_as_before_and_is_reported() {
+    use axum::Router;
+    use axum::http::StatusCode as S;
+    let writes = Arc::new(Mutex::new(0u64));
+    let seen = writes.clone();
+    let app = Router::new()
+        .route(
+            "/_replica/state",
+            axum::routing::get(|| async { S::NOT_FOUND }),
+        )
+        .fallback(move |req: axum::extract::Request| {
+            let seen = seen.clone();
+            async move {
+                if req.method() == axum::http::Method::POST {
+                    *seen.lock().unwrap() += 1;
+                }
+                (S::OK, "legacy")
+            }
+        });
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        ports.push(listener.local_addr().expect("addr").port());
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+    }
+    let agent_ports: Vec<u16> = (0..3).map(|_| free_port("127.0.0.1")).collect();
+    let peers = (0..3)
+        .map(|i| format!("b-{i}=http://127.0.0.1:{}", agent_ports[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let dir = std::env::temp_dir().join(format!("base-replication-legacy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let mut child = Command::new(BIN)
+            .arg("agent")
+            .args(["--node-id", &format!("b-{i}"), "--peers", &peers])
+            .args(["--listen", &format!("127.0.0.1:{}", agent_ports[i])])
+            .args(["--upstream", &format!("http://127.0.0.1:{}", ports[i])])
+            .arg("--state-dir")
+            .arg(dir.join(format!("b-{i}")))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the agent");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+        agents.push(KillOnDrop(child));
+    }
+    let client = http();
+    let start = Instant::now();
+    let writer = loop {
+        let mut found = None;
+        for port in &agent_ports {
+            if let Ok(r) = client
+                .get(format!("http://127.0.0.1:{port}/_ha/leader"))
+                .send()
+                .await
+                && r.headers()
+                    .get("x-base-replica-contract")
+                    .map(|v| v.as_bytes())
+                    == Some(b"0")
+                && let Ok(v) = r.json::<Value>().await
+                && let Some(url) = v["leader_url"].as_str()
+                && !url.is_empty()
+            {
+                found = Some(url.to_string());
+            }
+        }
+        if let Some(url) = found {
+            break url;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no writer reporting the contract absent; log:\n{}",
+            log.lock().unwrap().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let r = client
+        .post(format!("{writer}/db/execute"))
+        .body("[]")
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the legacy write is answered as before"
+    );
+    assert_eq!(r.text().await.unwrap_or_default(), "legacy");
+    assert_eq!(*writes.lock().unwrap(), 1);
+    let metrics = client
+        .get(format!("{writer}/_quasar/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "quasar_replication_contract 0"),
+        "{metrics}"
+    );
+    let warned = log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("WARN") && l.contains("does not implement the replica contract"));
+    assert!(warned, "no warning in the agents' log");
+    drop(agents);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

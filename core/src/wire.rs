@@ -19,6 +19,9 @@ pub const NO_WRITER_BODY: &str = r#"{"error":"no_writer"}"#;
 /// Response headers every agent sets, so clients and the gateway see who the writer is.
 pub const HEADER_LEADER: &str = "X-Base-Leader";
 pub const HEADER_TERM: &str = "X-Base-Term";
+/// On an agent's `/_ha/leader` answer: `1` when its Base implements the replica contract, `0`
+/// when it does not (writes are not held for a quorum); absent while not known yet.
+pub const HEADER_REPLICA_CONTRACT: &str = "X-Base-Replica-Contract";
 /// A client sets this to force a request (even a read) to the writer.
 pub const HEADER_WRITER_REQUIRED: &str = "X-Base-Writer";
 

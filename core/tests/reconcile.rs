@@ -674,3 +674,48 @@ fn network_policy_keeps_the_peer_port_to_the_base_pods() {
             )))
     );
 }
+
+/// A Base whose image does not implement the replica contract is reported, never silently
+/// run as if it did: `ReplicationContract=False` naming the pods, with a Warning Event when it
+/// turns so; `True` once every pod heard from implements it; no condition before any was heard.
+#[test]
+fn a_base_without_the_replica_contract_is_reported() {
+    use base_core::reconcile::CONDITION_REPLICATION;
+    let base = example();
+    let condition = |observed: &Observed| {
+        plan(&base, observed)
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_REPLICATION)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let mut observed = Observed::default();
+    assert_eq!(condition(&observed), None);
+    observed.replication_contract = [("my-app-0".to_string(), true), ("my-app-1".into(), false)]
+        .into_iter()
+        .collect();
+    let (status, reason, message) = condition(&observed).expect("a condition");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ContractAbsent")
+    );
+    assert!(
+        message.contains("my-app-1") && !message.contains("my-app-0"),
+        "{message}"
+    );
+    let p = plan(&base, &observed);
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.reason == "ReplicationContractContractAbsent"
+                && e.type_ == base_core::reconcile::EventType::Warning),
+        "{:?}",
+        p.events
+    );
+    observed
+        .replication_contract
+        .insert("my-app-1".into(), true);
+    let (status, reason, _) = condition(&observed).expect("a condition");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Implemented"));
+}

@@ -269,6 +269,18 @@ async fn leader(State(shared): State<Arc<Shared>>) -> Response {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The operator reports a Base without the contract (`ReplicationContract=False`).
+    let contract = match shared.replication.contract() {
+        Contract::Supported => Some("1"),
+        Contract::Absent => Some("0"),
+        Contract::Unknown => None,
+    };
+    if let Some(c) = contract {
+        response.headers_mut().insert(
+            HeaderName::from_static("x-base-replica-contract"),
+            HeaderValue::from_static(c),
+        );
+    }
     response
 }
 

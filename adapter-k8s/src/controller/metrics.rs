@@ -15,6 +15,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BaseLabel {
+    pub namespace: String,
+    pub base: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabel {
     pub verb: String,
     pub kind: String,
@@ -27,6 +33,8 @@ pub struct Metrics {
     pub duration: Histogram,
     pub api_writes: Family<WriteLabel, Counter>,
     pub leader: Gauge,
+    /// Per Base: pods whose Base does not implement the replica contract.
+    pub replication_contract_absent: Family<BaseLabel, Gauge>,
     /// Set once the operator can serve (it has a client and, if elected, runs the controller).
     pub ready: AtomicBool,
 }
@@ -41,6 +49,7 @@ impl Default for Metrics {
         ]);
         let api_writes = Family::<WriteLabel, Counter>::default();
         let leader = Gauge::default();
+        let replication_contract_absent = Family::<BaseLabel, Gauge>::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -62,8 +71,14 @@ impl Default for Metrics {
             "1 while this replica holds the operator Lease",
             leader.clone(),
         );
+        registry.register(
+            "replication_contract_absent",
+            "Pods of a Base whose Base image does not implement the replica contract (writes acknowledged without a quorum)",
+            replication_contract_absent.clone(),
+        );
         Metrics {
             registry,
+            replication_contract_absent,
             reconciles,
             failures,
             duration,
@@ -82,6 +97,15 @@ impl Metrics {
                 kind: kind.into(),
             })
             .inc();
+    }
+
+    pub fn contract_absent(&self, namespace: &str, base: &str, pods: i64) {
+        self.replication_contract_absent
+            .get_or_create(&BaseLabel {
+                namespace: namespace.into(),
+                base: base.into(),
+            })
+            .set(pods);
     }
 
     pub fn fail(&self, reason: &str) {

@@ -341,6 +341,10 @@ async fn reconcile(
             targets,
             Duration::from_millis(interval_ms as u64),
         );
+        observed.replication_contract = ctx.writers.replication_contract(&key);
+        let absent = observed.replication_contract.values().filter(|ok| !**ok);
+        ctx.metrics
+            .contract_absent(&key.1, &key.2, absent.count() as i64);
     }
     let plan = plan_for(kind, &base, &observed);
     kube_io::perform(&ctx, kind, &base, &plan).await?;

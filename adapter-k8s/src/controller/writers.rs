@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Which Base a poll task serves: (kind, namespace, name).
 pub type BaseKey = (base_core::crd::Kind, String, String);
@@ -33,6 +33,8 @@ pub struct Target {
 struct Entry {
     poller: WriterPoller<Target>,
     task: tokio::task::JoinHandle<()>,
+    /// Per pod: what its agent last said of its Base and the replica contract.
+    contract: std::collections::BTreeMap<String, bool>,
 }
 
 /// Shared by the reconcilers and the poll tasks.
@@ -103,7 +105,7 @@ impl Writers {
         targets: Vec<Target>,
         interval: Duration,
     ) -> Option<WriterView> {
-        let targets = targets
+        let targets: Vec<(NodeId, Target)> = targets
             .into_iter()
             .map(|t| (NodeId::new(t.pod.clone()), t))
             .collect();
@@ -112,6 +114,9 @@ impl Writers {
             && e.poller.interval() == millis(interval)
             && !e.task.is_finished()
         {
+            // A pod no longer polled says nothing any more.
+            e.contract
+                .retain(|pod, _| targets.iter().any(|(id, _)| id.as_str() == pod));
             e.poller.set_targets(targets);
             return e.poller.writer(self.clock.now());
         }
@@ -121,8 +126,31 @@ impl Writers {
         let mut poller = WriterPoller::new(millis(interval));
         poller.set_targets(targets);
         let task = tokio::spawn(poll_loop(self.clone(), key.clone()));
-        map.insert(key, Entry { poller, task });
+        map.insert(
+            key,
+            Entry {
+                poller,
+                task,
+                contract: Default::default(),
+            },
+        );
         None
+    }
+
+    /// Per pod: whether its Base implements the replica contract, as its agent last said
+    /// (`X-Base-Replica-Contract` on `/_ha/leader`); pods not heard from are absent.
+    pub fn replication_contract(&self, key: &BaseKey) -> std::collections::BTreeMap<String, bool> {
+        self.lock()
+            .get(key)
+            .map(|e| e.contract.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records what a pod's agent said; true when it changed (the reconcile must hear of it).
+    fn set_contract(&self, key: &BaseKey, pod: &str, ok: bool) -> bool {
+        self.lock()
+            .get_mut(key)
+            .is_some_and(|e| e.contract.insert(pod.to_string(), ok) != Some(ok))
     }
 
     pub fn untrack(&self, key: &BaseKey) {
@@ -137,28 +165,41 @@ impl Writers {
     }
 }
 
-async fn poll_one(http: &reqwest::Client, url: &str) -> PollResult {
+/// One poll; with the answer, what the agent says of its Base and the replica contract
+/// (`X-Base-Replica-Contract`: `Some(true)` implemented, `Some(false)` not, `None` not said).
+async fn poll_one(http: &reqwest::Client, url: &str) -> (PollResult, Option<bool>) {
     let answer = async {
         let resp = http.get(format!("{url}/_ha/leader")).send().await.ok()?;
         if !resp.status().is_success() {
             return None;
         }
+        let contract = resp
+            .headers()
+            .get(base_core::wire::HEADER_REPLICA_CONTRACT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| match v.trim() {
+                "1" => Some(true),
+                "0" => Some(false),
+                _ => None,
+            });
         let body = resp.bytes().await.ok()?;
-        parse_leader_claim(&body).ok()
+        Some((parse_leader_claim(&body).ok()?, contract))
     };
     match answer.await {
-        Some(claim) => PollResult::Answered(claim),
-        None => PollResult::Failed,
+        Some((claim, contract)) => (PollResult::Answered(claim), contract),
+        None => (PollResult::Failed, None),
     }
 }
 
+/// One poll of `target`, tagged with where its answer goes.
 async fn poll_tagged(
     http: reqwest::Client,
-    url: String,
+    target: Target,
     generation: u64,
     ix: ReplicaIx,
-) -> (u64, ReplicaIx, PollResult) {
-    (generation, ix, poll_one(&http, &url).await)
+) -> (u64, ReplicaIx, PollResult, Option<(String, bool)>) {
+    let (result, contract) = poll_one(&http, &target.url).await;
+    (generation, ix, result, contract.map(|ok| (target.pod, ok)))
 }
 
 /// The tokio loop of the core `WriterPoller`: start the polls a round asks for, feed each answer
@@ -168,7 +209,19 @@ async fn poll_loop(w: Writers, key: BaseKey) {
     let mut next_round = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            Some((generation, ix, result)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((generation, ix, result, contract)) = in_flight.next(), if !in_flight.is_empty() => {
+                let contract: Option<(String, bool)> = contract;
+                if let Some((pod, ok)) = contract
+                    && w.set_contract(&key, pod.as_str(), ok)
+                {
+                    if ok {
+                        info!(base = %key.2, namespace = %key.1, %pod, "the Base implements the replica contract");
+                    } else {
+                        warn!(base = %key.2, namespace = %key.1, %pod,
+                            "the Base does not implement the replica contract: its writes are acknowledged without a quorum and a failover can lose them");
+                    }
+                    let _ = w.wake.send(key.clone());
+                }
                 let now = w.clock.now();
                 let Some((answered, writer)) = w.with(&key, |p| {
                     let a = p.on_answer(now, generation, ix, result);
@@ -191,7 +244,7 @@ async fn poll_loop(w: Writers, key: BaseKey) {
                     return;
                 };
                 for poll in polls {
-                    in_flight.push(poll_tagged(w.http.clone(), poll.target.url, poll.generation, poll.replica));
+                    in_flight.push(poll_tagged(w.http.clone(), poll.target, poll.generation, poll.replica));
                 }
                 next_round = tokio::time::Instant::now() + Duration::from_millis(interval.0);
             }
@@ -277,6 +330,59 @@ mod tests {
             assert!(start.elapsed() < DEADLINE, "{what}: last {writer:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// What an agent says of its Base and the replica contract (`X-Base-Replica-Contract`) is
+    /// kept per pod and reaches the reconcile (which reports `ReplicationContract=False`); a pod
+    /// that says nothing is not listed, and one no longer polled is forgotten.
+    #[tokio::test]
+    async fn the_agents_word_on_the_replica_contract_is_kept_per_pod() {
+        let agent = |header: Option<&'static str>| async move {
+            let app = axum::Router::new().route(
+                "/_ha/leader",
+                axum::routing::get(move || async move {
+                    let body = r#"{"leader_url":"","node_id":"","term":1,"lease_expires":""}"#;
+                    let mut r = axum::response::IntoResponse::into_response(body);
+                    if let Some(h) = header {
+                        r.headers_mut().insert(
+                            "x-base-replica-contract",
+                            axum::http::HeaderValue::from_static(h),
+                        );
+                    }
+                    r
+                }),
+            );
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", l.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(l, app).await });
+            url
+        };
+        let targets = vec![
+            target("b-0", agent(Some("0")).await),
+            target("b-1", agent(Some("1")).await),
+            target("b-2", agent(None).await),
+        ];
+        let (wake, _woken) = mpsc::unbounded_channel();
+        let w = Writers::with_clock(wake, NO_TIMEOUT, OperatorClock::new());
+        let key: BaseKey = (Kind::Base, "ns".into(), "b".into());
+        let _ = w.track(key.clone(), targets.clone(), INTERVAL);
+        let want: std::collections::BTreeMap<String, bool> =
+            [("b-0".to_string(), false), ("b-1".to_string(), true)].into();
+        let start = tokio::time::Instant::now();
+        while w.replication_contract(&key) != want {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{:?}",
+                w.replication_contract(&key)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = w.track(key.clone(), targets[1..].to_vec(), INTERVAL);
+        assert_eq!(
+            w.replication_contract(&key),
+            [("b-1".to_string(), true)].into()
+        );
+        w.untrack(&key);
     }
 
     /// b-0 takes every poll and never answers, and here a poll never times out: the wake-up can

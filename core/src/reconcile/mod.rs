@@ -14,7 +14,7 @@ mod typed_objects;
 pub use diff::is_subset;
 pub use status::{
     CONDITION_FENCED, CONDITION_GATEWAY, CONDITION_PROGRESSING, CONDITION_READY,
-    CONDITION_SWITCHOVER, CONDITION_WRITER,
+    CONDITION_REPLICATION, CONDITION_SWITCHOVER, CONDITION_WRITER,
 };
 
 use crate::crd::{Base, BaseStatus, DEFAULT_GATEWAY_NAME, Kind, RetentionPolicy};
@@ -191,6 +191,10 @@ pub struct Observed {
     pub peer_key_exists: bool,
     /// Random key material for a new peer-key Secret (the core has no randomness of its own).
     pub fresh_peer_key: Option<String>,
+    /// What each polled pod's agent said of its Base and the replica contract
+    /// (`docs/replica-contract.md`): `true` implemented, `false` not (its writes are not held
+    /// for a quorum). Pods not heard from yet are absent.
+    pub replication_contract: BTreeMap<String, bool>,
 }
 
 impl Observed {

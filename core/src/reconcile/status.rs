@@ -16,6 +16,7 @@ pub const CONDITION_GATEWAY: &str = "GatewayRouted";
 pub const CONDITION_PROGRESSING: &str = "Progressing";
 pub const CONDITION_SWITCHOVER: &str = "Switchover";
 pub const CONDITION_FENCED: &str = "Fenced";
+pub const CONDITION_REPLICATION: &str = "ReplicationContract";
 
 pub(super) enum RouteOutcome {
     NotConfigured,
@@ -260,6 +261,9 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
                     "all replicas run the current spec",
                 )
             });
+            if let Some(c) = replication_condition(observed) {
+                conds.push(c);
+            }
             // A finished switchover stays in status as history until the next request.
             let has_switchover = extra.iter().any(|c| c.type_ == CONDITION_SWITCHOVER);
             conds.extend(extra);
@@ -304,6 +308,37 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
     plan.status = st;
 }
 
+/// `ReplicationContract`: `False` while any pod's Base does not implement the replica contract
+/// (the agent then acknowledges writes as soon as that Base answers, so a failover can lose
+/// them), `True` once the pods heard from all do; not set before any pod was heard from.
+fn replication_condition(observed: &Observed) -> Option<Cond> {
+    let absent: Vec<&str> = observed
+        .replication_contract
+        .iter()
+        .filter(|(_, ok)| !**ok)
+        .map(|(pod, _)| pod.as_str())
+        .collect();
+    if !absent.is_empty() {
+        return Some(cond(
+            CONDITION_REPLICATION,
+            false,
+            "ContractAbsent",
+            format!(
+                "the Base image does not implement the replica contract in {} (GET /_replica/state answered 404): writes are acknowledged without a quorum and a failover can lose them",
+                absent.join(", ")
+            ),
+        ));
+    }
+    (!observed.replication_contract.is_empty()).then(|| {
+        cond(
+            CONDITION_REPLICATION,
+            true,
+            "Implemented",
+            "every Base implements the replica contract: writes are acknowledged once a majority holds them",
+        )
+    })
+}
+
 fn reason_of<'a>(s: &'a BaseStatus, type_: &str) -> Option<(&'a str, &'a str)> {
     s.conditions
         .iter()
@@ -338,11 +373,16 @@ fn events(old: &BaseStatus, new: &BaseStatus) -> Vec<PlanEvent> {
             message: message.to_string(),
         });
     }
-    for type_ in [CONDITION_SWITCHOVER, CONDITION_FENCED] {
+    for type_ in [
+        CONDITION_SWITCHOVER,
+        CONDITION_FENCED,
+        CONDITION_REPLICATION,
+    ] {
         if let Some((reason, message)) = reason_of(new, type_)
             && reason_of(old, type_).map(|r| r.0) != Some(reason)
         {
-            let warning = reason == "Refused" || reason.starts_with("Invalid");
+            let warning =
+                reason == "Refused" || reason.starts_with("Invalid") || reason == "ContractAbsent";
             out.push(PlanEvent {
                 type_: if warning {
                     EventType::Warning
