@@ -468,6 +468,9 @@ pub struct Tracker {
     next_read: ReplicaIx,
     /// The latest `now` seen: time given out of order is taken as this, so nothing goes backwards.
     now: Millis,
+    /// The planted `route-cache` (`crate::buggify`): the last write's route, reused until then.
+    #[cfg(madsim)]
+    route_cache: Option<(Forward, Millis)>,
 }
 
 impl Tracker {
@@ -508,6 +511,8 @@ impl Tracker {
             pins: Pins::default(),
             next_read: 0,
             now: Millis::ZERO,
+            #[cfg(madsim)]
+            route_cache: None,
         })
     }
 
@@ -571,17 +576,22 @@ impl Tracker {
     #[must_use]
     pub fn route(&mut self, now: Millis, request: Request<'_>) -> Route {
         let now = self.advance(now);
+        // Planted `no-read-pin`: reads routed without the client's identity.
+        let client = request.client.filter(|_| !crate::buggify!(NoReadPin));
         let to_writer = match (request.kind, request.writer_required) {
             (RequestKind::Write, _) => Some(Why::Write),
             (RequestKind::Read, true) => Some(Why::WriterRequired),
-            (RequestKind::Read, false) => request
-                .client
+            (RequestKind::Read, false) => client
                 .and_then(|c| self.pins.until(c))
                 .filter(|&until| until > now)
                 .map(|_| Why::PinnedRead),
         };
+        #[cfg(madsim)]
+        if let Some(route) = self.planted_route_cache(now, request.kind) {
+            return route;
+        }
         if let Some(why) = to_writer {
-            return match self.writer_now(now) {
+            let route = match self.writer_now(now) {
                 Some(w) => Route::Forward(Forward {
                     replica: w.replica,
                     why,
@@ -589,8 +599,27 @@ impl Tracker {
                 }),
                 None => Route::Reject(Reject::NoWriter),
             };
+            #[cfg(madsim)]
+            if let (Route::Forward(f), RequestKind::Write) = (route, request.kind)
+                && crate::buggify!(RouteCache)
+            {
+                // For a poll interval (`ready_for` is three of them).
+                let until = now.saturating_add(Millis(self.config.ready_for.0 / 3));
+                self.route_cache = Some((f, until));
+            }
+            return route;
         }
         self.route_read(now)
+    }
+
+    /// Planted `route-cache` (`crate::buggify`): a write reuses the last write's route until the
+    /// cache's end, whatever the polls said since.
+    #[cfg(madsim)]
+    fn planted_route_cache(&self, now: Millis, kind: RequestKind) -> Option<Route> {
+        self.route_cache
+            .filter(|(_, until)| now < *until)
+            .filter(|_| kind == RequestKind::Write && crate::buggify!(RouteCache))
+            .map(|(f, _)| Route::Forward(f))
     }
 
     /// Takes in how a forwarded request ended; says whether to send it again.
@@ -700,7 +729,15 @@ impl Tracker {
         last_end: Millis,
         interval: Millis,
     ) -> Option<Millis> {
-        let next = self.next_poll(now, replica, last_end, interval);
+        let next = if crate::buggify!(FixedPoll) {
+            // Planted `fixed-poll`: every interval, whatever the writer's lease.
+            NextPoll {
+                at: Millis(last_end.0.saturating_add(interval.0)),
+                valid_until: None,
+            }
+        } else {
+            self.next_poll(now, replica, last_end, interval)
+        };
         (next.at > now).then(|| Millis(next.wake_at().0.saturating_sub(now.0).max(1)))
     }
 

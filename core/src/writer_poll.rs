@@ -106,6 +106,14 @@ impl<T: Clone + PartialEq> WriterPoller<T> {
 
     /// The writer a reconcile at `now` sees ([`live_writer`]).
     pub fn writer(&self, now: Millis) -> Option<WriterView> {
+        if crate::buggify!(StaleOperatorWriter) {
+            // Planted: the operator before its fix kept the writer past its lease, and had no
+            // confirmation time (every view looked fresh).
+            return self.writer.as_ref().map(|p| WriterView {
+                confirmed_at: now,
+                ..p.view.clone()
+            });
+        }
         live_writer(self.writer.as_ref(), now)
     }
 
@@ -186,10 +194,13 @@ impl<T: Clone + PartialEq> WriterPoller<T> {
                 lease_expires,
             })
         });
-        let renew_within = named.map(|(ix, _, _)| {
-            let at = tracker.next_poll(now, ix, now, self.interval).at;
-            Millis(at.0.saturating_sub(now.0))
-        });
+        // Planted `fixed-poll`: no round brought forward for the writer's lease.
+        let renew_within = named
+            .filter(|_| !crate::buggify!(FixedPoll))
+            .map(|(ix, _, _)| {
+                let at = tracker.next_poll(now, ix, now, self.interval).at;
+                Millis(at.0.saturating_sub(now.0))
+            });
         let wake = writer_changed(self.writer.as_ref(), writer.as_ref(), now);
         self.writer = writer;
         Answered {

@@ -143,7 +143,10 @@ impl Bounds {
     }
 }
 
-/// A bug planted on purpose, to show that the checkers catch it.
+/// A bug planted on purpose, to show that the checkers catch it. Those of the operator and the
+/// gateway are planted into the shared core code (`base_core::buggify`, compiled only with
+/// `--cfg madsim`); the agent's (`no-recheck`, `lease-overrun`, `ignore-fence`, `vote-cache`)
+/// into the simulation's agent, until the agent driver is a core machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bug {
     /// The agent checks the lease when a write arrives but not again right before the store applies
@@ -188,6 +191,23 @@ pub enum Bug {
 }
 
 impl Bug {
+    /// The switch in the core code, for the bugs planted there.
+    pub fn in_core(self) -> Option<base_core::buggify::Bug> {
+        use base_core::buggify::Bug as Core;
+        Some(match self {
+            Bug::EarlyDone => Core::EarlyDone,
+            Bug::UnfencedPlan => Core::UnfencedPlan,
+            Bug::WrongRetention => Core::WrongRetention,
+            Bug::StaleOperatorWriter => Core::StaleOperatorWriter,
+            Bug::FixedPoll => Core::FixedPoll,
+            Bug::NoReadPin => Core::NoReadPin,
+            Bug::RouteCache => Core::RouteCache,
+            Bug::NoRecheck | Bug::LeaseOverrun(_) | Bug::IgnoreFence | Bug::VoteCache => {
+                return None;
+            }
+        })
+    }
+
     pub fn parse(s: &str) -> Result<Bug, String> {
         match s {
             "no-recheck" => Ok(Bug::NoRecheck),

@@ -87,10 +87,6 @@ impl World {
     pub fn gateway_poll_wait(&mut self, ordinal: i32, last_end: Millis) -> Option<u64> {
         let now = self.gateway_now();
         let interval = Millis(self.cfg.poll_interval_ms);
-        if self.cfg.bug == Some(Bug::FixedPoll) {
-            let at = last_end.0 + interval.0;
-            return (at > now.0).then(|| at - now.0);
-        }
         self.gateway
             .tracker
             .poll_wait(now, ordinal as usize, last_end, interval)
@@ -139,10 +135,7 @@ impl World {
             });
             self.ev(format!("operator: writer is {w}"));
         }
-        answered
-            .renew_within
-            .filter(|_| self.cfg.bug != Some(Bug::FixedPoll))
-            .map(|d| d.0)
+        answered.renew_within.map(|d| d.0)
     }
 
     /// The poller (`via`) last named `writer` (same node, same term) as the writer and knows no
@@ -183,30 +176,12 @@ impl World {
     /// Where the gateway sends a client's request; checks invariant 3 on every write.
     fn gateway_route(&mut self, client: &ClientId, kind: RequestKind) -> Route {
         let now = self.gateway_now();
-        let bug = self.cfg.bug;
         let request = Request {
             kind,
             writer_required: false,
-            client: (bug != Some(Bug::NoReadPin) || kind == RequestKind::Write).then_some(client),
+            client: Some(client),
         };
-        let cached = self
-            .gateway
-            .route_cache
-            .filter(|(_, until)| now < *until)
-            .map(|(f, _)| f)
-            .filter(|_| bug == Some(Bug::RouteCache) && kind == RequestKind::Write);
-        let route = match cached {
-            Some(f) => Route::Forward(f),
-            None => self.gateway.tracker.route(now, request),
-        };
-        if bug == Some(Bug::RouteCache)
-            && kind == RequestKind::Write
-            && cached.is_none()
-            && let Route::Forward(f) = route
-        {
-            let until = now.saturating_add(Millis(self.cfg.poll_interval_ms));
-            self.gateway.route_cache = Some((f, until));
-        }
+        let route = self.gateway.tracker.route(now, request);
         match route {
             Route::Forward(f) => self.check_route(f),
             Route::Reject(_) if kind == RequestKind::Write => {

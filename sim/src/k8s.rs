@@ -7,7 +7,7 @@
 //! election state `{term, voted_for}` and the store's log live on the PVC, so they survive restarts;
 //! everything else of a process is lost when it dies.
 
-use crate::config::{BASE_NAME, Bug, NAMESPACE, SimConfig, SpecChange};
+use crate::config::{BASE_NAME, NAMESPACE, SimConfig, SpecChange};
 use crate::rng::Fnv;
 use crate::world::SwitchoverRequest;
 use crate::world::{Entry, World, ordinal_of, pod_id, pod_name};
@@ -166,34 +166,6 @@ impl K8s {
     pub fn generation(&self) -> i64 {
         self.base.metadata.generation.unwrap_or(1)
     }
-}
-
-/// The planted `early-done`: a switchover the plan is still performing is reported `Done`.
-fn plant_early_done(plan: &mut Plan) {
-    let asked = plan.transfer.is_some();
-    if let Some(c) = plan
-        .status
-        .conditions
-        .iter_mut()
-        .find(|c| c.type_ == CONDITION_SWITCHOVER && c.reason == "InProgress")
-        && asked
-    {
-        c.reason = "Done".into();
-        plan.clear_annotations
-            .push(ANNOTATION_SWITCHOVER_TO.to_string());
-        plan.transfer = None;
-    }
-}
-
-/// The planted `wrong-retention`: the Base with the other `retentionPolicy`.
-fn plant_wrong_retention(base: &Base) -> Base {
-    let mut base = base.clone();
-    let other = match base.spec.storage.retention() {
-        RetentionPolicy::Retain => "Delete",
-        RetentionPolicy::Delete => "Retain",
-    };
-    base.spec.storage.retention_policy = Some(other.into());
-    base
 }
 
 /// `controller-revision-hash` of a pod template.
@@ -538,13 +510,7 @@ impl World {
             .collect();
         let op_now = self.operator_now();
         // The writer as the poll task's last answer left it (`Writers::track`).
-        let writer = self.operator_writer().map(|mut w| {
-            // The operator before its fix had no confirmation time: every view looked fresh.
-            if self.cfg.bug == Some(Bug::StaleOperatorWriter) {
-                w.confirmed_at = op_now;
-            }
-            w
-        });
+        let writer = self.operator_writer();
         Observed {
             now: op_now,
             pods,
@@ -576,21 +542,9 @@ impl World {
         let mut observed = self.observe();
         // Lent to the plan rather than copied (a copy per pass was a tenth of a run); back below.
         observed.objects = std::mem::take(&mut self.k8s.objects);
-        let mut plan = match self.cfg.bug {
-            Some(Bug::UnfencedPlan) => {
-                let mut base = self.k8s.base.clone();
-                if let Some(a) = base.metadata.annotations.as_mut() {
-                    a.remove(ANNOTATION_FENCED_INSTANCES);
-                }
-                plan(&base, &observed)
-            }
-            Some(Bug::WrongRetention) => plan(&plant_wrong_retention(&self.k8s.base), &observed),
-            _ => plan(&self.k8s.base, &observed),
-        };
+        // The planted bugs of the reconciler are core's (`base_core::buggify`).
+        let plan = plan(&self.k8s.base, &observed);
         self.k8s.objects = std::mem::take(&mut observed.objects);
-        if self.cfg.bug == Some(Bug::EarlyDone) {
-            plant_early_done(&mut plan);
-        }
         self.stats.plans += 1;
         if observed.writer.is_none()
             && let Some(w) = self.current_writer()

@@ -159,6 +159,8 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
     let (timing, fault_mix, replicas) = (options.timing, options.faults, options.replicas);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async move {
+            // On the thread that runs the simulation: the core's planted bugs for this seed.
+            base_core::buggify::plant(cfg.bug.and_then(crate::config::Bug::in_core));
             let world = build(cfg);
             *slot2.lock().unwrap_or_else(|e| e.into_inner()) = Some(world.clone());
             supervise(&world).await;

@@ -3,7 +3,7 @@
 //! right after each step, and record the first violation; the supervisor then ends the run.
 
 use crate::clock::Clock;
-use crate::config::{BASE_NAME, Bug, SimConfig};
+use crate::config::{BASE_NAME, SimConfig};
 use crate::k8s::K8s;
 use crate::rng::{Fnv, Rng};
 use crate::stats::{Failover, FailoverKind};
@@ -286,8 +286,6 @@ pub struct Poller {
     pub seq: u64,
     /// The writer this tracker last named (the checkers' record).
     pub named: Option<(i32, Term)>,
-    /// The planted `route-cache`: the last write's route, reused until then (gateway clock).
-    pub route_cache: Option<(base_core::tracker::Forward, Millis)>,
 }
 
 impl Poller {
@@ -303,7 +301,6 @@ impl Poller {
             max_term_seen: Term(0),
             seq: 0,
             named: None,
-            route_cache: None,
         }
     }
 }
@@ -686,11 +683,8 @@ impl World {
     }
 
     /// The writer the operator's reconcile observes now (`Writers::track`): the poller's, while
-    /// its lease lasts (all along under `Bug::StaleOperatorWriter`, the operator before its fix).
+    /// its lease lasts.
     pub fn operator_writer(&self) -> Option<WriterView> {
-        if self.cfg.bug == Some(Bug::StaleOperatorWriter) {
-            return self.operator.poller.last_polled().map(|p| p.view.clone());
-        }
         self.operator.poller.writer(self.operator_now())
     }
 

@@ -429,6 +429,65 @@ pub fn plan(base: &Base, observed: &Observed) -> Plan {
 /// Plans a `Base` or a legacy `BaseApp` (converted with `Base::from`); `kind` names the owner.
 #[must_use]
 pub fn plan_for(kind: Kind, base: &Base, observed: &Observed) -> Plan {
+    #[cfg(madsim)]
+    if let Some(planted) = planted::base(base) {
+        return plan_parts(kind, &planted, observed);
+    }
+    let plan = plan_parts(kind, base, observed);
+    #[cfg(madsim)]
+    let plan = planted::early_done(plan);
+    plan
+}
+
+/// The reconciler's planted bugs (`crate::buggify`), in the simulation's build only.
+#[cfg(madsim)]
+mod planted {
+    use super::{CONDITION_SWITCHOVER, Plan, objects};
+    use crate::buggify::{Bug, planted};
+    use crate::crd::{Base, RetentionPolicy};
+
+    /// `unfenced-plan` (the plan ignores `hanzo.ai/fenced-instances`) and `wrong-retention` (the
+    /// plan uses the other `retentionPolicy`): the Base as those plan it.
+    pub(super) fn base(base: &Base) -> Option<Base> {
+        let mut base = base.clone();
+        if planted(Bug::UnfencedPlan) {
+            if let Some(a) = base.metadata.annotations.as_mut() {
+                a.remove(objects::ANNOTATION_FENCED_INSTANCES);
+            }
+        } else if planted(Bug::WrongRetention) {
+            let other = match base.spec.storage.retention() {
+                RetentionPolicy::Retain => "Delete",
+                RetentionPolicy::Delete => "Retain",
+            };
+            base.spec.storage.retention_policy = Some(other.into());
+        } else {
+            return None;
+        }
+        Some(base)
+    }
+
+    /// `early-done`: a switchover the plan is still performing (it asks the writer to hand
+    /// over) is reported `Done`.
+    pub(super) fn early_done(mut plan: Plan) -> Plan {
+        let asked = plan.transfer.is_some();
+        if planted(Bug::EarlyDone)
+            && asked
+            && let Some(c) = plan
+                .status
+                .conditions
+                .iter_mut()
+                .find(|c| c.type_ == CONDITION_SWITCHOVER && c.reason == "InProgress")
+        {
+            c.reason = "Done".into();
+            plan.clear_annotations
+                .push(objects::ANNOTATION_SWITCHOVER_TO.to_string());
+            plan.transfer = None;
+        }
+        plan
+    }
+}
+
+fn plan_parts(kind: Kind, base: &Base, observed: &Observed) -> Plan {
     let name = base.metadata.name.as_deref().unwrap_or_default();
     let namespace = base.metadata.namespace.as_deref().unwrap_or("default");
     let mut plan = Plan {

@@ -1,0 +1,46 @@
+//! Planted bugs, in the manner of FoundationDB's BUGGIFY: switches in the shared code that the
+//! simulation turns on to show that its checkers catch what they claim. The module exists only
+//! in the simulation's build (`--cfg madsim`); elsewhere `buggify!` (crate root) is the
+//! constant `false`, so no release build can reach a planted bug.
+//!
+//! Planted here (the production logic itself, not a copy): the operator's `early-done`,
+//! `unfenced-plan`, `wrong-retention` (in `reconcile`) and `stale-operator-writer` (the
+//! writer kept past its lease and every view fresh, in `writer_poll`); the gateway's
+//! `fixed-poll`, `no-read-pin` and `route-cache` (in `tracker`). The agent's bugs stay in the
+//! simulation's agent until the agent driver is a core machine too.
+
+use std::cell::Cell;
+
+/// A bug to plant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// A switchover the plan is still performing is reported `Done`.
+    EarlyDone,
+    /// The plan ignores `hanzo.ai/fenced-instances`.
+    UnfencedPlan,
+    /// The plan uses the other `retentionPolicy`.
+    WrongRetention,
+    /// The operator's writer as before its fix: kept past its lease, every view fresh.
+    StaleOperatorWriter,
+    /// Pollers poll every interval, never sooner for the writer's lease.
+    FixedPoll,
+    /// The gateway routes reads without the client's identity (no read-your-writes pin).
+    NoReadPin,
+    /// The gateway reuses its last write's route for a poll interval.
+    RouteCache,
+}
+
+thread_local! {
+    // Per thread: the simulation runs one seed per thread at a time, and tests run several.
+    static PLANTED: Cell<Option<Bug>> = const { Cell::new(None) };
+}
+
+/// Plants `bug` (or none) for what runs on this thread from now on.
+pub fn plant(bug: Option<Bug>) {
+    PLANTED.with(|p| p.set(bug));
+}
+
+/// Whether `bug` is planted on this thread.
+pub fn planted(bug: Bug) -> bool {
+    PLANTED.with(|p| p.get()) == Some(bug)
+}
