@@ -66,8 +66,10 @@ bg() {  # bg NAME CMD...: start CMD in the background, its output in DIR/NAME.lo
 }
 
 start_docker() {
-  ip link show "$BRIDGE" >/dev/null 2>&1 && die "bridge $BRIDGE exists: another cluster is up (scripts/cluster.sh down DIR)"
+  # Exit 4: another cluster holds the bridge (one per machine); tests/cluster.rs waits and retries.
+  ip link show "$BRIDGE" >/dev/null 2>&1 && { echo "cluster: bridge $BRIDGE exists: another cluster is up (scripts/cluster.sh down DIR)" >&2; exit 4; }
   ip link add "$BRIDGE" type bridge && ip addr add "$CIDR" dev "$BRIDGE" && ip link set "$BRIDGE" up
+  echo "$BRIDGE" > "$D/bridge"   # ours: `down` deletes it
   # sysctls the daemons change, restored by `down`.
   local k; for k in net/ipv4/ip_forward net/ipv4/conf/all/route_localnet net/bridge/bridge-nf-call-iptables; do
     [ -e "/proc/sys/$k" ] && echo "$k $(cat "/proc/sys/$k")" >> "$D/sysctl.orig"
@@ -254,10 +256,10 @@ down() {
   stop_pid kcm; stop_pid helper; stop_pid kubelet; stop_pid hairpin; stop_pid dnsmasq
   if [ -f "$D/proxy.pid" ]; then
     stop_pid proxy; "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+    # v1.20's --cleanup leaves its canary chains and KUBE-MARK-* behind.
+    local t c; for t in mangle nat filter; do for c in KUBE-PROXY-CANARY KUBE-MARK-DROP KUBE-MARK-MASQ; do
+      iptables -t $t -F $c 2>/dev/null && iptables -t $t -X $c 2>/dev/null; done; done
   fi
-  # v1.20's --cleanup leaves its canary chains and KUBE-MARK-* behind.
-  local t c; for t in mangle nat filter; do for c in KUBE-PROXY-CANARY KUBE-MARK-DROP KUBE-MARK-MASQ; do
-    iptables -t $t -F $c 2>/dev/null && iptables -t $t -X $c 2>/dev/null; done; done
   stop_pid scheduler; stop_pid apiserver; stop_pid etcd
   # The containers: all of this dockerd's (it is ours alone), then the daemon and its containerd.
   if [ -S "$D/docker.sock" ] && docker info >/dev/null 2>&1; then
@@ -268,7 +270,7 @@ down() {
   # overlays and netns files.
   awk -v r="$D" '$5 == r || index($5, r "/") == 1 {print $5}' /proc/self/mountinfo | sort -r |
     while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
-  ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
+  if [ -f "$D/bridge" ]; then ip link delete "$(cat "$D/bridge")" 2>/dev/null || true; rm -f "$D/bridge"; fi
   if [ -f "$D/sysctl.orig" ]; then
     while read -r k v; do echo "$v" > "/proc/sys/$k" 2>/dev/null || true; done < "$D/sysctl.orig"; rm -f "$D/sysctl.orig"
   fi

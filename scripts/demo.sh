@@ -61,13 +61,12 @@ for _ in $(seq 50); do
 done
 echo "$r"
 if [ $writes = 1 ]; then
-  sql /db/execute '["INSERT INTO notes (body) VALUES (\"hello from the demo\")", "INSERT INTO notes (body) VALUES (\"written to the writer\")"]'
+  sql /db/execute '[["INSERT INTO notes (body) VALUES (?)", "hello from the demo"], ["INSERT INTO notes (body) VALUES (?)", "through the gateway"]]'
   echo "### read back"; sql '/db/query?level=strong' '["SELECT id, body FROM notes"]'
 else
-  # The request went gateway -> the writer's agent -> its store; the store answers as a replica
-  # because, on this revision, the agent does not yet push the writer role to its store
-  # (docs/replica-contract.md, PUT /_replica/role: the replication wiring still in progress).
-  echo "### the store refused the write: its agent has not told it the writer role (replication wiring not on this revision)"
+  # The request went gateway -> the writer's agent -> its store, and the store answered as a
+  # replica: its agent has not pushed the writer role to it (docs/replica-contract.md, PUT /_replica/role).
+  echo "### the store refused the write: its agent has not told it the writer role"
 fi
 
 pod_ip() { kubectl -n hanzo get pod "$1" -o jsonpath='{.status.podIP}'; }
@@ -89,7 +88,7 @@ done
 [ -n "$new" ] || { echo "no new writer within 60 s"; KEEP=1; exit 1; }
 echo "### new writer $new (term $nt), elected $(dt "$t") s after the delete"
 if [ $writes = 1 ]; then
-  until [ "$(sql /db/execute '["INSERT INTO notes (body) VALUES (\"after the failover\")"]' | cut -c1-3)" = 200 ]; do sleep 0.05; done
+  until [ "$(sql /db/execute '[["INSERT INTO notes (body) VALUES (?)", "after the failover"]]' | cut -c1-3)" = 200 ]; do sleep 0.05; done
   echo "### first write acknowledged through the gateway $(dt "$t") s after the delete"
   sql '/db/query?level=strong' '["SELECT id, body FROM notes"]'
 fi

@@ -5,6 +5,15 @@
 //! pod template, probes, downward-API files, security context, peer DNS names and SIGTERM hand-over
 //! are the operator's own, run by the kubelet.
 //!
+//! `real_pods_end_to_end`, in order: the example Base Ready with a writer; then, with clients
+//! writing through the gateway, the writer's pod deleted, its agent `docker kill`ed, `docker
+//! pause`d past its lease and cut off from its peers in its netns (no acknowledged write lost;
+//! writer label and status.currentWriter follow); `kubectl base status/fence/unfence/switchover`;
+//! the kubelet's downward-API refresh time; a rolling update of the image tag, writer last, with the
+//! active operator's pod deleted as it starts and writes flowing; deleting the Base under
+//! retentionPolicy Delete. Ignored (`-- --ignored`): scale 3 -> 5 -> 3 (deadlocks on this revision,
+//! see its doc comment) and the failover figures of BENCHMARKS.md.
+//!
 //! The scenarios run in order in one test (one cluster per machine: its bridge and the kubelet's
 //! fixed paths), each named for what it proves; a failure names the scenario. Needs root and
 //! Debian's docker.io (installed by scripts/cluster.sh when missing); `.ci/run` runs it.
@@ -40,13 +49,20 @@ impl Node {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let t = Instant::now();
-        let out = Command::new(format!("{ROOT}/scripts/cluster.sh"))
-            .arg("up")
-            .arg(&dir)
-            .env("BASE_OPERATOR_BIN", support::BIN)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/cluster.sh");
+        // One cluster per machine: while another one is up (exit 4), wait for it, up to 30 min.
+        let out = loop {
+            let out = Command::new(format!("{ROOT}/scripts/cluster.sh"))
+                .arg("up")
+                .arg(&dir)
+                .env("BASE_OPERATOR_BIN", support::BIN)
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run scripts/cluster.sh");
+            if out.status.code() != Some(4) || t.elapsed() > Duration::from_secs(1800) {
+                break out;
+            }
+            std::thread::sleep(Duration::from_secs(5));
+        };
         if !out.status.success() {
             let _ = Command::new(format!("{ROOT}/scripts/cluster.sh"))
                 .arg("down")
@@ -220,8 +236,18 @@ async fn pod_ips(node: &Node) -> Vec<(String, String)> {
 /// Every agent the API lists (not terminating) answers, and all name the same writer of the same
 /// term, newer than `after_term`: the cluster agrees on one writer.
 async fn agreed_writer(node: &Node, http: &reqwest::Client, after_term: u64) -> Option<View> {
+    agreed_writer_of(node, http, after_term, 3).await
+}
+
+/// As `agreed_writer`, for `n` pods.
+async fn agreed_writer_of(
+    node: &Node,
+    http: &reqwest::Client,
+    after_term: u64,
+    n: usize,
+) -> Option<View> {
     let pods = pod_ips(node).await;
-    if pods.len() != 3 {
+    if pods.len() != n {
         return None;
     }
     let mut seen: Option<View> = None;
@@ -448,6 +474,555 @@ fn plugin_status_names_the_writer(node: &Node, view: &View) {
     }
 }
 
+/// Clients writing through the gateway (the Service `local-gateway`, by its ClusterIP, through
+/// kube-proxy) while faults strike: each write inserts a unique tag; a `200` whose result says one
+/// row was inserted is acknowledged, anything else (`503 no_writer`, `504 commit_unknown`, a cut
+/// connection) is not, and is retried with a new tag.
+struct Writes {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    gateway: String,
+    table: &'static str,
+}
+
+impl Writes {
+    /// Into a new table `table` (the store refuses `CREATE TABLE IF NOT EXISTS` of a table that
+    /// exists and holds rows, taking it for `CREATE TABLE … AS SELECT`: one table per run of clients).
+    async fn start(node: &Node, http: &reqwest::Client, table: &'static str) -> Writes {
+        let ip = node.kubectl_ok(&[
+            "-n",
+            NS,
+            "get",
+            "svc",
+            "local-gateway",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ]);
+        let gateway = format!("http://{}", ip.trim());
+        let create = serde_json::json!([format!(
+            "CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, tag TEXT NOT NULL)"
+        )])
+        .to_string();
+        eventually(T, "the table created through the gateway", || async {
+            let r = http
+                .post(format!("{gateway}/db/execute"))
+                .header("content-type", "application/json")
+                .body(create.clone())
+                .send()
+                .await
+                .ok()?;
+            if r.status() != reqwest::StatusCode::OK {
+                return None;
+            }
+            let v: Value = r.json().await.ok()?;
+            // A statement's error (e.g. a table without a primary key) is a failure, not a retry.
+            assert!(v["results"][0].get("error").is_none(), "CREATE TABLE: {v}");
+            Some(())
+        })
+        .await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for k in 0..2 {
+            let (stop, acked, base, c) =
+                (stop.clone(), acked.clone(), gateway.clone(), http.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let tag = format!("c{k}-{n}");
+                    let body =
+                        serde_json::json!([[format!("INSERT INTO {table}(tag) VALUES(?)"), tag]])
+                            .to_string();
+                    let ok = match c
+                        .post(format!("{base}/db/execute"))
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status() == reqwest::StatusCode::OK => r
+                            .json::<Value>()
+                            .await
+                            .ok()
+                            .is_some_and(|v| v["results"][0]["rows_affected"] == 1),
+                        _ => false,
+                    };
+                    if ok {
+                        acked.lock().expect("acked").push(tag);
+                    }
+                    tokio::time::sleep(Duration::from_millis(if ok { 10 } else { 50 })).await;
+                }
+            }));
+        }
+        Writes {
+            stop,
+            acked,
+            tasks,
+            gateway,
+            table,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().expect("acked").len()
+    }
+
+    /// Waits until `more` writes beyond the current count are acknowledged (writes flow again).
+    async fn flowing(&self, more: usize, what: &str) {
+        let from = self.count();
+        eventually(
+            T,
+            &format!("{more} more acknowledged writes {what}"),
+            || async { (self.count() >= from + more).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Stops the clients and checks that a strong read through the gateway holds every
+    /// acknowledged write exactly once: no acknowledged write was lost.
+    async fn stop_and_check(self, http: &reqwest::Client) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let acked = self.acked.lock().expect("acked").clone();
+        let q = serde_json::json!([format!(
+            "SELECT tag, count(*) FROM {} GROUP BY tag",
+            self.table
+        )])
+        .to_string();
+        let rows: std::collections::HashMap<String, u64> =
+            eventually(T, "a strong read through the gateway", || async {
+                let r = http
+                    .post(format!("{}/db/query?level=strong", self.gateway))
+                    .header("content-type", "application/json")
+                    .body(q.clone())
+                    .send()
+                    .await
+                    .ok()?;
+                if r.status() != reqwest::StatusCode::OK {
+                    return None;
+                }
+                let v: Value = r.json().await.ok()?;
+                let values = v["results"][0]["values"].as_array()?.clone();
+                Some(
+                    values
+                        .iter()
+                        .filter_map(|row| Some((row[0].as_str()?.to_string(), row[1].as_u64()?)))
+                        .collect(),
+                )
+            })
+            .await;
+        let lost: Vec<&String> = acked.iter().filter(|t| !rows.contains_key(*t)).collect();
+        assert!(
+            lost.is_empty(),
+            "{} of {} acknowledged writes lost, e.g. {:?}",
+            lost.len(),
+            acked.len(),
+            &lost[..lost.len().min(5)]
+        );
+        let doubled: Vec<(&String, &u64)> = rows.iter().filter(|(_, c)| **c != 1).collect();
+        assert!(
+            doubled.is_empty(),
+            "rows applied more than once: {doubled:?}"
+        );
+        eprintln!(
+            "{} acknowledged writes, every one read back once ({} rows)",
+            acked.len(),
+            rows.len()
+        );
+        acked.len()
+    }
+}
+
+/// Deletes the pod of the operator replica that holds the Lease (the active one), and returns its
+/// name: the standby must take the Lease over and carry on what was under way.
+fn delete_active_operator(node: &Node) -> String {
+    let holder = node.kubectl_ok(&[
+        "-n",
+        "base-system",
+        "get",
+        "lease",
+        "base-operator",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    let holder = holder.trim().to_string();
+    assert!(!holder.is_empty(), "a Lease holder");
+    node.kubectl_ok(&[
+        "-n",
+        "base-system",
+        "delete",
+        "pod",
+        &holder,
+        "--wait=false",
+    ]);
+    holder
+}
+
+/// The pod's uid and creation time, by name.
+async fn incarnations(node: &Node) -> std::collections::BTreeMap<String, (String, String)> {
+    let lp = ListParams::default().labels(&format!("hanzo.ai/base={BASE}"));
+    let mut out = std::collections::BTreeMap::new();
+    for p in node
+        .pods()
+        .list(&lp)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let created = p
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        out.insert(p.name_any(), (p.uid().unwrap_or_default(), created));
+    }
+    out
+}
+
+/// The writer's agent cut off from its peers inside its pod's network namespace (iptables in the
+/// netns of its sandbox: every packet to and from the other two pods dropped; the host, which
+/// polls, still reaches it): the majority elects a writer of a newer term; after the heal the cut-off
+/// agent follows that term and all three agree.
+async fn writer_partitioned_from_its_peers(
+    node: &Node,
+    http: &reqwest::Client,
+    before: View,
+) -> View {
+    let pods = pod_ips(node).await;
+    let others: Vec<String> = pods
+        .iter()
+        .filter(|(n, _)| *n != before.writer)
+        .map(|(_, ip)| ip.clone())
+        .collect();
+    assert_eq!(others.len(), 2, "two peers: {pods:?}");
+    let sandbox = node.docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.kubernetes.pod.name={}", before.writer),
+        "--filter",
+        "label=io.kubernetes.docker.type=podsandbox",
+    ]);
+    let pid = node.docker(&["inspect", "-f", "{{.State.Pid}}", &sandbox]);
+    let ipt = |args: &[&str]| {
+        let st = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "iptables", "-w"])
+            .args(args)
+            .status()
+            .expect("run nsenter iptables");
+        assert!(st.success(), "iptables {args:?} in the writer's netns");
+    };
+    let t = Instant::now();
+    for ip in &others {
+        ipt(&["-A", "INPUT", "-s", ip, "-j", "DROP"]);
+        ipt(&["-A", "OUTPUT", "-d", ip, "-j", "DROP"]);
+    }
+    let res = tokio::time::timeout(T, failover(node, http, &before, t, "writer partitioned")).await;
+    ipt(&["-F", "INPUT"]);
+    ipt(&["-F", "OUTPUT"]);
+    let (view, _) = res.expect("a new writer while the old one is cut off");
+    assert_ne!(view.writer, before.writer);
+    let agreed = eventually(T, "the healed agent follows the newer term", || {
+        agreed_writer(node, http, before.term)
+    })
+    .await;
+    assert!(agreed.term >= view.term, "agreed {agreed:?} after {view:?}");
+    status_and_label_follow(node, &agreed.writer).await;
+    agreed
+}
+
+/// `kubectl base fence local <writer>` on real pods: the operator annotates the pod, the kubelet
+/// rewrites its downward-API file, the agent reads it and steps down; a peer wins a newer term and
+/// the fenced pod is never elected while fenced; `unfence` lets it rejoin, all three agreeing.
+async fn fenced_writer_steps_down(node: &Node, http: &reqwest::Client, before: View) -> View {
+    let t = Instant::now();
+    let (ok, _, err) = node.plugin(&["fence", BASE, &before.writer, "-n", NS]);
+    assert!(ok, "kubectl base fence: {err}");
+    let (view, _) = failover(node, http, &before, t, "writer fenced").await;
+    assert_ne!(view.writer, before.writer, "the fenced pod was elected");
+    status_and_label_follow(node, &view.writer).await;
+    let (ok, out, err) = node.plugin(&["status", BASE, "-n", NS]);
+    assert!(ok, "kubectl base status: {err}");
+    assert!(
+        out.contains("fenced"),
+        "status shows the fenced replica: {out}"
+    );
+    let (ok, _, err) = node.plugin(&["unfence", BASE, &before.writer, "-n", NS]);
+    assert!(ok, "kubectl base unfence: {err}");
+    eventually(T, "all three agree after the unfence", || {
+        agreed_writer(node, http, before.term)
+    })
+    .await
+}
+
+/// `kubectl base switchover local --to <follower>`: the plugin follows it to done, and the agents
+/// agree on that follower as writer in a newer term.
+async fn switchover_moves_the_writer(node: &Node, http: &reqwest::Client, before: View) -> View {
+    let to = (0..3)
+        .map(|i| format!("{BASE}-{i}"))
+        .find(|p| *p != before.writer)
+        .expect("a follower");
+    let t = Instant::now();
+    let (ok, out, err) = node.plugin(&["switchover", BASE, "--to", &to, "-n", NS, "--wait", "90s"]);
+    assert!(ok, "kubectl base switchover --to {to}: {out} {err}");
+    let view = eventually(T, &format!("{to} writer by agreement"), || async {
+        agreed_writer(node, http, before.term)
+            .await
+            .filter(|v| v.writer == to)
+    })
+    .await;
+    eprintln!(
+        "switchover to {to}: done in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    status_and_label_follow(node, &to).await;
+    view
+}
+
+/// A rolling update of the image tag (to a second tag of the same image, made in the cluster's
+/// dockerd), with writes flowing and the active operator's pod deleted as it starts: the standby
+/// takes the Lease over, every pod is replaced, followers first and the writer last, the writer
+/// role moves off it before its pod goes, and the agents agree again after.
+async fn rolling_update_goes_writer_last(
+    node: &Node,
+    http: &reqwest::Client,
+    before: View,
+) -> View {
+    node.docker(&["tag", "base-store:local", "base-store:local-2"]);
+    let old = incarnations(node).await;
+    node.kubectl_ok(&[
+        "-n",
+        NS,
+        "patch",
+        "base",
+        BASE,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"image":{"tag":"local-2"}}}"#,
+    ]);
+    // The active operator killed as the rollout starts: its standby takes the Lease and finishes it.
+    let killed = delete_active_operator(node);
+    // The order in which the pods were replaced, as seen every 200 ms (they go one at a time,
+    // each after its predecessor is Ready again: seconds apart).
+    let order = std::sync::Mutex::new(Vec::<String>::new());
+    let view = eventually(
+        Duration::from_secs(300),
+        "every pod replaced and the writer agreed",
+        || async {
+            let now = incarnations(node).await;
+            {
+                let mut o = order.lock().expect("order");
+                for (n, (uid, _)) in &now {
+                    if old.get(n).is_some_and(|(u, _)| u != uid) && !o.contains(n) {
+                        o.push(n.clone());
+                    }
+                }
+                if o.len() < 3 {
+                    return None;
+                }
+            }
+            let imgs = node
+                .kubectl(&[
+                    "-n",
+                    NS,
+                    "get",
+                    "pods",
+                    "-l",
+                    "hanzo.ai/base=local",
+                    "-o",
+                    "jsonpath={.items[*].spec.containers[0].image}",
+                ])
+                .1;
+            if imgs
+                .split_whitespace()
+                .filter(|i| *i == "base-store:local-2")
+                .count()
+                != 3
+            {
+                return None;
+            }
+            agreed_writer(node, http, before.term).await
+        },
+    )
+    .await;
+    let order = order.into_inner().expect("order");
+    let holder = node.kubectl_ok(&[
+        "-n",
+        "base-system",
+        "get",
+        "lease",
+        "base-operator",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_ne!(
+        holder.trim(),
+        killed,
+        "the standby operator holds the Lease"
+    );
+    eprintln!(
+        "rolling update (active operator {killed} deleted at its start, {} took over): pods replaced in the order {order:?}, writer now {}",
+        holder.trim(),
+        view.writer
+    );
+    assert_eq!(
+        order.last(),
+        Some(&before.writer),
+        "the writer's pod went last: {order:?}"
+    );
+    assert_ne!(
+        view.writer, before.writer,
+        "the writer role moved before its pod went"
+    );
+    status_and_label_follow(node, &view.writer).await;
+    view
+}
+
+/// Scale 3 -> 5 -> 3: five agents agree on one writer; back at three, the agents agree again and,
+/// under retentionPolicy Delete, the claims of ordinals 3 and 4 are deleted.
+async fn scale_three_five_three(node: &Node, http: &reqwest::Client, before: View) -> View {
+    node.kubectl_ok(&[
+        "-n",
+        NS,
+        "patch",
+        "base",
+        BASE,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":5}}"#,
+    ]);
+    let five = eventually(Duration::from_secs(300), "five agents agreeing", || {
+        agreed_writer_of(node, http, 0, 5)
+    })
+    .await;
+    eprintln!("scaled to 5: writer {} term {}", five.writer, five.term);
+    node.kubectl_ok(&[
+        "-n",
+        NS,
+        "patch",
+        "base",
+        BASE,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":3}}"#,
+    ]);
+    let three = eventually(
+        Duration::from_secs(300),
+        "three agents agreeing after the scale-down",
+        || agreed_writer(node, http, before.term.saturating_sub(1)),
+    )
+    .await;
+    eventually(
+        T,
+        "claims of ordinals 3 and 4 deleted (retentionPolicy Delete)",
+        || async {
+            let names = node
+                .kubectl(&[
+                    "-n",
+                    NS,
+                    "get",
+                    "pvc",
+                    "-o",
+                    "jsonpath={.items[*].metadata.name}",
+                ])
+                .1;
+            let mut v: Vec<&str> = names.split_whitespace().collect();
+            v.sort();
+            (v == ["data-local-0", "data-local-1", "data-local-2"]).then_some(())
+        },
+    )
+    .await;
+    status_and_label_follow(node, &three.writer).await;
+    three
+}
+
+/// Deleting the Base under retentionPolicy Delete: its pods go, its claims are deleted (and the
+/// provisioner removes their volumes), and the Base itself is gone once its finalizer ran.
+async fn deleting_the_base_honours_retention(node: &Node) {
+    node.kubectl_ok(&["-n", NS, "delete", "base", BASE, "--wait=false"]);
+    eventually(
+        Duration::from_secs(180),
+        "the Base, its pods, claims and volumes gone",
+        || async {
+            let base = node.kubectl(&["-n", NS, "get", "base", BASE]).0;
+            let pods = node
+                .kubectl(&[
+                    "-n",
+                    NS,
+                    "get",
+                    "pods",
+                    "-l",
+                    "hanzo.ai/base=local",
+                    "-o",
+                    "name",
+                ])
+                .1;
+            let pvcs = node.kubectl(&["-n", NS, "get", "pvc", "-o", "name"]).1;
+            let pvs = node.kubectl(&["get", "pv", "-o", "name"]).1;
+            (!base && pods.trim().is_empty() && pvcs.trim().is_empty() && pvs.trim().is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// How long the kubelet takes to rewrite a pod's downward-API annotations file after an annotate
+/// (the agent's fencing depends on it; the simulation assumes at most 1.5 s): read on the host
+/// from the kubelet's volume directory, 20 times. Printed for BENCHMARKS.md; each must be within 60 s.
+async fn downward_api_refresh(node: &Node) {
+    let pod = format!("{BASE}-0");
+    let uid = node.kubectl_ok(&[
+        "-n",
+        NS,
+        "get",
+        "pod",
+        &pod,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    let file = node.dir.join(format!(
+        "kubelet/pods/{uid}/volumes/kubernetes.io~downward-api/podinfo/annotations"
+    ));
+    let mut ms = Vec::new();
+    for i in 0..20 {
+        let t = Instant::now();
+        node.kubectl_ok(&[
+            "-n",
+            NS,
+            "annotate",
+            "pod",
+            &pod,
+            "--overwrite",
+            &format!("bench.hanzo.ai/n={i}"),
+        ]);
+        let want = format!("bench.hanzo.ai/n=\"{i}\"");
+        loop {
+            if std::fs::read_to_string(&file).is_ok_and(|s| s.contains(&want)) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "annotation {i} not in {} after 60 s",
+                file.display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ms.push(t.elapsed().as_millis() as u64);
+    }
+    node.kubectl_ok(&["-n", NS, "annotate", "pod", &pod, "bench.hanzo.ai/n-"]);
+    ms.sort();
+    eprintln!(
+        "downward-API annotations file refresh over 20 annotates (incl. kubectl ~0.1-0.3 s): p50 {} ms, max {} ms",
+        ms[ms.len() / 2],
+        ms[ms.len() - 1]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_pods_end_to_end() {
     let node = Node::up().await;
@@ -457,8 +1032,150 @@ async fn real_pods_end_to_end() {
         .expect("http client");
     let v = example_base_becomes_ready_with_a_writer(&node, &http).await;
     plugin_status_names_the_writer(&node, &v);
+    // Writes flow through the gateway during each fault; none acknowledged may be lost.
+    let writes = Writes::start(&node, &http, "w1").await;
+    writes.flowing(20, "before the faults").await;
     let v = writer_pod_deleted_fails_over(&node, &http, v).await;
+    writes.flowing(20, "after the pod delete").await;
     let v = writer_container_killed_fails_over(&node, &http, v).await;
+    writes.flowing(20, "after the container kill").await;
     let v = writer_paused_past_its_lease(&node, &http, v).await;
+    writes.flowing(20, "after the pause").await;
     plugin_status_names_the_writer(&node, &v);
+    let v = writer_partitioned_from_its_peers(&node, &http, v).await;
+    writes.flowing(20, "after the partition").await;
+    writes.stop_and_check(&http).await;
+    let v = fenced_writer_steps_down(&node, &http, v).await;
+    let v = switchover_moves_the_writer(&node, &http, v).await;
+    downward_api_refresh(&node).await;
+    let writes = Writes::start(&node, &http, "w2").await;
+    writes.flowing(20, "before the rolling update").await;
+    let _ = rolling_update_goes_writer_last(&node, &http, v).await;
+    writes.flowing(20, "after the rolling update").await;
+    writes.stop_and_check(&http).await;
+    deleting_the_base_honours_retention(&node).await;
+}
+
+/// Scale 3 -> 5 -> 3 on real pods. Ignored: it never converges on this revision. The two new pods
+/// start with all five peers, but the three old agents keep their peer set of three until the
+/// operator restarts them, so the new agents never hear of a writer and their readiness probe
+/// (`/readyz`: a writer seen) never passes; the rollout restarts ready followers only while every
+/// pod is ready, so it waits for ever (Progressing=True, 3/5 ready). The apiserver tests and the
+/// simulation mark pods ready by themselves and do not see this. Run with `-- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scale-up deadlocks on real pods (new agents never Ready); see the doc comment"]
+async fn real_pods_scale_three_five_three() {
+    let node = Node::up().await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client");
+    let v = example_base_becomes_ready_with_a_writer(&node, &http).await;
+    let _ = scale_three_five_three(&node, &http, v).await;
+}
+
+/// Writes through the gateway every 20 ms from `from` until one is acknowledged (`200`) by a writer
+/// of a term newer than `term` (the agent's `X-Base-Term` on the answer); the time it took.
+async fn first_write_in_newer_term(
+    http: &reqwest::Client,
+    gateway: &str,
+    term: u64,
+    from: Instant,
+) -> Duration {
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        let body = serde_json::json!([["INSERT INTO f(n) VALUES(?)", n]]).to_string();
+        if let Ok(r) = http
+            .post(format!("{gateway}/db/execute"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+        {
+            let t = r
+                .headers()
+                .get("x-base-term")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let ok = r.status() == reqwest::StatusCode::OK;
+            if ok
+                && t.is_some_and(|t| t > term)
+                && r.json::<Value>()
+                    .await
+                    .is_ok_and(|v| v["results"][0]["rows_affected"] == 1)
+            {
+                return from.elapsed();
+            }
+        }
+        assert!(
+            from.elapsed() < T,
+            "no write acknowledged in a term after {term} within {T:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64()
+}
+
+/// The figures of BENCHMARKS.md on real pods (ignored: about 15 min; run with `-- --ignored`):
+/// 20 writer pod deletes and 20 `docker kill`s of the writer's agent, each measured from the fault
+/// to (a) a surviving agent naming a writer of a newer term and (b) the first write acknowledged
+/// through the gateway in a newer term; each round waits until all three agents agree again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: about 15 minutes"]
+async fn real_pods_failover_figures() {
+    let node = Node::up().await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client");
+    let mut v = example_base_becomes_ready_with_a_writer(&node, &http).await;
+    let writes = Writes::start(&node, &http, "w3").await;
+    let gateway = writes.gateway.clone();
+    writes.stop_and_check(&http).await;
+    let create =
+        serde_json::json!(["CREATE TABLE IF NOT EXISTS f (id INTEGER PRIMARY KEY, n INTEGER)"])
+            .to_string();
+    http.post(format!("{gateway}/db/execute"))
+        .header("content-type", "application/json")
+        .body(create)
+        .send()
+        .await
+        .expect("create f");
+    for kind in ["delete", "kill"] {
+        let (mut elect, mut write) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            let t = Instant::now();
+            if kind == "delete" {
+                node.kubectl_ok(&["-n", NS, "delete", "pod", &v.writer, "--wait=false"]);
+            } else {
+                let id = node.container_id(&v.writer, "quasar");
+                node.docker(&["kill", &id]);
+            }
+            let (nv, took) = failover(&node, &http, &v, t, kind).await;
+            elect.push(took);
+            write.push(first_write_in_newer_term(&http, &gateway, v.term, t).await);
+            v = eventually(T, "all three agree again", || {
+                agreed_writer(&node, &http, v.term)
+            })
+            .await;
+            assert!(v.term >= nv.term);
+        }
+        elect.sort();
+        write.sort();
+        eprintln!(
+            "FIGURE {kind} x{}: new writer elected p50 {:.2} s p99 {:.2} s max {:.2} s; first acknowledged write p50 {:.2} s p99 {:.2} s max {:.2} s",
+            elect.len(),
+            pct(&elect, 0.5),
+            pct(&elect, 0.99),
+            pct(&elect, 1.0),
+            pct(&write, 0.5),
+            pct(&write, 0.99),
+            pct(&write, 1.0)
+        );
+    }
 }

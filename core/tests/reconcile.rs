@@ -453,6 +453,26 @@ fn deletion_removes_the_route_and_honours_retention() {
         vec![ObjectKey::new("PersistentVolumeClaim", "data-my-app-0")]
     );
     assert!(!p.finalized);
+    // With its StatefulSet still there, that goes too: its pods hold the claims (pvc-protection)
+    // and would otherwise go only after the Base, whose finalizer waits for the claims.
+    let mut alive = base.clone();
+    alive.metadata.deletion_timestamp = None;
+    for o in &plan(&alive, &observed).desired {
+        observed.insert(o);
+    }
+    let p = plan(&base, &observed);
+    assert_eq!(
+        p.delete,
+        vec![
+            ObjectKey::new("PersistentVolumeClaim", "data-my-app-0"),
+            ObjectKey::new("StatefulSet", "my-app")
+        ]
+    );
+    assert!(!p.finalized);
+    // Once the claims are gone, the cleanup is done.
+    observed.pvcs.clear();
+    let p = plan(&base, &observed);
+    assert!(p.delete.is_empty() && p.finalized, "{:?}", p.delete);
 }
 
 #[test]

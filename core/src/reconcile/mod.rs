@@ -941,6 +941,17 @@ fn plan_cleanup(
                 .push(ObjectKey::new("PersistentVolumeClaim", pvc));
             done = false;
         }
+        // A claim a pod still mounts is held by `kubernetes.io/pvc-protection` until the pod is
+        // gone, and the pods go with the StatefulSet, which the garbage collector removes only
+        // after the Base, whose finalizer waits for the claims: delete the StatefulSet now (seen
+        // on a real kubelet: the deletion waited for the cleanup timeout).
+        let sts = ObjectKey::new(
+            "StatefulSet",
+            base.metadata.name.as_deref().unwrap_or_default(),
+        );
+        if !observed.pvcs.is_empty() && observed.objects.contains_key(&sts) {
+            plan.delete.push(sts);
+        }
     }
     plan.finalized = done;
     if !done {
