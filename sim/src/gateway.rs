@@ -2,7 +2,6 @@
 //! replica's `/_ha/leader` over the simulated network, routing the clients' requests. Plus the
 //! client tasks that send them.
 
-use crate::config::Bug;
 use crate::poll::{GATEWAY_POLL_TIMEOUT_MS, OPERATOR_POLL_TIMEOUT_MS};
 use crate::stats::Failover;
 use crate::world::{
@@ -14,8 +13,6 @@ use base_core::tracker::{
     PollResult, Request, RequestKind, Route, client_identity, parse_leader_claim,
 };
 use base_core::{Millis, Term};
-use futures::StreamExt;
-use futures::channel::mpsc;
 use madsim::net::Endpoint;
 use std::time::Duration;
 
@@ -45,7 +42,7 @@ impl World {
     }
 
     /// A poll's answer as the tracker takes it.
-    fn poll_outcome(&mut self, ordinal: i32, body: Option<Vec<u8>>) -> PollResult {
+    pub(crate) fn poll_outcome(&mut self, ordinal: i32, body: Option<Vec<u8>>) -> PollResult {
         match body.as_deref().map(parse_leader_claim) {
             Some(Ok(claim)) => PollResult::Answered(claim),
             Some(Err(e)) => {
@@ -91,51 +88,6 @@ impl World {
             .tracker
             .poll_wait(now, ordinal as usize, last_end, interval)
             .map(|w| w.0)
-    }
-
-    /// The operator's poll task starts a round (`WriterPoller::start_round`): the polls to start
-    /// now, each (tracker generation, replica index, ordinal).
-    pub fn operator_round_start(&mut self) -> Vec<(u64, usize, i32)> {
-        self.operator
-            .poller
-            .start_round()
-            .into_iter()
-            .map(|p| (p.generation, p.replica, p.target))
-            .collect()
-    }
-
-    /// One operator poll ended: its answer goes to the poller now (`WriterPoller::on_answer`); a
-    /// change of the writer the reconcile may have seen wakes it. Returns how soon the next round
-    /// should start when that writer's lease needs renewing.
-    pub fn operator_poll_answer(
-        &mut self,
-        generation: u64,
-        replica: usize,
-        ordinal: i32,
-        body: Option<Vec<u8>>,
-    ) -> Option<u64> {
-        let result = self.poll_outcome(ordinal, body);
-        let now = self.operator_now();
-        let answered = self
-            .operator
-            .poller
-            .on_answer(now, generation, replica, result);
-        let writer = self
-            .operator
-            .poller
-            .writer(now)
-            .and_then(|w| Some((crate::world::ordinal_of(&w.pod)?, Term(w.term))));
-        if writer.is_some() {
-            self.operator.named = writer;
-        }
-        if answered.wake {
-            self.operator.wake = true;
-            let w = writer.map_or("none".to_string(), |(o, t)| {
-                format!("{} at term {t}", pod_id(o))
-            });
-            self.ev(format!("operator: writer is {w}"));
-        }
-        answered.renew_within.map(|d| d.0)
     }
 
     /// The poller (`via`) last named `writer` (same node, same term) as the writer and knows no
@@ -338,69 +290,9 @@ pub async fn poll_loop(world: Shared, ordinal: i32) {
     }
 }
 
-/// The operator's poll task (adapter-k8s `controller::writers::poll_loop`): a round every
-/// interval polls each target whose last poll has ended, each poll bounded by the client's
-/// timeout; every answer is fed as it arrives, and one naming a writer brings the next round
-/// forward so that the writer is polled again before its lease passes.
-pub async fn operator_poll_loop(world: Shared) {
-    let (interval, bug) = {
-        let w = lock(&world);
-        (
-            Duration::from_millis(w.cfg.poll_interval_ms),
-            w.cfg.bug == Some(Bug::StaleOperatorWriter),
-        )
-    };
-    let (tx, mut answers) = mpsc::unbounded::<(u64, usize, i32, Option<Vec<u8>>)>();
-    let mut next_round = madsim::time::Instant::now();
-    loop {
-        let now = madsim::time::Instant::now();
-        if now >= next_round {
-            next_round = now + interval;
-            let polls = lock(&world).operator_round_start();
-            for &(generation, replica, o) in &polls {
-                madsim::task::spawn(operator_poll(
-                    world.clone(),
-                    (generation, replica),
-                    o,
-                    tx.clone(),
-                ));
-            }
-            if bug {
-                // The adapter before the fix: the round lasts until its slowest poll ends, then
-                // every answer is fed at once.
-                let mut done = Vec::new();
-                while done.len() < polls.len() {
-                    match answers.next().await {
-                        Some(answer) => done.push(answer),
-                        None => return,
-                    }
-                }
-                let mut w = lock(&world);
-                let soon = done
-                    .into_iter()
-                    .filter_map(|(g, ix, o, body)| w.operator_poll_answer(g, ix, o, body))
-                    .last();
-                let wait = soon.map_or(interval, |ms| interval.min(Duration::from_millis(ms)));
-                next_round = madsim::time::Instant::now() + wait;
-            }
-            continue;
-        }
-        match madsim::time::timeout(next_round - now, answers.next()).await {
-            Ok(Some((generation, ix, o, body))) => {
-                let soon = lock(&world).operator_poll_answer(generation, ix, o, body);
-                if let Some(ms) = soon {
-                    let at = madsim::time::Instant::now() + Duration::from_millis(ms);
-                    next_round = next_round.min(at);
-                }
-            }
-            Ok(None) => return,
-            Err(_) => {} // the round is due
-        }
-    }
-}
 /// A `GET /_ha/leader` of one replica, started: its sequence number, the process it went to, and
 /// when it started. `None` when no process listens (connection refused: the poll fails at once).
-struct LeaderPoll {
+pub(crate) struct LeaderPoll {
     seq: u64,
     incarnation: u64,
     started: madsim::time::Instant,
@@ -409,7 +301,7 @@ struct LeaderPoll {
 }
 
 impl LeaderPoll {
-    fn start(world: &Shared, who: Who, ordinal: i32) -> Option<LeaderPoll> {
+    pub(crate) fn start(world: &Shared, who: Who, ordinal: i32) -> Option<LeaderPoll> {
         let started = madsim::time::Instant::now();
         let mut w = lock(world);
         let seq = w.next_poll_seq(who);
@@ -425,7 +317,7 @@ impl LeaderPoll {
 
     /// Sends the query from `ep` and waits for its answer's body: nothing when the process dies
     /// meanwhile or does not answer within the poller's timeout.
-    async fn answer(self, world: &Shared, ep: &Endpoint) -> Option<Vec<u8>> {
+    pub(crate) async fn answer(self, world: &Shared, ep: &Endpoint) -> Option<Vec<u8>> {
         let _ = ep
             .send_to_raw(
                 agent_addr(self.ordinal),
@@ -458,22 +350,6 @@ impl LeaderPoll {
         }
         None
     }
-}
-
-/// One operator poll of `ordinal` (adapter-k8s `controller::writers::poll_one`): its answer, or
-/// nothing when the process is gone, dies meanwhile, or does not answer within the timeout.
-async fn operator_poll(
-    world: Shared,
-    (generation, replica): (u64, usize),
-    ordinal: i32,
-    tx: mpsc::UnboundedSender<(u64, usize, i32, Option<Vec<u8>>)>,
-) {
-    let poll = LeaderPoll::start(&world, Who::Operator, ordinal);
-    let body = match (poll, Endpoint::bind("0.0.0.0:0").await) {
-        (Some(poll), Ok(ep)) => poll.answer(&world, &ep).await,
-        _ => None,
-    };
-    let _ = tx.unbounded_send((generation, replica, ordinal, body));
 }
 
 fn client_id(client: u32) -> ClientId {

@@ -1,7 +1,8 @@
 //! A small model of the Kubernetes side, driven by the real `base_core::reconcile::plan`:
 //! objects as the API server stores them, a StatefulSet controller (pods per ordinal, `OnDelete`
 //! updates, a PVC per ordinal that outlives its pods), a kubelet (starts and restarts processes,
-//! readiness), and the operator's loop: observe → plan → apply the plan's writes.
+//! readiness), and the API server's storage of the operator's writes (`store_write`; the
+//! operator itself is `operator.rs`).
 //!
 //! Each pod is a madsim node; starting and killing a pod's process is `Handle::restart/kill`. The
 //! election state `{term, voted_for}` and the store's log live on the PVC, so they survive restarts;
@@ -10,16 +11,12 @@
 use crate::config::{BASE_NAME, NAMESPACE, SimConfig, SpecChange};
 use crate::rng::Fnv;
 use crate::world::SwitchoverRequest;
-use crate::world::{Entry, World, ordinal_of, pod_id, pod_name};
+use crate::world::{Entry, World, ordinal_of, pod_name};
 use base_core::Term;
-use base_core::control::TransferRequest;
 use base_core::crd::{Base, RetentionPolicy};
 use base_core::quasar::PersistedState;
 use base_core::reconcile::objects::{ANNOTATION_FENCED_INSTANCES, ANNOTATION_SWITCHOVER_TO};
-use base_core::reconcile::{
-    CONDITION_SWITCHOVER, GatewayView, ObjectKey, Observed, OperatorConfig, Plan, PodView, Write,
-    objects, plan, route,
-};
+use base_core::reconcile::{ObjectKey, Write, objects, route};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -27,9 +24,6 @@ use std::collections::BTreeMap;
 pub const READY_AFTER_MS: u64 = 1_000;
 /// How often the kubelet and the StatefulSet controller act.
 pub const CONTROLLER_TICK_MS: u64 = 100;
-/// How often the operator reconciles (as if watch events arrived this often); a writer change
-/// seen by its poll task wakes it at once.
-pub const OPERATOR_LOOP_MS: u64 = 500;
 /// The kubelet rewrites a pod's downward-API annotations file this long (at most) after the
 /// annotation changed (in a real cluster its sync period can make this much longer).
 pub const FENCE_SYNC_MAX_MS: u64 = 1_500;
@@ -193,7 +187,7 @@ fn template_cluster_size(template: &Value) -> Option<i32> {
 }
 
 impl World {
-    fn pod_ready(&self, ordinal: i32, pod: &Pod, now: u64) -> bool {
+    pub(crate) fn pod_ready(&self, ordinal: i32, pod: &Pod, now: u64) -> bool {
         matches!(pod.phase, PodPhase::Running { since } if now >= since + READY_AFTER_MS * 1_000_000)
             && !self.replicas[ordinal as usize].paused
             && self.replicas[ordinal as usize].agent.is_some()
@@ -476,131 +470,10 @@ impl World {
         self.ev(format!("spec change: {change:?} (generation {generation})"));
     }
 
-    /// The pods the operator's poll task polls (`controller::mod` `targets`): those with an IP
-    /// (their sandbox started) that are not being deleted.
-    fn poll_targets(&self) -> Vec<i32> {
-        self.k8s
-            .pods
-            .iter()
-            .filter(|(_, p)| matches!(p.phase, PodPhase::Running { .. } | PodPhase::Crashed { .. }))
-            .map(|(o, _)| *o)
-            .collect()
-    }
-
-    /// What the operator observes, as the adapter would assemble it, but for the objects, which
-    /// `reconcile` lends it. Fields the core adds later keep their defaults (hence
-    /// `..Default::default()`, needless or not).
-    #[allow(clippy::needless_update)]
-    fn observe(&self) -> Observed {
-        let now = self.now_ns();
-        let pods = self
-            .k8s
-            .pods
-            .iter()
-            .map(|(o, p)| PodView {
-                name: pod_name(*o),
-                ready: self.pod_ready(*o, p, now),
-                revision: Some(p.revision.clone()),
-                terminating: matches!(p.phase, PodPhase::Terminating { .. }),
-                writer_label: p.writer_label,
-                fenced: p.fenced,
-                transfer: p.transfer.as_deref().and_then(TransferRequest::parse),
-                ..PodView::default()
-            })
-            .collect();
-        let op_now = self.operator_now();
-        // The writer as the poll task's last answer left it (`Writers::track`).
-        let writer = self.operator_writer();
-        Observed {
-            now: op_now,
-            pods,
-            pvcs: self
-                .k8s
-                .pvcs
-                .keys()
-                .map(|o| objects::pvc_name(BASE_NAME, *o))
-                .collect(),
-            writer,
-            gateway: GatewayView::Found(self.k8s.gateway_cr.clone()),
-            config: OperatorConfig {
-                agent_image: "ghcr.io/hanzoai/base-operator:sim".into(),
-                resync_ms: 300_000,
-                ..OperatorConfig::default()
-            },
-            // Not modelled: the peer-key Secret (the sim's peer messages are not authenticated).
-            ..Observed::default()
-        }
-    }
-
-    /// One pass of the operator: hand the poll task its targets, observe, plan with the real
-    /// reconciler, apply the plan's writes (a writer transfer is the writer pod's annotation
-    /// `hanzo.ai/transfer-to`, which its agent reads from the annotations file).
-    pub fn reconcile(&mut self) {
-        self.operator.wake = false;
-        let targets = self.poll_targets().into_iter().map(|o| (pod_id(o), o));
-        self.operator.poller.set_targets(targets.collect());
-        let mut observed = self.observe();
-        // Lent to the plan rather than copied (a copy per pass was a tenth of a run); back below.
-        observed.objects = std::mem::take(&mut self.k8s.objects);
-        // The planted bugs of the reconciler are core's (`base_core::buggify`).
-        let plan = plan(&self.k8s.base, &observed);
-        self.k8s.objects = std::mem::take(&mut observed.objects);
-        self.stats.plans += 1;
-        if observed.writer.is_none()
-            && let Some(w) = self.current_writer()
-        {
-            self.stats.operator_no_writer_while_one_accepts += 1;
-            if self.forgot_live_writer(w, self.operator.named, crate::world::Host::Operator) {
-                self.stats.operator_forgot_live_writer += 1;
-                self.ev(format!(
-                    "operator observes no writer: it forgot {}, which still accepts writes",
-                    pod_id(w)
-                ));
-            }
-        }
-        if let Some(invalid) = &plan.invalid {
-            self.fail(
-                "harness",
-                format!("the simulation's Base is invalid: {invalid:?}"),
-            );
-            return;
-        }
-        self.check_switchover(&observed, &plan);
-        // The plan's writes in its one order (`Plan::writes`), as adapter-k8s `kube_io::perform`
-        // makes them; the model stores each, and the checkers look after every one.
-        let mut writes = 0;
-        for write in plan.writes() {
-            writes += 1;
-            if !self.store_write(write) {
-                break;
-            }
-        }
-        self.stats.api_writes += writes;
-        let pending = [
-            ("applies", plan.apply().len()),
-            ("creates", plan.create.len()),
-            ("deletes", plan.delete.len()),
-            ("relabels", plan.relabel.len()),
-            ("fences", plan.fence.len()),
-            ("annotation removals", plan.clear_annotations.len()),
-            ("transfers", usize::from(plan.transfer.is_some())),
-        ];
-        let still: Vec<String> = pending
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(what, n)| format!("{n} {what}"))
-            .collect();
-        self.last_plan = Some(if still.is_empty() {
-            Ok(())
-        } else {
-            Err(still.join(", "))
-        });
-    }
-
     /// The API server stores one write of a plan (the Kubernetes model's storage); false when it
     /// refuses it (a Gateway changed since it was read: 409), which ends the pass as it does in
     /// the adapter.
-    fn store_write(&mut self, write: Write<'_>) -> bool {
+    pub(crate) fn store_write(&mut self, write: Write<'_>) -> bool {
         match write {
             Write::Create(obj) => {
                 self.k8s
@@ -693,91 +566,6 @@ impl World {
         true
     }
 
-    /// Invariant 9, on every plan that decides a switchover: a target the Base fences is refused
-    /// (and never asked for), and `Done` means the target really won the writer's seat: the
-    /// observation the plan judged by names a term the target won, no older than the request.
-    fn check_switchover(&mut self, observed: &Observed, plan: &Plan) {
-        let Some(target) = self.switchover_target().cloned() else {
-            return;
-        };
-        let cond = plan
-            .status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == CONDITION_SWITCHOVER);
-        let reason = cond.map_or("none", |c| c.reason.as_str()).to_string();
-        let message = cond.map(|c| c.message.clone()).unwrap_or_default();
-        let cleared = plan
-            .clear_annotations
-            .iter()
-            .any(|k| k == ANNOTATION_SWITCHOVER_TO);
-        const INV: &str = "9 switchover and fencing";
-        if self.fence_annotated(&target) {
-            let asked = plan
-                .transfer
-                .as_ref()
-                .is_some_and(|t| t.request.to == target);
-            if !(cleared && reason == "Refused") || asked {
-                self.fail(
-                    INV,
-                    format!(
-                        "a switchover to the fenced {target} is not refused: {reason} ({message}), transfer {:?}",
-                        plan.transfer
-                    ),
-                );
-            }
-        }
-        if !cleared {
-            return;
-        }
-        match reason.as_str() {
-            "Done" => {
-                self.stats.switchovers_done += 1;
-                let won = observed.writer.as_ref().and_then(|w| {
-                    let o = ordinal_of(&w.pod)?;
-                    Some((
-                        w.pod.clone(),
-                        Term(w.term),
-                        self.checks.writer_of_term.get(&Term(w.term)) == Some(&o),
-                    ))
-                });
-                let since = self
-                    .checks
-                    .switchover
-                    .as_ref()
-                    .filter(|r| r.target == target)
-                    .map_or(Term(0), |r| r.term_at_request);
-                match won {
-                    Some((pod, term, true)) if pod == target && term >= since => {
-                        self.ev(format!("switchover to {target} done (term {term})"));
-                    }
-                    _ => self.fail(
-                        INV,
-                        format!(
-                            "the plan reports the switchover to {target} done, but it observed the writer {:?} (won by {:?}; request made at term {since})",
-                            observed.writer,
-                            observed
-                                .writer
-                                .as_ref()
-                                .and_then(|w| self.checks.writer_of_term.get(&Term(w.term)))
-                                .map(|o| pod_name(*o))
-                        ),
-                    ),
-                }
-            }
-            "Refused" => {
-                self.stats.switchovers_refused += 1;
-                if self.fence_annotated(&target) {
-                    self.stats.switchovers_refused_fenced += 1;
-                }
-                self.ev(format!("switchover to {target} refused: {message}"));
-            }
-            other => self.fail(
-                INV,
-                format!("the plan clears the switchover to {target} with reason {other:?}"),
-            ),
-        }
-    }
     /// Invariant 10, after every label write: the writer Service (`hanzo.ai/role=writer`) never
     /// selects two pods that are not terminating, not even between two writes of one plan.
     fn check_writer_service(&mut self) {

@@ -21,6 +21,8 @@ pub mod gateway;
 #[cfg(madsim)]
 pub mod k8s;
 #[cfg(madsim)]
+pub mod operator;
+#[cfg(madsim)]
 pub mod run;
 #[cfg(madsim)]
 pub mod world;

@@ -6,8 +6,9 @@ use crate::config::{
     CLIENTS, Fault, FaultMix, FenceWhich, MAX_ORDINALS, Operation, Options, SETTLE_MS, SimConfig,
     SpecChange, SwitchoverTo, Target, TimingProfile,
 };
-use crate::gateway::{client_main, gateway_main, operator_poll_loop, poll_loop};
-use crate::k8s::{CONTROLLER_TICK_MS, CONVERGES, OPERATOR_LOOP_MS, PodPhase};
+use crate::gateway::{client_main, gateway_main, poll_loop};
+use crate::k8s::{CONTROLLER_TICK_MS, CONVERGES, PodPhase};
+use crate::operator::{OPERATOR_LOOP_MS, operator_poll_loop};
 use crate::stats::FailoverKind;
 use crate::world::{
     Host, PendingFailover, Shared, Stats, Violation, World, lock, pod_id, pod_name,
@@ -620,7 +621,7 @@ impl World {
                 self.handle.kill(self.host_ids[&Host::Operator]);
                 self.operator_down = true;
                 // Its memory is gone: the poll task's tracker and writer, its last plan.
-                self.operator = crate::world::OperatorPoller::new(
+                self.operator = crate::operator::OperatorPoller::new(
                     self.cfg.operator_clock,
                     self.cfg.poll_interval_ms,
                 );

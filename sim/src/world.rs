@@ -5,13 +5,13 @@
 use crate::clock::Clock;
 use crate::config::{BASE_NAME, SimConfig};
 use crate::k8s::K8s;
+use crate::operator::OperatorPoller;
 use crate::rng::{Fnv, Rng};
 use crate::stats::{Failover, FailoverKind};
 use base_core::control::TransferInbox;
 use base_core::quasar::{Message, Node};
 use base_core::reconcile::WriterView;
 use base_core::tracker::{Tracker, TrackerConfig};
-use base_core::writer_poll::WriterPoller;
 use base_core::{Millis, NodeId, Term};
 use madsim::runtime::Handle;
 use madsim::time::Instant;
@@ -299,31 +299,6 @@ impl Poller {
             .expect("a valid replica list"),
             clock,
             max_term_seen: Term(0),
-            seq: 0,
-            named: None,
-        }
-    }
-}
-
-/// The operator's writer tracking: the core `writer_poll::WriterPoller` (the production operator's
-/// own machine, adapter-k8s `controller::writers`), driven by the madsim loop
-/// `gateway::operator_poll_loop`; targets are ordinals.
-pub struct OperatorPoller {
-    pub clock: Clock,
-    pub poller: WriterPoller<i32>,
-    /// The writer changed: reconcile now.
-    pub wake: bool,
-    pub seq: u64,
-    /// The writer a round last named (the checkers' record).
-    pub named: Option<(i32, Term)>,
-}
-
-impl OperatorPoller {
-    pub fn new(clock: Clock, poll_interval_ms: u64) -> OperatorPoller {
-        OperatorPoller {
-            clock,
-            poller: WriterPoller::new(Millis(poll_interval_ms)),
-            wake: false,
             seq: 0,
             named: None,
         }
