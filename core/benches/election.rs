@@ -81,6 +81,7 @@ fn bench(c: &mut Criterion) {
                             term,
                             sent_ms: now,
                             position: 0,
+                            membership: None,
                         },
                     },
                 )

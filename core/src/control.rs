@@ -112,17 +112,21 @@ pub enum TransferRefusal {
     InProgress,
     /// `to` is not a peer of this node.
     UnknownTarget,
+    /// `to` is a member but not a voter of the current configuration (a learner still catching
+    /// up, or a member being removed while this writer stays): it could not win.
+    NotAVoter,
     /// No target named and no peer is known to be up to date.
     NoTarget,
 }
 
 impl TransferRefusal {
-    pub const ALL: [TransferRefusal; 6] = [
+    pub const ALL: [TransferRefusal; 7] = [
         TransferRefusal::Malformed,
         TransferRefusal::StaleTerm,
         TransferRefusal::NotWriter,
         TransferRefusal::InProgress,
         TransferRefusal::UnknownTarget,
+        TransferRefusal::NotAVoter,
         TransferRefusal::NoTarget,
     ];
 
@@ -133,6 +137,7 @@ impl TransferRefusal {
             TransferRefusal::NotWriter => "not_writer",
             TransferRefusal::InProgress => "in_progress",
             TransferRefusal::UnknownTarget => "unknown_target",
+            TransferRefusal::NotAVoter => "not_a_voter",
             TransferRefusal::NoTarget => "no_target",
         }
     }
@@ -158,8 +163,12 @@ pub fn decide(node: &Node, request: &TransferRequest) -> TransferDecision {
         };
     }
     let to = NodeId::new(to);
-    if !node.peers().contains(&to) {
+    if !node.peers().contains(&to) && !node.contacts().contains(&to) {
         return Refused(TransferRefusal::UnknownTarget);
+    }
+    // Refused at once: a transfer to a node that cannot win would only stop writes for a while.
+    if node.transfer_refusal(&to).is_some() {
+        return Refused(TransferRefusal::NotAVoter);
     }
     TransferDecision::Start(to)
 }
@@ -259,17 +268,14 @@ mod tests {
 
     /// A writer of term 1 among `a`, `b`, `c`, every peer acknowledged at its position.
     fn writer() -> Node {
+        let id = |s: &str| NodeId::new(s);
+        writer_with(vec![id("b"), id("c")], PersistedState::default())
+    }
+
+    fn writer_with(peers: Vec<NodeId>, persisted: PersistedState) -> Node {
         let timing = Timing::default();
         let id = |s: &str| NodeId::new(s);
-        let mut n = Node::new(
-            id("a"),
-            vec![id("b"), id("c")],
-            timing,
-            PersistedState::default(),
-            1,
-            Millis(0),
-        )
-        .unwrap();
+        let mut n = Node::new(id("a"), peers, timing, persisted, 1, Millis(0)).unwrap();
         let mut now = Millis(0);
         for _ in 0..1000 {
             now = now.saturating_add(Millis(10));
@@ -283,17 +289,20 @@ mod tests {
                     Message::PreVote { term, .. } => Message::PreVoteResponse {
                         term,
                         granted: true,
+                        membership: None,
                     },
                     Message::Vote { term, sent_ms, .. } => Message::VoteResponse {
                         term,
                         granted: true,
                         sent_ms,
+                        membership: None,
                     },
                     Message::Heartbeat { term, sent_ms, .. } => Message::HeartbeatAck {
                         term,
                         ok: true,
                         sent_ms,
                         position: 0,
+                        config: None,
                     },
                     _ => continue,
                 };
@@ -310,6 +319,40 @@ mod tests {
             }
         }
         panic!("no writer: {:?}", n.role());
+    }
+
+    /// A transfer to a learner is refused at once with its reason (it could not win); to a
+    /// node that is no member at all, as unknown.
+    #[test]
+    fn a_transfer_to_a_learner_is_refused_as_not_a_voter() {
+        let id = |s: &str| NodeId::new(s);
+        let membership = crate::quasar::Membership {
+            learners: [id("d")].into_iter().collect(),
+            ..crate::quasar::Membership::bootstrap([id("a"), id("b"), id("c")])
+        };
+        let n = writer_with(
+            vec![id("b"), id("c"), id("d")],
+            PersistedState {
+                membership: Some(membership),
+                ..PersistedState::default()
+            },
+        );
+        let term = n.term().0;
+        let req = |to: &str| TransferRequest {
+            to: to.into(),
+            term,
+            at: 1,
+            by: "test".into(),
+        };
+        assert_eq!(
+            decide(&n, &req("d")),
+            TransferDecision::Refused(TransferRefusal::NotAVoter)
+        );
+        assert_eq!(
+            decide(&n, &req("e")),
+            TransferDecision::Refused(TransferRefusal::UnknownTarget)
+        );
+        assert_eq!(decide(&n, &req("b")), TransferDecision::Start(id("b")));
     }
 
     #[test]

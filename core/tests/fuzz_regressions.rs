@@ -51,6 +51,7 @@ fn agent_huge_term_from_a_peer_is_dropped() {
             term: Term(term),
             sent_ms: Millis(0),
             position: 0,
+            membership: None,
         };
         let _ = node.step(
             Millis(10),
@@ -81,6 +82,7 @@ fn agent_huge_term_from_a_peer_is_dropped() {
     let persisted = PersistedState {
         term: Term(u64::MAX),
         voted_for: None,
+        membership: None,
     };
     let mut node = Node::new(
         NodeId::from("b-0"),
@@ -100,6 +102,7 @@ fn agent_huge_term_from_a_peer_is_dropped() {
     let single = PersistedState {
         term: Term(u64::MAX),
         voted_for: None,
+        membership: None,
     };
     let mut alone = Node::new(
         NodeId::from("b-0"),

@@ -23,6 +23,10 @@
 //! Commands (nodes are named 1..N; `#` starts a comment):
 //! ```text
 //! cluster N [seed S] [delay MS]   new cluster of N nodes (default seed 1, one-way delay 2 ms)
+//! cluster N of M [seed S] [delay MS]  M nodes, the first N the initial voters, the rest joiners
+//! members 1 2 3 ...               the operator's desired voters, published to every node
+//! wait settled 1 2 3 ... [in MS]  advance until the writer holds exactly these voters, committed
+//! expect config N DESCRIPTION     node N's configuration reads so (`voters 1,2 | 2,3 learners 4`)
 //! rate N PPM                      node N's clock runs at PPM parts per million of real time
 //! advance MS                      let MS of real time pass (ticks, deliveries)
 //! wait writer [MS]                advance until some node accepts writes (fail after MS, default 10000)
@@ -87,6 +91,60 @@ impl Interp {
 
     fn run_line(&mut self, words: &[&str]) -> Result<()> {
         match words {
+            ["cluster", n, "of", m, rest @ ..] => {
+                let n: usize = n.parse().map_err(|_| "cluster: size".to_string())?;
+                let m: usize = m.parse().map_err(|_| "cluster: universe".to_string())?;
+                let mut seed = 1;
+                let mut delay = 2;
+                for pair in rest.chunks(2) {
+                    match pair {
+                        ["seed", s] => seed = s.parse().map_err(|_| "seed".to_string())?,
+                        ["delay", d] => delay = d.parse().map_err(|_| "delay".to_string())?,
+                        _ => return Err(format!("cluster: unknown option {pair:?}")),
+                    }
+                }
+                let mut c =
+                    Cluster::with_members(m, n, Timing::default(), seed, NetFaults::clean(delay));
+                c.log = Some(Vec::new());
+                self.c = Some(c);
+            }
+            ["members", rest @ ..] => {
+                let mut voters = Vec::new();
+                for w in rest {
+                    voters.push(self.node(w)?);
+                }
+                self.cluster()?.set_members(&voters);
+            }
+            ["wait", "settled", rest @ ..] => {
+                let (names, limit) = match rest {
+                    [names @ .., "in", ms] => (names, Self::num(Some(ms), "ms")?),
+                    names => (names, WAIT_DEFAULT_MS),
+                };
+                let mut voters = Vec::new();
+                for w in names {
+                    voters.push(self.node(w)?);
+                }
+                let c = self.cluster()?;
+                if c.advance_until(limit, |c| c.settled_on(&voters)).is_none() {
+                    return Err(format!("not settled on {names:?} within {limit} ms"));
+                }
+            }
+            ["expect", "config", n, rest @ ..] => {
+                let i = self.node(n)?;
+                let want = rest.join(" ");
+                let got = self
+                    .cluster()?
+                    .membership(i)
+                    .map_or("none".to_string(), |m| {
+                        let d = m.describe();
+                        d.split_once(' ').map_or(d.clone(), |(_, r)| r.to_string())
+                    });
+                if got != want {
+                    return Err(format!(
+                        "expected node {n} to hold `{want}`, it holds `{got}`"
+                    ));
+                }
+            }
             ["cluster", n, rest @ ..] => {
                 let n: usize = n.parse().map_err(|_| "cluster: size".to_string())?;
                 let mut seed = 1;

@@ -155,10 +155,12 @@ impl FuzzMsg {
             FuzzMsg::PreVote { term, position } => Message::PreVote {
                 term: t(term),
                 position,
+                config: Default::default(),
             },
             FuzzMsg::PreVoteResponse { term, granted } => Message::PreVoteResponse {
                 term: t(term),
                 granted,
+                membership: None,
             },
             FuzzMsg::Vote {
                 term,
@@ -170,6 +172,7 @@ impl FuzzMsg {
                 position,
                 sent_ms: ms(sent_ms),
                 transfer_from: transfer_from.map(|i| id(i % 4)),
+                config: Default::default(),
             },
             FuzzMsg::VoteResponse {
                 term,
@@ -179,6 +182,7 @@ impl FuzzMsg {
                 term: t(term),
                 granted,
                 sent_ms: ms(sent_ms),
+                membership: None,
             },
             FuzzMsg::Heartbeat {
                 term,
@@ -188,6 +192,7 @@ impl FuzzMsg {
                 term: t(term),
                 sent_ms: ms(sent_ms),
                 position,
+                membership: None,
             },
             FuzzMsg::HeartbeatAck {
                 term,
@@ -199,6 +204,7 @@ impl FuzzMsg {
                 ok,
                 sent_ms: ms(sent_ms),
                 position,
+                config: None,
             },
             FuzzMsg::TimeoutNow { term } => Message::TimeoutNow { term: t(term) },
         }
@@ -262,6 +268,7 @@ fuzz_target!(|s: Scenario| {
     let persisted = PersistedState {
         term: Term(num(s.persisted_term, 0)),
         voted_for: s.persisted_vote.map(|v| id(v % 4)),
+        membership: None,
     };
     let mut now = Millis(u64::from(s.start));
     let Ok(mut node) = Node::new(

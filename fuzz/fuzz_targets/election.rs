@@ -1,7 +1,9 @@
 //! `election`: the Quasar writer election (`base_core::quasar::Node`) on a simulated cluster of 3
 //! or 5 nodes, driven by the fuzzer: ticks, message delays, drops, duplicates, late replays of old
 //! (out-of-term) messages, garbled bytes on the wire, messages from strangers, partitions, kills,
-//! restarts (with the persisted term and vote), pauses, transfers and campaigns. Every node reads
+//! restarts (with the persisted term, vote and configuration), pauses, transfers, campaigns, and
+//! membership changes: any nonempty subset of the nodes as the operator's desired voters, at any
+//! time, from an initial voter set of 1 to all of them (the others join). Every node reads
 //! its own clock: any offset, and a rate in `[1 − ρ, 1]` of real time, so that any two clocks drift
 //! apart by at most the bound ρ the timing was validated for.
 //!
@@ -13,7 +15,10 @@
 //!   not overlap;
 //! - a node's term never goes down, across restarts too; it never grants two votes in one term;
 //!   a granted vote and every term-bearing message are sent only after the term and vote that
-//!   justify them were persisted.
+//!   justify them were persisted;
+//! - never two configurations persisted under one version; a node that is not a voter of its
+//!   persisted configuration never asks for votes nor wins; every new writer holds a
+//!   configuration at least as new as every one committed in an earlier term.
 //!
 //! `ELECTION_DEBUG=1` prints a summary of each run (and every election); `ELECTION_SELFTEST=1`
 //! checks the checker: it slows an elected writer's clock to 1% speed, far outside the drift
@@ -25,10 +30,12 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Result, Unstructured};
-use base_core::quasar::{Effect, Envelope, Input, Message, Node, PersistedState, Role, Timing};
+use base_core::quasar::{
+    ConfigVersion, Effect, Envelope, Input, Membership, Message, Node, PersistedState, Role, Timing,
+};
 use base_core::{Millis, NodeId, Term};
 use libfuzzer_sys::fuzz_target;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 const PPM: u64 = 1_000_000;
 /// Bounds per input, so that one run stays in the milliseconds.
@@ -80,6 +87,8 @@ enum Action {
         dup_pct: u8,
         delay_max_ms: u16,
     },
+    /// The operator publishes these nodes (a bit mask; empty: ignored) as the desired voters.
+    Members(u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -125,10 +134,12 @@ impl FuzzMsg {
             FuzzMsg::PreVote { term, position } => Message::PreVote {
                 term: Term(term),
                 position,
+                config: Default::default(),
             },
             FuzzMsg::PreVoteResponse { term, granted } => Message::PreVoteResponse {
                 term: Term(term),
                 granted,
+                membership: None,
             },
             FuzzMsg::Vote {
                 term,
@@ -140,6 +151,7 @@ impl FuzzMsg {
                 position,
                 sent_ms: Millis(sent_ms),
                 transfer_from: transfer_from.map(|i| node_id(usize::from(i % 6))),
+                config: Default::default(),
             },
             FuzzMsg::VoteResponse {
                 term,
@@ -149,6 +161,7 @@ impl FuzzMsg {
                 term: Term(term),
                 granted,
                 sent_ms: Millis(sent_ms),
+                membership: None,
             },
             FuzzMsg::Heartbeat {
                 term,
@@ -158,6 +171,7 @@ impl FuzzMsg {
                 term: Term(term),
                 sent_ms: Millis(sent_ms),
                 position,
+                membership: None,
             },
             FuzzMsg::HeartbeatAck {
                 term,
@@ -169,6 +183,7 @@ impl FuzzMsg {
                 ok,
                 sent_ms: Millis(sent_ms),
                 position,
+                config: None,
             },
             FuzzMsg::TimeoutNow { term } => Message::TimeoutNow { term: Term(term) },
         }
@@ -183,8 +198,23 @@ fn node_id(i: usize) -> NodeId {
     NodeId::new(format!("q-{i}"))
 }
 
+/// The index of a node id `q-<i>`, without allocating (the hot path of every send).
+fn index_of(id: &NodeId) -> Option<usize> {
+    id.as_str().strip_prefix("q-")?.parse().ok()
+}
+
 struct Sim {
     n: usize,
+    /// `node_id(i)` for each node, made once.
+    ids: Vec<NodeId>,
+    /// Nodes below this index are the initial voters; the others join.
+    initial: usize,
+    /// The desired voters, as the operator last published them (re-read on restart).
+    target: Option<BTreeSet<NodeId>>,
+    /// Every configuration persisted, by version (content only): one per version.
+    configs: HashMap<ConfigVersion, Membership>,
+    /// (term, version) of every configuration a writer saw committed in its term.
+    committed: BTreeSet<(Term, ConfigVersion)>,
     timing: Timing,
     rho: u64,
     nodes: Vec<Option<Node>>,
@@ -237,7 +267,21 @@ impl Sim {
     }
 
     fn peers_of(&self, i: usize) -> Vec<NodeId> {
-        (0..self.n).filter(|&j| j != i).map(node_id).collect()
+        (0..self.n)
+            .filter(|&j| j != i)
+            .map(|j| self.ids[j].clone())
+            .collect()
+    }
+
+    /// Is node `i` a voter of the configuration it persisted (before its first persist: of the
+    /// one it started with)?
+    fn persisted_voter(&self, i: usize) -> bool {
+        let id = &self.ids[i];
+        match (&self.disk[i].membership, &self.nodes[i]) {
+            (Some(m), _) => m.is_voter(id),
+            (None, Some(n)) => n.membership().is_some_and(|m| m.is_voter(id)),
+            (None, None) => false,
+        }
     }
 
     fn start(&mut self, i: usize) {
@@ -245,15 +289,29 @@ impl Sim {
         self.seeds[i] = self.seeds[i]
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1);
-        let node = Node::new(
-            node_id(i),
-            self.peers_of(i),
-            self.timing,
-            self.disk[i].clone(),
-            self.seeds[i],
-            now,
-        )
+        let mut node = if i < self.initial {
+            Node::new(
+                self.ids[i].clone(),
+                self.peers_of(i),
+                self.timing,
+                self.disk[i].clone(),
+                self.seeds[i],
+                now,
+            )
+        } else {
+            Node::join(
+                self.ids[i].clone(),
+                self.peers_of(i),
+                self.timing,
+                self.disk[i].clone(),
+                self.seeds[i],
+                now,
+            )
+        }
         .expect("a valid node");
+        if let Some(t) = &self.target {
+            let _ = node.step(now, Input::SetMembers(t.clone()));
+        }
         assert!(
             !node.can_accept_writes(now),
             "a node accepts writes as it starts"
@@ -284,7 +342,7 @@ impl Sim {
         let local = self.local(i, self.now);
         if node.can_accept_writes(local) {
             let view = node.writer_view(local);
-            assert_eq!(view.writer.as_ref(), Some(&node_id(i)));
+            assert_eq!(view.writer.as_ref(), Some(&self.ids[i]));
             let lease_until = view.lease_until.expect("a writer has a lease");
             assert!(lease_until > local);
             let end = self.real_at(i, lease_until);
@@ -308,6 +366,10 @@ impl Sim {
         let effects = node.step(local, input);
         let term_after = node.term();
         let role = node.role();
+        let committed = (role == Role::Writer && node.membership_committed())
+            .then(|| node.membership().map(|m| m.version))
+            .flatten();
+        let held = node.membership().map(|m| m.version);
         self.steps += 1;
         assert!(term_after >= term_before);
         assert!(
@@ -317,7 +379,11 @@ impl Sim {
         self.max_term_seen[i] = term_after;
         for e in effects {
             match e {
-                Effect::Persist { term, voted_for } => {
+                Effect::Persist {
+                    term,
+                    voted_for,
+                    membership,
+                } => {
                     assert!(term >= self.disk[i].term, "node {i} persisted a lower term");
                     if term == self.disk[i].term && self.disk[i].voted_for.is_some() {
                         assert_eq!(
@@ -330,7 +396,28 @@ impl Sim {
                             assert_eq!(&prev, v, "node {i} voted twice in term {term}");
                         }
                     }
-                    self.disk[i] = PersistedState { term, voted_for };
+                    if let Some(m) = &membership {
+                        let before = self.disk[i].membership.as_ref().map(|m| m.version);
+                        assert!(
+                            before <= Some(m.version),
+                            "node {i}'s configuration went back"
+                        );
+                        let content = m.restamped(ConfigVersion::default());
+                        if let Some(other) = self.configs.get(&m.version) {
+                            assert_eq!(
+                                other, &content,
+                                "two configurations with version {}",
+                                m.version
+                            );
+                        } else {
+                            self.configs.insert(m.version, content);
+                        }
+                    }
+                    self.disk[i] = PersistedState {
+                        term,
+                        voted_for,
+                        membership,
+                    };
                 }
                 Effect::BecomeWriter { term, lease_until } => {
                     if debug() {
@@ -340,20 +427,36 @@ impl Sim {
                         );
                     }
                     assert_eq!(role, Role::Writer);
+                    assert!(self.persisted_voter(i), "q-{i} won {term} but is not a voter");
+                    if let Some(&(t, v)) = self
+                        .committed
+                        .iter()
+                        .filter(|(t, _)| *t < term)
+                        .max_by_key(|(_, v)| *v)
+                    {
+                        assert!(
+                            held >= Some(v),
+                            "q-{i} won {term} holding {held:?}, older than {v} committed in {t}"
+                        );
+                    }
                     if let Some(prev) = self.writer_of_term.insert(term, i) {
                         assert_eq!(prev, i, "two writers in term {term}: q-{prev} and q-{i}");
                     }
                     assert_eq!(
-                        self.disk[i],
-                        PersistedState {
-                            term,
-                            voted_for: Some(node_id(i))
-                        }
+                        (self.disk[i].term, self.disk[i].voted_for.as_ref()),
+                        (term, Some(&self.ids[i])),
+                        "won an unpersisted term or vote"
                     );
                     let _ = lease_until;
                 }
                 Effect::LeaseRenewed { .. } | Effect::StepDown { .. } => {}
                 Effect::Send { to, msg } => {
+                    if matches!(msg, Message::PreVote { .. } | Message::Vote { .. }) {
+                        assert!(
+                            self.persisted_voter(i),
+                            "q-{i} asked for votes but is not a voter"
+                        );
+                    }
                     let persisted = &self.disk[i];
                     match &msg {
                         Message::PreVote { .. } | Message::PreVoteResponse { .. } => {}
@@ -378,12 +481,15 @@ impl Sim {
                             m.kind()
                         ),
                     }
-                    let j = (0..self.n)
-                        .find(|&j| node_id(j) == to)
+                    let j = index_of(&to)
+                        .filter(|&j| j < self.n)
                         .expect("sent to a peer");
                     self.send(i, j, msg, u);
                 }
             }
+        }
+        if let Some(v) = committed {
+            self.committed.insert((term_after, v));
         }
         self.refresh_window(i);
     }
@@ -446,7 +552,7 @@ impl Sim {
                     }
                     continue;
                 }
-                self.deliver(node_id(from), to, msg, u);
+                self.deliver(self.ids[from].clone(), to, msg, u);
             } else {
                 for i in 0..self.n {
                     self.step(i, Input::Tick, u);
@@ -515,12 +621,33 @@ fn run(data: &[u8]) -> Result<()> {
     // end in "both accept writes"; if it does not, the checker is broken.
     let selftest = std::env::var_os("ELECTION_SELFTEST").is_some();
     let tick_ms = u.int_in_range(1..=timing.heartbeat_interval_ms().0.max(1))?;
+    // The initial voters: all (a static cluster, bootstrapped from the environment), or the
+    // first few, which persisted the bootstrap configuration; the others join. The self-test
+    // needs the others to be able to elect once the writer is cut off: all.
+    let initial = if selftest || u.arbitrary::<bool>()? {
+        n
+    } else {
+        u.int_in_range(1..=n)?
+    };
+    let ids: Vec<NodeId> = (0..n).map(node_id).collect();
+    let bootstrap = Membership::bootstrap(ids[..initial].iter().cloned());
+    let disk = (0..n)
+        .map(|i| PersistedState {
+            membership: (initial < n && i < initial).then(|| bootstrap.clone()),
+            ..PersistedState::default()
+        })
+        .collect();
     let mut sim = Sim {
         n,
+        ids,
+        initial,
+        target: None,
+        configs: HashMap::new(),
+        committed: BTreeSet::new(),
         timing,
         rho,
         nodes: (0..n).map(|_| None).collect(),
-        disk: vec![PersistedState::default(); n],
+        disk,
         rate_ppm,
         offset_ms,
         paused: vec![false; n],
@@ -616,8 +743,12 @@ fn run(data: &[u8]) -> Result<()> {
             Action::Resume(i) => {
                 let i = pick(i);
                 sim.paused[i] = false;
+                // The agent re-reads the desired members it missed while paused.
+                if let Some(t) = sim.target.clone() {
+                    sim.step(i, Input::SetMembers(t), &mut u);
+                }
                 for (from, msg) in std::mem::take(&mut sim.mailbox[i]) {
-                    sim.deliver(node_id(from), i, msg, &mut u);
+                    sim.deliver(sim.ids[from].clone(), i, msg, &mut u);
                 }
             }
             Action::Transfer { from, to } => {
@@ -631,7 +762,7 @@ fn run(data: &[u8]) -> Result<()> {
                 sim.step(
                     from,
                     Input::TransferWriter {
-                        to: node_id(pick(to)),
+                        to: sim.ids[pick(to)].clone(),
                     },
                     &mut u,
                 );
@@ -660,7 +791,7 @@ fn run(data: &[u8]) -> Result<()> {
                     let (from, to, msg) =
                         sim.history[usize::from(index) % sim.history.len()].clone();
                     if !sim.cut[from][to] {
-                        sim.deliver(node_id(from), to, msg, &mut u);
+                        sim.deliver(sim.ids[from].clone(), to, msg, &mut u);
                     }
                 }
             }
@@ -700,6 +831,18 @@ fn run(data: &[u8]) -> Result<()> {
                 sim.loss_pct = loss_pct % 101;
                 sim.dup_pct = dup_pct % 101;
                 sim.delay_max_ms = u64::from(delay_max_ms % 2_000);
+            }
+            Action::Members(mask) => {
+                let voters: BTreeSet<NodeId> = (0..n)
+                    .filter(|&i| mask >> i & 1 == 1)
+                    .map(|i| sim.ids[i].clone())
+                    .collect();
+                if !voters.is_empty() {
+                    sim.target = Some(voters.clone());
+                    for i in 0..n {
+                        sim.step(i, Input::SetMembers(voters.clone()), &mut u);
+                    }
+                }
             }
         }
     }

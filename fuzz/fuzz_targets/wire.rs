@@ -158,14 +158,29 @@ fn peer_message(bytes: &[u8]) {
     let _ = (env.msg.term(), env.msg.kind());
     // What a node sends (ids of at most a pod name, numbers) always fits the limit.
     if env.from.as_str().len() <= 253 && env.to.as_str().len() <= 253 {
+        use base_core::quasar::Message;
         let transfer = match &env.msg {
-            base_core::quasar::Message::Vote {
+            Message::Vote {
                 transfer_from: Some(t),
                 ..
             } => t.as_str().len(),
             _ => 0,
         };
-        if transfer <= 253 {
+        // A configuration a node sends is a valid one of pod names (at most 63 characters).
+        let membership = match &env.msg {
+            Message::Heartbeat { membership, .. }
+            | Message::PreVoteResponse { membership, .. }
+            | Message::VoteResponse { membership, .. } => membership.as_deref(),
+            _ => None,
+        };
+        let sendable = membership.is_none_or(|m| {
+            m.quorum().is_ok()
+                && m.members().len() <= base_core::quasar::CLUSTER_SIZE_MAX
+                && m.members().iter().all(|id| id.as_str().len() <= 63)
+                && env.from.as_str().len() <= 63
+                && env.to.as_str().len() <= 63
+        });
+        if transfer <= 253 && sendable {
             assert!(
                 json.len() <= MAX_MESSAGE_BYTES,
                 "a well-formed envelope of {} bytes",

@@ -162,9 +162,17 @@ impl World {
         let me = pod_id(ordinal);
         for effect in effects {
             match effect {
-                Effect::Persist { term, voted_for } => {
+                Effect::Persist {
+                    term, voted_for, ..
+                } => {
                     let pvc = self.k8s.pvcs.get_mut(&ordinal).expect("a pod has its PVC");
-                    pvc.persisted = base_core::quasar::PersistedState { term, voted_for };
+                    // As the agent does: the configuration is not persisted until the operator
+                    // publishes members (issue 18); the peer set follows the pod's cluster size.
+                    pvc.persisted = base_core::quasar::PersistedState {
+                        term,
+                        voted_for,
+                        membership: None,
+                    };
                 }
                 Effect::Send { to, msg } => {
                     if self.cfg.bug == Some(Bug::VoteCache)
@@ -562,6 +570,7 @@ impl World {
                 term,
                 granted: true,
                 sent_ms,
+                membership: None,
             },
         };
         Some(vec![self.out(agent_addr(to), reply)])

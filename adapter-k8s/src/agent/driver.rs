@@ -217,9 +217,18 @@ impl Driver {
 
     async fn perform(&mut self, now: Millis, effect: Effect) -> Result<(), DriverError> {
         match effect {
-            Effect::Persist { term, voted_for } => {
+            Effect::Persist {
+                term, voted_for, ..
+            } => {
                 let store = self.store.clone();
-                let state = PersistedState { term, voted_for };
+                // The configuration is not persisted yet: until the operator publishes the
+                // desired members to the pods (issue 18), the election's voters follow
+                // BASE_PEERS at every start, as before, and a scale change still restarts pods.
+                let state = PersistedState {
+                    term,
+                    voted_for,
+                    membership: None,
+                };
                 tokio::task::spawn_blocking(move || store.save(&state)).await??;
             }
             Effect::Send { to, msg } => self.transport.send(Envelope {

@@ -106,6 +106,10 @@ mod tests {
         let s = PersistedState {
             term: Term(7),
             voted_for: Some(NodeId::from("b")),
+            membership: Some(base_core::quasar::Membership::bootstrap([
+                NodeId::from("a"),
+                NodeId::from("b"),
+            ])),
         };
         store.save(&s).unwrap();
         assert_eq!(store.load().unwrap(), s);

@@ -1,11 +1,13 @@
 //! The Quasar state machine of one replica: [`Node::step`] takes one input at a time and returns
 //! the effects for the caller to perform, in order.
 
+use super::membership::{ConfigVersion, Membership, PlantedBug, validate_target};
 use super::message::Message;
 use super::timing::Timing;
+use crate::replication::{Majority, QuorumConfig, QuorumError};
 use crate::{Millis, NodeId, Term};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Largest cluster a node accepts (the operator runs at most 9 replicas; this leaves room).
 pub const CLUSTER_SIZE_MAX: usize = 15;
@@ -20,6 +22,11 @@ pub const TERM_MAX: Term = Term(u64::MAX >> 1);
 pub struct PersistedState {
     pub term: Term,
     pub voted_for: Option<NodeId>,
+    /// The voting configuration. `None` only in a state written before membership changes
+    /// existed, or by a member that joined and has not yet been sent one: once a node holds a
+    /// configuration it never takes its voters from its environment again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<Membership>,
 }
 
 /// One input to [`Node::step`].
@@ -37,6 +44,11 @@ pub enum Input {
     Position { epoch: u64, position: u64 },
     /// Hand the writer role to `to` (ignored unless this node is the writer and `to` a peer).
     TransferWriter { to: NodeId },
+    /// The voters the operator wants (its desired member set). Every node keeps the newest
+    /// (not persisted: the driver re-reads it from its source of truth); the writer carries it
+    /// out by joint consensus: new members join as learners, catch up, then C(old, new), then
+    /// C(new). An invalid set is dropped (`drops().bad_membership`).
+    SetMembers(BTreeSet<NodeId>),
     /// Start an election now, as if the election timeout had fired (still pre-votes, and still
     /// honours this node's promise). For operators and scripted tests. Ignored while fenced.
     Campaign,
@@ -69,9 +81,11 @@ pub enum Effect {
     StepDown {
         term: Term,
     },
+    /// Make this durable, all three together (the caller replaces its persisted state).
     Persist {
         term: Term,
         voted_for: Option<NodeId>,
+        membership: Option<Membership>,
     },
 }
 
@@ -110,6 +124,10 @@ pub struct DropCounts {
     pub bad_term: u64,
     /// `TimeoutNow` refused because this node is fenced.
     pub fenced: u64,
+    /// Configurations (from a peer, or `SetMembers`) that are not valid.
+    pub bad_membership: u64,
+    /// `TimeoutNow` refused, or a campaign not started, because this node is not a voter.
+    pub not_voter: u64,
 }
 
 /// "I will not vote or pre-vote for anyone but `holder` until `until`" (on this node's clock).
@@ -137,6 +155,14 @@ struct WriterState {
     acked_sent: BTreeMap<NodeId, Millis>,
     /// Per peer: the replication position it last reported.
     peer_position: BTreeMap<NodeId, u64>,
+    /// Per peer: the configuration version it last acked holding.
+    peer_config: BTreeMap<NodeId, ConfigVersion>,
+    /// Members removed by this writer's changes that have not yet acked the configuration that
+    /// removed them: they are sent heartbeats until they do, so that they learn it and never
+    /// campaign again.
+    departing: BTreeSet<NodeId>,
+    /// The position the new learners must reach before the joint configuration is proposed.
+    catch_up: Option<u64>,
     last_heartbeat_sent: Millis,
     next_heartbeat_at: Millis,
     /// The send time of the newest heartbeat (or the campaign) a majority has acked.
@@ -172,6 +198,19 @@ impl SplitMix64 {
     }
 }
 
+/// Why a writer would not hand over to a node (see [`Node::transfer_refusal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransferRefused {
+    #[error("this node is not the writer")]
+    NotWriter,
+    #[error("the target is this node")]
+    ToSelf,
+    #[error("the target is not a voter of the current configuration (a learner or not a member)")]
+    NotAVoter,
+    #[error("this writer is leaving the configuration: the target must be an incoming voter")]
+    Departing,
+}
+
 /// Errors constructing a node.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
@@ -183,13 +222,28 @@ pub enum NodeError {
     SelfInPeers { id: NodeId },
     #[error("node id: must not be empty")]
     EmptyId,
+    #[error("persisted membership: {0}")]
+    BadMembership(QuorumError),
 }
 
 /// One replica's election state machine.
 #[derive(Clone, Debug)]
 pub struct Node {
     id: NodeId,
+    /// Whom the environment says this node may talk to (the driver's address book). Never a
+    /// source of voters after the first start.
+    contacts: Vec<NodeId>,
+    /// The configuration, and the quorum rule it decides by (both `None` for a member that
+    /// joined and has not been sent one yet: it neither campaigns nor counts).
+    membership: Option<Membership>,
+    quorum: Option<QuorumConfig>,
+    /// The members of `membership` but this node, sorted: whom heartbeats go to.
     peers: Vec<NodeId>,
+    /// The voters of either half but this node, sorted: whom vote requests go to.
+    voters_but_me: Vec<NodeId>,
+    /// The voters the operator wants (see [`Input::SetMembers`]).
+    target: Option<BTreeSet<NodeId>>,
+    bug: Option<PlantedBug>,
     timing: Timing,
     rng: SplitMix64,
 
@@ -218,7 +272,10 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node starting (or restarting) at local time `now` with the state it persisted.
+    /// A node of the cluster's initial members starting (or restarting) at local time `now` with
+    /// the state it persisted. On its first start (no persisted configuration) its voters are
+    /// itself and `peers`, at the bootstrap version; after that, `peers` are only whom it may
+    /// talk to, and its voters are the configuration it persisted.
     /// It forgot any promise it made before, so it grants no vote and does not campaign until
     /// `now + election_timeout_min_ms`. `seed` drives the election-timeout jitter.
     pub fn new(
@@ -229,15 +286,42 @@ impl Node {
         seed: u64,
         now: Millis,
     ) -> Result<Node, NodeError> {
+        let bootstrap = Membership::bootstrap(peers.iter().cloned().chain([id.clone()]));
+        Node::start(id, peers, Some(bootstrap), timing, persisted, seed, now)
+    }
+
+    /// A member added after the cluster was created (a scale-up's new pod): with no persisted
+    /// configuration it holds none, so it never campaigns and its vote counts nowhere, until the
+    /// writer sends it the configuration that made it a learner. `contacts` as in [`Node::new`].
+    pub fn join(
+        id: NodeId,
+        contacts: Vec<NodeId>,
+        timing: Timing,
+        persisted: PersistedState,
+        seed: u64,
+        now: Millis,
+    ) -> Result<Node, NodeError> {
+        Node::start(id, contacts, None, timing, persisted, seed, now)
+    }
+
+    fn start(
+        id: NodeId,
+        contacts: Vec<NodeId>,
+        bootstrap: Option<Membership>,
+        timing: Timing,
+        persisted: PersistedState,
+        seed: u64,
+        now: Millis,
+    ) -> Result<Node, NodeError> {
         if id.as_str().is_empty() {
             return Err(NodeError::EmptyId);
         }
-        if peers.len() + 1 > CLUSTER_SIZE_MAX {
+        if contacts.len() + 1 > CLUSTER_SIZE_MAX {
             return Err(NodeError::TooManyPeers {
-                count: peers.len() + 1,
+                count: contacts.len() + 1,
             });
         }
-        let mut sorted = peers;
+        let mut sorted = contacts;
         sorted.sort();
         for pair in sorted.windows(2) {
             if pair[0] == pair[1] {
@@ -250,9 +334,21 @@ impl Node {
             return Err(NodeError::SelfInPeers { id });
         }
         timing.assert_lease_argument();
+        // What the node persisted wins over its environment, always.
+        let membership = persisted.membership.clone().or(bootstrap);
+        let quorum = match &membership {
+            Some(m) => Some(m.quorum().map_err(NodeError::BadMembership)?),
+            None => None,
+        };
         let mut node = Node {
             id,
-            peers: sorted,
+            contacts: sorted,
+            membership: None,
+            quorum: None,
+            peers: Vec::new(),
+            voters_but_me: Vec::new(),
+            target: None,
+            bug: None,
             timing,
             rng: SplitMix64(seed),
             term: persisted.term,
@@ -275,8 +371,17 @@ impl Node {
             drops: DropCounts::default(),
             fenced: false,
         };
+        if let (Some(m), Some(q)) = (membership, quorum) {
+            node.install(m, q);
+        }
         node.reset_election_deadline(now);
         Ok(node)
+    }
+
+    /// Plants a known bug (tests only: they show that they catch it).
+    #[doc(hidden)]
+    pub fn plant_bug(&mut self, bug: PlantedBug) {
+        self.bug = Some(bug);
     }
 
     // ----- queries -------------------------------------------------------------------------
@@ -284,8 +389,59 @@ impl Node {
     pub fn id(&self) -> &NodeId {
         &self.id
     }
+    /// The members of this node's configuration but itself (whom its heartbeats go to).
     pub fn peers(&self) -> &[NodeId] {
         &self.peers
+    }
+    /// Whom the environment said this node may talk to.
+    pub fn contacts(&self) -> &[NodeId] {
+        &self.contacts
+    }
+    /// The voting configuration this node holds (and has persisted); `None` for a member that
+    /// joined and has not been sent one yet.
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.as_ref()
+    }
+    /// The quorum rule of [`Node::membership`]: what the replication writer must count commits by.
+    pub fn quorum_config(&self) -> Option<&QuorumConfig> {
+        self.quorum.as_ref()
+    }
+    /// Is this node a voter (of either half) of its own configuration?
+    pub fn is_voter(&self) -> bool {
+        self.membership
+            .as_ref()
+            .is_some_and(|m| m.is_voter(&self.id))
+    }
+    /// The voters the operator wants, as last given by [`Input::SetMembers`].
+    pub fn target_members(&self) -> Option<&BTreeSet<NodeId>> {
+        self.target.as_ref()
+    }
+    /// For a writer: is its configuration committed in its own term (a quorum of it has acked
+    /// holding it)? Only then does it propose the next one.
+    pub fn membership_committed(&self) -> bool {
+        let (Some(m), Some(q), Some(w)) = (&self.membership, &self.quorum, &self.writer) else {
+            return false;
+        };
+        if m.version.term != self.term {
+            return false;
+        }
+        let mut yes: BTreeSet<NodeId> = w
+            .peer_config
+            .iter()
+            .filter(|(_, v)| **v >= m.version)
+            .map(|(p, _)| p.clone())
+            .collect();
+        yes.insert(self.id.clone());
+        q.is_quorum(&yes)
+    }
+    /// For a writer: has the configuration reached the operator's target (simple, its voters
+    /// exactly the target, no learner left) and been committed?
+    pub fn membership_settled(&self) -> bool {
+        let Some(m) = &self.membership else {
+            return false;
+        };
+        let on_target = self.target.as_ref().is_none_or(|t| *t == m.voters);
+        !m.is_joint() && m.learners.is_empty() && on_target && self.membership_committed()
     }
     pub fn term(&self) -> Term {
         self.term
@@ -327,6 +483,7 @@ impl Node {
         PersistedState {
             term: self.term,
             voted_for: self.voted_for.clone(),
+            membership: self.membership.clone(),
         }
     }
 
@@ -385,6 +542,7 @@ impl Node {
         let w = self.writer.as_ref()?;
         w.peer_position
             .iter()
+            .filter(|(peer, _)| self.transfer_refusal(peer).is_none())
             .filter(|(_, pos)| **pos >= self.position)
             .max_by_key(|(peer, pos)| {
                 let acked = w.acked_sent.get(*peer).copied().unwrap_or(Millis::ZERO);
@@ -402,18 +560,134 @@ impl Node {
             let w = self.writer.as_ref()?;
             w.peer_position
                 .iter()
+                .filter(|(peer, _)| self.transfer_refusal(peer).is_none())
                 .max_by_key(|(peer, pos)| (**pos, std::cmp::Reverse((*peer).clone())))
                 .map(|(peer, _)| peer.clone())
         })
     }
 
-    fn quorum(&self) -> usize {
-        let cluster_size = self.peers.len() + 1;
-        cluster_size / 2 + 1
+    /// Why this node would not hand the writer role to `to` now, if it would not: the target
+    /// must be another voter of the configuration (a learner or a stranger cannot win), and while
+    /// this node is leaving through a joint configuration, a voter of the incoming half.
+    pub fn transfer_refusal(&self, to: &NodeId) -> Option<TransferRefused> {
+        if self.role != Role::Writer {
+            return Some(TransferRefused::NotWriter);
+        }
+        if *to == self.id {
+            return Some(TransferRefused::ToSelf);
+        }
+        let m = self.membership.as_ref()?;
+        if !m.is_voter(to) {
+            return Some(TransferRefused::NotAVoter);
+        }
+        if !m.voters.contains(&self.id) && !m.voters.contains(to) {
+            return Some(TransferRefused::Departing);
+        }
+        None
+    }
+
+    /// Do the `yes` nodes and this one form a quorum of the configuration?
+    fn has_quorum<'a>(&self, yes: impl Iterator<Item = &'a NodeId>) -> bool {
+        let (Some(m), Some(q)) = (&self.membership, &self.quorum) else {
+            return false;
+        };
+        let mut set: BTreeSet<NodeId> = yes.cloned().collect();
+        set.insert(self.id.clone());
+        if self.bug == Some(PlantedBug::CountLearnerVotes) {
+            // The planted bug: a learner's grant counted like an incoming voter's.
+            let incoming = set
+                .iter()
+                .filter(|n| m.voters.contains(*n) || m.learners.contains(*n))
+                .count();
+            return incoming > m.voters.len() / 2
+                && Majority::new(m.outgoing.iter().cloned()).is_quorum(&set);
+        }
+        q.is_quorum(&set)
+    }
+
+    /// Can a campaign still win with every voter but the `refused` ones?
+    fn can_still_win(&self, refused: &BTreeMap<NodeId, ()>) -> bool {
+        let open: Vec<&NodeId> = self
+            .voters_but_me
+            .iter()
+            .filter(|v| !refused.contains_key(*v))
+            .collect();
+        self.has_quorum(open.into_iter())
+    }
+
+    /// Whom a candidate asks: the voters (with the planted bug, the learners too).
+    fn vote_recipients(&self) -> &[NodeId] {
+        if self.bug == Some(PlantedBug::CountLearnerVotes) {
+            &self.peers
+        } else {
+            &self.voters_but_me
+        }
+    }
+
+    /// May this node stand for election (campaign, pre-vote for itself, obey `TimeoutNow`)?
+    fn may_stand(&self) -> bool {
+        !self.fenced
+            && self.membership.is_some()
+            && (self.is_voter() || self.bug == Some(PlantedBug::RemovedCampaigns))
     }
 
     fn is_peer(&self, id: &NodeId) -> bool {
-        self.peers.binary_search(id).is_ok()
+        self.contacts.binary_search(id).is_ok()
+            || self.membership.as_ref().is_some_and(|m| m.is_member(id))
+    }
+
+    /// Takes `m` (already checked into `q`) as this node's configuration.
+    fn install(&mut self, m: Membership, q: QuorumConfig) {
+        self.peers = m.members().into_iter().filter(|p| *p != self.id).collect();
+        self.voters_but_me = m
+            .all_voters()
+            .into_iter()
+            .filter(|p| *p != self.id)
+            .collect();
+        self.membership = Some(m);
+        self.quorum = Some(q);
+    }
+
+    /// Takes a configuration a peer sent, if it is newer than ours and valid; persists it.
+    fn adopt(&mut self, m: Membership, out: &mut Vec<Effect>) -> bool {
+        if self
+            .membership
+            .as_ref()
+            .is_some_and(|c| m.version <= c.version)
+        {
+            return false;
+        }
+        if m.version.term > TERM_MAX {
+            self.drops.bad_term += 1;
+            return false;
+        }
+        let Ok(q) = m.quorum() else {
+            self.drops.bad_membership += 1;
+            return false;
+        };
+        self.install(m, q);
+        self.persist(out);
+        true
+    }
+
+    fn persist(&self, out: &mut Vec<Effect>) {
+        out.push(Effect::Persist {
+            term: self.term,
+            voted_for: self.voted_for.clone(),
+            membership: self.membership.clone(),
+        });
+    }
+
+    /// A configuration a voter sent with its refusal: a candidate takes it if newer, and then
+    /// abandons its campaign (it was counting by an older configuration).
+    fn adopt_gossip(&mut self, now: Millis, m: Option<Box<Membership>>, out: &mut Vec<Effect>) {
+        let Some(m) = m else { return };
+        if self.role == Role::Writer {
+            return; // a writer's configuration changes only by its own proposals
+        }
+        if self.adopt(*m, out) && matches!(self.role, Role::PreCandidate | Role::Candidate) {
+            self.become_follower(now, self.term, None, out);
+        }
     }
 
     /// Does a promise forbid voting (or pre-voting) for `candidate` at `now`?
@@ -435,16 +709,24 @@ impl Node {
             self.last_now
         );
         self.last_now = now;
-        let before = (self.term, self.voted_for.clone());
+        let before = (
+            self.term,
+            self.voted_for.clone(),
+            self.membership.as_ref().map(|m| m.version),
+        );
         let mut out = Vec::new();
         match input {
             Input::Tick => self.tick(now, &mut out),
             Input::Message { from, msg } => self.receive(now, from, msg, &mut out),
             Input::Position { epoch, position } => self.set_position(epoch, position, &mut out),
             Input::TransferWriter { to } => self.start_transfer(now, to, &mut out),
+            Input::SetMembers(voters) => match validate_target(&voters) {
+                Ok(()) => self.target = Some(voters),
+                Err(_) => self.drops.bad_membership += 1,
+            },
             Input::Campaign => {
                 if self.role != Role::Writer
-                    && !self.fenced
+                    && self.may_stand()
                     && !self.in_promise(now, &self.id.clone())
                 {
                     self.pre_campaign(now, &mut out);
@@ -454,6 +736,13 @@ impl Node {
         }
         self.check_invariants(now, before, &out);
         out
+    }
+
+    fn config_version(&self) -> ConfigVersion {
+        self.membership
+            .as_ref()
+            .map(|m| m.version)
+            .unwrap_or_default()
     }
 
     /// A newer position is news for the writer this node follows: the ack of its last heartbeat
@@ -477,6 +766,7 @@ impl Node {
                     ok: true,
                     sent_ms: *sent_ms,
                     position,
+                    config: self.membership.as_ref().map(|m| m.version),
                 },
             });
         }
@@ -489,8 +779,8 @@ impl Node {
                 if now < self.election_deadline {
                     return;
                 }
-                if self.fenced {
-                    // A fenced node does not stand for election.
+                if !self.may_stand() {
+                    // A fenced node, a learner, a removed node: not standing for election.
                     self.reset_election_deadline(now);
                     return;
                 }
@@ -520,14 +810,128 @@ impl Node {
             // The target never caught up: keep the role, accept writes again.
             w.transfer = None;
         }
-        // CheckQuorum: no majority has acked anything we sent in the last E → step down.
-        if !self.peers.is_empty() && now >= w.lease_basis.saturating_add(election_timeout_min_ms) {
+        // CheckQuorum: no quorum has acked anything we sent in the last E → step down.
+        if now >= w.lease_basis.saturating_add(election_timeout_min_ms) {
             self.become_follower(now, self.term, None, out);
             return;
         }
-        if now >= w.next_heartbeat_at {
+        let due = now >= w.next_heartbeat_at;
+        // A proposal broadcasts at once; otherwise heartbeats go out when due.
+        if !self.advance_membership(now, out) && due && self.role == Role::Writer {
             self.broadcast_heartbeat(now, out);
         }
+    }
+
+    /// The writer's side of a membership change, one step at a time, each only once the
+    /// configuration before it is committed in this term (see the module doc): stamp an
+    /// inherited configuration with this term; add the new members as learners; once they have
+    /// caught up, C(old, new); once that is committed, C(new) (auto-leave, also when no target
+    /// is known: a new writer that finds a joint configuration finishes it). A writer that the
+    /// change removes hands over to an incoming voter instead of leaving itself. Returns whether
+    /// it proposed (and so broadcast).
+    fn advance_membership(&mut self, now: Millis, out: &mut Vec<Effect>) -> bool {
+        if self.role != Role::Writer || self.fenced || self.transferring_to().is_some() {
+            return false;
+        }
+        let Some(m) = self.membership.clone() else {
+            return false;
+        };
+        let committed = self.membership_committed();
+        let ours = m.version.term == self.term;
+        if m.is_joint() {
+            let early = self.bug == Some(PlantedBug::LeaveJointEarly) && ours;
+            if !committed && !early {
+                if !ours {
+                    return self.propose(now, m.clone(), out);
+                }
+                return false;
+            }
+            if !m.voters.contains(&self.id) {
+                if let Some(to) = self.hand_over_target() {
+                    self.start_transfer(now, to, out);
+                }
+                return false;
+            }
+            let next = Membership {
+                outgoing: BTreeSet::new(),
+                ..m
+            };
+            return self.propose(now, next, out);
+        }
+        let Some(target) = self.target.clone() else {
+            return false;
+        };
+        // With a target known, the configuration is first committed in this term (stamped anew
+        // if inherited), even when it is on target: only then can the writer say it is settled.
+        if !committed {
+            if !ours {
+                return self.propose(now, m.clone(), out);
+            }
+            return false;
+        }
+        let joiners: BTreeSet<NodeId> = target.difference(&m.voters).cloned().collect();
+        if joiners.is_empty() && target == m.voters && m.learners.is_empty() {
+            return false; // on target
+        }
+        if m.learners != joiners {
+            // New members join as learners; learners the target no longer wants leave.
+            let next = Membership {
+                learners: joiners,
+                ..m
+            };
+            return self.propose(now, next, out);
+        }
+        let position = self.position;
+        let Some(w) = self.writer.as_mut() else {
+            return false;
+        };
+        let goal = *w.catch_up.get_or_insert(position);
+        let caught_up = joiners
+            .iter()
+            .all(|j| w.peer_position.get(j).is_some_and(|p| *p >= goal));
+        if !caught_up {
+            return false;
+        }
+        let next = Membership {
+            version: m.version,
+            outgoing: m.voters,
+            voters: target,
+            learners: BTreeSet::new(),
+        };
+        self.propose(now, next, out)
+    }
+
+    /// The writer takes `next` (its version set here) as its configuration at once, persists it
+    /// and sends it with a heartbeat to everyone it concerns.
+    fn propose(&mut self, now: Millis, next: Membership, out: &mut Vec<Effect>) -> bool {
+        let Some(current) = self.membership.as_ref() else {
+            return false;
+        };
+        let before = current.members();
+        let version = ConfigVersion {
+            term: self.term,
+            index: current.version.index.saturating_add(1),
+        };
+        let next = next.restamped(version);
+        assert!(
+            next.is_voter(&self.id),
+            "quasar: a writer proposed a configuration without itself"
+        );
+        let Ok(q) = next.quorum() else {
+            self.drops.bad_membership += 1;
+            return false;
+        };
+        let after = next.members();
+        self.install(next, q);
+        if let Some(w) = self.writer.as_mut() {
+            w.departing.extend(before.difference(&after).cloned());
+            w.departing.retain(|d| !after.contains(d));
+            // Learners catch up to where the writer is once their configuration is committed.
+            w.catch_up = None;
+        }
+        self.persist(out);
+        self.broadcast_heartbeat(now, out);
+        true
     }
 
     fn receive(&mut self, now: Millis, from: NodeId, msg: Message, out: &mut Vec<Effect>) {
@@ -539,25 +943,68 @@ impl Node {
             self.drops.bad_term += 1;
             return;
         }
+        let msg = match msg {
+            Message::PreVoteResponse {
+                term,
+                granted,
+                membership,
+            } => {
+                self.adopt_gossip(now, membership, out);
+                Message::PreVoteResponse {
+                    term,
+                    granted,
+                    membership: None,
+                }
+            }
+            Message::VoteResponse {
+                term,
+                granted,
+                sent_ms,
+                membership,
+            } => {
+                self.adopt_gossip(now, membership, out);
+                Message::VoteResponse {
+                    term,
+                    granted,
+                    sent_ms,
+                    membership: None,
+                }
+            }
+            other => other,
+        };
         match msg {
-            Message::PreVote { term, position } => self.on_pre_vote(now, from, term, position, out),
+            Message::PreVote {
+                term,
+                position,
+                config,
+            } => self.on_pre_vote(now, from, term, position, config, out),
             Message::Vote {
                 term,
                 position,
                 sent_ms,
                 transfer_from,
-            } => self.on_vote(now, from, term, position, sent_ms, transfer_from, out),
-            Message::PreVoteResponse { term, granted } => {
+                config,
+            } => self.on_vote(
+                now,
+                from,
+                term,
+                position,
+                sent_ms,
+                transfer_from,
+                config,
+                out,
+            ),
+            Message::PreVoteResponse { term, granted, .. } => {
                 if granted {
                     // Granted responses carry our *future* term: not a reason to change ours.
                     let me = self.id.clone();
                     if self.role == Role::PreCandidate
-                        && !self.fenced
+                        && self.may_stand()
                         && Some(term.0) == self.term.0.checked_add(1)
                         && !self.in_promise(now, &me)
                     {
                         self.campaign.granted.insert(from, now);
-                        if self.campaign.granted.len() + 1 >= self.quorum() {
+                        if self.has_quorum(self.campaign.granted.keys()) {
                             self.campaign(now, None, out);
                         }
                     }
@@ -585,6 +1032,7 @@ impl Node {
                                 ok: false,
                                 sent_ms,
                                 position: self.position,
+                                config: self.membership.as_ref().map(|m| m.version),
                             },
                         });
                     }
@@ -605,11 +1053,20 @@ impl Node {
 
     fn step_follower(&mut self, now: Millis, from: NodeId, msg: Message, out: &mut Vec<Effect>) {
         match msg {
-            Message::Heartbeat { sent_ms, .. } => self.on_heartbeat(now, from, sent_ms, out),
+            Message::Heartbeat {
+                sent_ms,
+                membership,
+                ..
+            } => self.on_heartbeat(now, from, sent_ms, membership, out),
             Message::TimeoutNow { .. } => {
                 if self.fenced {
                     // A fenced node does not stand for election, not even when asked to.
                     self.drops.fenced += 1;
+                    return;
+                }
+                if !self.may_stand() {
+                    // A learner or a removed node cannot win: it must not raise the term.
+                    self.drops.not_voter += 1;
                     return;
                 }
                 // Only the writer we follow (whose promise we hold) can release us from it.
@@ -630,17 +1087,21 @@ impl Node {
 
     fn step_candidate(&mut self, now: Millis, from: NodeId, msg: Message, out: &mut Vec<Effect>) {
         match msg {
-            Message::Heartbeat { sent_ms, .. } => {
+            Message::Heartbeat {
+                sent_ms,
+                membership,
+                ..
+            } => {
                 // Someone else won our term.
                 self.become_follower(now, self.term, Some(from.clone()), out);
-                self.on_heartbeat(now, from, sent_ms, out);
+                self.on_heartbeat(now, from, sent_ms, membership, out);
             }
             Message::VoteResponse {
                 granted, sent_ms, ..
             } => {
                 if !granted {
                     self.campaign.refused.insert(from, ());
-                    if self.campaign.refused.len() >= self.quorum() {
+                    if !self.can_still_win(&self.campaign.refused) {
                         self.become_follower(now, self.term, None, out);
                     }
                     return;
@@ -650,7 +1111,7 @@ impl Node {
                     return;
                 }
                 self.campaign.granted.insert(from, sent_ms);
-                if self.campaign.granted.len() + 1 >= self.quorum() {
+                if self.has_quorum(self.campaign.granted.keys()) {
                     self.become_writer(now, out);
                 }
             }
@@ -667,6 +1128,7 @@ impl Node {
                 ok: true,
                 sent_ms,
                 position,
+                config,
                 ..
             } => {
                 let Some(w) = self.writer.as_mut() else {
@@ -679,6 +1141,18 @@ impl Node {
                 let acked = w.acked_sent.entry(from.clone()).or_insert(sent_ms);
                 *acked = (*acked).max(sent_ms);
                 w.peer_position.insert(from.clone(), position);
+                match config {
+                    Some(v) => {
+                        w.peer_config.insert(from.clone(), v);
+                        let current = self.membership.as_ref().map(|m| m.version);
+                        if current.is_some_and(|c| v >= c) {
+                            w.departing.remove(&from);
+                        }
+                    }
+                    None => {
+                        w.peer_config.remove(&from);
+                    }
+                }
                 self.renew_lease(now, out);
                 self.try_finish_transfer(now, out);
             }
@@ -697,13 +1171,24 @@ impl Node {
 
     // ----- requests any role answers ----------------------------------------------------
 
-    fn on_heartbeat(&mut self, now: Millis, from: NodeId, sent_ms: Millis, out: &mut Vec<Effect>) {
+    fn on_heartbeat(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        sent_ms: Millis,
+        membership: Option<Box<Membership>>,
+        out: &mut Vec<Effect>,
+    ) {
         if self.leader.as_ref().is_some_and(|l| *l != from) {
             self.drops.conflicting_writer += 1;
             return;
         }
         if self.role != Role::Follower || self.leader.is_none() {
             self.become_follower(now, self.term, Some(from.clone()), out);
+        }
+        // The writer's configuration, persisted (by the `Persist` first) before the ack says so.
+        if let Some(m) = membership {
+            self.adopt(*m, out);
         }
         self.make_promise(now, from.clone());
         self.leader_contact_at = Some(now);
@@ -716,6 +1201,7 @@ impl Node {
                 ok: true,
                 sent_ms,
                 position: self.position,
+                config: self.membership.as_ref().map(|m| m.version),
             },
         });
     }
@@ -726,20 +1212,36 @@ impl Node {
         from: NodeId,
         term: Term,
         position: u64,
+        config: ConfigVersion,
         out: &mut Vec<Effect>,
     ) {
         if self.in_promise(now, &from) {
             self.drops.in_promise += 1;
             return;
         }
-        let granted = term > self.term && position >= self.position;
+        let granted = term > self.term && position >= self.position && self.config_ok(config);
         out.push(Effect::Send {
             to: from,
             msg: Message::PreVoteResponse {
                 term: if granted { term } else { self.term },
                 granted,
+                membership: self.gossip_for(config),
             },
         });
+    }
+
+    /// Is a candidate's configuration at least as new as ours? (Raft's "at least as up to
+    /// date", for the configuration; a node that holds none has nothing to protect.)
+    fn config_ok(&self, config: ConfigVersion) -> bool {
+        self.membership.as_ref().is_none_or(|m| config >= m.version)
+    }
+
+    /// Our configuration, for a candidate whose configuration is older.
+    fn gossip_for(&self, config: ConfigVersion) -> Option<Box<Membership>> {
+        self.membership
+            .as_ref()
+            .filter(|m| config < m.version)
+            .map(|m| Box::new(m.clone()))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -751,6 +1253,7 @@ impl Node {
         position: u64,
         sent_ms: Millis,
         transfer_from: Option<NodeId>,
+        config: ConfigVersion,
         out: &mut Vec<Effect>,
     ) {
         // A transfer releases the promise only if it comes from the writer we promised to, for
@@ -771,6 +1274,7 @@ impl Node {
                     term: self.term,
                     granted: false,
                     sent_ms,
+                    membership: None,
                 },
             });
             return;
@@ -779,7 +1283,10 @@ impl Node {
             self.become_follower(now, term, None, out);
         }
         let free = self.voted_for.is_none() || self.voted_for.as_ref() == Some(&from);
-        let granted = free && position >= self.position && self.role != Role::Writer;
+        let granted = free
+            && position >= self.position
+            && self.config_ok(config)
+            && self.role != Role::Writer;
         if granted {
             if self.role == Role::PreCandidate {
                 // Our own pre-campaign is over: we now promise to this candidate.
@@ -788,10 +1295,7 @@ impl Node {
             }
             if self.voted_for.is_none() {
                 self.voted_for = Some(from.clone());
-                out.push(Effect::Persist {
-                    term: self.term,
-                    voted_for: self.voted_for.clone(),
-                });
+                self.persist(out);
             }
             self.make_promise(now, from.clone());
             self.reset_election_deadline(now);
@@ -802,6 +1306,7 @@ impl Node {
                 term: self.term,
                 granted,
                 sent_ms,
+                membership: self.gossip_for(config),
             },
         });
     }
@@ -834,10 +1339,7 @@ impl Node {
         if term > self.term {
             self.term = term;
             self.voted_for = None;
-            out.push(Effect::Persist {
-                term,
-                voted_for: None,
-            });
+            self.persist(out);
         }
     }
 
@@ -867,6 +1369,7 @@ impl Node {
     fn pre_campaign(&mut self, now: Millis, out: &mut Vec<Effect>) {
         assert!(self.role != Role::Writer);
         assert!(!self.fenced, "quasar: a fenced node pre-campaigned");
+        assert!(self.may_stand(), "quasar: a non-voter pre-campaigned");
         if self.term.0 == u64::MAX {
             return; // no term left to campaign for (only a corrupt persisted state gets here)
         }
@@ -878,15 +1381,16 @@ impl Node {
             ..CampaignState::default()
         };
         self.reset_election_deadline(now);
-        if self.quorum() == 1 {
+        if self.has_quorum(std::iter::empty()) {
             self.campaign(now, None, out);
             return;
         }
         let msg = Message::PreVote {
             term: Term(self.term.0 + 1),
             position: self.position,
+            config: self.config_version(),
         };
-        for peer in &self.peers {
+        for peer in self.vote_recipients() {
             out.push(Effect::Send {
                 to: peer.clone(),
                 msg: msg.clone(),
@@ -902,16 +1406,14 @@ impl Node {
             "quasar: campaign inside a promise"
         );
         assert!(!self.fenced, "quasar: a fenced node campaigned");
+        assert!(self.may_stand(), "quasar: a non-voter campaigned");
         assert!(self.role != Role::Writer);
         if self.term.0 == u64::MAX {
             return;
         }
         self.term = Term(self.term.0 + 1);
         self.voted_for = Some(me.clone());
-        out.push(Effect::Persist {
-            term: self.term,
-            voted_for: Some(me.clone()),
-        });
+        self.persist(out);
         self.role = Role::Candidate;
         self.leader = None;
         self.leader_contact_at = None;
@@ -929,7 +1431,7 @@ impl Node {
             ..CampaignState::default()
         };
         self.reset_election_deadline(now);
-        if self.quorum() == 1 {
+        if self.has_quorum(std::iter::empty()) {
             self.become_writer(now, out);
             return;
         }
@@ -938,8 +1440,9 @@ impl Node {
             position: self.position,
             sent_ms: now,
             transfer_from,
+            config: self.config_version(),
         };
-        for peer in &self.peers {
+        for peer in self.vote_recipients() {
             out.push(Effect::Send {
                 to: peer.clone(),
                 msg: msg.clone(),
@@ -951,7 +1454,7 @@ impl Node {
         assert_eq!(self.role, Role::Candidate);
         assert!(!self.fenced, "quasar: a fenced node won an election");
         assert_eq!(self.voted_for.as_ref(), Some(&self.id));
-        assert!(self.campaign.granted.len() + 1 >= self.quorum());
+        assert!(self.has_quorum(self.campaign.granted.keys()));
         let campaign_at = self.campaign.started_at;
         self.role = Role::Writer;
         self.leader = Some(self.id.clone());
@@ -959,6 +1462,9 @@ impl Node {
             campaign_at,
             acked_sent: std::mem::take(&mut self.campaign.granted),
             peer_position: BTreeMap::new(),
+            peer_config: BTreeMap::new(),
+            departing: BTreeSet::new(),
+            catch_up: None,
             last_heartbeat_sent: campaign_at,
             next_heartbeat_at: now,
             lease_basis: campaign_at,
@@ -998,32 +1504,38 @@ impl Node {
         // We ack our own heartbeat as we send it, and promise like any follower.
         let me = self.id.clone();
         self.make_promise(now, me);
-        let msg = Message::Heartbeat {
-            term: self.term,
-            sent_ms: now,
-            position: self.position,
+        // The configuration rides along to every peer that has not acked holding it, and to the
+        // members just removed (so that they learn it and never campaign again).
+        let Some(w) = self.writer.as_ref() else {
+            unreachable!("heartbeat without writer state")
         };
-        for peer in &self.peers {
+        let membership = self.membership.as_ref();
+        let version = membership.map(|m| m.version);
+        for peer in self.peers.iter().chain(w.departing.iter()) {
+            let behind = version.is_some() && w.peer_config.get(peer).copied() != version;
             out.push(Effect::Send {
                 to: peer.clone(),
-                msg: msg.clone(),
+                msg: Message::Heartbeat {
+                    term: self.term,
+                    sent_ms: now,
+                    position: self.position,
+                    membership: membership.filter(|_| behind).map(|m| Box::new(m.clone())),
+                },
             });
         }
         self.renew_lease(now, out);
     }
 
-    /// The lease counts from the newest send time that a majority (us included) has acked.
+    /// The lease counts from the newest send time that a quorum (us included) has acked: in a
+    /// joint configuration, a majority of each half.
     fn renew_lease(&mut self, now: Millis, out: &mut Vec<Effect>) {
-        let quorum = self.quorum();
-        let Some(w) = self.writer.as_ref() else {
+        let (Some(w), Some(q)) = (self.writer.as_ref(), self.quorum.as_ref()) else {
             return;
         };
-        let mut sent: Vec<Millis> = w.acked_sent.values().copied().collect();
-        sent.push(w.last_heartbeat_sent);
-        sent.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&basis) = sent.get(quorum - 1) else {
-            return;
-        };
+        let mut acked: BTreeMap<NodeId, u64> =
+            w.acked_sent.iter().map(|(p, t)| (p.clone(), t.0)).collect();
+        acked.insert(self.id.clone(), w.last_heartbeat_sent.0);
+        let basis = Millis(q.committed_index(&acked));
         assert!(basis <= now, "quasar: lease basis in the future");
         if basis <= w.lease_basis {
             return;
@@ -1064,7 +1576,7 @@ impl Node {
     }
 
     fn start_transfer(&mut self, now: Millis, to: NodeId, out: &mut Vec<Effect>) {
-        if self.role != Role::Writer || !self.is_peer(&to) {
+        if self.transfer_refusal(&to).is_some() {
             return;
         }
         let deadline = now.saturating_add(self.timing.election_timeout_min_ms());
@@ -1107,9 +1619,35 @@ impl Node {
 
     // ----- invariants -------------------------------------------------------------------
 
-    fn check_invariants(&self, now: Millis, before: (Term, Option<NodeId>), out: &[Effect]) {
-        let (term_before, voted_before) = before;
+    fn check_invariants(
+        &self,
+        now: Millis,
+        before: (Term, Option<NodeId>, Option<ConfigVersion>),
+        out: &[Effect],
+    ) {
+        let (term_before, voted_before, config_before) = before;
         assert!(self.term >= term_before, "quasar: term went down");
+        let config_now = self.membership.as_ref().map(|m| m.version);
+        assert!(
+            config_now >= config_before,
+            "quasar: the configuration went back from {config_before:?} to {config_now:?}"
+        );
+        if config_now != config_before {
+            assert!(
+                out.iter().any(|e| matches!(
+                    e,
+                    Effect::Persist { membership, .. } if membership.as_ref().map(|m| m.version) == config_now
+                )),
+                "quasar: a configuration taken without being persisted"
+            );
+        }
+        if self.role != Role::Follower && self.bug != Some(PlantedBug::RemovedCampaigns) {
+            assert!(
+                self.is_voter(),
+                "quasar: {} stands for election or writes but is not a voter",
+                self.id
+            );
+        }
         if self.term == term_before && voted_before.is_some() {
             assert_eq!(
                 self.voted_for, voted_before,
@@ -1212,6 +1750,7 @@ mod tests {
                     position: 0,
                     sent_ms: Millis(0),
                     transfer_from: None,
+                    config: ConfigVersion::default(),
                 },
             },
         );
@@ -1226,6 +1765,7 @@ mod tests {
                     position: 0,
                     sent_ms: Millis(0),
                     transfer_from: None,
+                    config: ConfigVersion::default(),
                 },
             },
         );
@@ -1233,7 +1773,8 @@ mod tests {
             out[0],
             Effect::Persist {
                 term: Term(1),
-                voted_for: None
+                voted_for: None,
+                membership: n.membership().cloned(),
             }
         );
         assert!(out.iter().any(|e| matches!(
@@ -1310,6 +1851,7 @@ mod tests {
                     position: 0,
                     sent_ms: Millis(1400),
                     transfer_from: None,
+                    config: ConfigVersion::default(),
                 },
             },
         );
@@ -1347,6 +1889,7 @@ mod tests {
                 position,
                 sent_ms: Millis(1000),
                 transfer_from: None,
+                config: ConfigVersion::default(),
             },
         };
         let granted = |out: &[Effect]| {
@@ -1382,6 +1925,7 @@ mod tests {
                 term: Term(1),
                 sent_ms: Millis(700),
                 position: 9,
+                membership: None,
             },
         };
         let _ = n.step(Millis(10), heartbeat);

@@ -2,14 +2,24 @@
 //! interpreter. Real time advances in 1 ms steps; every node reads its own drifting clock; the
 //! network delays, drops, duplicates and reorders messages and honours partitions. After every
 //! step it checks the two safety properties: at most one writer per term, and at no real instant
-//! two nodes whose `can_accept_writes` is true.
+//! two nodes whose `can_accept_writes` is true (whatever configurations they count by).
+//!
+//! With membership changes ([`Cluster::with_members`]: a universe of nodes of which the first few
+//! are the initial voters, the rest join when the writer adds them) it also checks, from the
+//! effects: no two different configurations persisted under one version; a node whose persisted
+//! configuration does not make it a voter never sends a vote request or wins; and every new
+//! writer holds a configuration at least as new as every one committed in an earlier term
+//! (Raft's leader completeness, for configurations).
 
 #![allow(dead_code)]
 
-use base_core::quasar::{Effect, Input, Message, Node, PersistedState, Role, Timing};
+use base_core::quasar::{
+    ConfigVersion, Effect, Input, Membership, Message, Node, PersistedState, PlantedBug, Role,
+    Timing,
+};
 use base_core::{Millis, NodeId, Term};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 pub const PPM: u64 = 1_000_000;
 /// How often each node gets a `Tick` (real ms).
@@ -67,6 +77,8 @@ pub struct SimNode {
     pub position: u64,
     /// The fence as its source of truth (the pod annotation) says: survives restarts.
     pub fenced: bool,
+    /// One of the cluster's initial members (else it joined later, with no configuration).
+    pub initial: bool,
     next_tick_real: u64,
     next_write_real: u64,
     restarts: u64,
@@ -126,30 +138,71 @@ pub struct Cluster {
     fenced_wins: Vec<Term>,
     /// When set, the effects the nodes produce are recorded here, one line each (see `record`).
     pub log: Option<Vec<String>>,
+    /// The desired voters as the operator publishes them (re-read by a restarted node).
+    pub target: Option<BTreeSet<NodeId>>,
+    /// Every configuration persisted, by version (without its version): one per version.
+    pub configs: BTreeMap<ConfigVersion, Membership>,
+    /// (term in which a writer saw it committed, version): configurations committed so far.
+    pub committed: BTreeSet<(Term, ConfigVersion)>,
+    /// A bug planted in every node (and every restarted one).
+    pub bug: Option<PlantedBug>,
 }
 
 impl Cluster {
     /// `n` nodes named "1".."n", all starting at real time 0 with clock offsets drawn from `seed`.
     pub fn new(n: usize, timing: Timing, seed: u64, net: NetFaults) -> Cluster {
+        Cluster::with_members(n, n, timing, seed, net)
+    }
+
+    /// `universe` nodes named "1".."universe": the first `initial` are the cluster's initial
+    /// voters (they persisted the bootstrap configuration before starting, as a driver does),
+    /// the others start as joiners, holding no configuration until a writer adds them.
+    pub fn with_members(
+        universe: usize,
+        initial: usize,
+        timing: Timing,
+        seed: u64,
+        net: NetFaults,
+    ) -> Cluster {
+        let n = universe;
         let mut rng = Rng(seed);
         let ids: Vec<NodeId> = (1..=n).map(|i| NodeId::new(i.to_string())).collect();
+        let bootstrap = Membership::bootstrap(ids[..initial].iter().cloned());
         let mut nodes = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             let offset_ms = rng.below(1_000_000);
             let peers = ids.iter().filter(|p| *p != id).cloned().collect();
-            let node = Node::new(
-                id.clone(),
-                peers,
-                timing,
-                PersistedState::default(),
-                seed ^ ((i as u64 + 1) << 40),
-                Millis(offset_ms),
-            )
+            // A static cluster bootstraps from its environment, as agents always did.
+            let persisted = PersistedState {
+                membership: (initial < universe && i < initial).then(|| bootstrap.clone()),
+                ..PersistedState::default()
+            };
+            let seed = seed ^ ((i as u64 + 1) << 40);
+            let node = if i < initial {
+                Node::new(
+                    id.clone(),
+                    peers,
+                    timing,
+                    persisted.clone(),
+                    seed,
+                    Millis(offset_ms),
+                )
+            } else {
+                Node::join(
+                    id.clone(),
+                    peers,
+                    timing,
+                    persisted.clone(),
+                    seed,
+                    Millis(offset_ms),
+                )
+            }
             .expect("valid node");
             nodes.push(SimNode {
                 id: id.clone(),
                 node: Some(node),
-                persisted: PersistedState::default(),
+                initial: i < initial,
+                persisted,
                 rate_ppm: PPM,
                 offset_ms,
                 paused: false,
@@ -179,6 +232,61 @@ impl Cluster {
             writes: true,
             fenced_wins: Vec::new(),
             log: None,
+            target: None,
+            configs: BTreeMap::new(),
+            committed: BTreeSet::new(),
+            bug: None,
+        }
+    }
+
+    /// Plant `bug` in every node, now and after restarts.
+    pub fn plant_bug(&mut self, bug: PlantedBug) {
+        self.bug = Some(bug);
+        for n in &mut self.nodes {
+            if let Some(node) = n.node.as_mut() {
+                node.plant_bug(bug);
+            }
+        }
+    }
+
+    /// The operator publishes the desired voters to every pod (live ones now, restarted ones
+    /// when they start).
+    pub fn set_members(&mut self, voters: &[usize]) {
+        let set: BTreeSet<NodeId> = voters.iter().map(|&i| self.nodes[i].id.clone()).collect();
+        self.target = Some(set.clone());
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].paused {
+                self.step_node(i, Input::SetMembers(set.clone()));
+            }
+        }
+    }
+
+    /// The configuration node `i` holds (alive) or persisted (dead).
+    pub fn membership(&self, i: usize) -> Option<Membership> {
+        match &self.nodes[i].node {
+            Some(n) => n.membership().cloned(),
+            None => self.nodes[i].persisted.membership.clone(),
+        }
+    }
+
+    /// Has the writer (one accepting writes) settled on exactly these voters, committed?
+    pub fn settled_on(&self, voters: &[usize]) -> bool {
+        let want: BTreeSet<NodeId> = voters.iter().map(|&i| self.nodes[i].id.clone()).collect();
+        self.accepting().iter().any(|&w| {
+            self.nodes[w].node.as_ref().is_some_and(|n| {
+                n.membership_settled() && n.membership().is_some_and(|m| m.voters == want)
+            })
+        })
+    }
+
+    /// Is node `i` a voter of the configuration it persisted (or, before its first persist, of
+    /// the one it started with)?
+    fn persisted_voter(&self, i: usize) -> bool {
+        let id = &self.nodes[i].id;
+        match (&self.nodes[i].persisted.membership, &self.nodes[i].node) {
+            (Some(m), _) => m.is_voter(id),
+            (None, Some(n)) => n.membership().is_some_and(|m| m.is_voter(id)),
+            (None, None) => false,
         }
     }
 
@@ -232,8 +340,13 @@ impl Cluster {
             return;
         };
         let effects = node.step(now, input);
+        let committed = (node.role() == Role::Writer && node.membership_committed())
+            .then(|| (node.term(), node.membership().map(|m| m.version)));
         for effect in effects {
             self.perform(i, effect);
+        }
+        if let Some((term, Some(version))) = committed {
+            self.committed.insert((term, version));
         }
     }
 
@@ -261,10 +374,12 @@ impl Cluster {
                     } => {
                         format!("HeartbeatAck term {term} refused")
                     }
-                    Message::PreVote { term, position } => {
+                    Message::PreVote { term, position, .. } => {
                         format!("PreVote term {term} position {position}")
                     }
-                    Message::PreVoteResponse { term, granted: g } => {
+                    Message::PreVoteResponse {
+                        term, granted: g, ..
+                    } => {
                         format!("PreVoteResponse term {term} {}", granted(g))
                     }
                     Message::Vote {
@@ -287,10 +402,23 @@ impl Cluster {
                 };
                 format!("{id} -> {to} {msg}")
             }
-            Effect::Persist { term, voted_for } => match voted_for {
-                Some(v) => format!("{id} persists term {term} vote {v}"),
-                None => format!("{id} persists term {term} no vote"),
-            },
+            Effect::Persist {
+                term,
+                voted_for,
+                membership,
+            } => {
+                // The bootstrap configuration is not news: static scripts record as before.
+                let config = match membership {
+                    Some(m) if m.version != ConfigVersion::default() => {
+                        format!(" config {}", m.describe())
+                    }
+                    _ => String::new(),
+                };
+                match voted_for {
+                    Some(v) => format!("{id} persists term {term} vote {v}{config}"),
+                    None => format!("{id} persists term {term} no vote{config}"),
+                }
+            }
             Effect::BecomeWriter { term, .. } => format!("{id} becomes writer of term {term}"),
             Effect::StepDown { term } => format!("{id} steps down from term {term}"),
             Effect::LeaseRenewed { .. } => return,
@@ -302,13 +430,43 @@ impl Cluster {
         self.record(i, &effect);
         match effect {
             Effect::Send { to, msg } => {
+                if matches!(msg, Message::PreVote { .. } | Message::Vote { .. })
+                    && !self.persisted_voter(i)
+                {
+                    let id = self.nodes[i].id.clone();
+                    self.violate(format!("{id} asked for votes but is not a voter"));
+                }
                 let Some(to) = self.index(to.as_str()) else {
                     return;
                 };
                 self.send(i, to, msg);
             }
-            Effect::Persist { term, voted_for } => {
-                self.nodes[i].persisted = PersistedState { term, voted_for };
+            Effect::Persist {
+                term,
+                voted_for,
+                membership,
+            } => {
+                if let Some(m) = &membership {
+                    let content = m.restamped(ConfigVersion::default());
+                    match self.configs.get(&m.version) {
+                        Some(other) if *other != content => {
+                            let v = m.version;
+                            self.violate(format!(
+                                "two configurations with version {v}: {} and {}",
+                                other.describe(),
+                                content.describe()
+                            ));
+                        }
+                        _ => {
+                            self.configs.insert(m.version, content);
+                        }
+                    }
+                }
+                self.nodes[i].persisted = PersistedState {
+                    term,
+                    voted_for,
+                    membership,
+                };
             }
             Effect::BecomeWriter { term, lease_until } => {
                 if self.trace {
@@ -316,6 +474,25 @@ impl Cluster {
                         "[{:>6}] {} becomes writer of term {} (lease until {})",
                         self.real_ms, self.nodes[i].id, term, lease_until
                     );
+                }
+                if !self.persisted_voter(i) {
+                    let id = self.nodes[i].id.clone();
+                    self.violate(format!("{id} became writer of {term} but is not a voter"));
+                }
+                // Leader completeness for configurations: the winner holds every configuration
+                // committed in an earlier term (or a newer one).
+                let held = self.membership(i).map(|m| m.version);
+                if let Some(&(t, v)) = self
+                    .committed
+                    .iter()
+                    .filter(|(t, _)| *t < term)
+                    .max_by_key(|(_, v)| *v)
+                    && held < Some(v)
+                {
+                    let id = self.nodes[i].id.clone();
+                    self.violate(format!(
+                        "{id} won term {term} holding configuration {held:?}, older than {v} committed in term {t}"
+                    ));
                 }
                 if self.nodes[i].fenced {
                     self.fenced_wins.push(term);
@@ -539,15 +716,19 @@ impl Cluster {
         let id = self.nodes[i].id.clone();
         let peers = ids.into_iter().filter(|p| *p != id).collect();
         let seed = self.seed ^ ((i as u64 + 1) << 40) ^ (self.nodes[i].restarts << 20);
-        let mut node = Node::new(
-            id,
-            peers,
-            self.timing,
-            self.nodes[i].persisted.clone(),
-            seed,
-            self.local(i),
-        )
+        let persisted = self.nodes[i].persisted.clone();
+        let mut node = if self.nodes[i].initial {
+            Node::new(id, peers, self.timing, persisted, seed, self.local(i))
+        } else {
+            Node::join(id, peers, self.timing, persisted, seed, self.local(i))
+        }
         .expect("valid node");
+        if let Some(bug) = self.bug {
+            node.plant_bug(bug);
+        }
+        if let Some(target) = &self.target {
+            let _ = node.step(self.local(i), Input::SetMembers(target.clone()));
+        }
         let _ = node.step(
             self.local(i),
             Input::Position {
@@ -574,8 +755,12 @@ impl Cluster {
     }
 
     pub fn resume(&mut self, i: usize) {
-        self.nodes[i].paused = false;
+        let was = std::mem::replace(&mut self.nodes[i].paused, false);
         self.nodes[i].next_tick_real = self.real_ms;
+        // The agent re-reads the desired members it missed while paused.
+        if let (true, Some(target)) = (was, self.target.clone()) {
+            self.step_node(i, Input::SetMembers(target));
+        }
     }
 
     /// Messages cross only within a group; nodes not named form a group of their own each.
