@@ -606,7 +606,13 @@ impl Writes {
                     return None;
                 }
                 let v: Value = r.json().await.ok()?;
-                let values = v["results"][0]["values"].as_array()?.clone();
+                // No `values` when the table is empty.
+                let res = v["results"][0].as_object()?;
+                let values = res
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 Some(
                     values
                         .iter()
@@ -1134,18 +1140,34 @@ async fn real_pods_failover_figures() {
         .build()
         .expect("http client");
     let mut v = example_base_becomes_ready_with_a_writer(&node, &http).await;
-    let writes = Writes::start(&node, &http, "w3").await;
-    let gateway = writes.gateway.clone();
-    writes.stop_and_check(&http).await;
+    let ip = node.kubectl_ok(&[
+        "-n",
+        NS,
+        "get",
+        "svc",
+        "local-gateway",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let gateway = format!("http://{}", ip.trim());
     let create =
         serde_json::json!(["CREATE TABLE IF NOT EXISTS f (id INTEGER PRIMARY KEY, n INTEGER)"])
             .to_string();
-    http.post(format!("{gateway}/db/execute"))
-        .header("content-type", "application/json")
-        .body(create)
-        .send()
-        .await
-        .expect("create f");
+    eventually(T, "table f created through the gateway", || async {
+        let r = http
+            .post(format!("{gateway}/db/execute"))
+            .header("content-type", "application/json")
+            .body(create.clone())
+            .send()
+            .await
+            .ok()?;
+        let v: Value = r.json().await.ok()?;
+        v["results"][0]
+            .as_object()
+            .is_some_and(|o| !o.contains_key("error"))
+            .then_some(())
+    })
+    .await;
     for kind in ["delete", "kill"] {
         let (mut elect, mut write) = (Vec::new(), Vec::new());
         for _ in 0..20 {
