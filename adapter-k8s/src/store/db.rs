@@ -365,6 +365,14 @@ impl From<rusqlite::Error> for StmtError {
     }
 }
 
+fn table_exists(conn: &Connection, table: &str) -> Result<bool, StmtError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
+        [table],
+        |r| r.get(0),
+    )?)
+}
+
 /// Whether the table's rows can be recorded by the session (a declared PRIMARY KEY that cannot
 /// hold NULL), and whether it is empty (a `CREATE TABLE … AS SELECT` fills itself, and DDL
 /// replicates as text, not as rows).
@@ -1195,9 +1203,17 @@ fn run_one<'c>(
         if let Some(mut s) = session.take() {
             take_changeset(&mut s, ops)?;
         }
+        // `CREATE TABLE IF NOT EXISTS` of a table that exists creates nothing: only tables the
+        // statement really makes are checked (an existing one may hold rows).
+        let mut fresh = Vec::with_capacity(created.len());
+        for t in created {
+            if !table_exists(conn, &t)? {
+                fresh.push(t);
+            }
+        }
         step_all(&mut stmt)?;
         drop(stmt);
-        for t in &created {
+        for t in &fresh {
             check_created_table(conn, t)?;
         }
         ops.push(Op::Ddl(st.sql.clone()));
@@ -1412,6 +1428,30 @@ mod tests {
         assert!(a.results[1].get("error").is_some());
         assert_eq!(rows(&w, "SELECT count(*) || '' FROM t"), vec!["0"]);
         assert_eq!(a.index, w.last_index);
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS` of a table that exists and holds rows is a no-op, not an
+    /// `AS SELECT` (found on real pods: every client start-up ran it).
+    #[test]
+    fn create_if_not_exists_of_a_filled_table_is_a_no_op() {
+        let d = dir();
+        let mut w = writer(&d, 1);
+        let create = "CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT)";
+        exec(&mut w, false, &[create, "INSERT INTO t VALUES (1, 'kept')"]);
+        let a = exec(
+            &mut w,
+            false,
+            &[create, "CREATE TABLE c AS SELECT * FROM t"],
+        );
+        assert!(a.results[0].get("error").is_none(), "{:?}", a.results);
+        assert!(
+            a.results[1]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("AS SELECT")),
+            "{:?}",
+            a.results
+        );
+        assert_eq!(rows(&w, "SELECT v FROM t"), vec!["kept"]);
     }
 
     /// A replica far behind gets a snapshot holding exactly the committed entries, installed
