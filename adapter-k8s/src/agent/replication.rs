@@ -177,6 +177,7 @@ pub fn election_view(shared: &Shared, node: &base_core::quasar::Node, now: Milli
         } else {
             Default::default()
         },
+        config: node.quorum_config().cloned(),
     }
 }
 

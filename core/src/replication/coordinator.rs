@@ -47,6 +47,10 @@ pub struct ElectionView {
     pub leader_url: String,
     /// For a writer: each peer's position from its last ok heartbeat ack of this term.
     pub peer_positions: BTreeMap<NodeId, u64>,
+    /// The election's configuration as a quorum rule (`quasar::Node::quorum_config`): the
+    /// writer counts commits by it, both majorities while it is joint. `None` (a node that
+    /// joined and holds no configuration yet) keeps the last one known.
+    pub config: Option<QuorumConfig>,
 }
 
 /// What the store reported (`GET /_replica/state`, or an answer that carries its state).
@@ -163,8 +167,9 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// The coordinator of `me` (reachable by clients at `self_url`) in a cluster of `config`;
-    /// the store's role is re-sent every `resend_ms` even when nothing changed.
+    /// The coordinator of `me` (reachable by clients at `self_url`) in a cluster of `config`
+    /// (until the election's view brings its configuration, which then always wins); the
+    /// store's role is re-sent every `resend_ms` even when nothing changed.
     pub fn new(me: NodeId, self_url: String, config: QuorumConfig, resend_ms: u64) -> Self {
         Coordinator {
             me,
@@ -185,6 +190,10 @@ impl Coordinator {
 
     pub fn contract(&self) -> Contract {
         self.contract
+    }
+    /// The quorum rule commits are counted by (the election's configuration, once it gave one).
+    pub fn config(&self) -> &QuorumConfig {
+        &self.config
     }
     pub fn store(&self) -> Option<&StoreView> {
         self.store.as_ref()
@@ -290,6 +299,14 @@ impl Coordinator {
             .filter(|(p, pos)| self.election.peer_positions.get(*p) != Some(*pos))
             .map(|(p, pos)| (p.clone(), *pos))
             .collect();
+        if let Some(config) = view.config.clone()
+            && config != self.config
+        {
+            self.config = config.clone();
+            if let Some(w) = self.writer.as_mut() {
+                Self::perform(w.set_config(config), out);
+            }
+        }
         self.election = view;
         if let Some(w) = self.writer.as_mut() {
             for (peer, position) in fresh {
@@ -607,6 +624,7 @@ mod tests {
                 .iter()
                 .map(|(p, l)| (NodeId::from(*p), l.encode().unwrap()))
                 .collect(),
+            config: None,
         }
     }
     fn pushes(out: &[CoordinatorEffect]) -> Vec<RoleOrder> {

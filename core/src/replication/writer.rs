@@ -161,6 +161,35 @@ impl Writer {
         self.bogus_reports
     }
 
+    /// The quorum rule commits are counted by: the election's configuration, which changes
+    /// during the term as the writer proposes learners, C(old, new) and C(new) (issue 18). The
+    /// writer counts by its newest configuration from the moment it proposes it (as Raft's
+    /// leader does), so a joint configuration needs a majority of both halves at once. Members
+    /// keep the position they matched; new ones start at nothing; members that left are
+    /// forgotten. Commit never goes down: a configuration whose quorum holds less than the
+    /// commit only delays the next one.
+    pub fn set_config(&mut self, config: QuorumConfig) -> Vec<WriterEffect> {
+        let mut out = Vec::new();
+        if config == self.config {
+            return out;
+        }
+        let members = config.members();
+        self.matched.retain(|m, _| members.contains(m));
+        for m in members {
+            if m != self.me {
+                self.matched.entry(m).or_insert(0);
+            }
+        }
+        self.config = config;
+        self.advance_commit(&mut out);
+        self.check_commit();
+        out
+    }
+
+    pub fn config(&self) -> &QuorumConfig {
+        &self.config
+    }
+
     /// Strong reads need an entry of this term committed (Raft §8: only then is the commit index
     /// known to include every write acknowledged by earlier writers). The lease is the election's
     /// business (`quasar::Node::can_accept_writes`); the caller checks both.
