@@ -50,6 +50,20 @@ struct Pod {
     agent: Option<Child>,
     store: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
+    /// Extra arguments of `base-operator store`.
+    store_args: Vec<String>,
+}
+
+fn sink(log: &Arc<Mutex<Vec<String>>>, child: &mut Child, tag: String) {
+    let stderr = child.stderr.take().expect("piped stderr");
+    let log = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!("{tag}: {line}"));
+        }
+    });
 }
 
 impl Pod {
@@ -58,28 +72,27 @@ impl Pod {
     }
 
     fn start(&mut self) {
-        let sink = |log: &Arc<Mutex<Vec<String>>>, child: &mut Child, tag: String| {
-            let stderr = child.stderr.take().expect("piped stderr");
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    log.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(format!("{tag}: {line}"));
-                }
-            });
-        };
+        self.start_store();
+        self.start_agent();
+    }
+
+    fn start_store(&mut self) {
         let mut store = Command::new(BIN)
             .arg("store")
             .args(["--listen", &format!("127.0.0.1:{}", self.store_port)])
             .arg("--data-dir")
             .arg(self.dir.join("store"))
+            .args(&self.store_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn the store");
         sink(&self.log, &mut store, format!("{} store", self.id));
+        self.store = Some(store);
+    }
+
+    fn start_agent(&mut self) {
         let mut agent = Command::new(BIN)
             .arg("agent")
             .args(["--node-id", &self.id, "--peers", &self.peers])
@@ -100,8 +113,15 @@ impl Pod {
             .spawn()
             .expect("spawn the agent");
         sink(&self.log, &mut agent, format!("{} agent", self.id));
-        self.store = Some(store);
         self.agent = Some(agent);
+    }
+
+    /// SIGKILL of the store alone; its agent runs on.
+    fn kill_store(&mut self) {
+        if let Some(mut c) = self.store.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// SIGKILL, both processes: nothing is flushed, nothing handed over.
@@ -176,7 +196,15 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
-        let dir = std::env::temp_dir().join(format!("base-replication-{}", std::process::id()));
+        Cluster::start_with(&[])
+    }
+
+    /// A cluster whose stores run with `store_args` too.
+    fn start_with(store_args: &[&str]) -> Cluster {
+        // One directory per cluster: the tests of this file run at the same time.
+        static CLUSTERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("base-replication-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let hosts: Vec<String> = (1..=3).map(|i| format!("127.0.0.{i}")).collect();
         // The control port is one number for the whole Base (as in a pod template), each agent
@@ -212,6 +240,7 @@ impl Cluster {
                     agent: None,
                     store: None,
                     log: log.clone(),
+                    store_args: store_args.iter().map(|a| a.to_string()).collect(),
                 }
             })
             .collect();
@@ -226,6 +255,12 @@ impl Cluster {
         let log = self.pods[0].log.lock().unwrap_or_else(|e| e.into_inner());
         let n = log.len();
         log[n.saturating_sub(400)..].join("\n")
+    }
+
+    /// Log lines (of every process) that contain `needle`.
+    fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        let log = self.pods[0].log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
     }
 }
 
@@ -329,22 +364,95 @@ fn writer_index(name: &str) -> usize {
     name.trim_start_matches("b-").parse().expect("b-<i>")
 }
 
-/// Fails if an acknowledged write can be lost or duplicated across a writer crash and a writer
-/// paused past its lease: the agent answering before a majority holds the entry, a new writer
-/// cutting committed entries, a replica applying past commit, or a store losing a durable write
-/// on SIGKILL would each leave an acknowledged tag missing from some store.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn acknowledged_writes_survive_writer_crash_and_pause() {
-    let mut cluster = Cluster::start();
-    let client = http();
-    let gw_client = client.clone();
-    wait_for("a writer", &cluster, || {
-        let c = gw_client.clone();
+/// Clients inserting unique tags through the gateway, one insert per request; a tag never
+/// repeats, so a row twice would be a duplicate made by the system.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeSet<String>>>,
+    unknown: Arc<Mutex<u64>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn spawn(base: &str, clients: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+        let unknown = Arc::new(Mutex::new(0u64));
+        let mut tasks = Vec::new();
+        for k in 0..clients {
+            let (stop, acked, unknown, base) = (
+                stop.clone(),
+                acked.clone(),
+                unknown.clone(),
+                base.to_string(),
+            );
+            let c = http();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let tag = format!("c{k}-{n}");
+                    let body = json!([["INSERT INTO t(tag) VALUES(?)", tag]]);
+                    let r = c
+                        .post(format!("{base}/db/execute"))
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await;
+                    let ok = match r {
+                        Ok(r) if r.status() == StatusCode::OK => r
+                            .json::<Value>()
+                            .await
+                            .ok()
+                            .is_some_and(|v| v["results"][0]["rows_affected"] == 1),
+                        _ => false,
+                    };
+                    if ok {
+                        acked.lock().unwrap().insert(tag);
+                    } else {
+                        *unknown.lock().unwrap() += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }));
+        }
+        Writers {
+            stop,
+            acked,
+            unknown,
+            tasks,
+        }
+    }
+
+    fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Stops the clients; the acknowledged tags.
+    async fn stop(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("client task");
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        let unknown = *self.unknown.lock().unwrap();
+        eprintln!(
+            "{} writes acknowledged, {unknown} unknown or refused",
+            acked.len()
+        );
+        acked
+    }
+}
+
+/// Waits for a writer and creates the table `t`.
+async fn table_ready(cluster: &Cluster, client: &reqwest::Client) {
+    wait_for("a writer", cluster, || {
+        let c = client.clone();
         let gw = &cluster.gateway;
         async move { gateway_writer(&c, gw).await.is_some() }
     })
     .await;
-    wait_for("the table", &cluster, || {
+    wait_for("the table", cluster, || {
         let c = client.clone();
         let gw = &cluster.gateway;
         async move {
@@ -356,53 +464,29 @@ async fn acknowledged_writes_survive_writer_crash_and_pause() {
         }
     })
     .await;
+}
 
-    // Clients: unique tags, one insert per request; the tag never repeats, so a row twice would
-    // be a duplicate made by the system.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(BTreeSet::<String>::new()));
-    let unknown = Arc::new(Mutex::new(0u64));
-    let base = cluster.gateway.base.clone();
-    let mut clients = Vec::new();
-    for k in 0..4 {
-        let (stop, acked, unknown, base) =
-            (stop.clone(), acked.clone(), unknown.clone(), base.clone());
-        let c = http();
-        clients.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let tag = format!("c{k}-{n}");
-                let body = json!([["INSERT INTO t(tag) VALUES(?)", tag]]);
-                let r = c
-                    .post(format!("{base}/db/execute"))
-                    .header("content-type", "application/json")
-                    .body(body.to_string())
-                    .send()
-                    .await;
-                let ok = match r {
-                    Ok(r) if r.status() == StatusCode::OK => r
-                        .json::<Value>()
-                        .await
-                        .ok()
-                        .is_some_and(|v| v["results"][0]["rows_affected"] == 1),
-                    _ => false,
-                };
-                if ok {
-                    acked.lock().unwrap().insert(tag);
-                } else {
-                    *unknown.lock().unwrap() += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }));
-    }
-    let acked_count = || acked.lock().unwrap().len();
-    wait_for("writes acknowledged", &cluster, || {
-        let n = acked_count();
-        async move { n >= 50 }
+/// Waits until `more` further writes are acknowledged.
+async fn acks_grow(what: &str, cluster: &Cluster, writers: &Writers, more: usize) {
+    let before = writers.acked_count();
+    wait_for(what, cluster, || {
+        let n = writers.acked_count();
+        async move { n >= before + more }
     })
     .await;
+}
+
+/// Fails if an acknowledged write can be lost or duplicated across a writer crash and a writer
+/// paused past its lease: the agent answering before a majority holds the entry, a new writer
+/// cutting committed entries, a replica applying past commit, or a store losing a durable write
+/// on SIGKILL would each leave an acknowledged tag missing from some store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_writer_crash_and_pause() {
+    let mut cluster = Cluster::start();
+    let client = http();
+    table_ready(&cluster, &client).await;
+    let writers = Writers::spawn(&cluster.gateway.base, 4);
+    acks_grow("writes acknowledged", &cluster, &writers, 50).await;
 
     // 1. SIGKILL the writer's agent and store together; restart both on the same disks.
     let w = gateway_writer(&client, &cluster.gateway)
@@ -410,11 +494,12 @@ async fn acknowledged_writes_survive_writer_crash_and_pause() {
         .expect("writer");
     let w = writer_index(&w);
     cluster.pods[w].kill();
-    let before = acked_count();
-    wait_for("writes acknowledged by a new writer", &cluster, || {
-        let n = acked_count();
-        async move { n >= before + 50 }
-    })
+    acks_grow(
+        "writes acknowledged by a new writer",
+        &cluster,
+        &writers,
+        50,
+    )
     .await;
     cluster.pods[w].start();
 
@@ -428,40 +513,86 @@ async fn acknowledged_writes_survive_writer_crash_and_pause() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     cluster.pods[w2].signal("-STOP");
-    let before = acked_count();
-    wait_for(
+    acks_grow(
         "writes acknowledged while the old writer is stopped",
         &cluster,
-        || {
-            let n = acked_count();
-            async move { n >= before + 50 }
-        },
+        &writers,
+        50,
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.pods[w2].signal("-CONT");
-    let before = acked_count();
-    wait_for("writes after the pause", &cluster, || {
-        let n = acked_count();
-        async move { n >= before + 50 }
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.expect("client task");
-    }
-    let acked = acked.lock().unwrap().clone();
-    let unknown = *unknown.lock().unwrap();
-    eprintln!(
-        "{} writes acknowledged, {unknown} unknown or refused",
-        acked.len()
-    );
+    acks_grow("writes after the pause", &cluster, &writers, 50).await;
+    let acked = writers.stop().await;
+    every_acknowledged_row_everywhere(&cluster, &client, &acked).await;
+}
 
-    // Every acknowledged row on every store, exactly once; no row of any tag twice anywhere.
+/// Fails if an acknowledged write can be lost when the writer's store dies under its agent, or
+/// when a replica falls so far behind that it must be sent a snapshot: the agent vouching for
+/// an entry its store did not hold durably, a restarted store forgetting its log, term or role,
+/// or a snapshot missing committed rows (or holding uncommitted ones) would each leave an
+/// acknowledged tag missing from (or twice on) some store. The stores keep only 20 log entries
+/// below commit, so the stopped replica's catch-up must go through a snapshot streamed by the
+/// agents, and the test checks that one was installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_a_store_kill_under_its_agent_and_a_snapshot_catch_up() {
+    let mut cluster = Cluster::start_with(&["--log-keep", "20"]);
+    let client = http();
+    table_ready(&cluster, &client).await;
+    let writers = Writers::spawn(&cluster.gateway.base, 4);
+    acks_grow("writes acknowledged", &cluster, &writers, 50).await;
+
+    // 1. SIGKILL the writer's store alone; its agent stays writer. Writes in flight are
+    //    answered unknown (never success), and writes go on once the store is back on its disk.
+    let w = gateway_writer(&client, &cluster.gateway)
+        .await
+        .expect("writer");
+    let w = writer_index(&w);
+    cluster.pods[w].kill_store();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.pods[w].start_store();
+    acks_grow("writes after the store restarted", &cluster, &writers, 50).await;
+
+    // 2. SIGSTOP a replica (agent and store) while more than its log's worth is written, then
+    //    let it go on: it is behind the writer's log start and must be sent a snapshot.
+    let w_now = writer_index(
+        &gateway_writer(&client, &cluster.gateway)
+            .await
+            .expect("writer"),
+    );
+    let r = (w_now + 1) % 3;
+    cluster.pods[r].signal("-STOP");
+    acks_grow("writes while a replica is stopped", &cluster, &writers, 200).await;
+    cluster.pods[r].signal("-CONT");
+    wait_for(
+        "a snapshot installed by the stopped replica",
+        &cluster,
+        || {
+            let agent = format!("{} agent:", cluster.pods[r].id);
+            let installed = cluster
+                .log_lines_with("snapshot installed")
+                .iter()
+                .any(|l| l.starts_with(&agent));
+            async move { installed }
+        },
+    )
+    .await;
+    acks_grow("writes after the catch-up", &cluster, &writers, 50).await;
+    let acked = writers.stop().await;
+    every_acknowledged_row_everywhere(&cluster, &client, &acked).await;
+}
+
+/// Every acknowledged row is on every store exactly once (no row of any tag twice anywhere),
+/// and in a strong read through the gateway.
+async fn every_acknowledged_row_everywhere(
+    cluster: &Cluster,
+    client: &reqwest::Client,
+    acked: &BTreeSet<String>,
+) {
     for pod in &cluster.pods {
         let start = Instant::now();
         loop {
-            let tags = tags_on_store(&client, pod).await.unwrap_or_default();
+            let tags = tags_on_store(client, pod).await.unwrap_or_default();
             let dup: Vec<_> = tags.iter().filter(|(_, n)| **n > 1).collect();
             assert!(dup.is_empty(), "{}: rows twice: {dup:?}", pod.id);
             let missing: Vec<_> = acked.iter().filter(|t| !tags.contains_key(*t)).collect();
@@ -510,7 +641,7 @@ async fn acknowledged_writes_survive_writer_crash_and_pause() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    for t in &acked {
+    for t in acked {
         assert_eq!(strong.get(t), Some(&1), "strong read: {t}");
     }
 }

@@ -444,6 +444,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     .map_err(AgentError::from)?;
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new()).build(connector);
     let quorum = base_core::replication::QuorumConfig::simple(
         std::iter::once(plan.id.clone()).chain(plan.peers.iter().map(|p| p.id.clone())),
@@ -547,7 +548,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .into_make_service_with_connect_info::<SocketAddr>();
             let until = stopped(http_stopped.clone());
             Some(tokio::spawn(async move {
-                axum::serve(peer_listener, peer_app)
+                axum::serve(crate::net::nodelay(peer_listener), peer_app)
                     .with_graceful_shutdown(until)
                     .await
             }))
@@ -556,7 +557,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let until = stopped(http_stopped.clone());
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(crate::net::nodelay(listener), app)
             .with_graceful_shutdown(until)
             .await
     });

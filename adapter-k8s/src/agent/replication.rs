@@ -54,6 +54,10 @@ const PULL_WAIT_MS: u64 = 2_000;
 const STATE_WAIT_MS: u64 = 2_000;
 /// Pause after a failed pull or store call.
 const RETRY: Duration = Duration::from_millis(50);
+/// How long a snapshot may take to arrive whole from the writer.
+const SNAPSHOT_TRANSFER_WAIT: Duration = Duration::from_secs(600);
+/// How long the store may take to check and install a snapshot once it is received.
+const SNAPSHOT_INSTALL_WAIT: Duration = Duration::from_secs(120);
 /// How often a store without the contract is asked again (it may be upgraded in place).
 const ABSENT_RECHECK: Duration = Duration::from_secs(10);
 
@@ -555,14 +559,16 @@ async fn pull_once(
         "/_replica/snapshot",
         now,
     )
+    .timeout(SNAPSHOT_TRANSFER_WAIT)
     .send()
     .await
     .map_err(|e| e.to_string())?;
     if !snap.status().is_success() {
         return Err(format!("snapshot: the writer answered {}", snap.status()));
     }
-    let mut put = client
-        .put(format!("{}/_replica/snapshot", shared.upstream))
+    let mut put = axum::http::Request::builder()
+        .method(axum::http::Method::PUT)
+        .uri(format!("{}/_replica/snapshot", shared.upstream))
         .header("x-base-term", writer_term);
     for h in ["x-base-snapshot-index", "x-base-snapshot-term"] {
         let v = snap
@@ -572,10 +578,23 @@ async fn pull_once(
             .ok_or_else(|| format!("the snapshot lacks {h}"))?;
         put = put.header(h, v);
     }
-    let file = snap.bytes().await.map_err(|e| e.to_string())?;
-    let installed = put.body(file).send().await.map_err(|e| e.to_string())?;
+    // Streamed from the writer into the store's incoming file, never whole in the agent's
+    // memory (a database can be larger than the agent's memory limit). A stream cut short is
+    // an error body: the store drops the incomplete file and installs nothing.
+    let put = put
+        .body(axum::body::Body::from_stream(chunks(snap)))
+        .map_err(|e| e.to_string())?;
+    let install_wait = shared.upstream_timeout.max(SNAPSHOT_INSTALL_WAIT);
+    let installed = tokio::time::timeout(install_wait, shared.client.request(put))
+        .await
+        .map_err(|_| "snapshot install: the store did not answer in time".to_string())?
+        .map_err(|e| e.to_string())?;
     let status = installed.status();
-    let state: Value = installed.json().await.map_err(|e| e.to_string())?;
+    let answer = http_body_util::BodyExt::collect(installed.into_body())
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let state: Value = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
     if !status.is_success() {
         return Err(format!("snapshot install answered {status}: {state}"));
     }
@@ -584,6 +603,21 @@ async fn pull_once(
         step(shared, shared.clock.now(), CoordinatorInput::Store(view));
     }
     Ok(None)
+}
+
+/// A response's body as a stream of chunks (reqwest's own needs its `stream` feature); it ends
+/// after the first error.
+fn chunks(
+    r: reqwest::Response,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send + 'static {
+    futures::stream::unfold(Some(r), |r| async move {
+        let mut r = r?;
+        match r.chunk().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), Some(r))),
+            Ok(None) => None,
+            Err(e) => Some((Err(e), None)),
+        }
+    })
 }
 
 #[cfg(test)]

@@ -322,7 +322,7 @@ impl Gateway {
         let app = self
             .router()
             .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, app)
+        axum::serve(crate::net::nodelay(listener), app)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(GatewayError::Serve)

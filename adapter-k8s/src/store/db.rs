@@ -15,6 +15,7 @@ use rusqlite::session::{ConflictAction, Session};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -79,6 +80,13 @@ impl From<rusqlite::Error> for Refusal {
     fn from(e: rusqlite::Error) -> Self {
         Refusal::Internal(e.into())
     }
+}
+
+/// Whether a transaction's commit waits for its fsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    Fsync,
+    Later,
 }
 
 pub fn pos(term: u64, index: u64) -> LogPosition {
@@ -435,6 +443,10 @@ pub struct Store {
     pub last_term: u64,
     /// Entries kept below commit (so a replica a little behind needs no snapshot).
     keep: u64,
+    /// The log's shape as last read, with the epoch it was read in: every pull and every
+    /// shipment needs the shape, and reading it whole scans the log (up to `keep` entries and
+    /// more), so only the entries past the cached end are read (see [`Store::shape`]).
+    shape_cache: RefCell<Option<(u64, LogShape)>>,
 }
 
 fn open_conn(path: &Path, auth: &SharedAuth) -> Result<Connection, StoreError> {
@@ -467,6 +479,7 @@ impl Store {
             last_index,
             last_term,
             keep,
+            shape_cache: RefCell::new(None),
         };
         store.recover()?;
         // A half-written snapshot from before a crash is garbage.
@@ -532,18 +545,40 @@ impl Store {
         &mut self,
         f: impl FnOnce(&Connection, &mut Meta) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.conn
-            .execute_batch("PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE")?;
+        self.replication_txn_with(Durability::Fsync, f)
+    }
+
+    /// [`Store::replication_txn`], with `Durability::Later` for a transaction whose loss in a
+    /// power cut is harmless (it is atomic either way, and the next fsynced one makes it durable).
+    fn replication_txn_with<T>(
+        &mut self,
+        durability: Durability,
+        f: impl FnOnce(&Connection, &mut Meta) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let begin = match durability {
+            Durability::Fsync => "PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE",
+            // In WAL mode `NORMAL` skips the WAL's fsync at commit, nothing else.
+            Durability::Later => {
+                "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE"
+            }
+        };
         let mut m = self.meta.clone();
-        let out = f(&self.conn, &mut m).and_then(|t| {
-            save_meta(&self.conn, &m)?;
-            self.conn.execute_batch("COMMIT")?;
-            Ok(t)
-        });
+        let out = self
+            .conn
+            .execute_batch(begin)
+            .map_err(StoreError::from)
+            .and_then(|()| f(&self.conn, &mut m))
+            .and_then(|t| {
+                save_meta(&self.conn, &m)?;
+                self.conn.execute_batch("COMMIT")?;
+                Ok(t)
+            });
         if out.is_err() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        self.conn.execute_batch("PRAGMA foreign_keys = ON")?;
+        // Whatever happened above, every later transaction is fsynced again.
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL")?;
         if out.is_ok() {
             self.meta = m;
             let (li, lt) = last_entry(&self.conn, &self.meta)?;
@@ -601,13 +636,21 @@ impl Store {
             RoleChange::Stale => unreachable!("refused above"),
             RoleChange::StayWriter => {
                 let c = log::writer_commit(self.meta.commit, commit, self.last_index);
-                if !unchanged || c != self.meta.commit {
+                if !unchanged {
                     self.replication_txn(|_, m| {
                         m.commit = c;
                         m.writer_id = writer_id;
                         m.writer_url = writer_url;
                         Ok(())
                     })?;
+                    self.compact_now()?;
+                } else if c != self.meta.commit {
+                    // The writer's commit is knowledge, not data: it reaches the disk with the
+                    // next transaction, and a store that restarts with an older one is safe (it
+                    // undoes and redoes a little more, a new writer counts commit again).
+                    // Without this every commit push cost an fsync in the writer thread, in
+                    // front of the next client writes.
+                    self.meta.commit = c;
                     self.compact_now()?;
                 }
             }
@@ -770,21 +813,92 @@ impl Store {
     }
 
     /// The log's shape (snapshot, term runs, end) for the core replication machines.
+    ///
+    /// From the cache when it still describes a prefix of the log, extended by the entries past
+    /// its end. It does when the epoch is the same (every truncation and snapshot install raises
+    /// it), its end `(index, term)` is still in the log, and the log's start is at or past the
+    /// cache's: by Log Matching (an index of a term is only ever written by that term's writer,
+    /// and a replica appends only after a matching `prev`) two logs that hold the same entry are
+    /// the same up to it. Debug builds check every answer against a full read.
     fn shape(&self) -> Result<LogShape, StoreError> {
         let m = &self.meta;
-        let mut shape = LogShape::new(pos(m.base_term, m.base_index));
+        let base = pos(m.base_term, m.base_index);
+        let last = pos(self.last_term, self.last_index);
+        let mut cache = self.shape_cache.borrow_mut();
+        let cached = match cache.take() {
+            Some((epoch, mut shape))
+                if epoch == m.epoch
+                    && shape.snapshot().index <= base.index
+                    && shape.last().index >= base.index
+                    && shape.last().index <= last.index
+                    && shape.term_at(base.index) == Some(base.term)
+                    && self.holds(shape.last())? =>
+            {
+                if shape.snapshot() != base {
+                    shape.compact(base.index).map_err(|e| {
+                        StoreError::Invalid(format!("the log's compacted start: {e}"))
+                    })?;
+                }
+                Some(shape)
+            }
+            _ => None,
+        };
+        let mut shape = cached.unwrap_or_else(|| LogShape::new(base));
+        self.extend_shape(&mut shape)?;
+        assert_eq!(
+            shape.last(),
+            last,
+            "the log's shape does not end at its last entry"
+        );
+        debug_assert_eq!(
+            shape,
+            self.full_shape()?,
+            "the cached log shape is not the log's"
+        );
+        *cache = Some((m.epoch, shape.clone()));
+        Ok(shape)
+    }
+
+    /// Whether the log holds the entry `at` (or has it as its snapshot's last).
+    fn holds(&self, at: LogPosition) -> Result<bool, StoreError> {
+        if at.index == self.meta.base_index {
+            return Ok(at.term.0 == self.meta.base_term);
+        }
+        let term: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT term FROM _base_log WHERE idx = ?1")?
+            .query_row([i(at.index)], |r| r.get(0))
+            .optional()?;
+        Ok(term.map(u) == Some(at.term.0))
+    }
+
+    /// Appends to `shape` the log's entries past its end, run by run.
+    fn extend_shape(&self, shape: &mut LogShape) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT term, min(idx), max(idx) FROM _base_log GROUP BY term ORDER BY term",
+            "SELECT term, min(idx), max(idx) FROM _base_log WHERE idx > ?1 GROUP BY term ORDER BY term",
         )?;
         let runs = stmt
-            .query_map([], |r| Ok((u(r.get(0)?), u(r.get(1)?), u(r.get(2)?))))?
+            .query_map([i(shape.last().index)], |r| {
+                Ok((u(r.get(0)?), u(r.get(1)?), u(r.get(2)?)))
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         for (term, first, last) in runs {
+            if first != shape.last().index + 1 {
+                return Err(StoreError::Invalid(format!(
+                    "the log has a gap before entry {first}"
+                )));
+            }
             shape
                 .append(Term(term), last - first + 1)
                 .map_err(|e| StoreError::Invalid(format!("the log's terms: {e}")))?;
         }
-        assert_eq!(shape.last(), pos(self.last_term, self.last_index));
+        Ok(())
+    }
+
+    /// The log's shape read whole (the cache's oracle).
+    fn full_shape(&self) -> Result<LogShape, StoreError> {
+        let mut shape = LogShape::new(pos(self.meta.base_term, self.meta.base_index));
+        self.extend_shape(&mut shape)?;
         Ok(shape)
     }
 
@@ -912,7 +1026,23 @@ impl Store {
         });
         if changes {
             let keep = self.keep;
-            self.replication_txn(|conn, m| {
+            // Only entries and cuts must be on disk before the answer (the agent's next pull
+            // tells the writer this store holds them); applying committed entries (and
+            // compacting) can be redone from the log after a power cut.
+            let durability = if effects.iter().any(|e| {
+                matches!(
+                    e,
+                    ReplicaEffect::TruncateAfter { .. }
+                        | ReplicaEffect::Append { .. }
+                        | ReplicaEffect::FetchSnapshot { .. }
+                )
+            }) || decided.term.0 != self.meta.term
+            {
+                Durability::Fsync
+            } else {
+                Durability::Later
+            };
+            self.replication_txn_with(durability, |conn, m| {
                 for effect in &effects {
                     match *effect {
                         ReplicaEffect::TruncateAfter { index, epoch } => {
@@ -961,6 +1091,14 @@ impl Store {
                 Ok(())
             })?;
         }
+        if effects.iter().any(|e| {
+            matches!(
+                e,
+                ReplicaEffect::TruncateAfter { .. } | ReplicaEffect::FetchSnapshot { .. }
+            )
+        }) {
+            *self.shape_cache.get_mut() = None;
+        }
         assert_eq!(
             pos(self.last_term, self.last_index),
             machine.last(),
@@ -977,6 +1115,8 @@ impl Store {
     pub fn make_snapshot(&mut self) -> Result<(PathBuf, u64, u64), Refusal> {
         let out = self.dir.join(OUTGOING);
         let _ = std::fs::remove_file(&out);
+        // The copy reads its commit from the file: give it the commit known in memory.
+        save_meta(&self.conn, &self.meta)?;
         self.conn
             .execute("VACUUM INTO ?1", [out.to_string_lossy()])?;
         let auth = sql::new_auth();
@@ -1103,6 +1243,7 @@ impl Store {
         let (li, lt) = last_entry(&self.conn, &self.meta)?;
         self.last_index = li;
         self.last_term = lt;
+        *self.shape_cache.get_mut() = None;
         tracing::info!(index, term, "snapshot installed");
         Ok(self.state())
     }

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
 pub const HEADER_CONTRACT: &str = "x-base-replica-contract";
@@ -529,16 +529,24 @@ async fn snapshot_get(AxState(app): AxState<Arc<App>>) -> Response {
         Err(resp) => return resp,
     };
     let (path, index, term) = made;
-    let bytes = tokio::fs::read(&path).await;
+    // Streamed from the file, not read whole into memory; the open file stays readable once
+    // its name is gone.
+    let opened = async {
+        let file = tokio::fs::File::open(&path).await?;
+        let len = file.metadata().await?.len();
+        Ok::<_, std::io::Error>((file, len))
+    }
+    .await;
     let _ = tokio::fs::remove_file(&path).await;
-    match bytes {
-        Ok(bytes) => (
+    match opened {
+        Ok((file, len)) => (
             StatusCode::OK,
             [
                 (
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/vnd.sqlite3"),
                 ),
+                (header::CONTENT_LENGTH, HeaderValue::from(len)),
                 (
                     HeaderName::from_static(HEADER_SNAPSHOT_INDEX),
                     HeaderValue::from(index),
@@ -548,7 +556,7 @@ async fn snapshot_get(AxState(app): AxState<Arc<App>>) -> Response {
                     HeaderValue::from(term),
                 ),
             ],
-            bytes,
+            Body::from_stream(file_chunks(file)),
         )
             .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
@@ -584,6 +592,24 @@ async fn snapshot_put(AxState(app): AxState<Arc<App>>, headers: HeaderMap, body:
         Ok(Err(r)) => refusal(r),
         Err(resp) => resp,
     }
+}
+
+/// A file's bytes as a stream of chunks; it ends after the first error.
+fn file_chunks(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 256 << 10];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
 }
 
 /// Streams a body into `path` and fsyncs it.

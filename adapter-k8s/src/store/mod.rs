@@ -88,7 +88,7 @@ pub async fn run(args: StoreArgs) -> Result<()> {
     tracing::info!(%addr, "serving");
     let router = http::router(Arc::new(app));
     axum::serve(
-        listener,
+        crate::net::nodelay(listener),
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown())

@@ -104,8 +104,13 @@ pub struct Writer {
     matched: BTreeMap<NodeId, u64>,
     held: BTreeMap<WriteId, Held>,
     stepped_down: bool,
-    /// Peer reports that cannot be true (an entry of our term we do not have); worth a log line.
+    /// Peer reports of an entry of our term past the end of our log: early (our store appended
+    /// it, and its report to us is on its way: the peer got the entry from our store) or untrue.
     bogus_reports: u64,
+    /// Per peer, the highest such early report: believed once our own log reaches it, so the
+    /// peer's next report (a heartbeat later, or its next pull, which waits for new entries)
+    /// is not what commits it.
+    early: BTreeMap<NodeId, u64>,
 }
 
 impl Writer {
@@ -138,6 +143,7 @@ impl Writer {
             held: BTreeMap::new(),
             stepped_down: false,
             bogus_reports: 0,
+            early: BTreeMap::new(),
         };
         (writer, vec![WriterEffect::AppendNoop { term }])
     }
@@ -276,6 +282,20 @@ impl Writer {
             return Err(WriterError::LogWentBack { was, now: last });
         }
         self.log.append(self.term, last.index - was.index)?;
+        let reached: Vec<(NodeId, u64)> = self
+            .early
+            .iter()
+            .filter(|(_, index)| **index <= last.index)
+            .map(|(peer, index)| (peer.clone(), *index))
+            .collect();
+        for (peer, index) in reached {
+            self.early.remove(&peer);
+            if self.log.term_at(index) == Some(self.term)
+                && let Some(matched) = self.matched.get_mut(&peer)
+            {
+                *matched = (*matched).max(index);
+            }
+        }
         self.advance_commit(out);
         Ok(())
     }
@@ -292,8 +312,11 @@ impl Writer {
             return; // not a member: learners are members, strangers are not
         };
         if position.term == self.term && position.index > self.log.last().index {
-            // Entries of our term come only from us: a peer cannot hold more than we appended.
+            // Entries of our term come only from our store: a peer cannot hold more than it
+            // appended, so this is believed only once our store says it holds that much too.
             self.bogus_reports += 1;
+            let early = self.early.entry(peer.clone()).or_insert(0);
+            *early = (*early).max(position.index);
             return;
         }
         if self.log.term_at(position.index) != Some(position.term) {
@@ -539,7 +562,8 @@ mod tests {
         );
     }
 
-    /// Reports that cannot be true and inputs out of order are refused, not believed.
+    /// Reports that cannot be true (yet) and inputs out of order are refused, not believed; a
+    /// peer's report of our term past our log is believed once our log reaches it.
     #[test]
     fn bogus_input_is_refused() {
         let mut w = writer();
@@ -560,6 +584,14 @@ mod tests {
             w.step(Millis(0), WriterInput::Compacted { index: 2 }),
             Err(WriterError::CompactUncommitted { .. })
         ));
+        // b's early report of (2, 9) counts once our own log holds (2, 9), not before: without
+        // this, commit waited for b's next report (its next pull, or a heartbeat ack).
+        let out = step(&mut w, 0, WriterInput::Appended { last: pos(2, 8) });
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(w.commit(), 0);
+        let out = step(&mut w, 0, WriterInput::Appended { last: pos(2, 9) });
+        assert_eq!(out, vec![WriterEffect::Committed { index: 9 }]);
+        assert_eq!(w.matched().get(&NodeId::from("b")), Some(&9));
     }
 
     fn ship(w: &mut Writer, after: LogPosition) -> Shipment {
