@@ -49,17 +49,10 @@ impl Cluster {
     }
 
     pub fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new("kubectl")
+        run(Command::new("kubectl")
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
-            .current_dir(ROOT)
-            .output()
-            .expect("run kubectl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .current_dir(ROOT))
     }
 
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
@@ -84,12 +77,7 @@ impl Cluster {
             .expect("stdin")
             .write_all(input.as_bytes())
             .expect("write stdin");
-        let out = child.wait_with_output().expect("kubectl output");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        outcome(child.wait_with_output().expect("kubectl output"))
     }
 
     /// Every request the user `base-operator` made, in the audit log's order.
@@ -161,6 +149,23 @@ pub struct AuditedCall {
     pub code: u16,
     /// When the response completed (`stageTimestamp`).
     pub at: k8s_openapi::jiff::Timestamp,
+}
+
+/// Runs `cmd` to its end: (exited 0, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    outcome(
+        cmd.output()
+            .unwrap_or_else(|e| panic!("run {program}: {e}")),
+    )
+}
+
+fn outcome(out: std::process::Output) -> (bool, String, String) {
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub async fn client_for(kubeconfig: &Path) -> Client {
