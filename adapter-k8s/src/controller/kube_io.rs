@@ -107,7 +107,7 @@ pub async fn observe(ctx: &Context, base: &Base) -> Result<(Observed, Vec<Pod>),
         // On the clock the writer's `confirmed_at` is on (`controller::clock`).
         now: ctx.writers.plan_now(),
         config: ctx.config.clone(),
-        peer_key_exists: ctx.peer_key_known(&ns, &name),
+        peer_key_exists: ctx.peer_key_known(base),
         ..Default::default()
     };
     if !observed.peer_key_exists {
@@ -220,7 +220,7 @@ async fn perform_one(
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => return Err(Error::Kube(e)),
             }
-            ctx.remember_peer_key(&ns, &name);
+            ctx.remember_peer_key(base);
         }
         Write::Apply(obj) => {
             let api = dynamic(ctx, &ns, &obj.api_version, &obj.kind);

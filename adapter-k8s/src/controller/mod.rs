@@ -142,23 +142,47 @@ pub struct Context {
     cleanup_timeout: Duration,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
-    /// Bases whose peer-key Secret exists (we created it, or the API said it already existed).
-    peer_keys: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Bases whose peer-key Secret exists (we created it, or the API said it already existed),
+    /// by namespace, name and UID, with when that was last confirmed.
+    peer_keys: Mutex<HashMap<(String, String, String), std::time::Instant>>,
 }
 
+/// How long a confirmed peer-key Secret is trusted before the create is sent again (409 = it is
+/// still there). Keyed by UID, a Base deleted and re-created under the same name gets a Secret of
+/// its own at once; the re-check also heals a Secret deleted by hand, or one the garbage collector
+/// removed after answering 409 to the new Base (its owner was the old one).
+const PEER_KEY_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Context {
-    fn peer_key_known(&self, ns: &str, name: &str) -> bool {
+    fn peer_key_known(&self, base: &Base) -> bool {
         self.peer_keys
             .lock()
-            .map(|s| s.contains(&(ns.to_string(), name.to_string())))
+            .map(|s| {
+                s.get(&peer_key_id(base))
+                    .is_some_and(|at| at.elapsed() < PEER_KEY_RECHECK)
+            })
             .unwrap_or(false)
     }
 
-    fn remember_peer_key(&self, ns: &str, name: &str) {
+    fn remember_peer_key(&self, base: &Base) {
         if let Ok(mut s) = self.peer_keys.lock() {
-            s.insert((ns.to_string(), name.to_string()));
+            s.insert(peer_key_id(base), std::time::Instant::now());
         }
     }
+
+    fn forget_peer_key(&self, base: &Base) {
+        if let Ok(mut s) = self.peer_keys.lock() {
+            s.remove(&peer_key_id(base));
+        }
+    }
+}
+
+fn peer_key_id(base: &Base) -> (String, String, String) {
+    (
+        base.namespace().unwrap_or_default(),
+        base.name_any(),
+        base.uid().unwrap_or_default(),
+    )
 }
 
 /// The agent's URL of a pod: the test/debug annotation, else `http://<podIP>:<port>`.
@@ -378,6 +402,7 @@ async fn reconcile(
             }
             patch_finalizers(&ctx, kind, &base, false).await?;
             ctx.writers.untrack(&key);
+            ctx.forget_peer_key(&base);
             info!(base = %key.2, namespace = %key.1, "cleanup done; finalizer removed");
             return Ok(Action::await_change());
         }
