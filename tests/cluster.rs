@@ -104,25 +104,34 @@ impl Node {
 
     /// `docker ARGS` against the cluster's own daemon.
     fn docker(&self, args: &[&str]) -> String {
-        let cli = if std::path::Path::new("/usr/bin/docker").exists() {
-            "/usr/bin/docker"
-        } else {
-            "docker"
-        };
-        let out = Command::new(cli)
+        let (ok, out, err) = run(Command::new(docker_cli())
             .args(args)
-            .env(
-                "DOCKER_HOST",
-                format!("unix://{}", self.dir.join("docker.sock").display()),
-            )
-            .output()
-            .expect("run docker");
-        assert!(
-            out.status.success(),
-            "docker {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+            .env("DOCKER_HOST", self.docker_host()));
+        assert!(ok, "docker {args:?} failed: {err}");
+        out.trim().to_string()
+    }
+
+    /// `docker pause`, tried up to five times: runc's cgroup freeze gives up ("unable to freeze")
+    /// when a task of the container does not stop in time, which a loaded machine shows now and
+    /// then. A pause that never takes still fails the test.
+    fn pause(&self, id: &str) {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let (ok, _, err) = run(Command::new(docker_cli())
+                .args(["pause", id])
+                .env("DOCKER_HOST", self.docker_host()));
+            if ok {
+                return;
+            }
+            eprintln!("docker pause {id} failed, retrying: {}", err.trim());
+            last = err;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!("docker pause {id} failed five times: {last}");
+    }
+
+    fn docker_host(&self) -> String {
+        format!("unix://{}", self.dir.join("docker.sock").display())
     }
 
     /// The Docker id of container `container` of pod `pod` (the kubelet labels every container).
@@ -162,6 +171,15 @@ impl Node {
             Ok(Some(b)) => b.data.get("status").cloned().unwrap_or(Value::Null),
             _ => Value::Null,
         }
+    }
+}
+
+/// Debian's docker CLI (scripts/cluster.sh installs it there), else whatever `docker` is on PATH.
+fn docker_cli() -> &'static str {
+    if std::path::Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
     }
 }
 
@@ -418,7 +436,7 @@ async fn writer_container_killed_fails_over(
 async fn writer_paused_past_its_lease(node: &Node, http: &reqwest::Client, before: View) -> View {
     let id = node.container_id(&before.writer, "quasar");
     let t = Instant::now();
-    node.docker(&["pause", &id]);
+    node.pause(&id);
     let res = tokio::time::timeout(T, failover(node, http, &before, t, "writer paused")).await;
     node.docker(&["unpause", &id]);
     let (view, _) = res.expect("a new writer while the old one is paused");
