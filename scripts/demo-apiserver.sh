@@ -15,8 +15,13 @@ trap cleanup EXIT
 
 echo "### building base-operator and the local apiserver (cached after the first run)"
 ./scripts/host-deps.sh
-cargo build --locked -q -p base-adapter-k8s
-bin="${CARGO_TARGET_DIR:-target}/debug/base-operator"
+# BASE_OPERATOR_BIN: a binary built already (tests/demo.rs runs this under cargo test, which holds
+# the build directory's lock).
+bin="${BASE_OPERATOR_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --locked -q -p base-adapter-k8s
+  bin="${CARGO_TARGET_DIR:-target}/debug/base-operator"
+fi
 ./scripts/k8s-envtest.sh build
 export KUBECONFIG
 KUBECONFIG=$(./scripts/k8s-envtest.sh start "$dir")
