@@ -6,8 +6,8 @@
 //! Planted here (the production logic itself, not a copy): the operator's `early-done`,
 //! `unfenced-plan`, `wrong-retention` (in `reconcile`) and `stale-operator-writer` (the
 //! writer kept past its lease and every view fresh, in `writer_poll`); the gateway's
-//! `fixed-poll`, `no-read-pin` and `route-cache` (in `tracker`). The agent's bugs stay in the
-//! simulation's agent until the agent driver is a core machine too.
+//! `fixed-poll`, `no-read-pin` and `route-cache` (in `tracker`); the agent's `no-recheck`,
+//! `lease-overrun`, `ignore-fence` and `vote-cache` (in `agent`).
 
 use std::cell::Cell;
 
@@ -28,6 +28,14 @@ pub enum Bug {
     NoReadPin,
     /// The gateway reuses its last write's route for a poll interval.
     RouteCache,
+    /// The agent checks the lease when a write arrives but not again right before forwarding it.
+    NoRecheck,
+    /// The agent accepts writes for `agent::LEASE_OVERRUN_MS` past the writer's lease.
+    LeaseOverrun,
+    /// The agent never applies its pod's fence annotation.
+    IgnoreFence,
+    /// The agent answers a vote request from a memo keyed by term alone.
+    VoteCache,
 }
 
 thread_local! {

@@ -16,6 +16,7 @@ macro_rules! buggify {
         on
     }};
 }
+pub mod agent;
 pub mod control;
 pub mod ids;
 pub mod quasar;

@@ -13,6 +13,19 @@ pub struct LeaderAnswer {
     pub lease_expires: String,
 }
 
+/// One entry of `GET /_ha/peers`, in the shape hanzoai/base-ha serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAnswer {
+    pub node_id: String,
+    pub target: String,
+    /// Heard from within the shortest election timeout.
+    pub up: bool,
+    /// The StatefulSet ordinal of `node_id`, or −1.
+    pub ordinal: i64,
+    /// RFC 3339, empty if never heard from.
+    pub last_seen: String,
+}
+
 /// The body of every `503` a replica or the gateway gives when no writer is known.
 pub const NO_WRITER_BODY: &str = r#"{"error":"no_writer"}"#;
 

@@ -9,14 +9,15 @@
 //! `base_core::quasar::Input::SetFenced`); it still votes, and keeps serving reads and staying
 //! ready, so fencing takes a replica out of the writer's seat, not out of the read pool.
 
-use base_core::control::ANNOTATION_TRANSFER;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// The annotation the operator sets on a fenced pod.
-pub const FENCE_ANNOTATION: &str = "hanzo.ai/fenced";
+pub use base_core::agent::ANNOTATION_FENCED as FENCE_ANNOTATION;
+/// What the agent reads from its pod's annotations (the core machine's input).
+pub use base_core::agent::Annotations as PodAnnotations;
 /// How often the annotations file is re-read.
 pub const FENCE_POLL: Duration = Duration::from_secs(1);
 /// Kubernetes caps all annotations of an object at 256 KiB; a larger file is not ours.
@@ -95,14 +96,6 @@ pub enum FenceError {
     TooLarge { path: PathBuf, len: u64 },
 }
 
-/// What the agent reads from its pod's annotations.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodAnnotations {
-    pub fenced: bool,
-    /// The raw value of `hanzo.ai/transfer-to`, if present.
-    pub transfer: Option<String>,
-}
-
 /// Reads the annotations file: the fence (`true` only for the value `true`, trimmed, any case)
 /// and the transfer request.
 pub fn read_annotations(path: &Path) -> Result<PodAnnotations, FenceError> {
@@ -118,13 +111,7 @@ pub fn read_annotations(path: &Path) -> Result<PodAnnotations, FenceError> {
         });
     }
     let text = std::fs::read_to_string(path).map_err(io)?;
-    let mut annotations = parse_annotations(&text);
-    Ok(PodAnnotations {
-        fenced: annotations
-            .get(FENCE_ANNOTATION)
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
-        transfer: annotations.remove(ANNOTATION_TRANSFER),
-    })
+    Ok(PodAnnotations::from_map(&parse_annotations(&text)))
 }
 
 /// Is the replica fenced according to the annotations file?
@@ -155,8 +142,8 @@ pub fn read_and_log(path: &Path, last: &mut Option<Result<bool, ()>>) -> PodAnno
     read.unwrap_or_default()
 }
 
-/// Re-reads the annotations file every [`FENCE_POLL`] and sends each change (of the fence, of
-/// the transfer request) to the driver.
+/// Re-reads the annotations file every [`FENCE_POLL`] and sends its content to the driver
+/// whenever it changed.
 pub async fn watch(
     path: PathBuf,
     mut last: Option<Result<bool, ()>>,
@@ -184,20 +171,16 @@ pub async fn watch(
                 Err(_) => continue,
             }
         };
-        let mut changes = Vec::new();
-        if now.fenced != seen.fenced {
-            changes.push(super::driver::Control::Fence(now.fenced));
+        if now == seen {
+            continue;
         }
-        if now.transfer != seen.transfer {
-            changes.push(super::driver::Control::TransferAnnotation(
-                now.transfer.clone(),
-            ));
-        }
-        seen = now;
-        for change in changes {
-            if control.send(change).await.is_err() {
-                return;
-            }
+        seen = now.clone();
+        if control
+            .send(super::driver::Control::Annotations(now))
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }

@@ -12,12 +12,13 @@
 //!   `--peer-port` (development only, warned at start) both are served on the client port.
 //!
 //! No HTTP request moves the writer: transfers come from the pod annotation
-//! (`Control::TransferAnnotation`) or, between agents, as the election's own signed messages.
+//! (`Control::Annotations`) or, between agents, as the election's own signed messages. The
+//! answers (`/_ha/leader`, `/_ha/peers`, `/readyz`, the headers) and the write admission are the
+//! core agent machine's (`base_core::agent::Agent`); this module only maps them to HTTP.
 //! Refusals are logged once per source address a minute.
 
 use super::Shared;
 use super::auth::{DropReason, HEADER_MAC, HEADER_NONCE, HEADER_TIMESTAMP};
-use super::clock::format_rfc3339;
 use super::driver::Control;
 use super::metrics::ControlRefusal;
 use super::proxy::IdleTimeout;
@@ -30,17 +31,14 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use base_core::Term;
+use base_core::agent::{Admission, Readiness};
 use base_core::quasar::Role;
 use base_core::quasar::{Envelope, MAX_MESSAGE_BYTES};
 use base_core::replication::{Contract, CoordinatorInput, LogPosition, Outcome};
-use base_core::wire::{
-    HEADER_LEADER, HEADER_TERM, HEADER_WRITER_REQUIRED, LeaderAnswer, NO_WRITER_BODY,
-};
-use base_core::{Millis, Term};
-use serde::Serialize;
+use base_core::wire::{HEADER_LEADER, HEADER_TERM, HEADER_WRITER_REQUIRED, NO_WRITER_BODY};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -96,23 +94,9 @@ fn refuse_control(
     error(StatusCode::NOT_FOUND, "control_path")
 }
 
-/// Who this agent believes is the writer: (URL, node id, term, lease end).
-fn writer_snapshot(shared: &Shared) -> (String, String, Term, Option<Millis>) {
-    let now = shared.clock.now();
-    let view = shared.lock_node().writer_view(now);
-    match view.writer {
-        Some(id) => (
-            shared.url_of(&id),
-            id.to_string(),
-            view.term,
-            view.lease_until,
-        ),
-        None => (String::new(), String::new(), view.term, None),
-    }
-}
-
 async fn stamp_headers(State(shared): State<Arc<Shared>>, mut response: Response) -> Response {
-    let (url, _, term, _) = writer_snapshot(&shared);
+    let now = shared.clock.now();
+    let (url, term) = shared.lock_agent().leader_headers(now);
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&url) {
         headers.insert(HeaderName::from_static("x-base-leader"), v);
@@ -202,15 +186,13 @@ async fn admit_peer_message(shared: &Shared, request: Request) -> Result<(), Dro
     if envelope.to != shared.id {
         return Err(DropReason::WrongReceiver);
     }
-    let peer = shared
-        .peers
-        .get(&envelope.from)
-        .ok_or(DropReason::UnknownPeer)?;
+    if !shared.peers.contains_key(&envelope.from) {
+        return Err(DropReason::UnknownPeer);
+    }
     let now = shared.clock.now();
     if let Some(stamp) = &stamp {
         shared.auth.check_fresh(&envelope.from, stamp, now.0)?;
     }
-    peer.last_seen_ms.store(now.0, Ordering::Relaxed);
     let control = Control::Peer {
         from: envelope.from,
         msg: envelope.msg,
@@ -224,7 +206,8 @@ async fn admit_peer_message(shared: &Shared, request: Request) -> Result<(), Dro
 /// `GET /_quasar/metrics`: Prometheus text.
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let (term, writer, fenced, position) = {
-        let node = shared.lock_node();
+        let agent = shared.lock_agent();
+        let node = agent.node();
         (
             node.term(),
             node.role() == Role::Writer,
@@ -250,7 +233,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 fn fenced_header(shared: &Shared, response: &mut Response) {
-    let fenced = shared.fenced.load(Ordering::Relaxed);
+    let fenced = shared.lock_agent().is_fenced();
     response.headers_mut().insert(
         HeaderName::from_static(HEADER_FENCED),
         HeaderValue::from_static(if fenced { "true" } else { "false" }),
@@ -258,13 +241,8 @@ fn fenced_header(shared: &Shared, response: &mut Response) {
 }
 
 async fn leader(State(shared): State<Arc<Shared>>) -> Response {
-    let (leader_url, node_id, term, lease_until) = writer_snapshot(&shared);
-    let answer = LeaderAnswer {
-        leader_url,
-        node_id,
-        term: term.0,
-        lease_expires: lease_until.map(format_rfc3339).unwrap_or_default(),
-    };
+    let now = shared.clock.now();
+    let answer = shared.lock_agent().leader_answer(now);
     let mut response = axum::Json(answer).into_response();
     response
         .headers_mut()
@@ -284,39 +262,9 @@ async fn leader(State(shared): State<Arc<Shared>>) -> Response {
     response
 }
 
-/// One entry of `GET /_ha/peers`, in the shape hanzoai/base-ha serves.
-#[derive(Serialize)]
-struct PeerAnswer {
-    node_id: String,
-    target: String,
-    up: bool,
-    ordinal: i64,
-    /// RFC 3339, empty if never heard from.
-    last_seen: String,
-}
-
 async fn peers(State(shared): State<Arc<Shared>>) -> Response {
     let now = shared.clock.now();
-    let up_window = shared.peer_up_window_ms;
-    let mut list: Vec<PeerAnswer> = shared
-        .peers
-        .iter()
-        .map(|(id, p)| {
-            let seen = p.last_seen_ms.load(Ordering::Relaxed);
-            PeerAnswer {
-                node_id: id.to_string(),
-                target: p.url.clone(),
-                up: seen != 0 && now.0.saturating_sub(seen) <= up_window,
-                ordinal: ordinal_of(id.as_str()),
-                last_seen: if seen == 0 {
-                    String::new()
-                } else {
-                    format_rfc3339(Millis(seen))
-                },
-            }
-        })
-        .collect();
-    list.sort_by(|a, b| (a.ordinal, &a.node_id).cmp(&(b.ordinal, &b.node_id)));
+    let list = shared.lock_agent().peers_answer(now);
     let mut response = axum::Json(list).into_response();
     response
         .headers_mut()
@@ -325,25 +273,14 @@ async fn peers(State(shared): State<Arc<Shared>>) -> Response {
     response
 }
 
-/// The numeric suffix of a StatefulSet pod name (`foo-3` → 3), or −1.
-fn ordinal_of(id: &str) -> i64 {
-    id.rsplit_once('-')
-        .and_then(|(_, n)| n.parse::<i64>().ok())
-        .unwrap_or(-1)
-}
-
 /// Ready once a writer was seen. A fenced replica stays ready: it serves reads (and redirects
 /// writes); the body and `X-Base-Fenced` say it is fenced.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    let mut response = if shared.seen_writer.load(Ordering::Relaxed) {
-        let body = if shared.fenced.load(Ordering::Relaxed) {
-            "ready (fenced: reads only)"
-        } else {
-            "ready"
-        };
-        (StatusCode::OK, body).into_response()
-    } else {
-        error(StatusCode::SERVICE_UNAVAILABLE, "no_writer_seen")
+    let readiness = shared.lock_agent().readiness();
+    let mut response = match readiness {
+        Readiness::Ready => (StatusCode::OK, "ready").into_response(),
+        Readiness::ReadyFenced => (StatusCode::OK, "ready (fenced: reads only)").into_response(),
+        Readiness::NoWriterSeen => error(StatusCode::SERVICE_UNAVAILABLE, "no_writer_seen"),
     };
     fenced_header(&shared, &mut response);
     response
@@ -370,19 +307,21 @@ fn is_write(method: &Method) -> bool {
 }
 
 /// Not the writer (or not inside the lease): send the client to the writer, or 503.
-fn not_here(shared: &Shared, uri: &Uri) -> Response {
-    let (url, node_id, _, _) = writer_snapshot(shared);
-    if url.is_empty() || node_id == shared.id.as_str() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            NO_WRITER_BODY,
-        )
-            .into_response();
-    }
+fn not_here(admission: Admission, uri: &Uri) -> Response {
+    let url = match admission {
+        Admission::Redirect { url } => url,
+        Admission::NoWriter | Admission::Forward { .. } => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                NO_WRITER_BODY,
+            )
+                .into_response();
+        }
+    };
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
     match HeaderValue::from_str(&format!("{url}{path_and_query}")) {
         Ok(location) => (
@@ -431,11 +370,16 @@ async fn front_door(
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("required"));
     let write = is_write(&parts.method) || writer_required;
     let strong = is_strong_read(&parts.uri);
-    if (write || strong) && !shared.can_accept_writes() {
-        return not_here(&shared, &parts.uri);
+    let mut admitted = Term(0);
+    if write || strong {
+        let now = shared.clock.now();
+        match shared.lock_agent().admit_write(now) {
+            Admission::Forward { term } => admitted = term,
+            other => return not_here(other, &parts.uri),
+        }
     }
     if strong && shared.replication.contract() == Contract::Supported {
-        let term = shared.lock_node().term();
+        let term = shared.lock_agent().node().term();
         if !shared.replication.lock().strong_reads_ready(term) {
             return error(StatusCode::SERVICE_UNAVAILABLE, "term_start_not_committed");
         }
@@ -453,13 +397,10 @@ async fn front_door(
     // The fencing check, as late as it can be: right before the request leaves for Base.
     if write {
         let now = shared.clock.now();
-        let (accept, term) = {
-            let node = shared.lock_node();
-            (node.can_accept_writes(now), node.term())
+        let term = match shared.lock_agent().recheck_write(now, admitted) {
+            Admission::Forward { term } => term,
+            other => return not_here(other, &parts.uri),
         };
-        if !accept {
-            return not_here(&shared, &parts.uri);
-        }
         headers.insert(
             HeaderName::from_static("x-base-term"),
             HeaderValue::from(term.0),
@@ -541,8 +482,8 @@ async fn ship(
         }
     };
     let (writer, term) = {
-        let node = shared.lock_node();
-        (node.role() == Role::Writer, node.term())
+        let agent = shared.lock_agent();
+        (agent.node().role() == Role::Writer, agent.node().term())
     };
     if !writer || !shared.replication.lock().writer_ready(term) {
         return error(StatusCode::CONFLICT, "not_writer");

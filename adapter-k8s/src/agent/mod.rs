@@ -53,10 +53,11 @@
 //!   as advanced, and a writer hands over only to a peer at least as advanced; a smaller answer
 //!   is ignored. Without either every node is at 0 (equally up to date).
 //!
-//! Layers: [`driver`] feeds the core node and performs its effects in order (persisting through
-//! [`state`] before sending through [`transport`]); [`http`] serves; [`clock`] gives a monotonic
-//! Unix-millisecond `now`. On SIGTERM/SIGINT a writer hands its role to an up-to-date peer
-//! (bounded by `--shutdown-transfer-timeout-ms`) before the process exits.
+//! Layers: every decision above is the core agent machine's (`base_core::agent::Agent`, which
+//! the simulation drives too); [`driver`] feeds it and performs its effects in order (persisting
+//! through [`state`] before sending through [`transport`]); [`http`] serves from its queries;
+//! [`clock`] gives a monotonic Unix-millisecond `now`. On SIGTERM/SIGINT a writer hands its role
+//! to an up-to-date peer (bounded by `--shutdown-transfer-timeout-ms`) before the process exits.
 
 pub mod auth;
 pub mod clock;
@@ -70,8 +71,10 @@ pub mod replication;
 pub mod state;
 pub mod transport;
 
+use base_core::Millis;
 use base_core::NodeId;
-use base_core::quasar::{Node, PersistedState, timing as qt};
+use base_core::agent::Agent;
+use base_core::quasar::{PersistedState, timing as qt};
 use clock::Clock;
 use config::{ConfigError, PeerSpec};
 use driver::{CONTROL_QUEUE_MAX, Control, Driver};
@@ -83,7 +86,6 @@ use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -221,8 +223,6 @@ pub enum AgentError {
 /// A peer as the HTTP side sees it.
 pub struct PeerEntry {
     pub url: String,
-    /// Unix ms of the last message received from it; 0 = never.
-    pub last_seen_ms: AtomicU64,
 }
 
 /// State shared by the driver and the HTTP handlers.
@@ -230,21 +230,17 @@ pub struct Shared {
     pub id: NodeId,
     pub self_url: String,
     pub peers: BTreeMap<NodeId, PeerEntry>,
-    node: Mutex<Node>,
+    /// The agent's decisions (`base_core::agent`): the driver steps it, the handlers ask it.
+    agent: Mutex<Agent>,
     pub clock: Clock,
     pub control: mpsc::Sender<Control>,
-    pub seen_writer: AtomicBool,
     /// `scheme://authority` of the local Base, without a trailing slash.
     pub upstream: String,
     pub client: Client<HttpConnector, axum::body::Body>,
     pub upstream_timeout: Duration,
-    /// A peer heard from within this window counts as up in `/_ha/peers`.
-    pub peer_up_window_ms: u64,
     /// Peer keys and nonce caches (no keys: unauthenticated).
     pub auth: Arc<auth::PeerAuth>,
     pub metrics: metrics::AgentMetrics,
-    /// Mirrors the node's fence, for the HTTP side.
-    pub fenced: AtomicBool,
     /// Peer messages arrive on `--peer-port`, not on the client port.
     pub separate_peer_port: bool,
     /// Permits for proxied requests in flight.
@@ -259,15 +255,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The node, even if a panicking thread poisoned the lock (the driver's panics end the
-    /// process anyway; readers must not add their own).
-    pub fn lock_node(&self) -> MutexGuard<'_, Node> {
-        self.node.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn can_accept_writes(&self) -> bool {
-        let now = self.clock.now();
-        self.lock_node().can_accept_writes(now)
+    /// The agent machine, even if a panicking thread poisoned the lock (the driver's panics end
+    /// the process anyway; readers must not add their own).
+    pub fn lock_agent(&self) -> MutexGuard<'_, Agent> {
+        self.agent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn url_of(&self, id: &NodeId) -> String {
@@ -404,22 +395,26 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let clock = Clock::new();
     let seed =
         std::collections::hash_map::RandomState::new().hash_one((plan.id.as_str(), clock.now().0));
-    let peer_ids: Vec<NodeId> = plan.peers.iter().map(|p| p.id.clone()).collect();
-    let node = Node::new(
-        plan.id.clone(),
-        peer_ids,
-        plan.timing,
+    // A transfer request already in the file at start is old: the machine refuses (and
+    // remembers) it, and it never acts later (see `base_core::control`).
+    let agent = Agent::new(
+        base_core::agent::Config {
+            id: plan.id.clone(),
+            self_url: plan.self_url.clone(),
+            peers: plan
+                .peers
+                .iter()
+                .map(|p| (p.id.clone(), p.url.clone()))
+                .collect(),
+            timing: plan.timing,
+            shutdown_timeout: Millis(args.shutdown_transfer_timeout_ms),
+        },
         persisted.clone(),
         seed,
         clock.now(),
+        &annotations,
     )
     .map_err(AgentError::from)?;
-    let mut node = node;
-    let _ = node.step(clock.now(), base_core::quasar::Input::SetFenced(fenced));
-    // A request already in the file at start is old: this node holds no role yet, so it is
-    // refused (and remembered) here, and never acts later (see `base_core::control`).
-    let mut inbox = base_core::control::TransferInbox::default();
-    let _ = inbox.offer(annotations.transfer.as_deref(), &node);
     if plan.peer_listen.is_none() {
         tracing::warn!(
             "no --peer-port: peer messages and /_quasar/metrics share the client port (for development only)"
@@ -466,27 +461,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         peers: plan
             .peers
             .iter()
-            .map(|p| {
-                (
-                    p.id.clone(),
-                    PeerEntry {
-                        url: p.url.clone(),
-                        last_seen_ms: AtomicU64::new(0),
-                    },
-                )
-            })
+            .map(|p| (p.id.clone(), PeerEntry { url: p.url.clone() }))
             .collect(),
-        node: Mutex::new(node),
+        agent: Mutex::new(agent),
         clock,
         control: control.clone(),
-        seen_writer: AtomicBool::new(false),
         upstream: plan.upstream.clone(),
         client,
         upstream_timeout: Duration::from_millis(args.upstream_timeout_ms.max(1)),
-        peer_up_window_ms: plan.timing.election_timeout_min_ms().0,
         auth: peer_auth.clone(),
         metrics: metrics::AgentMetrics::default(),
-        fenced: AtomicBool::new(fenced),
         separate_peer_port: plan.peer_listen.is_some(),
         proxy_limit: Arc::new(Semaphore::new(args.proxy_max_concurrent)),
         proxy_idle_timeout: Duration::from_millis(args.proxy_idle_timeout_ms),
@@ -502,8 +486,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         transport,
         rx,
         tick: Duration::from_millis(args.tick_ms),
-        shutdown_timeout: Duration::from_millis(args.shutdown_transfer_timeout_ms),
-        inbox,
     };
     let mut driver_task = tokio::spawn(driver.run());
     replication::start(shared.clone(), repl_tasks);
