@@ -1,5 +1,6 @@
-//! One replica: the Quasar agent (the core election, driven by ticks and peer messages) in front of
-//! a small model of the Base store. The store's log lives on the pod's PVC and survives restarts;
+//! One replica: the production agent's machine (`base_core::agent::Agent`, around the core
+//! election), driven by ticks, peer messages, the pod's annotations and SIGTERM as the tokio
+//! agent drives it, in front of a small model of the Base store. The store's log lives on the pod's PVC and survives restarts;
 //! the agent's memory does not. Writes are admitted only while the election says so
 //! (`can_accept_writes` on the node's own skewed clock) and are recorded with their term; the log
 //! is replicated to the followers in the manner of Raft's AppendEntries, and a write is
@@ -7,15 +8,14 @@
 //! `(last term << 32) | length` is fed to the election, so a voter grants only candidates whose
 //! log is at least as up to date as its own.
 
-use crate::config::Bug;
 use crate::k8s::PodPhase;
 use crate::world::{
     Agent, Entry, Out, Packet, Shared, World, WriteId, WriteReply, agent_addr, lock, ordinal_of,
     pod_id, send_all,
 };
-use base_core::control::{TransferDecision, TransferInbox};
-use base_core::quasar::{Effect, Input, Message, Node, Role};
-use base_core::wire::LeaderAnswer;
+use base_core::agent::{Admission, Annotations, Config, Effect, HandOverCause, Input};
+use base_core::control::TransferDecision;
+use base_core::quasar::{Message, Role};
 use base_core::{Millis, NodeId, Term};
 use madsim::net::Endpoint;
 use std::collections::BTreeMap;
@@ -31,6 +31,8 @@ pub const COMMIT_TIMEOUT_MS: u64 = 1_000;
 const COMMIT_POLL_MS: u64 = 5;
 /// How often the agent re-reads its pod's annotations file (adapter-k8s `agent::fence::FENCE_POLL`).
 pub const FENCE_POLL_MS: u64 = 1_000;
+/// The agent's default `--shutdown-transfer-timeout-ms`.
+pub const SHUTDOWN_TRANSFER_TIMEOUT_MS: u64 = 3_000;
 /// Invariant 8's name in reports.
 const FENCED: &str = "8 a fenced node accepts no write";
 
@@ -43,6 +45,17 @@ pub fn position(log: &[Entry]) -> u64 {
             (e.term.0 << 32) | log.len() as u64
         }
     }
+}
+
+/// The URL clients and peers reach the agent of `ordinal` at.
+pub fn agent_url(ordinal: i32) -> String {
+    format!(
+        "http://{}.{}-hs.{}.svc:{}",
+        pod_id(ordinal),
+        crate::config::BASE_NAME,
+        crate::config::NAMESPACE,
+        crate::world::AGENT_PORT
+    )
 }
 
 /// Where a pending write stands.
@@ -62,10 +75,14 @@ impl World {
 
     /// The process of `ordinal` starts: a new agent from what its PVC holds.
     pub fn boot_agent(&mut self, ordinal: i32) -> Option<u64> {
-        let size = self.k8s.pods.get(&ordinal)?.cluster_size;
-        // The agent reads the fence before its node may campaign (adapter-k8s `agent::run`).
-        let fenced =
-            self.k8s.pods.get(&ordinal)?.fence_file && self.cfg.bug != Some(Bug::IgnoreFence);
+        let pod = self.k8s.pods.get(&ordinal)?;
+        let size = pod.cluster_size;
+        // The agent reads its annotations before its node may campaign (adapter-k8s
+        // `agent::run`); a transfer request already there is old, and never acts.
+        let annotations = Annotations {
+            fenced: pod.fence_file,
+            transfer: pod.transfer_file.clone(),
+        };
         let pvc = self.k8s.pvcs.get(&ordinal)?;
         let persisted = pvc.persisted.clone();
         let pos = position(&pvc.log);
@@ -73,21 +90,18 @@ impl World {
         let peers: Vec<i32> = (0..size).filter(|&o| o != ordinal).collect();
         let now = self.local(ordinal);
         let seed = self.rng.next_u64();
-        let mut node = Node::new(
-            pod_id(ordinal),
-            peers.iter().map(|&o| pod_id(o)).collect(),
-            self.cfg.timing,
-            persisted.clone(),
-            seed,
-            now,
-        )
-        .expect("a valid peer set");
-        let effects = node.step(now, Input::SetFenced(fenced));
-        assert!(effects.is_empty());
-        // A request already in the file is old: refused (and remembered) by a node with no role.
-        let mut inbox = TransferInbox::default();
-        let _ = inbox.offer(self.k8s.pods.get(&ordinal)?.transfer_file.as_deref(), &node);
-        let effects = node.step(
+        let config = Config {
+            id: pod_id(ordinal),
+            self_url: agent_url(ordinal),
+            peers: peers.iter().map(|&o| (pod_id(o), agent_url(o))).collect(),
+            timing: self.cfg.timing,
+            shutdown_timeout: Millis(SHUTDOWN_TRANSFER_TIMEOUT_MS),
+        };
+        let mut machine =
+            base_core::agent::Agent::new(config, persisted.clone(), seed, now, &annotations)
+                .expect("a valid peer set");
+        let fenced = machine.is_fenced();
+        let effects = machine.step(
             now,
             Input::Position {
                 epoch: 0,
@@ -99,7 +113,7 @@ impl World {
         slot.incarnation += 1;
         let incarnation = slot.incarnation;
         slot.agent = Some(Agent {
-            node,
+            machine,
             peers,
             incarnation,
             writer_term: None,
@@ -109,8 +123,7 @@ impl World {
             next_append_at: now,
             next_fence_read: now.saturating_add(Millis(FENCE_POLL_MS)),
             sigterm: false,
-            granted_term: None,
-            inbox,
+            handed_over_on_sigterm: false,
         });
         self.stats.pod_starts += 1;
         self.ev(format!(
@@ -138,22 +151,30 @@ impl World {
         }
     }
 
-    fn alive(&self, ordinal: i32, incarnation: u64) -> bool {
+    pub fn alive(&self, ordinal: i32, incarnation: u64) -> bool {
         self.replicas[ordinal as usize]
             .agent
             .as_ref()
             .is_some_and(|a| a.incarnation == incarnation)
     }
 
-    /// Feeds one input to the election of `ordinal` and performs the effects.
+    /// Feeds one input to the agent of `ordinal` and performs the effects, in order (adapter-k8s
+    /// `agent::driver`). On `Exit` the process ends.
     pub fn step_agent(&mut self, ordinal: i32, input: Input) -> Vec<Out> {
         let now = self.local(ordinal);
         let Some(agent) = self.agent_mut(ordinal) else {
             return Vec::new();
         };
-        let effects = agent.node.step(now, input);
+        let effects = agent.machine.step(now, input);
         let out = self.perform(ordinal, effects);
         self.after_step(ordinal);
+        if self.replicas[ordinal as usize]
+            .agent
+            .as_ref()
+            .is_some_and(|a| a.machine.exited())
+        {
+            self.drop_agent(ordinal);
+        }
         out
     }
 
@@ -162,29 +183,11 @@ impl World {
         let me = pod_id(ordinal);
         for effect in effects {
             match effect {
-                Effect::Persist {
-                    term, voted_for, ..
-                } => {
+                Effect::Persist(state) => {
                     let pvc = self.k8s.pvcs.get_mut(&ordinal).expect("a pod has its PVC");
-                    // As the agent does: the configuration is not persisted until the operator
-                    // publishes members (issue 18); the peer set follows the pod's cluster size.
-                    pvc.persisted = base_core::quasar::PersistedState {
-                        term,
-                        voted_for,
-                        membership: None,
-                    };
+                    pvc.persisted = state;
                 }
                 Effect::Send { to, msg } => {
-                    if self.cfg.bug == Some(Bug::VoteCache)
-                        && let Message::VoteResponse {
-                            term,
-                            granted: true,
-                            ..
-                        } = msg
-                        && let Some(a) = self.agent_mut(ordinal)
-                    {
-                        a.granted_term = Some(term);
-                    }
                     if let Some(o) = ordinal_of(to.as_str()) {
                         let packet = Packet::Peer {
                             from: me.clone(),
@@ -203,7 +206,55 @@ impl World {
                     }
                     self.ev(format!("{me} steps down (writer of term {term})"));
                 }
-                Effect::LeaseRenewed { .. } => {}
+                Effect::LeaseRenewed { .. } | Effect::NoHandOverTarget => {}
+                Effect::FenceChanged { fenced, role } => {
+                    self.ev(format!(
+                        "{me} reads its annotations: {} ({role:?})",
+                        if fenced { "fenced" } else { "unfenced" }
+                    ));
+                    if fenced {
+                        self.stats.fences_applied += 1;
+                        if role == Role::Writer {
+                            self.stats.fenced_writers += 1;
+                        }
+                    }
+                }
+                Effect::TransferRequest(considered) => match considered.decision {
+                    TransferDecision::Start(to) => {
+                        self.ev(format!("{me} reads a transfer request: hands over to {to}"));
+                        self.stats.transfers += 1;
+                    }
+                    TransferDecision::Refused(why) => {
+                        self.ev(format!("{me} reads a transfer request: {}", why.as_str()));
+                    }
+                },
+                Effect::HandOver { to, cause } => {
+                    if cause == HandOverCause::Shutdown {
+                        self.stats.transfers += 1;
+                        if let Some(a) = self.agent_mut(ordinal) {
+                            a.handed_over_on_sigterm = true;
+                        }
+                    }
+                    let to = to.map_or("nobody".to_string(), |t| t.to_string());
+                    self.ev(format!("{me} hands over to {to} ({cause:?})"));
+                }
+                Effect::Exit { handed_over } => {
+                    self.stats.sigterm_exits += 1;
+                    let writer = self
+                        .agent_mut(ordinal)
+                        .is_some_and(|a| a.handed_over_on_sigterm);
+                    if handed_over && writer {
+                        self.stats.sigterm_exits_after_hand_over += 1;
+                    }
+                    self.ev(format!(
+                        "{me} exits after SIGTERM ({})",
+                        if handed_over {
+                            "handed over"
+                        } else {
+                            "no successor by the deadline"
+                        }
+                    ));
+                }
             }
         }
         out
@@ -245,7 +296,7 @@ impl World {
         a.commit = 0;
         a.next_index = a.peers.iter().map(|&p| (p, log_len + 1)).collect();
         a.match_index = a.peers.iter().map(|&p| (p, 0)).collect();
-        let effects = a.node.step(
+        let effects = a.machine.step(
             now,
             Input::Position {
                 epoch: 0,
@@ -271,9 +322,9 @@ impl World {
         let Some(agent) = slot.agent.as_ref() else {
             return;
         };
-        if agent.node.can_accept_writes(now) {
-            if agent.node.is_fenced() {
-                let term = agent.node.term();
+        if agent.node().can_accept_writes(now) {
+            if agent.node().is_fenced() {
+                let term = agent.node().term();
                 self.fail(
                     FENCED,
                     format!(
@@ -284,11 +335,11 @@ impl World {
                 return;
             }
             let lease_until = agent
-                .node
+                .node()
                 .writer_view(now)
                 .lease_until
                 .expect("a writer has a lease");
-            let term = agent.node.term();
+            let term = agent.node().term();
             let accept = slot.accept;
             let (until, fresh) = match slot.lease_real {
                 Some((local, real)) if local == lease_until => (real, false),
@@ -326,7 +377,7 @@ impl World {
                 let other_term = self.replicas[other as usize]
                     .agent
                     .as_ref()
-                    .map_or("?".to_string(), |a| a.node.term().to_string());
+                    .map_or("?".to_string(), |a| a.node().term().to_string());
                 self.fail(
                     "2 at most one node accepts writes at any instant",
                     format!(
@@ -425,8 +476,9 @@ impl World {
     }
 
     /// The pod is terminating: the kubelet's SIGTERM makes a writer hand its role to an
-    /// up-to-date peer before the process exits (adapter-k8s `agent::driver`, `Control::Shutdown`),
-    /// so that a deleted writer costs a hand-over, not an election timeout.
+    /// up-to-date peer before the process exits (the machine's `Input::Shutdown`, as adapter-k8s
+    /// `agent::driver` feeds it), so that a deleted writer costs a hand-over, not an election
+    /// timeout; the process exits when the machine says so.
     fn on_sigterm(&mut self, ordinal: i32) -> Vec<Out> {
         let terminating = self
             .k8s
@@ -440,18 +492,8 @@ impl World {
             return Vec::new();
         };
         a.sigterm = true;
-        if a.node.role() != Role::Writer {
-            return Vec::new();
-        }
-        let Some(to) = a.node.hand_over_target() else {
-            return Vec::new();
-        };
-        self.ev(format!(
-            "{} got SIGTERM: hands over to {to}",
-            pod_id(ordinal)
-        ));
-        self.stats.transfers += 1;
-        self.step_agent(ordinal, Input::TransferWriter { to })
+        self.ev(format!("{} got SIGTERM", pod_id(ordinal)));
+        self.step_agent(ordinal, Input::Shutdown)
     }
 
     /// How long (ms) the fence of `ordinal` is overdue: its pod's annotations file has said fenced
@@ -466,77 +508,24 @@ impl World {
         (late > 0).then_some(late / 1_000_000 + bound_ms)
     }
 
-    /// Every `FENCE_POLL_MS`: the agent re-reads its pod's annotations file; a change of the
-    /// fence becomes `Input::SetFenced`, a new transfer request is decided by the core
-    /// (`control::TransferInbox`) as in adapter-k8s `agent::fence::watch` and `agent::driver`.
+    /// Every `FENCE_POLL_MS`: the agent re-reads its pod's annotations file and gives the machine
+    /// its content (adapter-k8s `agent::fence::watch`): a fence change, a new transfer request.
     fn read_fence_file(&mut self, ordinal: i32, now: Millis) -> Vec<Out> {
         let Some(a) = self.agent_mut(ordinal).filter(|a| now >= a.next_fence_read) else {
             return Vec::new();
         };
         a.next_fence_read = now.saturating_add(Millis(FENCE_POLL_MS));
-        let mut out = self.read_fence(ordinal);
-        out.extend(self.read_transfer_request(ordinal));
-        out
-    }
-
-    /// The transfer request in the annotations file, considered once.
-    fn read_transfer_request(&mut self, ordinal: i32) -> Vec<Out> {
-        let value = self
-            .k8s
-            .pods
-            .get(&ordinal)
-            .and_then(|p| p.transfer_file.clone());
-        let Some(a) = self.agent_mut(ordinal) else {
+        let Some(pod) = self.k8s.pods.get(&ordinal) else {
             return Vec::new();
         };
-        let Some(considered) = a.inbox.offer(value.as_deref(), &a.node) else {
-            return Vec::new();
+        let annotations = Annotations {
+            fenced: pod.fence_file,
+            transfer: pod.transfer_file.clone(),
         };
-        match considered.decision {
-            TransferDecision::Start(to) => {
-                self.ev(format!(
-                    "{} reads a transfer request: hands over to {to}",
-                    pod_id(ordinal)
-                ));
-                self.stats.transfers += 1;
-                self.step_agent(ordinal, Input::TransferWriter { to })
-            }
-            TransferDecision::Refused(why) => {
-                self.ev(format!(
-                    "{} reads a transfer request: {}",
-                    pod_id(ordinal),
-                    why.as_str()
-                ));
-                Vec::new()
-            }
-        }
-    }
-
-    fn read_fence(&mut self, ordinal: i32) -> Vec<Out> {
-        let Some(a) = self.agent_mut(ordinal) else {
-            return Vec::new();
-        };
-        let (was, role) = (a.node.is_fenced(), a.node.role());
-        let fenced = self.k8s.pods.get(&ordinal).is_some_and(|p| p.fence_file)
-            && self.cfg.bug != Some(Bug::IgnoreFence);
-        if fenced == was {
-            return Vec::new();
-        }
-        self.ev(format!(
-            "{} reads its annotations: {} ({role:?})",
-            pod_id(ordinal),
-            if fenced { "fenced" } else { "unfenced" }
-        ));
-        if fenced {
-            self.stats.fences_applied += 1;
-            if role == Role::Writer {
-                self.stats.fenced_writers += 1;
-            }
-        }
-        let out = self.step_agent(ordinal, Input::SetFenced(fenced));
-        // Invariant 8: from this instant on, the node may not accept writes.
+        let out = self.step_agent(ordinal, Input::Annotations(annotations));
+        // Invariant 8: from this instant on, a fenced node may not accept writes.
         let now_ns = self.now_ns();
-        if fenced
+        if self.agent_fenced(ordinal)
             && self.replicas[ordinal as usize]
                 .accept
                 .is_some_and(|(_, until)| until > now_ns)
@@ -549,40 +538,13 @@ impl World {
         out
     }
 
-    /// The planted `vote-cache`: a vote request of a term the election already granted a vote in
-    /// is answered from the memo, without asking the election, whoever the candidate.
-    fn plant_vote_cache(&mut self, ordinal: i32, from: &NodeId, msg: &Message) -> Option<Vec<Out>> {
-        let Message::Vote { term, sent_ms, .. } = *msg else {
-            return None;
-        };
-        let a = self.replicas[ordinal as usize].agent.as_ref()?;
-        if self.cfg.bug != Some(Bug::VoteCache) || a.granted_term != Some(term) {
-            return None;
-        }
-        let to = ordinal_of(from.as_str())?;
-        self.ev(format!(
-            "{} answers the vote request of {from} for term {term} from its memo (planted vote-cache)",
-            pod_id(ordinal)
-        ));
-        let reply = Packet::Peer {
-            from: pod_id(ordinal),
-            msg: Message::VoteResponse {
-                term,
-                granted: true,
-                sent_ms,
-                membership: None,
-            },
-        };
-        Some(vec![self.out(agent_addr(to), reply)])
-    }
-
     /// A packet reached the agent of `ordinal`.
     pub fn agent_receive(&mut self, ordinal: i32, packet: Packet, src: SocketAddr) -> Vec<Out> {
+        if self.replicas[ordinal as usize].agent.is_none() {
+            return Vec::new();
+        }
         match packet {
             Packet::Peer { from, msg } => {
-                if let Some(reply) = self.plant_vote_cache(ordinal, &from, &msg) {
-                    return reply;
-                }
                 if !matches!(
                     msg,
                     Message::Heartbeat { .. } | Message::HeartbeatAck { .. }
@@ -643,7 +605,7 @@ impl World {
         let Some(a) = self.replicas[ordinal as usize].agent.as_ref() else {
             return Vec::new();
         };
-        let node = &a.node;
+        let node = a.node();
         let from_id = pod_id(from);
         let my_term = node.term();
         // Only from the writer this node follows, in its own term.
@@ -762,39 +724,27 @@ impl World {
         Vec::new()
     }
 
-    /// `GET /_ha/leader` of `ordinal`, as JSON.
+    /// `GET /_ha/leader` of `ordinal`, as JSON (the machine's answer).
     fn leader_answer(&self, ordinal: i32) -> Vec<u8> {
         let now = self.local(ordinal);
         let a = self.replicas[ordinal as usize]
             .agent
             .as_ref()
             .expect("only a running agent answers");
-        let view = a.node.writer_view(now);
-        let (leader_url, node_id, lease_expires) = match (&view.writer, view.lease_until) {
-            (Some(w), Some(lease)) => (
-                format!(
-                    "http://{w}.{}-hs.{}.svc:{}",
-                    crate::config::BASE_NAME,
-                    crate::config::NAMESPACE,
-                    crate::world::AGENT_PORT
-                ),
-                w.to_string(),
-                base_core::wire::format_rfc3339(lease),
-            ),
-            _ => (String::new(), String::new(), String::new()),
-        };
-        let answer = LeaderAnswer {
-            leader_url,
-            node_id,
-            term: view.term.0,
-            lease_expires,
-        };
+        let answer = a.machine.leader_answer(now);
         serde_json::to_vec(&answer).expect("a leader answer serialises")
     }
 
-    /// The agent's check when a write arrives (and again right before the store applies it): the
-    /// writer of exactly the term the gateway named, inside its lease.
-    fn may_write(&self, ordinal: i32, incarnation: u64, term: Term) -> Result<(), Term> {
+    /// The machine's write admission when a write arrives, or (`recheck`) right before the
+    /// store applies it. The sim's gateway names the term it routed the write for, and the model
+    /// store applies it only in that term (as a Base fencing by `X-Base-Term` would).
+    fn may_write(
+        &self,
+        ordinal: i32,
+        incarnation: u64,
+        term: Term,
+        recheck: bool,
+    ) -> Result<(), Term> {
         let Some(a) = self.replicas[ordinal as usize]
             .agent
             .as_ref()
@@ -803,23 +753,20 @@ impl World {
             return Err(Term(0));
         };
         let now = self.local(ordinal);
-        let lease_ok = match self.cfg.bug {
-            Some(Bug::LeaseOverrun(ms)) => {
-                a.node.role() == Role::Writer
-                    && a.node.can_accept_writes(now.saturating_sub(Millis(ms)))
-            }
-            _ => a.node.can_accept_writes(now),
-        };
-        if lease_ok && a.node.term() == term && a.writer_term == Some(term) {
-            Ok(())
+        let admission = if recheck {
+            a.machine.recheck_write(now, term)
         } else {
-            Err(a.node.term())
+            a.machine.admit_write(now)
+        };
+        match admission {
+            Admission::Forward { term: t } if t == term => Ok(()),
+            _ => Err(a.node().term()),
         }
     }
 
     /// The agent's check when a write arrives.
     pub fn admit_write(&mut self, ordinal: i32, incarnation: u64, term: Term) -> Result<(), Term> {
-        let admitted = self.may_write(ordinal, incarnation, term);
+        let admitted = self.may_write(ordinal, incarnation, term, false);
         if admitted.is_err() && self.agent_fenced(ordinal) {
             self.stats.writes_refused_fenced += 1;
         }
@@ -837,8 +784,9 @@ impl World {
         }
     }
 
-    /// The store applies a write admitted earlier: re-checks the lease (unless the planted bug
-    /// skips it), appends, and starts replicating. Returns the entry's index.
+    /// The store applies a write admitted earlier: the agent's re-check right before forwarding
+    /// (the machine's; the planted `no-recheck` skips it there), then append and replicate.
+    /// Returns the entry's index.
     pub fn apply_write(
         &mut self,
         ordinal: i32,
@@ -849,9 +797,7 @@ impl World {
         if !self.alive(ordinal, incarnation) {
             return (Err(Term(0)), Vec::new());
         }
-        if self.cfg.bug != Some(Bug::NoRecheck)
-            && let Err(t) = self.may_write(ordinal, incarnation, term)
-        {
+        if let Err(t) = self.may_write(ordinal, incarnation, term, true) {
             return (Err(t), Vec::new());
         }
         let entry = Entry {
@@ -937,6 +883,10 @@ pub async fn replica_main(world: Shared, ordinal: i32) {
         let Ok((payload, src)) = ep.recv_from_raw(0).await else {
             return;
         };
+        // The process exited (after SIGTERM): it answers nothing more.
+        if !lock(&world).alive(ordinal, incarnation) {
+            return;
+        }
         let Ok(packet) = payload.downcast::<Packet>() else {
             continue;
         };

@@ -143,10 +143,9 @@ impl Bounds {
     }
 }
 
-/// A bug planted on purpose, to show that the checkers catch it. Those of the operator and the
-/// gateway are planted into the shared core code (`base_core::buggify`, compiled only with
-/// `--cfg madsim`); the agent's (`no-recheck`, `lease-overrun`, `ignore-fence`, `vote-cache`)
-/// into the simulation's agent, until the agent driver is a core machine.
+/// A bug planted on purpose, to show that the checkers catch it. Each is a switch in the shared
+/// core code (`base_core::buggify`, compiled only with `--cfg madsim`): the operator's in
+/// `reconcile` and `writer_poll`, the gateway's in `tracker`, the agent's in `agent`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bug {
     /// The agent checks the lease when a write arrives but not again right before the store applies
@@ -154,9 +153,9 @@ pub enum Bug {
     /// writes (the residual window of `quasar/mod.rs` "What remains", with a Base that ignores the
     /// `X-Base-Term` fencing token).
     NoRecheck,
-    /// The store accepts writes for this many ms past the writer's lease: a lease longer than the
-    /// followers' election timeout, which `Timing::new` refuses, planted on the sim side.
-    LeaseOverrun(u64),
+    /// The agent accepts writes for `base_core::agent::LEASE_OVERRUN_MS` (5 s) past the writer's
+    /// lease: a lease longer than the followers' election timeout, which `Timing::new` refuses.
+    LeaseOverrun,
     /// The agent never reads its pod's annotations file: fencing never reaches the election.
     IgnoreFence,
     /// The operator reports a switchover `Done` as soon as it asks the writer to hand over.
@@ -191,10 +190,10 @@ pub enum Bug {
 }
 
 impl Bug {
-    /// The switch in the core code, for the bugs planted there.
-    pub fn in_core(self) -> Option<base_core::buggify::Bug> {
+    /// The switch in the core code.
+    pub fn in_core(self) -> base_core::buggify::Bug {
         use base_core::buggify::Bug as Core;
-        Some(match self {
+        match self {
             Bug::EarlyDone => Core::EarlyDone,
             Bug::UnfencedPlan => Core::UnfencedPlan,
             Bug::WrongRetention => Core::WrongRetention,
@@ -202,16 +201,17 @@ impl Bug {
             Bug::FixedPoll => Core::FixedPoll,
             Bug::NoReadPin => Core::NoReadPin,
             Bug::RouteCache => Core::RouteCache,
-            Bug::NoRecheck | Bug::LeaseOverrun(_) | Bug::IgnoreFence | Bug::VoteCache => {
-                return None;
-            }
-        })
+            Bug::NoRecheck => Core::NoRecheck,
+            Bug::LeaseOverrun => Core::LeaseOverrun,
+            Bug::IgnoreFence => Core::IgnoreFence,
+            Bug::VoteCache => Core::VoteCache,
+        }
     }
 
     pub fn parse(s: &str) -> Result<Bug, String> {
         match s {
             "no-recheck" => Ok(Bug::NoRecheck),
-            "lease-overrun" => Ok(Bug::LeaseOverrun(5_000)),
+            "lease-overrun" => Ok(Bug::LeaseOverrun),
             "ignore-fence" => Ok(Bug::IgnoreFence),
             "early-done" => Ok(Bug::EarlyDone),
             "unfenced-plan" => Ok(Bug::UnfencedPlan),
@@ -230,7 +230,7 @@ impl Bug {
     pub fn name(self) -> &'static str {
         match self {
             Bug::NoRecheck => "no-recheck",
-            Bug::LeaseOverrun(_) => "lease-overrun",
+            Bug::LeaseOverrun => "lease-overrun",
             Bug::IgnoreFence => "ignore-fence",
             Bug::EarlyDone => "early-done",
             Bug::UnfencedPlan => "unfenced-plan",

@@ -98,7 +98,7 @@ impl World {
         let term = self.replicas[writer as usize]
             .agent
             .as_ref()
-            .map(|a| a.node.term());
+            .map(|a| a.node().term());
         let timeout = match via {
             Host::Operator => OPERATOR_POLL_TIMEOUT_MS,
             _ => GATEWAY_POLL_TIMEOUT_MS,

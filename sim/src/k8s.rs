@@ -690,7 +690,7 @@ impl World {
             let agent_fenced = self.replicas[*o as usize]
                 .agent
                 .as_ref()
-                .map(|a| a.node.is_fenced());
+                .map(|a| a.node().is_fenced());
             if agent_fenced != Some(want) {
                 return Err(format!(
                     "{} is fenced {agent_fenced:?}, its pod says {want}",

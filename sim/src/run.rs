@@ -161,7 +161,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async move {
             // On the thread that runs the simulation: the core's planted bugs for this seed.
-            base_core::buggify::plant(cfg.bug.and_then(crate::config::Bug::in_core));
+            base_core::buggify::plant(cfg.bug.map(crate::config::Bug::in_core));
             let world = build(cfg);
             *slot2.lock().unwrap_or_else(|e| e.into_inner()) = Some(world.clone());
             supervise(&world).await;
@@ -363,7 +363,7 @@ impl World {
             && !self
                 .replicas
                 .iter()
-                .any(|s| s.agent.as_ref().is_some_and(|a| a.node.is_fenced()));
+                .any(|s| s.agent.as_ref().is_some_and(|a| a.node().is_fenced()));
         ops && self.net.chaos == 0
             && self.net.clogged.is_empty()
             && !self.replicas.iter().any(|s| s.paused)
@@ -447,7 +447,7 @@ impl World {
             && let Some(term) = self.replicas[victim as usize]
                 .agent
                 .as_ref()
-                .map(|a| a.node.term())
+                .map(|a| a.node().term())
         {
             let clean = self.quiet()
                 && self.membership_settled()

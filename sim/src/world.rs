@@ -8,7 +8,6 @@ use crate::k8s::K8s;
 use crate::operator::OperatorPoller;
 use crate::rng::{Fnv, Rng};
 use crate::stats::{Failover, FailoverKind};
-use base_core::control::TransferInbox;
 use base_core::quasar::{Message, Node};
 use base_core::reconcile::WriterView;
 use base_core::tracker::{Tracker, TrackerConfig};
@@ -239,10 +238,12 @@ pub async fn send_all(ep: &madsim::net::Endpoint, outs: Vec<Out>) {
 
 /// The in-memory state of one replica's agent (lost when its process dies).
 pub struct Agent {
-    pub node: Node,
+    /// The production agent's decisions (`base_core::agent`): election, fence, transfers,
+    /// shutdown, write admission, `/_ha/leader`.
+    pub machine: base_core::agent::Agent,
     pub peers: Vec<i32>,
     pub incarnation: u64,
-    /// Set while this agent is the writer of that term.
+    /// Set while this agent is the writer of that term (the model store's role).
     pub writer_term: Option<Term>,
     pub next_index: BTreeMap<i32, u64>,
     pub match_index: BTreeMap<i32, u64>,
@@ -253,11 +254,14 @@ pub struct Agent {
     pub next_fence_read: Millis,
     /// The kubelet's SIGTERM (pod terminating) has reached the agent.
     pub sigterm: bool,
-    /// The planted `vote-cache`: the term of the last vote the election granted, replayed to
-    /// any candidate of that term.
-    pub granted_term: Option<Term>,
-    /// The transfer requests (pod annotation `hanzo.ai/transfer-to`) already considered.
-    pub inbox: TransferInbox,
+    /// It was the writer at SIGTERM and started handing the role over.
+    pub handed_over_on_sigterm: bool,
+}
+
+impl Agent {
+    pub fn node(&self) -> &Node {
+        self.machine.node()
+    }
 }
 
 /// One ordinal's process slot.
@@ -359,6 +363,10 @@ pub struct Stats {
     pub api_writes: u64,
     pub pod_starts: u64,
     pub transfers: u64,
+    /// Agent processes that exited on SIGTERM before their kill (the machine's `Exit`), and of
+    /// them those that had handed the writer role over first.
+    pub sigterm_exits: u64,
+    pub sigterm_exits_after_hand_over: u64,
     /// Reconcile passes that observed no writer while some node could accept writes.
     pub operator_no_writer_while_one_accepts: u64,
     /// Writes the gateway refused, and reconcile passes that saw no writer, because the poller
@@ -547,7 +555,7 @@ impl World {
         self.replicas[ordinal as usize]
             .agent
             .as_ref()
-            .is_some_and(|a| a.node.is_fenced())
+            .is_some_and(|a| a.node().is_fenced())
     }
 
     /// A replica's local clock now.
@@ -653,7 +661,7 @@ impl World {
                 self.replicas[o as usize]
                     .agent
                     .as_ref()
-                    .map(|a| a.node.term())
+                    .map(|a| a.node().term())
             })
     }
 

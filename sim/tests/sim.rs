@@ -228,7 +228,7 @@ fn planted_bug_no_recheck_is_caught() {
 #[test]
 fn planted_bug_lease_overrun_is_caught() {
     let options = Options {
-        bug: Some(Bug::LeaseOverrun(5_000)),
+        bug: Some(Bug::LeaseOverrun),
         ..Options::default()
     };
     let report = first_caught(&options, 60).expect("the checkers miss a lease past its end");
@@ -391,12 +391,14 @@ fn planted_bug_wrong_retention_is_caught_under_both_policies() {
 /// seeds beyond the CI tests' 0–299: switchovers done, refused because the target is fenced, a
 /// fenced writer handing over, writes a fenced node refused; operator crashes in the middle of a
 /// rolling update and of a scale change; PVCs of scaled-away ordinals checked removed under
-/// `Delete` and kept under `Retain`; and nothing breaks (every seed converges).
+/// `Delete` and kept under `Retain`; agents exiting on SIGTERM before their kill, writers after
+/// handing over; and nothing breaks (every seed converges).
 #[test]
 fn operations_and_operator_crashes_are_exercised_under_faults() {
     let (mut done, mut refused_fenced, mut fenced_writers, mut refused_writes) = (0, 0, 0, 0);
     let (mut crashes, mut mid_update, mut mid_scale) = (0, 0, 0);
     let (mut removed, mut kept) = (0, 0);
+    let (mut exits, mut writer_exits) = (0, 0);
     for seed in 300..400 {
         let report = run_seed(seed, &options());
         if let Some(text) = report.failure_text() {
@@ -416,6 +418,8 @@ fn operations_and_operator_crashes_are_exercised_under_faults() {
         mid_scale += s.operator_crashes_mid_scale;
         removed += s.pvcs_removed_on_scale_down;
         kept += s.pvcs_kept_on_scale_down;
+        exits += s.sigterm_exits;
+        writer_exits += s.sigterm_exits_after_hand_over;
     }
     println!(
         "seeds 300-399: {done} switchovers done, {refused_fenced} refused (fenced target), {fenced_writers} fenced writers, {refused_writes} writes refused by fenced nodes; {crashes} operator crashes ({mid_update} mid rolling update, {mid_scale} mid scale change); scaled-away PVCs {removed} removed (Delete), {kept} kept (Retain)"
@@ -431,6 +435,16 @@ fn operations_and_operator_crashes_are_exercised_under_faults() {
     assert!(
         removed >= 1 && kept >= 1,
         "the fault plans no longer scale down under both retention policies"
+    );
+    // Drift fixed (issue 14): the production agent exits on SIGTERM at once when it is not the
+    // writer, and a writer once its successor leads; the simulation's copy kept every
+    // terminating process running (voting, answering) until its kill. Failed before (0 exits).
+    println!(
+        "{exits} agents exited on SIGTERM before their kill, {writer_exits} of them writers that had handed over"
+    );
+    assert!(
+        exits >= 5 && writer_exits >= 1,
+        "terminating agents do not exit as the production agent does"
     );
 }
 
