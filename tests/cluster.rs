@@ -968,19 +968,7 @@ async fn retained_claims_keep_the_data(
         Duration::from_secs(180),
         "the Base and its pods gone, its three claims still bound",
         || async {
-            let base = node.kubectl(&["-n", NS, "get", "base", BASE]).0;
-            let pods = node
-                .kubectl(&[
-                    "-n",
-                    NS,
-                    "get",
-                    "pods",
-                    "-l",
-                    &format!("hanzo.ai/base={BASE}"),
-                    "-o",
-                    "name",
-                ])
-                .1;
+            let gone = base_and_pods_gone(node);
             let pvcs = node
                 .kubectl(&[
                     "-n",
@@ -993,8 +981,7 @@ async fn retained_claims_keep_the_data(
                 .1;
             let mut pvcs: Vec<&str> = pvcs.split_whitespace().collect();
             pvcs.sort();
-            (!base
-                && pods.trim().is_empty()
+            (gone
                 && pvcs
                     == [
                         "data-local-0=Bound",
@@ -1060,6 +1047,16 @@ fn gateway_url(node: &Node) -> String {
     format!("http://{}", ip.trim())
 }
 
+/// The Base is gone (its finalizer ran) and so are all its pods.
+fn base_and_pods_gone(node: &Node) -> bool {
+    let base = node.kubectl(&["-n", NS, "get", "base", BASE]).0;
+    let label = format!("hanzo.ai/base={BASE}");
+    let pods = node
+        .kubectl(&["-n", NS, "get", "pods", "-l", &label, "-o", "name"])
+        .1;
+    !base && pods.trim().is_empty()
+}
+
 /// Deleting the Base under retentionPolicy Delete: its pods go, its claims are deleted (and the
 /// provisioner removes their volumes), and the Base itself is gone once its finalizer ran.
 async fn deleting_the_base_honours_retention(node: &Node) {
@@ -1068,23 +1065,10 @@ async fn deleting_the_base_honours_retention(node: &Node) {
         Duration::from_secs(180),
         "the Base, its pods, claims and volumes gone",
         || async {
-            let base = node.kubectl(&["-n", NS, "get", "base", BASE]).0;
-            let pods = node
-                .kubectl(&[
-                    "-n",
-                    NS,
-                    "get",
-                    "pods",
-                    "-l",
-                    "hanzo.ai/base=local",
-                    "-o",
-                    "name",
-                ])
-                .1;
+            let gone = base_and_pods_gone(node);
             let pvcs = node.kubectl(&["-n", NS, "get", "pvc", "-o", "name"]).1;
             let pvs = node.kubectl(&["get", "pv", "-o", "name"]).1;
-            (!base && pods.trim().is_empty() && pvcs.trim().is_empty() && pvs.trim().is_empty())
-                .then_some(())
+            (gone && pvcs.trim().is_empty() && pvs.trim().is_empty()).then_some(())
         },
     )
     .await;
