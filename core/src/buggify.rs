@@ -5,7 +5,8 @@
 //!
 //! Planted here (the production logic itself, not a copy): the operator's `early-done`,
 //! `unfenced-plan`, `wrong-retention` (in `reconcile`) and `stale-operator-writer` (the
-//! writer kept past its lease and every view fresh, in `writer_poll`); the gateway's
+//! writer kept past its lease and every view fresh, and a round that lasts until its slowest
+//! poll ends, in `writer_poll`); the gateway's
 //! `fixed-poll`, `no-read-pin` and `route-cache` (in `tracker`); the agent's `no-recheck`,
 //! `lease-overrun`, `ignore-fence` and `vote-cache` (in `agent`).
 
@@ -20,7 +21,8 @@ pub enum Bug {
     UnfencedPlan,
     /// The plan uses the other `retentionPolicy`.
     WrongRetention,
-    /// The operator's writer as before its fix: kept past its lease, every view fresh.
+    /// The operator's writer as before its fix: kept past its lease, every view fresh, and a
+    /// round's answers held until its slowest poll ends.
     StaleOperatorWriter,
     /// Pollers poll every interval, never sooner for the writer's lease.
     FixedPoll,

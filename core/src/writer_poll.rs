@@ -79,6 +79,9 @@ pub struct WriterPoller<T> {
     /// Replicas whose poll of the current generation still runs.
     busy: Vec<bool>,
     writer: Option<PolledWriter>,
+    /// The planted `stale-operator-writer`: answers held until the round's slowest poll ends.
+    #[cfg(madsim)]
+    held: Vec<(ReplicaIx, PollResult)>,
 }
 
 impl<T: Clone + PartialEq> WriterPoller<T> {
@@ -91,6 +94,8 @@ impl<T: Clone + PartialEq> WriterPoller<T> {
             generation: 0,
             busy: Vec::new(),
             writer: None,
+            #[cfg(madsim)]
+            held: Vec::new(),
         }
     }
 
@@ -132,6 +137,11 @@ impl<T: Clone + PartialEq> WriterPoller<T> {
     /// A round is due: the tracker rebuilt if the targets changed, then every target whose last
     /// poll has ended is to be polled now (marked busy until its answer comes).
     pub fn start_round(&mut self) -> Vec<Poll<T>> {
+        // Planted `stale-operator-writer`: as the operator before its fix, a round lasts until
+        // its slowest poll ends.
+        if crate::buggify!(StaleOperatorWriter) && self.busy.iter().any(|b| *b) {
+            return Vec::new();
+        }
         if self
             .tracker
             .as_ref()
@@ -145,6 +155,8 @@ impl<T: Clone + PartialEq> WriterPoller<T> {
                 .map(|t| (self.targets.clone(), t));
             self.generation += 1;
             self.busy = vec![false; self.targets.len()];
+            #[cfg(madsim)]
+            self.held.clear();
         }
         let Some((targets, _)) = &self.tracker else {
             return Vec::new();
@@ -171,17 +183,54 @@ impl<T: Clone + PartialEq> WriterPoller<T> {
         replica: ReplicaIx,
         result: PollResult,
     ) -> Answered {
-        let current = self.generation;
-        let Some((_, tracker)) = self.tracker.as_mut().filter(|_| generation == current) else {
+        if self.tracker.is_none() || generation != self.generation {
+            return Answered {
+                effect: None,
+                wake: false,
+                renew_within: None,
+            };
+        }
+        if let Some(b) = self.busy.get_mut(replica) {
+            *b = false;
+        }
+        #[cfg(madsim)]
+        if crate::buggify!(StaleOperatorWriter) {
+            return self.held_answer(now, replica, result);
+        }
+        self.apply(now, replica, result)
+    }
+
+    /// The planted `stale-operator-writer`: an answer is held until every poll of its round has
+    /// ended, then all are fed at once.
+    #[cfg(madsim)]
+    fn held_answer(&mut self, now: Millis, replica: ReplicaIx, result: PollResult) -> Answered {
+        self.held.push((replica, result));
+        let mut answered = Answered {
+            effect: None,
+            wake: false,
+            renew_within: None,
+        };
+        if self.busy.iter().any(|b| *b) {
+            return answered;
+        }
+        for (replica, result) in std::mem::take(&mut self.held) {
+            let one = self.apply(now, replica, result);
+            answered.wake |= one.wake;
+            answered.effect = one.effect.or(answered.effect);
+            answered.renew_within = one.renew_within.or(answered.renew_within);
+        }
+        answered
+    }
+
+    /// Feeds one answer of the current generation to its tracker.
+    fn apply(&mut self, now: Millis, replica: ReplicaIx, result: PollResult) -> Answered {
+        let Some((_, tracker)) = self.tracker.as_mut() else {
             return Answered {
                 effect: None,
                 wake: false,
                 renew_within: None,
             };
         };
-        if let Some(b) = self.busy.get_mut(replica) {
-            *b = false;
-        }
         let effect = tracker.on_poll(now, replica, result);
         let named = tracker.writer(now);
         let writer = named.and_then(|(ix, term, lease_expires)| {

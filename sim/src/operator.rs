@@ -4,7 +4,7 @@
 //! `k8s.rs`), with the checkers of what the plan decides (invariant 9).
 
 use crate::clock::Clock;
-use crate::config::{BASE_NAME, Bug};
+use crate::config::BASE_NAME;
 use crate::gateway::{LeaderPoll, Who};
 use crate::k8s::PodPhase;
 use crate::world::{Shared, World, lock, ordinal_of, pod_id, pod_name};
@@ -308,13 +308,7 @@ impl World {
 /// timeout; every answer is fed as it arrives, and one naming a writer brings the next round
 /// forward so that the writer is polled again before its lease passes.
 pub async fn operator_poll_loop(world: Shared) {
-    let (interval, bug) = {
-        let w = lock(&world);
-        (
-            Duration::from_millis(w.cfg.poll_interval_ms),
-            w.cfg.bug == Some(Bug::StaleOperatorWriter),
-        )
-    };
+    let interval = Duration::from_millis(lock(&world).cfg.poll_interval_ms);
     let (tx, mut answers) = mpsc::unbounded::<(u64, usize, i32, Option<Vec<u8>>)>();
     let mut next_round = madsim::time::Instant::now();
     loop {
@@ -329,24 +323,6 @@ pub async fn operator_poll_loop(world: Shared) {
                     o,
                     tx.clone(),
                 ));
-            }
-            if bug {
-                // The adapter before the fix: the round lasts until its slowest poll ends, then
-                // every answer is fed at once.
-                let mut done = Vec::new();
-                while done.len() < polls.len() {
-                    match answers.next().await {
-                        Some(answer) => done.push(answer),
-                        None => return,
-                    }
-                }
-                let mut w = lock(&world);
-                let soon = done
-                    .into_iter()
-                    .filter_map(|(g, ix, o, body)| w.operator_poll_answer(g, ix, o, body))
-                    .last();
-                let wait = soon.map_or(interval, |ms| interval.min(Duration::from_millis(ms)));
-                next_round = madsim::time::Instant::now() + wait;
             }
             continue;
         }

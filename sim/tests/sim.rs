@@ -516,7 +516,37 @@ fn regression_switchover_done_needs_a_fresh_confirmation() {
     }
 }
 
-/// `MADSIM_TEST_SEED=N cargo sim-test --test sim replay -- --nocapture`: one seed, its timeline.
+/// The planted `stale-operator-writer`'s other half is a switch in the core poller itself (the
+/// loop no longer re-implements it): a round's answers are held until its slowest poll ends, and
+/// no round starts meanwhile. Without the bug each answer counts as it arrives and a round skips
+/// only the pod still being polled. Runs on a thread of its own (plants are per thread).
+#[test]
+fn planted_stale_operator_writer_holds_a_round_for_its_slowest_poll() {
+    use base_core::tracker::PollResult;
+    use base_core::writer_poll::WriterPoller;
+    use base_core::{Millis, NodeId};
+    std::thread::spawn(|| {
+        for planted in [false, true] {
+            base_core::buggify::plant(
+                planted.then_some(base_core::buggify::Bug::StaleOperatorWriter),
+            );
+            let mut p = WriterPoller::new(Millis(1_000));
+            p.set_targets(vec![(NodeId::new("a-0"), 0), (NodeId::new("a-1"), 1)]);
+            let polls = p.start_round();
+            assert_eq!(polls.len(), 2);
+            let (g, fast, slow) = (polls[0].generation, polls[0].replica, polls[1].replica);
+            let first = p.on_answer(Millis(10), g, fast, PollResult::Failed);
+            assert_eq!(first.effect.is_none(), planted, "planted: {planted}");
+            let next = p.start_round();
+            assert_eq!(next.len(), usize::from(!planted), "planted: {planted}");
+            let last = p.on_answer(Millis(2_000), g, slow, PollResult::Failed);
+            assert!(last.effect.is_some());
+        }
+    })
+    .join()
+    .expect("the poller behaves as planted");
+}
+
 #[test]
 fn replay() {
     let seed = std::env::var("MADSIM_TEST_SEED")
