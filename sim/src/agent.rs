@@ -1,12 +1,13 @@
 //! One replica: the production agent's machine (`base_core::agent::Agent`, around the core
 //! election), driven by ticks, peer messages, the pod's annotations and SIGTERM as the tokio
-//! agent drives it, in front of a small model of the Base store. The store's log lives on the pod's PVC and survives restarts;
-//! the agent's memory does not. Writes are admitted only while the election says so
-//! (`can_accept_writes` on the node's own skewed clock) and are recorded with their term; the log
-//! is replicated to the followers in the manner of Raft's AppendEntries, and a write is
-//! acknowledged once a majority holds it. The store's replication position
-//! `(last term << 32) | length` is fed to the election, so a voter grants only candidates whose
-//! log is at least as up to date as its own.
+//! agent drives it, in front of a small model of the Base store. Every agent decision is the
+//! machine's (write admission on arrival and right before the store applies, fence, transfers,
+//! shutdown, `/_ha/leader`); this file keeps the madsim plumbing, the model store and checkers.
+//! The store's log lives on the pod's PVC and survives restarts; the agent's memory does not.
+//! Writes are recorded with their term; the log is replicated to the followers in the manner of
+//! Raft's AppendEntries, and a write is acknowledged once a majority holds it. The store's
+//! replication position `(last term << 32) | length` is fed to the election, so a voter grants
+//! only candidates whose log is at least as up to date as its own.
 
 use crate::k8s::PodPhase;
 use crate::world::{
