@@ -18,6 +18,8 @@ macro_rules! buggify {
 }
 pub mod agent;
 pub mod control;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod ids;
 pub mod quasar;
 pub mod replication;

@@ -4,15 +4,15 @@
 //!
 //! - never two writers in one term;
 //! - a fenced node never becomes writer and never accepts writes (fences come and go as faults);
-//! - at no real instant (checked every simulated ms) two nodes whose `can_accept_writes` is true;
+//! - at no real instant two nodes whose `can_accept_writes` is true (each node's window computed
+//!   exactly from its own clock and lease by the harness's checker, which also checks votes,
+//!   terms and configurations: see `base_core::harness::Checker`);
 //! - once the faults stop, a connected cluster elects a writer within a bound;
 //! - a stable connected majority elects a writer within a bound, and fails over within one.
 
-mod cluster;
-
 use base_core::NodeId;
+use base_core::harness::{Cluster, NetFaults, PPM, TICK_MS};
 use base_core::quasar::{Input, Role, Timing};
-use cluster::{Cluster, NetFaults, PPM};
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 
 /// Faults are injected during this much simulated time.
@@ -133,13 +133,13 @@ fn build(plan: &Plan) -> Cluster {
         },
     );
     for (i, rate) in plan.rate_ppm.iter().enumerate() {
-        c.nodes[i].rate_ppm = *rate;
+        c.set_rate(i, *rate);
     }
     c
 }
 
 fn apply(c: &mut Cluster, fault: &Fault) {
-    let n = c.nodes.len();
+    let n = c.len();
     match fault {
         Fault::Partition(groups) => {
             let mut a = Vec::new();
@@ -163,7 +163,7 @@ fn apply(c: &mut Cluster, fault: &Fault) {
             if let Some(&w) = c.accepting().first() {
                 let to = i % n;
                 if to != w {
-                    let to = NodeId::new(c.nodes[to].id.as_str());
+                    let to = NodeId::new(c.id(to).as_str());
                     c.step_node(w, Input::TransferWriter { to });
                 }
             }
@@ -171,7 +171,7 @@ fn apply(c: &mut Cluster, fault: &Fault) {
         Fault::Fence(i) => c.set_fenced(i % n, true),
         Fault::Unfence(i) => c.set_fenced(i % n, false),
         Fault::Campaign(i) => {
-            if !c.nodes[i % n].paused {
+            if !c.paused(i % n) {
                 c.step_node(i % n, Input::Campaign);
             }
         }
@@ -186,16 +186,16 @@ fn safe_and_live(plan: Plan) -> TestResult {
         while let Some((_, f)) = faults.next_if(|(t, _)| *t <= c.real_ms) {
             apply(&mut c, f);
         }
-        if plan.eager && c.real_ms.is_multiple_of(cluster::TICK_MS) {
-            for i in 0..c.nodes.len() {
+        if plan.eager && c.real_ms.is_multiple_of(TICK_MS) {
+            for i in 0..c.len() {
                 let waiting = matches!(c.role(i), Some(Role::Follower | Role::PreCandidate));
-                if !c.nodes[i].paused && waiting {
+                if !c.paused(i) && waiting {
                     c.step_node(i, Input::Campaign);
                 }
             }
         }
         c.step_ms();
-        if let Some(v) = &c.violation {
+        if let Some(v) = c.violation() {
             return TestResult::error(format!("safety: {v}"));
         }
     }
@@ -203,13 +203,13 @@ fn safe_and_live(plan: Plan) -> TestResult {
     c.heal();
     c.net.drop_pct = 0;
     c.net.dup_pct = 0;
-    for i in 0..c.nodes.len() {
+    for i in 0..c.len() {
         c.restart(i);
         c.resume(i);
         c.set_fenced(i, false);
     }
     let elected = c.advance_until(LIVENESS_BOUND_MS, |c| !c.accepting().is_empty());
-    if let Some(v) = &c.violation {
+    if let Some(v) = c.violation() {
         return TestResult::error(format!("safety: {v}"));
     }
     if elected.is_none() {
@@ -254,11 +254,11 @@ fn fenced_never_writes(seed: u64, five: bool, fence_count: u8) -> TestResult {
         return TestResult::error("no writer after the fence");
     }
     let w2 = c.accepting()[0];
-    if c.nodes[w2].fenced || c.term(w2) <= term {
+    if c.fenced(w2) || c.term(w2) <= term {
         return TestResult::error(format!("bad successor {w2} in term {}", c.term(w2)));
     }
     c.advance(3_000);
-    match &c.violation {
+    match c.violation() {
         Some(v) => TestResult::error(format!("safety: {v}")),
         None => TestResult::passed(),
     }
@@ -285,9 +285,9 @@ fn majority_elects_and_fails_over(seed: u64, five: bool, minority_dead: bool) ->
     let size = if five { 5 } else { 3 };
     let t = Timing::default();
     let mut c = Cluster::new(size, t, seed, NetFaults::clean(1 + seed % 20));
-    let mut rng = cluster::Rng(seed);
-    for n in c.nodes.iter_mut() {
-        n.rate_ppm = PPM - rng.below(t.drift_bound_ppm() + 1);
+    let mut rng = base_core::harness::Rng(seed);
+    for i in 0..size {
+        c.set_rate(i, PPM - rng.below(t.drift_bound_ppm() + 1));
     }
     let majority = size / 2 + 1;
     let minority: Vec<usize> = (majority..size).collect();
@@ -320,7 +320,7 @@ fn majority_elects_and_fails_over(seed: u64, five: bool, minority_dead: bool) ->
     // Worst case: restarted nodes wait E; followers wait out their promise and timeout (≤ Emax).
     let failover_bound = e + 3 * emax;
     let waited = c.advance_until(failover_bound, |c| !c.accepting().is_empty());
-    if let Some(v) = &c.violation {
+    if let Some(v) = c.violation() {
         return TestResult::error(format!("safety: {v}"));
     }
     match waited {
@@ -358,6 +358,6 @@ fn quasar_failover_is_well_under_three_seconds() {
             .advance_until(3_000, |c| !c.accepting().is_empty())
             .unwrap_or_else(|| panic!("seed {seed}: no failover within 3 s"));
         assert!(waited < 2_500, "seed {seed}: failover took {waited} ms");
-        assert!(c.violation.is_none(), "{:?}", c.violation);
+        assert!(c.violation().is_none(), "{:?}", c.violation());
     }
 }

@@ -1,7 +1,8 @@
 //! Scripted Quasar scenarios, in the manner of etcd raft's `testdata/*.txt` (datadriven): every
 //! file under `tests/scenarios/` is a script of commands run against the simulated cluster of
-//! `tests/cluster`. Safety (one writer per term; never two nodes accepting writes at once) is
-//! checked after every simulated millisecond of every script, and every `expect` must hold.
+//! the core's harness (`base_core::harness::Cluster`). Its checker judges every step of every
+//! script (one writer per term; never two nodes accepting writes at once, in real time; votes,
+//! terms and configurations), and every `expect` must hold.
 //!
 //! Each command is followed by the effects it produced, as `Cluster::record` writes them
 //! (`[real ms] node ...`: vote and pre-vote traffic, refused heartbeat acks, persisted terms and
@@ -53,11 +54,9 @@
 //! print                           the cluster's state, into the command's output
 //! ```
 
-mod cluster;
-
 use base_core::NodeId;
+use base_core::harness::{Cluster, NetFaults};
 use base_core::quasar::{Input, Role, Timing};
-use cluster::{Cluster, NetFaults};
 use std::path::Path;
 
 const WAIT_DEFAULT_MS: u64 = 10_000;
@@ -163,7 +162,7 @@ impl Interp {
             ["rate", n, ppm] => {
                 let i = self.node(n)?;
                 let ppm = Self::num(Some(ppm), "rate")?;
-                self.cluster()?.nodes[i].rate_ppm = ppm;
+                self.cluster()?.set_rate(i, ppm);
             }
             ["advance", ms] => {
                 let ms = Self::num(Some(ms), "advance")?;
@@ -251,7 +250,7 @@ impl Interp {
                 let (f, t) = (self.node(from)?, self.node(to)?);
                 let c = self.cluster()?;
                 let term = c.term(f);
-                let from = c.nodes[f].id.clone();
+                let from = c.id(f).clone();
                 c.step_node(
                     t,
                     Input::Message {
@@ -266,7 +265,7 @@ impl Interp {
                 if !acc.is_empty() {
                     return Err(format!(
                         "expected no writer, {} accepts writes",
-                        c.nodes[acc[0]].id
+                        c.id(acc[0])
                     ));
                 }
             }
@@ -275,7 +274,7 @@ impl Interp {
                 let t = Self::num(Some(t), "term")?;
                 let c = self.cluster()?;
                 let acc = c.accepting();
-                let names: Vec<&str> = acc.iter().map(|&k| c.nodes[k].id.as_str()).collect();
+                let names: Vec<&str> = acc.iter().map(|&k| c.id(k).as_str()).collect();
                 if acc != [i] {
                     return Err(format!("expected writer {n}, accepting writes: {names:?}"));
                 }
@@ -312,7 +311,7 @@ impl Interp {
                 let t = Self::num(Some(t), "term")?;
                 let c = self.cluster()?;
                 let now = c.local(i);
-                let node = c.nodes[i].node.as_ref().ok_or("node is dead")?;
+                let node = c.node(i).ok_or("node is dead")?;
                 let view = node.writer_view(now);
                 let got = view.writer.as_ref().map_or("none", NodeId::as_str);
                 if got != *m || view.term.0 != t {
@@ -328,14 +327,14 @@ impl Interp {
                 let last_a =
                     c.last_accepting_real[a].ok_or("the first node never accepted writes")?;
                 let a_term = c
-                    .writers
+                    .writers()
                     .iter()
                     .filter(|(_, w)| **w == a)
                     .map(|(t, _)| *t)
                     .max()
                     .ok_or("the first node never became writer")?;
                 let first_b = c
-                    .writers
+                    .writers()
                     .iter()
                     .filter(|(t, w)| **w == b && **t > a_term)
                     .filter_map(|(t, _)| c.won_real.get(t).copied())
@@ -344,7 +343,8 @@ impl Interp {
                 if last_a >= first_b {
                     return Err(format!(
                         "node {} accepted writes until {last_a} ms, node {} won at {first_b} ms",
-                        c.nodes[a].id, c.nodes[b].id
+                        c.id(a),
+                        c.id(b)
                     ));
                 }
             }
@@ -356,14 +356,14 @@ impl Interp {
                     c.real_ms,
                     c.inflight_len()
                 )];
-                for i in 0..c.nodes.len() {
+                for i in 0..c.len() {
                     lines.push(format!(
                         "{} term {} role {:?} accepting {} paused {}",
-                        c.nodes[i].id,
+                        c.id(i),
                         c.term(i),
                         c.role(i),
                         acc.contains(&i),
-                        c.nodes[i].paused
+                        c.paused(i)
                     ));
                 }
                 self.printed.extend(lines);
@@ -511,7 +511,7 @@ fn run_script(path: &Path) -> Result<Outcome> {
         let at = format!("{file}:{lineno}: `{command}`");
         interp.run_line(&words).map_err(|e| format!("{at}: {e}"))?;
         commands += 1;
-        if let Some(v) = interp.c.as_ref().and_then(|c| c.violation.as_ref()) {
+        if let Some(v) = interp.c.as_ref().and_then(|c| c.violation()) {
             return Err(format!("{at}: safety violated {v}"));
         }
         let mut got: Vec<String> = interp

@@ -1,24 +1,25 @@
 //! `election`: the Quasar writer election (`base_core::quasar::Node`) on a simulated cluster of 3
 //! or 5 nodes, driven by the fuzzer: ticks, message delays, drops, duplicates, late replays of old
 //! (out-of-term) messages, garbled bytes on the wire, messages from strangers, partitions, kills,
-//! restarts (with the persisted term, vote and configuration), pauses, transfers, campaigns, and
-//! membership changes: any nonempty subset of the nodes as the operator's desired voters, at any
-//! time, from an initial voter set of 1 to all of them (the others join). Every node reads
-//! its own clock: any offset, and a rate in `[1 − ρ, 1]` of real time, so that any two clocks drift
-//! apart by at most the bound ρ the timing was validated for.
+//! restarts (with the persisted term, vote and configuration), pauses, fences, transfers,
+//! campaigns, and membership changes: any nonempty subset of the nodes as the operator's desired
+//! voters, at any time, from an initial voter set of 1 to all of them (the others join). Every
+//! node reads its own clock: any offset, and a rate in `[1 − ρ, 1]` of real time, so that any two
+//! clocks drift apart by at most the bound ρ the timing was validated for.
 //!
-//! Checked, besides the machine's own `assert!`s:
-//! - never two writers in one term (`BecomeWriter` effects, across restarts);
-//! - at no real instant do two nodes accept writes: each node's `can_accept_writes` window is
-//!   computed exactly in real time (from the step that opened it to the step that closed it, or
-//!   to the real instant its own clock reaches `lease_until`), and windows of different nodes must
-//!   not overlap;
-//! - a node's term never goes down, across restarts too; it never grants two votes in one term;
-//!   a granted vote and every term-bearing message are sent only after the term and vote that
-//!   justify them were persisted;
-//! - never two configurations persisted under one version; a node that is not a voter of its
-//!   persisted configuration never asks for votes nor wins; every new writer holds a
-//!   configuration at least as new as every one committed in an earlier term.
+//! The nodes, their disks and clocks, and the safety checker are the core's test harness
+//! (`base_core::harness::{Nodes, Checker}`, shared with the core tests): what it checks is listed
+//! there — never two writers in one term; at no real instant two nodes accepting writes (each
+//! node's `can_accept_writes` window computed exactly in real time from its own clock and lease);
+//! terms never down, one vote per term, persisted before anything that depends on it; one
+//! configuration per version, never going back; no vote request or win by a non-voter; leader
+//! completeness for configurations; no fenced writer — plus the machine's own `assert!`s. The
+//! network (delays, loss, duplicates by the fuzzer's bytes; replays; garbling) is this file's.
+//!
+//! Time jumps from event to event: a message's delivery, or the next tick of the grid
+//! (`tick_ms`) at which some node's `next_tick_due` has come; ticks before it do nothing (the
+//! node's promise). One input in 64 ticks every node at every grid point instead, checking that
+//! promise (`Nodes::check_idle_ticks`: such a tick changes no state and has no effect).
 //!
 //! `ELECTION_DEBUG=1` prints a summary of each run (and every election); `ELECTION_SELFTEST=1`
 //! checks the checker: it slows an elected writer's clock to 1% speed, far outside the drift
@@ -30,18 +31,21 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Result, Unstructured};
-use base_core::quasar::{
-    ConfigVersion, Effect, Envelope, Input, Membership, Message, Node, PersistedState, Role, Timing,
-};
+use base_core::harness::{Nodes, PPM};
+use base_core::quasar::{Effect, Envelope, Input, Message, Timing};
 use base_core::{Millis, NodeId, Term};
 use libfuzzer_sys::fuzz_target;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
-const PPM: u64 = 1_000_000;
 /// Bounds per input, so that one run stays in the milliseconds.
 const MAX_REAL_MS: u64 = 120_000;
 const MAX_STEPS: usize = 20_000;
+/// Inputs that tick densely (and compare each node's whole state around every early tick) stop
+/// sooner: their steps are mostly those ticks, and their point is the check, not the depth.
+const MAX_STEPS_DENSE: usize = 2_000;
 const MAX_INFLIGHT: usize = 2_000;
+/// Actions per input at most (longer inputs are cut: their tails add little but time).
+const MAX_ACTIONS: usize = 400;
 
 #[derive(Arbitrary, Debug)]
 enum Action {
@@ -89,6 +93,11 @@ enum Action {
     },
     /// The operator publishes these nodes (a bit mask; empty: ignored) as the desired voters.
     Members(u8),
+    /// The operator fences (or unfences) a node; the fence outlives its restarts.
+    Fence {
+        node: u8,
+        on: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -205,30 +214,21 @@ fn index_of(id: &NodeId) -> Option<usize> {
 
 struct Sim {
     n: usize,
-    /// `node_id(i)` for each node, made once.
-    ids: Vec<NodeId>,
-    /// Nodes below this index are the initial voters; the others join.
-    initial: usize,
-    /// The desired voters, as the operator last published them (re-read on restart).
-    target: Option<BTreeSet<NodeId>>,
-    /// Every configuration persisted, by version (content only): one per version.
-    configs: HashMap<ConfigVersion, Membership>,
-    /// (term, version) of every configuration a writer saw committed in its term.
-    committed: BTreeSet<(Term, ConfigVersion)>,
-    timing: Timing,
-    rho: u64,
-    nodes: Vec<Option<Node>>,
-    /// What each node made durable (`Persist` effects), read back on restart.
-    disk: Vec<PersistedState>,
-    rate_ppm: Vec<u64>,
-    offset_ms: Vec<u64>,
-    paused: Vec<bool>,
+    /// The nodes with their clocks and disks, and the checker (the core's harness).
+    nodes: Nodes,
+    /// Per node: the seed of its next start.
+    seeds: Vec<u64>,
     /// Messages that reached a paused process, read when it resumes.
     mailbox: Vec<Vec<(usize, Message)>>,
-    seeds: Vec<u64>,
     now: u64,
-    next_tick: u64,
+    /// The next point of the tick grid (multiples of `tick_ms`) not yet passed.
+    next_grid: u64,
     tick_ms: u64,
+    /// Tick every node at every grid point (and check that the skipped ones would do nothing).
+    dense: bool,
+    /// Per node: the real time from which its tick can do anything (`Nodes::tick_due_real`),
+    /// kept up to date after everything that changes the node.
+    due: Vec<Option<u64>>,
     cut: Vec<Vec<bool>>,
     loss_pct: u8,
     dup_pct: u8,
@@ -238,260 +238,60 @@ struct Sim {
     seq: u64,
     history: Vec<(usize, usize, Message)>,
     steps: usize,
-    // Safety bookkeeping.
-    writer_of_term: HashMap<Term, usize>,
-    /// Per node: the accepting window open since real time `.0`, ending at `.1` at the latest.
-    open: Vec<Option<(u64, u64)>>,
-    windows: Vec<(u64, u64, usize)>,
-    /// Per node and term: the vote it granted (from its `Persist` effects and its responses).
-    votes: HashMap<(usize, Term), NodeId>,
-    max_term_seen: Vec<Term>,
+    max_steps: usize,
 }
 
 impl Sim {
-    fn local(&self, i: usize, real: u64) -> Millis {
-        Millis(
-            self.offset_ms[i]
-                + ((u128::from(real) * u128::from(self.rate_ppm[i])) / u128::from(PPM)) as u64,
-        )
-    }
-
-    /// The first real ms at which node `i`'s clock reads at least `t`.
-    fn real_at(&self, i: usize, t: Millis) -> u64 {
-        let Some(d) = t.0.checked_sub(self.offset_ms[i]) else {
-            return 0;
-        };
-        let r = u128::from(self.rate_ppm[i]);
-        let real = (u128::from(d) * u128::from(PPM)).div_ceil(r);
-        u64::try_from(real).unwrap_or(u64::MAX)
-    }
-
-    fn peers_of(&self, i: usize) -> Vec<NodeId> {
-        (0..self.n)
-            .filter(|&j| j != i)
-            .map(|j| self.ids[j].clone())
-            .collect()
-    }
-
-    /// Is node `i` a voter of the configuration it persisted (before its first persist: of the
-    /// one it started with)?
-    fn persisted_voter(&self, i: usize) -> bool {
-        let id = &self.ids[i];
-        match (&self.disk[i].membership, &self.nodes[i]) {
-            (Some(m), _) => m.is_voter(id),
-            (None, Some(n)) => n.membership().is_some_and(|m| m.is_voter(id)),
-            (None, None) => false,
-        }
-    }
-
-    fn start(&mut self, i: usize) {
-        let now = self.local(i, self.now);
+    fn start(&mut self, i: usize, u: &mut Unstructured) {
         self.seeds[i] = self.seeds[i]
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1);
-        let mut node = if i < self.initial {
-            Node::new(
-                self.ids[i].clone(),
-                self.peers_of(i),
-                self.timing,
-                self.disk[i].clone(),
-                self.seeds[i],
-                now,
-            )
-        } else {
-            Node::join(
-                self.ids[i].clone(),
-                self.peers_of(i),
-                self.timing,
-                self.disk[i].clone(),
-                self.seeds[i],
-                now,
-            )
-        }
-        .expect("a valid node");
-        if let Some(t) = &self.target {
-            let _ = node.step(now, Input::SetMembers(t.clone()));
-        }
-        assert!(
-            !node.can_accept_writes(now),
-            "a node accepts writes as it starts"
-        );
-        self.nodes[i] = Some(node);
-        self.paused[i] = false;
+        let effects = self.nodes.start(i, self.now, self.seeds[i]);
+        self.due[i] = self.nodes.tick_due_real(i);
+        self.route(i, effects, u);
     }
 
     fn kill(&mut self, i: usize) {
-        self.nodes[i] = None;
+        self.nodes.kill(i, self.now);
         self.mailbox[i].clear();
-        self.close_window(i);
+        self.due[i] = None;
     }
 
-    fn close_window(&mut self, i: usize) {
-        if let Some((start, end)) = self.open[i].take() {
-            let end = end.min(self.now);
-            if end > start {
-                self.windows.push((start, end, i));
-            }
-        }
-    }
-
-    /// After node `i` stepped at real time `now`: its accepting window restarts from here.
-    fn refresh_window(&mut self, i: usize) {
-        self.close_window(i);
-        let Some(node) = &self.nodes[i] else { return };
-        let local = self.local(i, self.now);
-        if node.can_accept_writes(local) {
-            let view = node.writer_view(local);
-            assert_eq!(view.writer.as_ref(), Some(&self.ids[i]));
-            let lease_until = view.lease_until.expect("a writer has a lease");
-            assert!(lease_until > local);
-            let end = self.real_at(i, lease_until);
-            assert!(end > self.now);
-            self.open[i] = Some((self.now, end));
-        }
+    fn set_paused(&mut self, i: usize, paused: bool) {
+        self.nodes.slots[i].paused = paused;
+        self.due[i] = self.nodes.tick_due_real(i);
     }
 
     fn step(&mut self, i: usize, input: Input, u: &mut Unstructured) {
-        if self.paused[i] {
+        if self.nodes.slots[i].paused || !self.nodes.alive(i) {
             return;
         }
-        let Some(node) = self.nodes[i].as_mut() else {
-            return;
-        };
-        let local = Millis(
-            self.offset_ms[i]
-                + ((u128::from(self.now) * u128::from(self.rate_ppm[i])) / u128::from(PPM)) as u64,
-        );
-        let term_before = node.term();
-        let effects = node.step(local, input);
-        let term_after = node.term();
-        let role = node.role();
-        let committed = (role == Role::Writer && node.membership_committed())
-            .then(|| node.membership().map(|m| m.version))
-            .flatten();
-        let held = node.membership().map(|m| m.version);
         self.steps += 1;
-        assert!(term_after >= term_before);
-        assert!(
-            term_after >= self.max_term_seen[i],
-            "node {i}: term went down across a restart"
-        );
-        self.max_term_seen[i] = term_after;
+        let effects = self.nodes.step(i, self.now, input);
+        self.due[i] = self.nodes.tick_due_real(i);
+        self.route(i, effects, u);
+    }
+
+    /// The sends of node `i`'s effects, into the network (the harness performed the rest).
+    fn route(&mut self, i: usize, effects: Vec<Effect>, u: &mut Unstructured) {
         for e in effects {
             match e {
-                Effect::Persist {
-                    term,
-                    voted_for,
-                    membership,
-                } => {
-                    assert!(term >= self.disk[i].term, "node {i} persisted a lower term");
-                    if term == self.disk[i].term && self.disk[i].voted_for.is_some() {
-                        assert_eq!(
-                            voted_for, self.disk[i].voted_for,
-                            "node {i} changed its vote in {term}"
-                        );
-                    }
-                    if let Some(v) = &voted_for {
-                        if let Some(prev) = self.votes.insert((i, term), v.clone()) {
-                            assert_eq!(&prev, v, "node {i} voted twice in term {term}");
-                        }
-                    }
-                    if let Some(m) = &membership {
-                        let before = self.disk[i].membership.as_ref().map(|m| m.version);
-                        assert!(
-                            before <= Some(m.version),
-                            "node {i}'s configuration went back"
-                        );
-                        let content = m.restamped(ConfigVersion::default());
-                        if let Some(other) = self.configs.get(&m.version) {
-                            assert_eq!(
-                                other, &content,
-                                "two configurations with version {}",
-                                m.version
-                            );
-                        } else {
-                            self.configs.insert(m.version, content);
-                        }
-                    }
-                    self.disk[i] = PersistedState {
-                        term,
-                        voted_for,
-                        membership,
-                    };
-                }
-                Effect::BecomeWriter { term, lease_until } => {
-                    if debug() {
-                        eprintln!(
-                            "real {} q-{i} local {} writer of {term} lease_until {lease_until}",
-                            self.now, local
-                        );
-                    }
-                    assert_eq!(role, Role::Writer);
-                    assert!(self.persisted_voter(i), "q-{i} won {term} but is not a voter");
-                    if let Some(&(t, v)) = self
-                        .committed
-                        .iter()
-                        .filter(|(t, _)| *t < term)
-                        .max_by_key(|(_, v)| *v)
-                    {
-                        assert!(
-                            held >= Some(v),
-                            "q-{i} won {term} holding {held:?}, older than {v} committed in {t}"
-                        );
-                    }
-                    if let Some(prev) = self.writer_of_term.insert(term, i) {
-                        assert_eq!(prev, i, "two writers in term {term}: q-{prev} and q-{i}");
-                    }
-                    assert_eq!(
-                        (self.disk[i].term, self.disk[i].voted_for.as_ref()),
-                        (term, Some(&self.ids[i])),
-                        "won an unpersisted term or vote"
-                    );
-                    let _ = lease_until;
-                }
-                Effect::LeaseRenewed { .. } | Effect::StepDown { .. } => {}
                 Effect::Send { to, msg } => {
-                    if matches!(msg, Message::PreVote { .. } | Message::Vote { .. }) {
-                        assert!(
-                            self.persisted_voter(i),
-                            "q-{i} asked for votes but is not a voter"
-                        );
-                    }
-                    let persisted = &self.disk[i];
-                    match &msg {
-                        Message::PreVote { .. } | Message::PreVoteResponse { .. } => {}
-                        Message::VoteResponse {
-                            term,
-                            granted: true,
-                            ..
-                        } => {
-                            assert_eq!(
-                                persisted.term, *term,
-                                "vote granted before its term was persisted"
-                            );
-                            assert_eq!(
-                                persisted.voted_for.as_ref(),
-                                Some(&to),
-                                "vote granted before it was persisted"
-                            );
-                        }
-                        m => assert!(
-                            m.term() <= persisted.term,
-                            "{} sent in an unpersisted term",
-                            m.kind()
-                        ),
-                    }
                     let j = index_of(&to)
                         .filter(|&j| j < self.n)
                         .expect("sent to a peer");
                     self.send(i, j, msg, u);
                 }
+                Effect::BecomeWriter { term, lease_until } if debug() => {
+                    let local = self.nodes.local(i, self.now);
+                    eprintln!(
+                        "real {} q-{i} local {local} writer of {term} lease_until {lease_until}",
+                        self.now
+                    );
+                }
+                _ => {}
             }
         }
-        if let Some(v) = committed {
-            self.committed.insert((term_after, v));
-        }
-        self.refresh_window(i);
     }
 
     fn send(&mut self, from: usize, to: usize, msg: Message, u: &mut Unstructured) {
@@ -505,82 +305,92 @@ impl Sim {
         if roll % 100 < self.loss_pct % 101 {
             return;
         }
-        let copies = if (roll / 3) % 100 < self.dup_pct % 101 {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
+        let twice = (roll / 3) % 100 < self.dup_pct % 101;
+        let delay = |u: &mut Unstructured, max: u64| {
             let d: u16 = u.arbitrary().unwrap_or(0);
-            let delay = if self.delay_max_ms == 0 {
+            if max == 0 {
                 0
             } else {
-                u64::from(d) % (self.delay_max_ms + 1)
-            };
+                u64::from(d) % (max + 1)
+            }
+        };
+        if twice {
+            let d = delay(u, self.delay_max_ms);
             self.seq += 1;
             self.inflight
-                .insert((self.now + delay, self.seq), (from, to, msg.clone()));
+                .insert((self.now + d, self.seq), (from, to, msg.clone()));
         }
+        let d = delay(u, self.delay_max_ms);
+        self.seq += 1;
+        self.inflight
+            .insert((self.now + d, self.seq), (from, to, msg));
     }
 
     fn deliver(&mut self, from_id: NodeId, to: usize, msg: Message, u: &mut Unstructured) {
         self.step(to, Input::Message { from: from_id, msg }, u);
     }
 
+    /// The first grid point at or after `t`.
+    fn grid_ceil(&self, t: u64) -> u64 {
+        t.div_ceil(self.tick_ms).saturating_mul(self.tick_ms)
+    }
+
+    /// The next grid point at which some node's tick can do anything (dense: the next one).
+    /// Never before now: the grid points passed were visited (their ticks did nothing).
+    fn next_tick_at(&self) -> u64 {
+        let from = self.next_grid.max(self.now);
+        if self.dense {
+            return self.grid_ceil(from);
+        }
+        self.due
+            .iter()
+            .flatten()
+            .map(|&due| self.grid_ceil(due.max(from)))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     /// Runs real time forward to `until`, in order: message deliveries, then ticks.
     fn run(&mut self, until: u64, u: &mut Unstructured) {
-        while self.steps < MAX_STEPS {
+        while self.steps < self.max_steps {
             let next_msg = self.inflight.keys().next().map(|k| k.0);
+            let next_tick = self.next_tick_at();
             let next = match next_msg {
-                Some(t) if t <= self.next_tick => t,
-                _ => self.next_tick,
+                Some(t) if t <= next_tick => t,
+                _ => next_tick,
             };
             if next > until {
                 break;
             }
             self.now = next;
             if next_msg == Some(next) {
-                let (key, (from, to, msg)) = self.inflight.pop_first().expect("a message");
-                let _ = key;
+                let (_, (from, to, msg)) = self.inflight.pop_first().expect("a message");
                 if self.cut[from][to] {
                     continue;
                 }
-                if self.paused[to] {
+                if self.nodes.slots[to].paused {
                     // The paused process reads it when it resumes.
                     if self.mailbox[to].len() < 512 {
                         self.mailbox[to].push((from, msg));
                     }
                     continue;
                 }
-                self.deliver(self.ids[from].clone(), to, msg, u);
+                let from = self.nodes.id(from).clone();
+                self.deliver(from, to, msg, u);
             } else {
                 for i in 0..self.n {
-                    self.step(i, Input::Tick, u);
+                    let due = self.dense || self.due[i].is_some_and(|d| d <= next);
+                    if due {
+                        self.step(i, Input::Tick, u);
+                    }
                 }
-                self.next_tick += self.tick_ms;
+                self.next_grid = next + self.tick_ms;
             }
         }
+        // Time passed without steps: windows that ended are ended; the grid points up to
+        // `until` are passed.
         self.now = self.now.max(until);
-        // Time passed without steps: windows that ended are ended.
-    }
-
-    fn check_windows(&mut self) {
-        for i in 0..self.n {
-            if let Some((start, end)) = self.open[i].take() {
-                self.windows.push((start, end, i));
-            }
-        }
-        self.windows.sort_unstable();
-        let mut max_end = vec![0u64; self.n];
-        for &(start, end, i) in &self.windows {
-            for (j, &e) in max_end.iter().enumerate() {
-                assert!(
-                    j == i || e <= start,
-                    "q-{j} and q-{i} both accept writes at real time {start} (q-{j} until {e}, q-{i} from {start} to {end})"
-                );
-            }
-            max_end[i] = max_end[i].max(end);
-        }
+        self.next_grid = self.next_grid.max(self.grid_ceil(until.saturating_add(1)));
     }
 }
 
@@ -621,6 +431,7 @@ fn run(data: &[u8]) -> Result<()> {
     // end in "both accept writes"; if it does not, the checker is broken.
     let selftest = std::env::var_os("ELECTION_SELFTEST").is_some();
     let tick_ms = u.int_in_range(1..=timing.heartbeat_interval_ms().0.max(1))?;
+    let dense = u.arbitrary::<u8>()? % 64 == 0;
     // The initial voters: all (a static cluster, bootstrapped from the environment), or the
     // first few, which persisted the bootstrap configuration; the others join. The self-test
     // needs the others to be able to elect once the writer is cut off: all.
@@ -630,32 +441,22 @@ fn run(data: &[u8]) -> Result<()> {
         u.int_in_range(1..=n)?
     };
     let ids: Vec<NodeId> = (0..n).map(node_id).collect();
-    let bootstrap = Membership::bootstrap(ids[..initial].iter().cloned());
-    let disk = (0..n)
-        .map(|i| PersistedState {
-            membership: (initial < n && i < initial).then(|| bootstrap.clone()),
-            ..PersistedState::default()
-        })
-        .collect();
+    let mut nodes = Nodes::new(ids, initial, timing, &offset_ms);
+    for (i, rate) in rate_ppm.into_iter().enumerate() {
+        nodes.set_rate(i, 0, rate);
+    }
+    nodes.checker.panic = true;
+    nodes.check_idle_ticks = dense;
     let mut sim = Sim {
         n,
-        ids,
-        initial,
-        target: None,
-        configs: HashMap::new(),
-        committed: BTreeSet::new(),
-        timing,
-        rho,
-        nodes: (0..n).map(|_| None).collect(),
-        disk,
-        rate_ppm,
-        offset_ms,
-        paused: vec![false; n],
-        mailbox: vec![Vec::new(); n],
+        nodes,
         seeds,
+        mailbox: vec![Vec::new(); n],
         now: 0,
-        next_tick: 0,
+        next_grid: 0,
         tick_ms,
+        dense,
+        due: vec![None; n],
         cut: vec![vec![false; n]; n],
         loss_pct: 0,
         dup_pct: 0,
@@ -664,15 +465,10 @@ fn run(data: &[u8]) -> Result<()> {
         seq: 0,
         history: Vec::new(),
         steps: 0,
-        writer_of_term: HashMap::new(),
-        open: vec![None; n],
-        windows: Vec::new(),
-        votes: HashMap::new(),
-        max_term_seen: vec![Term(0); n],
+        max_steps: if dense { MAX_STEPS_DENSE } else { MAX_STEPS },
     };
-    let _ = sim.rho;
     for i in 0..n {
-        sim.start(i);
+        sim.start(i, &mut u);
     }
     let mut script: Vec<Action> = Vec::new();
     if selftest {
@@ -681,18 +477,13 @@ fn run(data: &[u8]) -> Result<()> {
         script.extend((0..100).map(|_| Action::Run(300)));
     }
     let mut script = script.into_iter();
+    let mut actions = 0;
     loop {
-        let writer = (0..n).find(|&i| {
-            sim.nodes[i]
-                .as_ref()
-                .is_some_and(|x| x.role() == Role::Writer)
-        });
-        if let (true, Some(w)) = (selftest, writer) {
-            let local = sim.local(w, sim.now).0;
+        if let (true, Some(w)) = (selftest, sim.nodes.writer()) {
             // 1%, not half speed: at half speed the lease it holds can still end before the others
             // elect a writer (a slow election), and the run passes although the checker works.
-            sim.rate_ppm[w] = PPM / 100;
-            sim.offset_ms[w] = local - sim.now / 100;
+            sim.nodes.set_rate(w, sim.now, PPM / 100);
+            sim.due[w] = sim.nodes.tick_due_real(w);
             for a in 0..n {
                 for b in 0..n {
                     sim.cut[a][b] = (a == w) != (b == w);
@@ -702,12 +493,16 @@ fn run(data: &[u8]) -> Result<()> {
             sim.run(until, &mut u);
             break;
         }
+        let done = u.is_empty()
+            || sim.now >= MAX_REAL_MS
+            || sim.steps >= sim.max_steps
+            || actions >= MAX_ACTIONS;
         let action: Action = match script.next() {
             Some(a) => a,
-            None if selftest => break,
-            None if u.is_empty() || sim.now >= MAX_REAL_MS || sim.steps >= MAX_STEPS => break,
+            None if selftest || done => break,
             None => u.arbitrary()?,
         };
+        actions += 1;
         let pick = |x: u8| usize::from(x) % n;
         match action {
             Action::Run(ms) => {
@@ -730,48 +525,40 @@ fn run(data: &[u8]) -> Result<()> {
             Action::Kill(i) => sim.kill(pick(i)),
             Action::Restart(i) => {
                 let i = pick(i);
-                if sim.nodes[i].is_none() {
-                    sim.start(i);
+                if !sim.nodes.alive(i) {
+                    sim.start(i, &mut u);
                 }
             }
             Action::Bounce(i) => {
                 let i = pick(i);
                 sim.kill(i);
-                sim.start(i);
+                sim.start(i, &mut u);
             }
-            Action::Pause(i) => sim.paused[pick(i)] = true,
+            Action::Pause(i) => sim.set_paused(pick(i), true),
             Action::Resume(i) => {
                 let i = pick(i);
-                sim.paused[i] = false;
+                sim.set_paused(i, false);
                 // The agent re-reads the desired members it missed while paused.
-                if let Some(t) = sim.target.clone() {
+                if let Some(t) = sim.nodes.target.clone() {
                     sim.step(i, Input::SetMembers(t), &mut u);
                 }
                 for (from, msg) in std::mem::take(&mut sim.mailbox[i]) {
-                    sim.deliver(sim.ids[from].clone(), i, msg, &mut u);
+                    let from = sim.nodes.id(from).clone();
+                    sim.deliver(from, i, msg, &mut u);
                 }
             }
             Action::Transfer { from, to } => {
                 // From the writer when there is one, else from whoever was picked.
-                let writer = (0..n).find(|&i| {
-                    sim.nodes[i]
-                        .as_ref()
-                        .is_some_and(|x| x.role() == Role::Writer)
-                });
-                let from = writer.unwrap_or(pick(from));
-                sim.step(
-                    from,
-                    Input::TransferWriter {
-                        to: sim.ids[pick(to)].clone(),
-                    },
-                    &mut u,
-                );
+                let from = sim.nodes.writer().unwrap_or(pick(from));
+                let to = sim.nodes.id(pick(to)).clone();
+                sim.step(from, Input::TransferWriter { to }, &mut u);
             }
             Action::Campaign(i) => sim.step(pick(i), Input::Campaign, &mut u),
             Action::Position { node, delta, cut } => {
                 let i = pick(node);
-                let (epoch, pos) = sim.nodes[i]
-                    .as_ref()
+                let (epoch, pos) = sim
+                    .nodes
+                    .node(i)
                     .map_or((0, 0), |n| (n.position_epoch(), n.position()));
                 let input = if cut {
                     Input::Position {
@@ -791,7 +578,8 @@ fn run(data: &[u8]) -> Result<()> {
                     let (from, to, msg) =
                         sim.history[usize::from(index) % sim.history.len()].clone();
                     if !sim.cut[from][to] {
-                        sim.deliver(sim.ids[from].clone(), to, msg, &mut u);
+                        let from = sim.nodes.id(from).clone();
+                        sim.deliver(from, to, msg, &mut u);
                     }
                 }
             }
@@ -835,13 +623,22 @@ fn run(data: &[u8]) -> Result<()> {
             Action::Members(mask) => {
                 let voters: BTreeSet<NodeId> = (0..n)
                     .filter(|&i| mask >> i & 1 == 1)
-                    .map(|i| sim.ids[i].clone())
+                    .map(|i| sim.nodes.id(i).clone())
                     .collect();
                 if !voters.is_empty() {
-                    sim.target = Some(voters.clone());
+                    sim.nodes.target = Some(voters.clone());
                     for i in 0..n {
                         sim.step(i, Input::SetMembers(voters.clone()), &mut u);
                     }
+                }
+            }
+            Action::Fence { node, on } => {
+                let i = pick(node);
+                if !sim.nodes.slots[i].paused {
+                    sim.steps += 1;
+                    let effects = sim.nodes.set_fenced(i, sim.now, on);
+                    sim.due[i] = sim.nodes.tick_due_real(i);
+                    sim.route(i, effects, &mut u);
                 }
             }
         }
@@ -849,15 +646,15 @@ fn run(data: &[u8]) -> Result<()> {
     // Let the cluster settle a while, so that elections the actions set up finish.
     let until = sim.now + 5_000;
     sim.run(until, &mut u);
-    sim.check_windows();
-    if std::env::var_os("ELECTION_DEBUG").is_some() {
+    sim.nodes.checker.finish(sim.now);
+    if debug() {
         eprintln!(
-            "n={n} real={}ms steps={} terms with a writer={} windows={} timing={:?}",
+            "n={n} real={}ms steps={} actions={actions} dense={dense} terms with a writer={} windows={} timing={:?}",
             sim.now,
             sim.steps,
-            sim.writer_of_term.len(),
-            sim.windows.len(),
-            sim.timing
+            sim.nodes.checker.writers().len(),
+            sim.nodes.checker.windows().closed_count(),
+            sim.nodes.timing
         );
     }
     Ok(())

@@ -141,13 +141,13 @@ struct Promise {
     until: Millis,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Transfer {
     to: NodeId,
     deadline: Millis,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct WriterState {
     /// When this node's campaign for the term started: no echo of this term can be older.
     campaign_at: Millis,
@@ -171,7 +171,7 @@ struct WriterState {
     transfer: Option<Transfer>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct CampaignState {
     started_at: Millis,
     /// Peers that granted (with the echoed send time for real votes).
@@ -180,7 +180,7 @@ struct CampaignState {
 }
 
 /// The smallest deterministic PRNG that is good enough for timeout jitter.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct SplitMix64(u64);
 
 impl SplitMix64 {
@@ -227,7 +227,7 @@ pub enum NodeError {
 }
 
 /// One replica's election state machine.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
     id: NodeId,
     /// Whom the environment says this node may talk to (the driver's address book). Never a
@@ -479,6 +479,62 @@ impl Node {
             .and_then(|w| w.transfer.as_ref())
             .map(|t| &t.to)
     }
+    /// The earliest local time at which an [`Input::Tick`] can do anything: a tick before it
+    /// changes no state and returns no effect, so a driver may sleep until then (and must wake
+    /// again after any other input, which can move it). A follower's or candidate's election
+    /// deadline; a writer's next heartbeat, CheckQuorum or transfer deadline, or now (the last
+    /// input's time) while a membership change may be waiting for its next step.
+    #[must_use]
+    pub fn next_tick_due(&self) -> Millis {
+        let Some(w) = self.writer.as_ref().filter(|_| self.role == Role::Writer) else {
+            return self.election_deadline;
+        };
+        if !self.membership_idle() {
+            return self.last_now;
+        }
+        let check_quorum = w
+            .lease_basis
+            .saturating_add(self.timing.election_timeout_min_ms());
+        let due = w.next_heartbeat_at.min(check_quorum);
+        match &w.transfer {
+            Some(t) => due.min(t.deadline),
+            None => due,
+        }
+    }
+
+    /// For the test harness: does this node hold the same state as `before`, bar the time of
+    /// its last input? (What a tick before [`Node::next_tick_due`] must leave unchanged.)
+    #[cfg(feature = "harness")]
+    pub(crate) fn same_state_as(&self, before: &Node) -> bool {
+        let mut before = before.clone();
+        before.last_now = self.last_now;
+        before == *self
+    }
+
+    /// Would [`Node::advance_membership`] return at once, changing nothing? (Its early returns,
+    /// as a pure predicate: a tick may be skipped only then.)
+    fn membership_idle(&self) -> bool {
+        if self.role != Role::Writer || self.fenced || self.transferring_to().is_some() {
+            return true;
+        }
+        let Some(m) = &self.membership else {
+            return true;
+        };
+        let committed = self.membership_committed();
+        let ours = m.version.term == self.term;
+        if m.is_joint() {
+            let early = self.bug == Some(PlantedBug::LeaveJointEarly) && ours;
+            return !committed && !early && ours;
+        }
+        let Some(target) = &self.target else {
+            return true;
+        };
+        if !committed {
+            return ours;
+        }
+        target == &m.voters && m.learners.is_empty()
+    }
+
     pub fn persisted(&self) -> PersistedState {
         PersistedState {
             term: self.term,
