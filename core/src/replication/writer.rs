@@ -181,6 +181,7 @@ impl Writer {
         }
         let members = config.members();
         self.matched.retain(|m, _| members.contains(m));
+        self.early.retain(|m, _| members.contains(m));
         for m in members {
             if m != self.me {
                 self.matched.entry(m).or_insert(0);
