@@ -520,19 +520,23 @@ impl Node {
         let Some(m) = &self.membership else {
             return true;
         };
-        let committed = self.membership_committed();
+        // `membership_committed` counts a quorum (it allocates): asked only when it decides.
         let ours = m.version.term == self.term;
         if m.is_joint() {
             let early = self.bug == Some(PlantedBug::LeaveJointEarly) && ours;
-            return !committed && !early && ours;
+            return ours && !early && !self.membership_committed();
         }
         let Some(target) = &self.target else {
             return true;
         };
-        if !committed {
-            return ours;
+        let on_target = target == &m.voters && m.learners.is_empty();
+        // Uncommitted, it waits on its own term's configuration (an inherited one it stamps
+        // anew); committed, it is idle only on target.
+        if ours {
+            on_target || !self.membership_committed()
+        } else {
+            on_target && self.membership_committed()
         }
-        target == &m.voters && m.learners.is_empty()
     }
 
     pub fn persisted(&self) -> PersistedState {
