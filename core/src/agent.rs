@@ -499,12 +499,16 @@ impl Agent {
                 node_id: id.to_string(),
                 term: view.term.0,
                 lease_expires: view.lease_until.map(format_rfc3339).unwrap_or_default(),
+                // Not reported until the agent carries out the published members (issue 18):
+                // the operator's rollout then waits on readiness alone.
+                configuration: None,
             },
             None => LeaderAnswer {
                 leader_url: String::new(),
                 node_id: String::new(),
                 term: view.term.0,
                 lease_expires: String::new(),
+                configuration: None,
             },
         }
     }

@@ -325,6 +325,10 @@ pub struct BaseStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The voting configuration the writer last reported (voters, learners, joint or not).
+    /// Kept while no writer is known; once set, new pods join rather than bootstrap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration: Option<crate::wire::ConfigurationReport>,
 }
 
 /// The legacy kind, `BaseApp` (renamed to `Base` in v0.3.0). Its objects carry the same spec; the

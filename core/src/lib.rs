@@ -21,6 +21,7 @@ pub mod control;
 #[cfg(feature = "harness")]
 pub mod harness;
 pub mod ids;
+pub mod members;
 pub mod quasar;
 pub mod replication;
 pub mod tracker;

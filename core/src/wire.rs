@@ -11,6 +11,62 @@ pub struct LeaderAnswer {
     pub node_id: String,
     pub term: u64,
     pub lease_expires: String,
+    /// The answering node's voting configuration (issue 18); the operator's rollout waits on
+    /// the writer's. Absent from agents that do not report one (older agents, the gateway's
+    /// readers ignore it), and then `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration: Option<ConfigurationReport>,
+}
+
+/// A node's voting configuration as `/_ha/leader` reports it and `status.configuration` shows
+/// it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigurationReport {
+    /// `term.index` of the writer that proposed it (`0.0`: the initial members').
+    pub version: String,
+    /// The (incoming) voters.
+    pub voters: Vec<String>,
+    /// While joint C(old, new): the outgoing voters; every election, lease and commit needs a
+    /// majority of both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outgoing: Vec<String>,
+    /// Members that receive the log but do not vote (yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners: Vec<String>,
+    #[serde(default)]
+    pub joint: bool,
+    /// Said by the writer: the configuration is committed in its term, simple, without learners,
+    /// equal to the operator's desired members, and every member it removed knows it is out.
+    #[serde(default)]
+    pub settled: bool,
+}
+
+impl ConfigurationReport {
+    /// The report of `m`, `settled` as the writer judges it (`Node::membership_done`).
+    pub fn of(m: &crate::quasar::Membership, settled: bool) -> ConfigurationReport {
+        let names = |s: &std::collections::BTreeSet<crate::NodeId>| {
+            s.iter().map(|n| n.as_str().to_string()).collect()
+        };
+        ConfigurationReport {
+            version: m.version.to_string(),
+            voters: names(&m.voters),
+            outgoing: names(&m.outgoing),
+            learners: names(&m.learners),
+            joint: m.is_joint(),
+            settled,
+        }
+    }
+
+    /// Simple, no learners, settled, and its voters exactly `members`.
+    pub fn is_settled_on(&self, members: &[String]) -> bool {
+        let mut want: Vec<&str> = members.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        want.dedup();
+        let mut have: Vec<&str> = self.voters.iter().map(String::as_str).collect();
+        have.sort_unstable();
+        self.settled && !self.joint && self.learners.is_empty() && have == want
+    }
 }
 
 /// One entry of `GET /_ha/peers`, in the shape hanzoai/base-ha serves.
@@ -97,11 +153,18 @@ pub fn parse_leader_answer(bytes: &[u8]) -> Result<LeaderAnswer, WireError> {
             .map_err(|_| bad_term("not a non-negative integer"))?,
         Some(_) => return Err(bad_term("not a number")),
     };
+    // Read leniently as well: a configuration that does not fit is none (the answer still
+    // names the writer; the rollout then waits as for an agent that reports none).
+    let configuration = object
+        .get("configuration")
+        .filter(|v| !v.is_null())
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
     Ok(LeaderAnswer {
         leader_url: text("leader_url")?,
         node_id: text("node_id")?,
         term,
         lease_expires: text("lease_expires")?,
+        configuration,
     })
 }
 

@@ -142,6 +142,7 @@ fn with_world(base: &Base, g: &mut Gen) -> Observed {
             writer_label: i == writer,
             fenced: false,
             transfer: None,
+            members: None,
         })
         .collect();
     observed.writer = Some(WriterView {
@@ -157,6 +158,12 @@ fn with_world(base: &Base, g: &mut Gen) -> Observed {
         sts["metadata"]["generation"] = json!(1);
         sts["status"] = json!({"observedGeneration": 1, "readyReplicas": n, "updateRevision": "rev", "currentRevision": "rev"});
         assert_eq!(StsView::from_json(sts).ready_replicas, n);
+    }
+    // The pods carry the desired members as the previous plan annotated them.
+    for m in plan(base, &observed).members {
+        if let Some(p) = observed.pods.iter_mut().find(|p| p.name == m.pod) {
+            p.members = Some(m.value);
+        }
     }
     observed
 }

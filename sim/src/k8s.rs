@@ -80,6 +80,9 @@ pub struct Pod {
     /// annotations file says of it (caught up by the kubelet with the fence).
     pub transfer: Option<String>,
     pub transfer_file: Option<String>,
+    /// The annotation `hanzo.ai/members` (set by the operator's plan). The simulated agents do
+    /// not act on it yet: their peer set still follows the pod's cluster size.
+    pub members: Option<String>,
 }
 
 pub struct K8s {
@@ -296,6 +299,7 @@ impl World {
                     fence_file_since: None,
                     transfer: None,
                     transfer_file: None,
+                    members: None,
                 },
             );
             self.ev(format!(
@@ -514,6 +518,11 @@ impl World {
                     pod.fenced = fence.fenced;
                     let what = if fence.fenced { "fences" } else { "unfences" };
                     self.ev(format!("operator {what} pod {}", fence.pod));
+                }
+            }
+            Write::Members(m) => {
+                if let Some(pod) = ordinal_of(&m.pod).and_then(|o| self.k8s.pods.get_mut(&o)) {
+                    pod.members = Some(m.value.clone());
                 }
             }
             Write::ClearAnnotations(keys) => {

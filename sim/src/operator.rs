@@ -124,6 +124,7 @@ impl World {
                 writer_label: p.writer_label,
                 fenced: p.fenced,
                 transfer: p.transfer.as_deref().and_then(TransferRequest::parse),
+                members: p.members.clone(),
                 ..PodView::default()
             })
             .collect();

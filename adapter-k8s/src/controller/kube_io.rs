@@ -4,6 +4,7 @@
 use super::{Context, Error};
 use base_core::control::{ANNOTATION_TRANSFER, TransferRequest};
 use base_core::crd::{Base, Kind};
+use base_core::members::ANNOTATION_MEMBERS;
 use base_core::reconcile::objects::{ANNOTATION_POD_FENCED, LABEL_BASE, LABEL_ROLE, ROLE_WRITER};
 use base_core::reconcile::route::{GATEWAY_API_VERSION, GATEWAY_KIND};
 use base_core::reconcile::{GatewayView, ObjectKey, Observed, Plan, PodView, Write};
@@ -95,6 +96,7 @@ fn pod_view(p: &Pod) -> PodView {
             .annotations()
             .get(ANNOTATION_TRANSFER)
             .and_then(|v| TransferRequest::parse(v)),
+        members: p.annotations().get(ANNOTATION_MEMBERS).cloned(),
     }
 }
 
@@ -247,6 +249,14 @@ async fn perform_one(
             let patch = json!({"metadata": {"annotations": {ANNOTATION_POD_FENCED: value}}});
             if patch_pod(ctx, &pods, &f.pod, patch).await? {
                 info!(base = %name, pod = %f.pod, fenced = f.fenced, "fencing changed");
+            }
+        }
+        // The desired members reach the agents through their downward-API file, as the fence
+        // does: no pod restarts for a membership change.
+        Write::Members(m) => {
+            let patch = json!({"metadata": {"annotations": {ANNOTATION_MEMBERS: m.value}}});
+            if patch_pod(ctx, &pods, &m.pod, patch).await? {
+                info!(base = %name, pod = %m.pod, members = %m.value, "desired members published");
             }
         }
         Write::ClearAnnotations(keys) => {

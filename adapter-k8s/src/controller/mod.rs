@@ -366,6 +366,7 @@ async fn reconcile(
             Duration::from_millis(interval_ms as u64),
         );
         observed.replication_contract = ctx.writers.replication_contract(&key);
+        observed.configurations = ctx.writers.configurations(&key);
         let absent = observed.replication_contract.values().filter(|ok| !**ok);
         ctx.metrics
             .contract_absent(&key.1, &key.2, absent.count() as i64);

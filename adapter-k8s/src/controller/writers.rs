@@ -8,7 +8,8 @@
 
 use super::clock::OperatorClock;
 use base_core::reconcile::WriterView;
-use base_core::tracker::{PollResult, ReplicaIx, parse_leader_claim};
+use base_core::tracker::{PollResult, ReplicaIx};
+use base_core::wire::ConfigurationReport;
 use base_core::writer_poll::WriterPoller;
 use base_core::{Millis, NodeId};
 use futures::StreamExt;
@@ -35,6 +36,8 @@ struct Entry {
     task: tokio::task::JoinHandle<()>,
     /// Per pod: what its agent last said of its Base and the replica contract.
     contract: std::collections::BTreeMap<String, bool>,
+    /// Per pod: the voting configuration its agent last reported.
+    configurations: std::collections::BTreeMap<String, ConfigurationReport>,
 }
 
 /// Shared by the reconcilers and the poll tasks.
@@ -117,6 +120,8 @@ impl Writers {
             // A pod no longer polled says nothing any more.
             e.contract
                 .retain(|pod, _| targets.iter().any(|(id, _)| id.as_str() == pod));
+            e.configurations
+                .retain(|pod, _| targets.iter().any(|(id, _)| id.as_str() == pod));
             e.poller.set_targets(targets);
             return e.poller.writer(self.clock.now());
         }
@@ -132,6 +137,7 @@ impl Writers {
                 poller,
                 task,
                 contract: Default::default(),
+                configurations: Default::default(),
             },
         );
         None
@@ -144,6 +150,29 @@ impl Writers {
             .get(key)
             .map(|e| e.contract.clone())
             .unwrap_or_default()
+    }
+
+    /// Per pod: the voting configuration its agent last reported (`/_ha/leader`).
+    pub fn configurations(
+        &self,
+        key: &BaseKey,
+    ) -> std::collections::BTreeMap<String, ConfigurationReport> {
+        self.lock()
+            .get(key)
+            .map(|e| e.configurations.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records a pod's reported configuration; true when it changed (the rollout waits on it).
+    fn set_configuration(&self, key: &BaseKey, pod: &str, c: Option<ConfigurationReport>) -> bool {
+        let mut map = self.lock();
+        let Some(e) = map.get_mut(key) else {
+            return false;
+        };
+        match c {
+            Some(c) => e.configurations.insert(pod.to_string(), c.clone()) != Some(c),
+            None => e.configurations.remove(pod).is_some(),
+        }
     }
 
     /// Records what a pod's agent said; true when it changed (the reconcile must hear of it).
@@ -167,7 +196,10 @@ impl Writers {
 
 /// One poll; with the answer, what the agent says of its Base and the replica contract
 /// (`X-Base-Replica-Contract`: `Some(true)` implemented, `Some(false)` not, `None` not said).
-async fn poll_one(http: &reqwest::Client, url: &str) -> (PollResult, Option<bool>) {
+async fn poll_one(
+    http: &reqwest::Client,
+    url: &str,
+) -> (PollResult, Option<bool>, Option<ConfigurationReport>) {
     let answer = async {
         let resp = http.get(format!("{url}/_ha/leader")).send().await.ok()?;
         if !resp.status().is_success() {
@@ -183,13 +215,21 @@ async fn poll_one(http: &reqwest::Client, url: &str) -> (PollResult, Option<bool
                 _ => None,
             });
         let body = resp.bytes().await.ok()?;
-        Some((parse_leader_claim(&body).ok()?, contract))
+        let answer = base_core::wire::parse_leader_answer(&body).ok()?;
+        let claim = base_core::tracker::LeaderClaim::from_answer(&answer).ok()?;
+        Some((claim, contract, answer.configuration))
     };
     match answer.await {
-        Some((claim, contract)) => (PollResult::Answered(claim), contract),
-        None => (PollResult::Failed, None),
+        Some((claim, contract, configuration)) => {
+            (PollResult::Answered(claim), contract, configuration)
+        }
+        None => (PollResult::Failed, None, None),
     }
 }
+
+/// What one poll said besides the claim: the pod, its agent's word on the replica contract, and
+/// the configuration it reported (`None` after a failed poll: nothing was said).
+type Said = (String, Option<bool>, Option<Option<ConfigurationReport>>);
 
 /// One poll of `target`, tagged with where its answer goes.
 async fn poll_tagged(
@@ -197,9 +237,11 @@ async fn poll_tagged(
     target: Target,
     generation: u64,
     ix: ReplicaIx,
-) -> (u64, ReplicaIx, PollResult, Option<(String, bool)>) {
-    let (result, contract) = poll_one(&http, &target.url).await;
-    (generation, ix, result, contract.map(|ok| (target.pod, ok)))
+) -> (u64, ReplicaIx, PollResult, Said) {
+    let (result, contract, configuration) = poll_one(&http, &target.url).await;
+    let answered = matches!(result, PollResult::Answered(_));
+    let said = (target.pod, contract, answered.then_some(configuration));
+    (generation, ix, result, said)
 }
 
 /// The tokio loop of the core `WriterPoller`: start the polls a round asks for, feed each answer
@@ -209,9 +251,14 @@ async fn poll_loop(w: Writers, key: BaseKey) {
     let mut next_round = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            Some((generation, ix, result, contract)) = in_flight.next(), if !in_flight.is_empty() => {
-                let contract: Option<(String, bool)> = contract;
-                if let Some((pod, ok)) = contract
+            Some((generation, ix, result, said)) = in_flight.next(), if !in_flight.is_empty() => {
+                let (pod, contract, configuration): Said = said;
+                if let Some(c) = configuration
+                    && w.set_configuration(&key, pod.as_str(), c)
+                {
+                    let _ = w.wake.send(key.clone());
+                }
+                if let Some(ok) = contract
                     && w.set_contract(&key, pod.as_str(), ok)
                 {
                     if ok {

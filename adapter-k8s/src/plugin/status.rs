@@ -8,7 +8,7 @@ use super::{
     AGENT_TIMEOUT, ANNOTATION_FENCED_INSTANCES, ANNOTATION_POD_FENCED, ANNOTATION_SWITCHOVER_TO,
     CONDITION_WRITER, LABEL_ROLE, PluginError, ROLE_WRITER,
 };
-use base_core::wire::{LeaderAnswer, parse_leader_answer, parse_rfc3339};
+use base_core::wire::{ConfigurationReport, LeaderAnswer, parse_leader_answer, parse_rfc3339};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Client, ResourceExt};
 use serde_json::Value;
@@ -60,6 +60,8 @@ pub struct View {
     pub fenced: Option<String>,
     pub replicas: Vec<Replica>,
     pub conditions: Vec<Cond>,
+    /// `status.configuration`: the voting configuration the writer last reported.
+    pub configuration: Option<ConfigurationReport>,
 }
 
 fn text(v: &Value, key: &str) -> Option<String> {
@@ -160,8 +162,43 @@ pub fn view(base: &BaseRef, pods: &[Pod]) -> View {
             })
             .collect(),
         conditions: conditions(status),
+        configuration: status
+            .get("configuration")
+            .and_then(|c| serde_json::from_value(c.clone()).ok()),
         writer,
     }
+}
+
+/// `status.configuration` in one line: the voters (both halves while joint), the learners, the
+/// version, and whether a change is in flight (the `MembershipChange` condition).
+fn configuration(v: &View) -> String {
+    let Some(c) = &v.configuration else {
+        return "- (no writer has reported one)".into();
+    };
+    let list = |l: &[String]| one_line(&l.join(","), 200);
+    let mut out = if c.joint {
+        format!(
+            "joint: voters {} and {}",
+            list(&c.outgoing),
+            list(&c.voters)
+        )
+    } else {
+        format!("voters {}", list(&c.voters))
+    };
+    if !c.learners.is_empty() {
+        out.push_str(&format!(", learners {}", list(&c.learners)));
+    }
+    out.push_str(&format!(" (version {})", one_line(&c.version, 40)));
+    let moving = v
+        .conditions
+        .iter()
+        .find(|c| c.type_ == base_core::reconcile::CONDITION_MEMBERSHIP);
+    match moving {
+        Some(m) if m.status == "True" => out.push_str("; changing"),
+        Some(_) => out.push_str("; settled"),
+        None => {}
+    }
+    out
 }
 
 /// `GET /_ha/leader` of one agent through the API server's pod proxy.
@@ -259,6 +296,7 @@ pub fn render(v: &View, now_ms: u64) -> String {
         },
     );
     field("Writer lease:", lease(v, now_ms));
+    field("Configuration:", configuration(v));
     let failover = v
         .conditions
         .iter()
@@ -438,6 +476,7 @@ mod tests {
                     node_id: "a-0".into(),
                     term: 4,
                     lease_expires: "2000-01-01T00:00:10Z".into(),
+                    configuration: None,
                 }),
             }],
             ..View::default()
@@ -454,5 +493,39 @@ mod tests {
         );
         assert!(text.contains("a b"), "{text}");
         assert!(text.contains("Last failover: -"), "{text}");
+    }
+
+    /// `Configuration:` shows the voters, both halves while joint, the learners, the version, and
+    /// whether the `MembershipChange` condition says a change is in flight.
+    #[test]
+    fn renders_the_configuration() {
+        let mut v = View::default();
+        assert!(render(&v, 0).contains("Configuration: - (no writer has reported one)"));
+        let status = json!({
+            "configuration": {"version": "4.2", "voters": ["a-0", "a-1", "a-2", "a-3", "a-4"],
+                "outgoing": ["a-0", "a-1", "a-2"], "joint": true, "settled": false},
+            "conditions": [{"type": "MembershipChange", "status": "True", "reason": "InProgress"}]
+        });
+        v.configuration = serde_json::from_value(status["configuration"].clone()).ok();
+        v.conditions = conditions(&status);
+        let text = render(&v, 0);
+        assert!(
+            text.contains(
+                "Configuration: joint: voters a-0,a-1,a-2 and a-0,a-1,a-2,a-3,a-4 (version 4.2); changing"
+            ),
+            "{text}"
+        );
+        v.configuration = Some(ConfigurationReport {
+            version: "4.1".into(),
+            voters: vec!["a-0".into(), "a-1".into(), "a-2".into()],
+            learners: vec!["a-3".into()],
+            ..Default::default()
+        });
+        v.conditions[0].status = "False".into();
+        let text = render(&v, 0);
+        assert!(
+            text.contains("Configuration: voters a-0,a-1,a-2, learners a-3 (version 4.1); settled"),
+            "{text}"
+        );
     }
 }

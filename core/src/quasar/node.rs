@@ -49,6 +49,13 @@ pub enum Input {
     /// out by joint consensus: new members join as learners, catch up, then C(old, new), then
     /// C(new). An invalid set is dropped (`drops().bad_membership`).
     SetMembers(BTreeSet<NodeId>),
+    /// The cluster's initial members, as the operator publishes them while the cluster has never
+    /// reported a configuration (`crate::members`). A node that holds no configuration (it
+    /// started with [`Node::join`]) and is one of them takes the bootstrap configuration of these
+    /// voters, version `(0, 0)`, persisted — exactly what [`Node::new`] gives an initial member.
+    /// Ignored by a node that holds a configuration, or is not one of them; an invalid set is
+    /// dropped (`drops().bad_membership`).
+    Bootstrap(BTreeSet<NodeId>),
     /// Start an election now, as if the election timeout had fired (still pre-votes, and still
     /// honours this node's promise). For operators and scripted tests. Ignored while fenced.
     Campaign,
@@ -443,6 +450,12 @@ impl Node {
         let on_target = self.target.as_ref().is_none_or(|t| *t == m.voters);
         !m.is_joint() && m.learners.is_empty() && on_target && self.membership_committed()
     }
+    /// For a writer: settled ([`Node::membership_settled`]) and every member a change removed
+    /// has acked holding the configuration that removed it (it knows it is out and will never
+    /// campaign): only then may the operator delete a removed member's pod.
+    pub fn membership_done(&self) -> bool {
+        self.membership_settled() && self.writer.as_ref().is_some_and(|w| w.departing.is_empty())
+    }
     pub fn term(&self) -> Term {
         self.term
     }
@@ -784,6 +797,19 @@ impl Node {
                 Ok(()) => self.target = Some(voters),
                 Err(_) => self.drops.bad_membership += 1,
             },
+            Input::Bootstrap(voters) => {
+                if self.membership.is_none() && voters.contains(&self.id) {
+                    let checked = validate_target(&voters).is_ok();
+                    let m = Membership::bootstrap(voters);
+                    match m.quorum() {
+                        Ok(q) if checked => {
+                            self.install(m, q);
+                            self.persist(&mut out);
+                        }
+                        _ => self.drops.bad_membership += 1,
+                    }
+                }
+            }
             Input::Campaign => {
                 if self.role != Role::Writer
                     && self.may_stand()

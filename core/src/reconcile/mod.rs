@@ -13,8 +13,8 @@ mod typed_objects;
 
 pub use diff::is_subset;
 pub use status::{
-    CONDITION_FENCED, CONDITION_GATEWAY, CONDITION_PROGRESSING, CONDITION_READY,
-    CONDITION_REPLICATION, CONDITION_SWITCHOVER, CONDITION_WRITER,
+    CONDITION_FENCED, CONDITION_GATEWAY, CONDITION_MEMBERSHIP, CONDITION_PROGRESSING,
+    CONDITION_READY, CONDITION_REPLICATION, CONDITION_SWITCHOVER, CONDITION_WRITER,
 };
 
 use crate::crd::{Base, BaseStatus, DEFAULT_GATEWAY_NAME, Kind, RetentionPolicy};
@@ -117,6 +117,8 @@ pub struct PodView {
     pub fenced: bool,
     /// The transfer request its annotation `hanzo.ai/transfer-to` holds, if it parses.
     pub transfer: Option<crate::control::TransferRequest>,
+    /// Its annotation `hanzo.ai/members` as written (see [`crate::members`]).
+    pub members: Option<String>,
 }
 
 /// The StatefulSet's state, read from its JSON.
@@ -195,6 +197,9 @@ pub struct Observed {
     /// (`docs/replica-contract.md`): `true` implemented, `false` not (its writes are not held
     /// for a quorum). Pods not heard from yet are absent.
     pub replication_contract: BTreeMap<String, bool>,
+    /// What each polled pod's agent reported of its voting configuration (`/_ha/leader`); the
+    /// plan reads the writer's. Pods not heard from, or whose agent reports none, are absent.
+    pub configurations: BTreeMap<String, crate::wire::ConfigurationReport>,
 }
 
 impl Observed {
@@ -244,6 +249,15 @@ impl GatewayWrite {
 pub struct PodFence {
     pub pod: String,
     pub fenced: bool,
+}
+
+/// Set the annotation `hanzo.ai/members` of one pod to `value` (the desired members, see
+/// [`crate::members`]): the agents read it from their downward-API file, so the members change
+/// without restarting any pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodMembers {
+    pub pod: String,
+    pub value: String,
 }
 
 /// Ask writer `from` to hand its role to `to`.
@@ -329,6 +343,8 @@ pub enum Write<'a> {
     Label(&'a PodLabel),
     /// Set or clear the fencing annotation of one pod.
     Fence(&'a PodFence),
+    /// Set the desired-members annotation of one pod.
+    Members(&'a PodMembers),
     /// Remove these annotations from the Base (a finished or refused switchover request),
     /// guarded by the Base's resourceVersion.
     ClearAnnotations(&'a [String]),
@@ -357,6 +373,8 @@ pub struct Plan {
     pub delete: Vec<ObjectKey>,
     pub relabel: Vec<PodLabel>,
     pub fence: Vec<PodFence>,
+    /// Pods whose `hanzo.ai/members` annotation must change.
+    pub members: Vec<PodMembers>,
     /// Annotations to remove from the Base (a finished or refused switchover request).
     pub clear_annotations: Vec<String>,
     pub gateway: Option<GatewayWrite>,
@@ -382,7 +400,7 @@ impl Plan {
     /// 1. creates (the StatefulSet's pods mount the peer-key Secret), then applies;
     /// 2. writer labels, every clear before the set, so the writer Service never selects two
     ///    pods (not even between two writes);
-    /// 3. fences, the Base's annotation removals, the transfer request;
+    /// 3. fences, the desired members, the Base's annotation removals, the transfer request;
     /// 4. the Gateway's routes (guarded by the resourceVersion planned against);
     /// 5. deletes, last of the object writes: a write that fails before them leaves everything
     ///    in place;
@@ -398,6 +416,7 @@ impl Plan {
             .chain(self.apply().map(Write::Apply))
             .chain(clears.chain(sets).map(Write::Label))
             .chain(self.fence.iter().map(Write::Fence))
+            .chain(self.members.iter().map(Write::Members))
             .chain(annotations)
             .chain(self.transfer.iter().map(Write::Transfer))
             .chain(self.gateway.iter().map(Write::Gateway))
@@ -538,6 +557,17 @@ fn plan_parts(kind: Kind, base: &Base, observed: &Observed) -> Plan {
     }
     let sts_view = sts_json.map(StsView::from_json);
     let writer = observed.writer.as_ref().map(|w| w.pod.as_str());
+    let configuration = match writer_configuration(observed) {
+        Some(c) => rollout::Configuration::Reported(c),
+        None if base
+            .status
+            .as_ref()
+            .is_some_and(|s| s.configuration.is_some()) =>
+        {
+            rollout::Configuration::Unknown
+        }
+        None => rollout::Configuration::Legacy,
+    };
     let step = rollout::decide(
         name,
         base.spec.replicas,
@@ -546,6 +576,7 @@ fn plan_parts(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         writer,
         // Unparsable: fence nothing new; the pods' own `fenced` annotations still count.
         &operations::fenced(base).unwrap_or(operations::Fenced::None),
+        configuration,
     );
 
     let ctx = Ctx {
@@ -562,6 +593,8 @@ fn plan_parts(kind: Kind, base: &Base, observed: &Observed) -> Plan {
     plan.create = objects.create;
     plan.delete = objects.delete;
     plan.relabel = objects.relabel;
+
+    plan.members = plan_members(base, name, observed, &step, sts_view.as_ref());
 
     let ops = plan_operations(base, observed, &step);
     plan.fence = ops.fence;
@@ -593,6 +626,42 @@ fn plan_parts(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         );
     }
     plan
+}
+
+/// The configuration the writer last reported (`/_ha/leader`), if it reports one.
+fn writer_configuration(observed: &Observed) -> Option<&crate::wire::ConfigurationReport> {
+    let w = observed.writer.as_ref()?;
+    observed.configurations.get(&w.pod)
+}
+
+/// The desired-members annotation for every pod whose annotation differs (see
+/// [`crate::members`] for why `bootstrap` is there only while no configuration was ever
+/// reported: the initial members are then the ordinals below the StatefulSet's replicas, which
+/// the rollout does not change before a configuration is reported).
+fn plan_members(
+    base: &Base,
+    name: &str,
+    observed: &Observed,
+    step: &rollout::RolloutStep,
+    sts: Option<&StsView>,
+) -> Vec<PodMembers> {
+    let reported = base
+        .status
+        .as_ref()
+        .is_some_and(|s| s.configuration.is_some())
+        || writer_configuration(observed).is_some();
+    let bootstrap = (!reported).then(|| sts.map_or(step.replicas, |s| s.replicas));
+    let value = crate::members::MembersAnnotation::for_ordinals(name, step.members, bootstrap)
+        .to_annotation();
+    observed
+        .pods
+        .iter()
+        .filter(|p| !p.terminating && p.members.as_deref() != Some(value.as_str()))
+        .map(|p| PodMembers {
+            pod: p.name.clone(),
+            value: value.clone(),
+        })
+        .collect()
 }
 
 /// The objects part of a plan. It raises no condition.
@@ -849,7 +918,15 @@ fn plan_status(
     route: status::RouteOutcome,
     conditions: Vec<status::Cond>,
 ) {
+    let name = base.metadata.name.as_deref().unwrap_or_default();
+    let members: Vec<String> = (0..step.members.max(0))
+        .map(|i| objects::pod_name(name, i))
+        .collect();
+    let membership_moving =
+        writer_configuration(observed).is_some_and(|c| !c.is_settled_on(&members));
     let progressing = step.replicas != base.spec.replicas
+        || step.members != base.spec.replicas
+        || membership_moving
         || step.outdated > 0
         || step.transfer.is_some()
         || sts
@@ -866,6 +943,7 @@ fn plan_status(
             sts,
             route,
             progressing,
+            members,
             extra: conditions,
         },
     );

@@ -17,6 +17,9 @@ pub const CONDITION_PROGRESSING: &str = "Progressing";
 pub const CONDITION_SWITCHOVER: &str = "Switchover";
 pub const CONDITION_FENCED: &str = "Fenced";
 pub const CONDITION_REPLICATION: &str = "ReplicationContract";
+/// True while the writer's configuration is not yet settled on the desired members (a
+/// membership change in flight: learners catching up, joint, removed members not yet told).
+pub const CONDITION_MEMBERSHIP: &str = "MembershipChange";
 
 pub(super) enum RouteOutcome {
     NotConfigured,
@@ -33,9 +36,40 @@ pub(super) enum Outcome {
         sts: Option<StsView>,
         route: RouteOutcome,
         progressing: bool,
+        /// The desired members (`RolloutStep::members`).
+        members: Vec<String>,
         /// Switchover and fencing conditions (see `operations`).
         extra: Vec<Cond>,
     },
+}
+
+/// `MembershipChange` from the writer's report: `None` while no writer reports one.
+fn membership_condition(observed: &Observed, members: &[String]) -> Option<Cond> {
+    let c = super::writer_configuration(observed)?;
+    let list = |v: &[String]| v.join(",");
+    let mut shown = if c.joint {
+        format!(
+            "joint: voters {} and {}",
+            list(&c.outgoing),
+            list(&c.voters)
+        )
+    } else {
+        format!("voters {}", list(&c.voters))
+    };
+    if !c.learners.is_empty() {
+        shown.push_str(&format!(", learners {}", list(&c.learners)));
+    }
+    shown.push_str(&format!(" (version {})", c.version));
+    Some(if c.is_settled_on(members) {
+        cond(CONDITION_MEMBERSHIP, false, "Settled", shown)
+    } else {
+        cond(
+            CONDITION_MEMBERSHIP,
+            true,
+            "InProgress",
+            format!("{shown}; moving to {}", list(members)),
+        )
+    })
 }
 
 /// When the condition `type_` entered `InProgress`, from the Base's current status.
@@ -130,6 +164,11 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
             .writer
             .as_ref()
             .map_or(old.term, |w| w.term.max(old.term)),
+        // The last report is kept while no writer is known: once a configuration exists, new
+        // pods must join rather than bootstrap (`crate::members`).
+        configuration: super::writer_configuration(observed)
+            .cloned()
+            .or_else(|| old.configuration.clone()),
         ..Default::default()
     };
     let writer_cond = match &observed.writer {
@@ -184,6 +223,7 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
             sts,
             route,
             progressing,
+            members,
             extra,
         } => {
             st.ready_replicas = sts.as_ref().map_or(0, |s| s.ready_replicas);
@@ -262,6 +302,9 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
                 )
             });
             if let Some(c) = replication_condition(observed) {
+                conds.push(c);
+            }
+            if let Some(c) = membership_condition(observed, &members) {
                 conds.push(c);
             }
             // A finished switchover stays in status as history until the next request.
