@@ -16,13 +16,20 @@
 //!   once another node leads, or at the deadline ([`Effect::Exit`]);
 //! - **write admission**: when a write arrives ([`Agent::admit_write`]) and again right before
 //!   it is forwarded to the store ([`Agent::recheck_write`]);
-//! - the answers of `GET /_ha/leader`, `GET /_ha/peers` and `GET /readyz`.
+//! - **members** from the pod annotation `hanzo.ai/members` (with
+//!   [`Config::members_from_annotations`]): a node with no persisted configuration starts joined
+//!   and bootstraps only when the annotation names it an initial member; the desired voters go to
+//!   the node (`quasar::Input::SetMembers`), whose writer carries them out; every decision is
+//!   [`crate::members::agent_inputs`]'s, the reasons in [`crate::members`];
+//! - the answers of `GET /_ha/leader` (with the configuration, for the operator's rollout),
+//!   `GET /_ha/peers` and `GET /readyz`.
 
 use crate::control::{ANNOTATION_TRANSFER, Considered, TransferDecision, TransferInbox};
+use crate::members::{ANNOTATION_MEMBERS, MembersAnnotation};
 use crate::quasar::{self, Message, Node, NodeError, PersistedState, Role, Timing};
-use crate::wire::{LeaderAnswer, PeerAnswer, format_rfc3339};
+use crate::wire::{ConfigurationReport, LeaderAnswer, PeerAnswer, format_rfc3339};
 use crate::{Millis, NodeId, Term};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The pod annotation that fences a replica (the operator sets it to `"true"`).
 pub const ANNOTATION_FENCED: &str = "hanzo.ai/fenced";
@@ -40,6 +47,8 @@ pub struct Annotations {
     pub fenced: bool,
     /// The raw value of `hanzo.ai/transfer-to`, if present.
     pub transfer: Option<String>,
+    /// The raw value of `hanzo.ai/members` (the desired members), if present.
+    pub members: Option<String>,
 }
 
 impl Annotations {
@@ -50,6 +59,7 @@ impl Annotations {
                 .get(ANNOTATION_FENCED)
                 .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
             transfer: map.get(ANNOTATION_TRANSFER).cloned(),
+            members: map.get(ANNOTATION_MEMBERS).cloned(),
         }
     }
 }
@@ -65,6 +75,11 @@ pub struct Config {
     pub timing: Timing,
     /// How long a writer waits for a successor on SIGTERM before it exits anyway.
     pub shutdown_timeout: Millis,
+    /// The desired members come from the annotation `hanzo.ai/members` (the operator's pods):
+    /// the address book is then only whom the agent may talk to, a node with no persisted
+    /// configuration starts joined, and `/_ha/leader` reports the configuration. Without it the
+    /// address book are the initial members (for use without the operator).
+    pub members_from_annotations: bool,
 }
 
 /// What happens to the agent.
@@ -127,6 +142,14 @@ pub enum Effect {
     },
     /// SIGTERM reached a writer that knows no peer to hand over to.
     NoHandOverTarget,
+    /// The annotation `hanzo.ai/members` was acted on: this node bootstrapped as one of the
+    /// initial members (`bootstrap`), and/or the node was told new desired voters.
+    Members {
+        bootstrap: bool,
+        voters: Option<BTreeSet<NodeId>>,
+    },
+    /// The annotation `hanzo.ai/members` cannot be read; nothing changed.
+    MembersUnreadable(String),
     /// Shutdown may finish: the process exits. `handed_over`: another node leads (or this one
     /// was not the writer); `false` when the deadline passed first.
     Exit {
@@ -168,6 +191,11 @@ pub struct Agent {
     peers: BTreeMap<NodeId, (String, Option<Millis>)>,
     shutdown_timeout: Millis,
     inbox: TransferInbox,
+    members_from_annotations: bool,
+    /// The last `hanzo.ai/members` value acted on (a re-read of the same file does nothing).
+    members_seen: Option<String>,
+    /// Effects of the start (a bootstrap's `Persist`), returned by the first step.
+    pending: Vec<Effect>,
     seen_writer: bool,
     shutdown: Option<Shutdown>,
     exited: bool,
@@ -188,12 +216,18 @@ impl Agent {
         annotations: &Annotations,
     ) -> Result<Agent, NodeError> {
         let ids = config.peers.iter().map(|(id, _)| id.clone()).collect();
-        let mut node = Node::new(config.id, ids, config.timing, persisted, seed, now)?;
+        // See `crate::members` for why a new node joins and bootstraps only from the annotation.
+        let start = if config.members_from_annotations && persisted.membership.is_none() {
+            Node::join
+        } else {
+            Node::new
+        };
+        let mut node = start(config.id, ids, config.timing, persisted, seed, now)?;
         let effects = node.step(now, quasar::Input::SetFenced(fence_of(annotations)));
         assert!(effects.is_empty(), "a node with no role fences silently");
         let mut inbox = TransferInbox::default();
         let _ = inbox.offer(annotations.transfer.as_deref(), &node);
-        Ok(Agent {
+        let mut agent = Agent {
             node,
             self_url: config.self_url,
             peers: config
@@ -203,12 +237,20 @@ impl Agent {
                 .collect(),
             shutdown_timeout: config.shutdown_timeout,
             inbox,
+            members_from_annotations: config.members_from_annotations,
+            members_seen: None,
+            pending: Vec::new(),
             seen_writer: false,
             shutdown: None,
             exited: false,
             #[cfg(madsim)]
             granted_term: None,
-        })
+        };
+        // The members at start, before the node may campaign (it waits out its promise).
+        let mut out = Vec::new();
+        agent.members(now, annotations.members.as_deref(), &mut out);
+        agent.pending = out;
+        Ok(agent)
     }
 
     /// The election node (read-only: every input goes through [`Agent::step`]).
@@ -242,7 +284,7 @@ impl Agent {
 
     /// Feeds one input at local time `now`; returns the effects to perform, in order.
     pub fn step(&mut self, now: Millis, input: Input) -> Vec<Effect> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.pending);
         if self.exited {
             return out;
         }
@@ -274,7 +316,42 @@ impl Agent {
         out
     }
 
-    /// The fence first, then the transfer request (the order the operator's plan writes them).
+    /// The desired members of the annotation, once per value (`crate::members::agent_inputs`).
+    fn members(&mut self, now: Millis, value: Option<&str>, out: &mut Vec<Effect>) {
+        if !self.members_from_annotations
+            || value.is_none()
+            || self.members_seen.as_deref() == value
+        {
+            return;
+        }
+        self.members_seen = value.map(str::to_string);
+        let annotation = match value.map(MembersAnnotation::parse) {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                out.push(Effect::MembersUnreadable(e.to_string()));
+                return;
+            }
+            None => return,
+        };
+        let inputs = crate::members::agent_inputs(Some(&annotation), &self.node);
+        if inputs.is_empty() {
+            return;
+        }
+        let mut bootstrap = false;
+        let mut voters = None;
+        for input in inputs {
+            match &input {
+                quasar::Input::Bootstrap(_) => bootstrap = true,
+                quasar::Input::SetMembers(v) => voters = Some(v.clone()),
+                _ => {}
+            }
+            self.step_node(now, input, None, out);
+        }
+        out.push(Effect::Members { bootstrap, voters });
+    }
+
+    /// The fence first, then the transfer request (the order the operator's plan writes them),
+    /// then the desired members.
     fn annotations(&mut self, now: Millis, annotations: &Annotations, out: &mut Vec<Effect>) {
         let fenced = fence_of(annotations);
         if fenced != self.node.is_fenced() {
@@ -297,6 +374,7 @@ impl Agent {
                 self.step_node(now, input, Some(HandOverCause::Request), out);
             }
         }
+        self.members(now, annotations.members.as_deref(), out);
     }
 
     fn start_shutdown(&mut self, now: Millis, out: &mut Vec<Effect>) {
@@ -351,15 +429,18 @@ impl Agent {
         let first = out.len();
         for effect in self.node.step(now, input) {
             out.push(match effect {
-                // The configuration is not persisted yet: until the operator publishes the
-                // desired members to the pods (issue 18), the election's voters follow the
-                // address book at every start, and a scale change still restarts pods.
+                // With members from the annotation, the configuration is persisted: after its
+                // first start a node never takes its voters from its environment again (`quasar`
+                // module doc, "Membership changes"). Without, the address book stays the voters
+                // at every start, as before (a restart with another address book follows it).
                 quasar::Effect::Persist {
-                    term, voted_for, ..
+                    term,
+                    voted_for,
+                    membership,
                 } => Effect::Persist(PersistedState {
                     term,
                     voted_for,
-                    membership: None,
+                    membership: membership.filter(|_| self.members_from_annotations),
                 }),
                 quasar::Effect::Send { to, msg } => {
                     self.remember_grant(&msg);
@@ -493,22 +574,27 @@ impl Agent {
     /// `GET /_ha/leader`.
     pub fn leader_answer(&self, now: Millis) -> LeaderAnswer {
         let view = self.node.writer_view(now);
+        // Reported only where the agent carries out the published members: the operator's
+        // rollout then waits on it (elsewhere on readiness alone).
+        let configuration = self
+            .members_from_annotations
+            .then(|| self.node.membership())
+            .flatten()
+            .map(|m| ConfigurationReport::of(m, self.node.membership_done()));
         match view.writer {
             Some(id) => LeaderAnswer {
                 leader_url: self.url_of(&id),
                 node_id: id.to_string(),
                 term: view.term.0,
                 lease_expires: view.lease_until.map(format_rfc3339).unwrap_or_default(),
-                // Not reported until the agent carries out the published members (issue 18):
-                // the operator's rollout then waits on readiness alone.
-                configuration: None,
+                configuration,
             },
             None => LeaderAnswer {
                 leader_url: String::new(),
                 node_id: String::new(),
                 term: view.term.0,
                 lease_expires: String::new(),
-                configuration: None,
+                configuration,
             },
         }
     }
@@ -517,9 +603,16 @@ impl Agent {
     /// sorted by ordinal then name.
     pub fn peers_answer(&self, now: Millis) -> Vec<PeerAnswer> {
         let window = self.node.timing().election_timeout_min_ms();
+        // With members from the annotation the address book lists every ordinal a Base may
+        // have: the members of the configuration are shown.
+        let members = self
+            .members_from_annotations
+            .then(|| self.node.membership().map(|m| m.members()))
+            .flatten();
         let mut list: Vec<PeerAnswer> = self
             .peers
             .iter()
+            .filter(|(id, _)| members.as_ref().is_none_or(|m| m.contains(*id)))
             .map(|(id, (url, seen))| PeerAnswer {
                 node_id: id.to_string(),
                 target: url.clone(),

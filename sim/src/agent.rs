@@ -83,6 +83,8 @@ impl World {
         let annotations = Annotations {
             fenced: pod.fence_file,
             transfer: pod.transfer_file.clone(),
+            // The simulated agents do not read the desired members yet (issue 18).
+            members: None,
         };
         let pvc = self.k8s.pvcs.get(&ordinal)?;
         let persisted = pvc.persisted.clone();
@@ -97,6 +99,8 @@ impl World {
             peers: peers.iter().map(|&o| (pod_id(o), agent_url(o))).collect(),
             timing: self.cfg.timing,
             shutdown_timeout: Millis(SHUTDOWN_TRANSFER_TIMEOUT_MS),
+            // Not yet: the simulated pods' peer sets still follow their cluster size (issue 18).
+            members_from_annotations: false,
         };
         let mut machine =
             base_core::agent::Agent::new(config, persisted.clone(), seed, now, &annotations)
@@ -207,7 +211,10 @@ impl World {
                     }
                     self.ev(format!("{me} steps down (writer of term {term})"));
                 }
-                Effect::LeaseRenewed { .. } | Effect::NoHandOverTarget => {}
+                Effect::LeaseRenewed { .. }
+                | Effect::NoHandOverTarget
+                | Effect::Members { .. }
+                | Effect::MembersUnreadable(_) => {}
                 Effect::FenceChanged { fenced, role } => {
                     self.ev(format!(
                         "{me} reads its annotations: {} ({role:?})",
@@ -522,6 +529,8 @@ impl World {
         let annotations = Annotations {
             fenced: pod.fence_file,
             transfer: pod.transfer_file.clone(),
+            // The simulated agents do not read the desired members yet (issue 18).
+            members: None,
         };
         let out = self.step_agent(ordinal, Input::Annotations(annotations));
         // Invariant 8: from this instant on, a fenced node may not accept writes.

@@ -168,6 +168,19 @@ impl Driver {
                 tracing::info!(to = ?to.map(|t| t.to_string()), cause, "handing the writer role over");
             }
             Effect::NoHandOverTarget => tracing::warn!("no peer to hand the writer role to"),
+            Effect::Members { bootstrap, voters } => {
+                let voters: Option<Vec<&str>> = voters
+                    .as_ref()
+                    .map(|v| v.iter().map(|n| n.as_str()).collect());
+                tracing::info!(
+                    bootstrap,
+                    ?voters,
+                    "desired members from the pod annotation hanzo.ai/members"
+                );
+            }
+            Effect::MembersUnreadable(why) => {
+                tracing::warn!(error = %why, "desired members not acted on");
+            }
             Effect::Exit { handed_over } => {
                 tracing::info!(handed_over, "shutting down");
                 return Ok(true);

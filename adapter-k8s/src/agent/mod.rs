@@ -160,6 +160,14 @@ pub struct AgentArgs {
     /// every second; missing or unreadable = not fenced, no request.
     #[arg(long, env = "BASE_FENCE_FILE")]
     pub fence_file: Option<PathBuf>,
+    /// The desired members come from the pod annotation `hanzo.ai/members` in `--fence-file`
+    /// (the operator's pods): a node with no persisted configuration starts joined (no voters,
+    /// never campaigns) and bootstraps only if the annotation names it one of the cluster's
+    /// initial members; the writer carries out changes of the desired members by joint
+    /// consensus, and `/_ha/leader` reports the configuration. `--peers` is then only whom the
+    /// agent may talk to. Without it, `--peers` are the initial members (use without the operator).
+    #[arg(long, env = "BASE_MEMBERS_FROM_ANNOTATIONS")]
+    pub members_from_annotations: bool,
     /// A mounted Secret with the Base's peer key: `current` (required) and `previous`
     /// (optional, still accepted during a rotation). Peer messages are then signed and checked
     /// (HMAC-SHA256); without it they are not authenticated.
@@ -408,6 +416,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .collect(),
             timing: plan.timing,
             shutdown_timeout: Millis(args.shutdown_transfer_timeout_ms),
+            members_from_annotations: args.members_from_annotations,
         },
         persisted.clone(),
         seed,

@@ -20,6 +20,7 @@ fn config(i: usize, n: usize) -> Config {
             .collect(),
         timing: Timing::default(),
         shutdown_timeout: Millis(3_000),
+        members_from_annotations: false,
     }
 }
 
@@ -74,9 +75,9 @@ impl Cluster {
             self.performed.push((from, effect.clone()));
             match effect {
                 Effect::Persist(state) => {
-                    assert_eq!(
-                        state.membership, None,
-                        "the configuration is not persisted yet"
+                    assert!(
+                        state.membership.is_none() || self.agents[from].members_from_annotations,
+                        "a configuration persisted without members from the annotation"
                     );
                     self.durable[from] = state.term;
                 }
@@ -143,6 +144,7 @@ impl Cluster {
 fn request(to: &NodeId, term: Term, at: u64) -> Annotations {
     Annotations {
         fenced: false,
+        members: None,
         transfer: Some(
             TransferRequest {
                 to: to.to_string(),
@@ -155,8 +157,9 @@ fn request(to: &NodeId, term: Term, at: u64) -> Annotations {
     }
 }
 
-/// The node's `Persist` comes before the sends that rely on it, through this machine, and the
-/// configuration is not persisted (both asserted on every effect performed in `Cluster::step`);
+/// The node's `Persist` comes before the sends that rely on it, through this machine (asserted on
+/// every effect performed in `Cluster::step`), and without members from the annotation carries
+/// no configuration (with them, `members_come_from_the_annotation` shows it does);
 /// the election does happen, so the checks saw real votes.
 #[test]
 fn persist_comes_before_the_sends_that_rely_on_it() {
@@ -207,6 +210,7 @@ fn writes_are_forwarded_only_by_the_writer_inside_its_lease() {
         Input::Annotations(Annotations {
             fenced: true,
             transfer: None,
+            members: None,
         }),
     );
     assert!(!matches!(
@@ -239,6 +243,7 @@ fn a_fence_makes_the_writer_hand_over() {
     let fenced = Annotations {
         fenced: true,
         transfer: None,
+        members: None,
     };
     let effects = c.step(w, Input::Annotations(fenced.clone()));
     assert_eq!(
@@ -446,6 +451,7 @@ fn answers_leader_peers_and_readiness() {
             ],
             timing: Timing::default(),
             shutdown_timeout: Millis(1),
+            members_from_annotations: false,
         },
         PersistedState::default(),
         1,
@@ -472,7 +478,8 @@ fn annotations_from_the_file() {
         Annotations::from_map(&map(&[("hanzo.ai/fenced", " TRUE "), ("x", "y")])),
         Annotations {
             fenced: true,
-            transfer: None
+            transfer: None,
+            members: None,
         }
     );
     let a = Annotations::from_map(&map(&[
@@ -482,4 +489,119 @@ fn annotations_from_the_file() {
     assert!(!a.fenced);
     assert_eq!(a.transfer.as_deref(), Some("{}"));
     assert_eq!(Annotations::from_map(&map(&[])), Annotations::default());
+}
+
+fn members(voters: &[usize], bootstrap: Option<&[usize]>) -> Annotations {
+    let names = |l: &[usize]| l.iter().map(|i| id(*i).to_string()).collect();
+    let value = crate::members::MembersAnnotation {
+        voters: names(voters),
+        bootstrap: bootstrap.map(names),
+    };
+    Annotations {
+        members: Some(value.to_annotation()),
+        ..Annotations::default()
+    }
+}
+
+/// Members from the annotation (issue 18): of five agents whose address book lists all five,
+/// the three the annotation names initial members bootstrap, the other two start joined (no
+/// configuration, never a candidate or the writer); the writer reports its configuration, and
+/// when the annotation wants all five, it adds them (learners, joint, simple) until it reports
+/// itself settled on them; when it wants three again, the two removed learn it and never stand.
+/// Each configuration is persisted, and an agent restarted from what it persisted keeps it.
+#[test]
+fn members_come_from_the_annotation() {
+    let first = members(&[0, 1, 2], Some(&[0, 1, 2]));
+    let agents = (0..5)
+        .map(|i| {
+            let mut cfg = config(i, 5);
+            cfg.members_from_annotations = true;
+            Agent::new(
+                cfg,
+                PersistedState::default(),
+                i as u64 + 1,
+                Millis(0),
+                &first,
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut c = Cluster {
+        agents,
+        now: Millis(0),
+        cut: vec![false; 5],
+        durable: vec![Term(0); 5],
+        performed: Vec::new(),
+    };
+    for i in 0..5 {
+        let effects = c.step(i, Input::Tick);
+        let bootstrapped = effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Members {
+                    bootstrap: true,
+                    ..
+                }
+            )
+        });
+        assert_eq!(bootstrapped, i < 3, "agent {i}: {effects:?}");
+    }
+    assert!(c.agents[3].node().membership().is_none());
+    let w = c.elect();
+    assert!(w < 3);
+    let settled_on = |c: &Cluster, n: usize| {
+        let names: Vec<String> = (0..n).map(|i| id(i).to_string()).collect();
+        c.writer().is_some_and(|w| {
+            c.agents[w]
+                .leader_answer(c.now)
+                .configuration
+                .is_some_and(|r| r.is_settled_on(&names))
+        })
+    };
+    assert!(
+        c.run_until(5_000, |c| settled_on(c, 3)),
+        "settled on the initial three"
+    );
+    assert!(
+        c.agents[3].node().membership().is_none(),
+        "a joiner waits for the writer"
+    );
+
+    let five = members(&[0, 1, 2, 3, 4], None);
+    for i in 0..5 {
+        c.step(i, Input::Annotations(five.clone()));
+    }
+    assert!(c.run_until(10_000, |c| settled_on(c, 5)), "grew to five");
+    assert!(c.agents[4].node().is_voter());
+    assert_eq!(
+        c.agents[w].peers_answer(c.now).len(),
+        4,
+        "the configuration's members"
+    );
+
+    let three = members(&[0, 1, 2], None);
+    for i in 0..5 {
+        c.step(i, Input::Annotations(three.clone()));
+    }
+    assert!(c.run_until(10_000, |c| settled_on(c, 3)), "shrank to three");
+    for i in [3, 4] {
+        assert!(!c.agents[i].node().is_voter(), "agent {i} knows it is out");
+        assert_ne!(c.agents[i].node().role(), Role::Writer);
+    }
+    // The configuration each persisted last is the one it holds; a restart keeps it.
+    let last = c
+        .performed
+        .iter()
+        .rev()
+        .find_map(|(i, e)| match e {
+            Effect::Persist(s) if *i == 4 => Some(s.clone()),
+            _ => None,
+        })
+        .expect("agent 4 persisted");
+    assert_eq!(last.membership.as_ref(), c.agents[4].node().membership());
+    let mut cfg = config(4, 5);
+    cfg.members_from_annotations = true;
+    let again = Agent::new(cfg, last, 9, c.now, &three).unwrap();
+    assert_eq!(again.node().membership(), c.agents[4].node().membership());
+    assert!(!again.node().is_voter());
 }

@@ -278,11 +278,18 @@ impl Ctx<'_> {
     /// `BASE_PEERS` in the form the Base runtime reads: one URL per ordinal, each
     /// `http://<pod_name>.<fqdn of headless_name>:<port>`, written into one string.
     pub fn peers(&self) -> String {
+        self.peers_of(self.replicas)
+    }
+
+    /// As [`Ctx::peers`], for the ordinals below `n`. The agent's is every ordinal a Base may
+    /// have ([`crate::validate::MAX_REPLICAS`]): whom it may talk to, fixed, so that a scale
+    /// change does not change it; its voters are the election's configuration.
+    pub fn peers_of(&self, n: i32) -> String {
         let (name, namespace) = (self.name, self.namespace);
         let port = decimal(self.base.spec.port.into());
         let one = "http://".len() + 2 * name.len() + namespace.len() + port.len() + 40;
-        let mut out = String::with_capacity(one * self.replicas.max(0) as usize);
-        for i in 0..self.replicas {
+        let mut out = String::with_capacity(one * n.max(0) as usize);
+        for i in 0..n {
             if i > 0 {
                 out.push(',');
             }
@@ -487,13 +494,15 @@ pub(super) fn statefulset(c: &Ctx) -> Object {
                 PEER_KEY_MOUNT.into(),
                 "--fence-file".into(),
                 [PODINFO_MOUNT, "/annotations"].concat().into(),
+                // The desired members come from the pod annotation (`crate::members`).
+                "--members-from-annotations".into(),
             ]),
         ),
         (
             "env",
             Value::Array(vec![
                 pod_name_env(),
-                env("BASE_PEERS", peers),
+                env("BASE_PEERS", c.peers_of(crate::validate::MAX_REPLICAS),),
                 constant!(env("RUST_LOG", "info")),
             ]),
         ),

@@ -72,8 +72,12 @@ fn fqdn(c: &Ctx, host: &str) -> String {
 
 /// `BASE_PEERS` as it was built before `Ctx::peers` wrote it into one string.
 fn peers(c: &Ctx) -> String {
+    peers_of(c, c.replicas)
+}
+
+fn peers_of(c: &Ctx, n: i32) -> String {
     let hs = headless_name(c.name);
-    (0..c.replicas)
+    (0..n)
         .map(|i| {
             format!(
                 "http://{}.{}:{}",
@@ -259,10 +263,11 @@ pub fn statefulset(c: &Ctx) -> StatefulSet {
             PEER_KEY_MOUNT.into(),
             "--fence-file".into(),
             format!("{PODINFO_MOUNT}/annotations"),
+            "--members-from-annotations".into(),
         ]),
         env: Some(vec![
             pod_name_env(),
-            env("BASE_PEERS", peers(c)),
+            env("BASE_PEERS", peers_of(c, crate::validate::MAX_REPLICAS)),
             env("RUST_LOG", "info"),
         ]),
         ports: Some(vec![
