@@ -1160,14 +1160,13 @@ async fn real_pods_end_to_end() {
     deleting_the_base_honours_retention(&node).await;
 }
 
-/// Scale 3 -> 5 -> 3 on real pods. Ignored: it never converges on this revision. The two new pods
-/// start with all five peers, but the three old agents keep their peer set of three until the
-/// operator restarts them, so the new agents never hear of a writer and their readiness probe
-/// (`/readyz`: a writer seen) never passes; the rollout restarts ready followers only while every
-/// pod is ready, so it waits for ever (Progressing=True, 3/5 ready). The apiserver tests and the
-/// simulation mark pods ready by themselves and do not see this. Run with `-- --ignored`.
+/// Scale 3 -> 5 -> 3 on real pods. Before the members were published (issue 18) it never
+/// converged: the new agents never heard of a writer, as the old ones kept their peer set of
+/// three until restarted, and the rollout restarts pods only while every pod is ready. Now the
+/// writer is told the desired members by the pod annotation, reaches the new pods (every agent
+/// may talk to every ordinal), adds them by joint consensus, and removes them again before their
+/// pods go; the rollout waits on the configuration it reports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "scale-up deadlocks on real pods (new agents never Ready); see the doc comment"]
 async fn real_pods_scale_three_five_three() {
     let node = Node::up().await;
     let http = reqwest::Client::builder()
