@@ -501,17 +501,7 @@ impl Writes {
         )])
         .to_string();
         eventually(T, "the table created through the gateway", || async {
-            let r = http
-                .post(format!("{gateway}/db/execute"))
-                .header("content-type", "application/json")
-                .body(create.clone())
-                .send()
-                .await
-                .ok()?;
-            if r.status() != reqwest::StatusCode::OK {
-                return None;
-            }
-            let v: Value = r.json().await.ok()?;
+            let v = post_json(http, &format!("{gateway}/db/execute"), &create).await?;
             // A statement's error (e.g. a table without a primary key) is a failure, not a retry.
             assert!(v["results"][0].get("error").is_none(), "CREATE TABLE: {v}");
             Some(())
@@ -591,17 +581,8 @@ impl Writes {
         .to_string();
         let rows: std::collections::HashMap<String, u64> =
             eventually(T, "a strong read through the gateway", || async {
-                let r = http
-                    .post(format!("{}/db/query?level=strong", self.gateway))
-                    .header("content-type", "application/json")
-                    .body(q.clone())
-                    .send()
-                    .await
-                    .ok()?;
-                if r.status() != reqwest::StatusCode::OK {
-                    return None;
-                }
-                let v: Value = r.json().await.ok()?;
+                let v =
+                    post_json(http, &format!("{}/db/query?level=strong", self.gateway), &q).await?;
                 // No `values` when the table is empty.
                 let res = v["results"][0].as_object()?;
                 let values = res
@@ -1010,17 +991,7 @@ async fn retained_claims_keep_the_data(
     let q = serde_json::json!([format!("SELECT count(*), count(DISTINCT tag) FROM {table}")])
         .to_string();
     let (count, distinct) = eventually(T, "a strong read of the retained table", || async {
-        let r = http
-            .post(format!("{gateway}/db/query?level=strong"))
-            .header("content-type", "application/json")
-            .body(q.clone())
-            .send()
-            .await
-            .ok()?;
-        if r.status() != reqwest::StatusCode::OK {
-            return None;
-        }
-        let v: Value = r.json().await.ok()?;
+        let v = post_json(http, &format!("{gateway}/db/query?level=strong"), &q).await?;
         let row = &v["results"][0]["values"][0];
         Some((row[0].as_u64()?, row[1].as_u64()?))
     })
@@ -1031,6 +1002,21 @@ async fn retained_claims_keep_the_data(
         "every acknowledged row of {table}, once, after the Base was deleted under Retain and re-created"
     );
     eprintln!("Retain: {count} rows of {table} back after the Base was deleted and re-created");
+}
+
+/// POSTs the JSON `body` to `url`; the answer's JSON when it is `200`, else `None` (to retry).
+async fn post_json(http: &reqwest::Client, url: &str, body: &str) -> Option<Value> {
+    let r = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .ok()?;
+    if r.status() != reqwest::StatusCode::OK {
+        return None;
+    }
+    r.json().await.ok()
 }
 
 /// The Service address of the example's gateway.
