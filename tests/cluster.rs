@@ -42,11 +42,21 @@ struct Node {
     dir: PathBuf,
     kubeconfig: PathBuf,
     client: Client,
+    /// Held until `down` has run (fields drop after `Drop::drop`): the tests of this binary run
+    /// in parallel, and two of them starting `up` at once raced for the bridge.
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// One cluster per machine, so one `Node` at a time in this process.
+static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Node {
     async fn up() -> Node {
-        let dir = PathBuf::from(format!("/tmp/base-cluster-test-{}", std::process::id()));
+        let one_at_a_time = ONE_CLUSTER.lock().await;
+        // A directory of its own per cluster: the tests share the process id.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = PathBuf::from(format!("/tmp/base-cluster-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let t = Instant::now();
@@ -78,6 +88,7 @@ impl Node {
             dir,
             kubeconfig,
             client,
+            _one_at_a_time: one_at_a_time,
         }
     }
 
