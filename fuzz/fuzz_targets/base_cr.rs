@@ -334,6 +334,9 @@ impl World {
                     at: u64::from(at) * 1000,
                     by: "fuzz".into(),
                 }),
+                // The members annotation as the operator last wrote it: absent, so every plan
+                // publishes it (the rollout's membership gate is covered by core's own tests).
+                members: None,
             })
             .filter(|p| names.insert(p.name.clone()))
             .collect();
