@@ -1,6 +1,7 @@
 //! Planted bugs, in the manner of FoundationDB's BUGGIFY: switches in the shared code that the
 //! simulation turns on to show that its checkers catch what they claim. The module exists only
-//! in the simulation's build (`--cfg madsim`); elsewhere `buggify!` (crate root) is the
+//! in the simulation's build (`--cfg madsim`) and in the core's own unit tests (`cfg(test)`: the
+//! harness tests plant the election's bugs too); elsewhere `buggify!` (crate root) is the
 //! constant `false`, so no release build can reach a planted bug.
 //!
 //! Planted here (the production logic itself, not a copy): the operator's `early-done`,
@@ -8,7 +9,8 @@
 //! writer kept past its lease and every view fresh, and a round that lasts until its slowest
 //! poll ends, in `writer_poll`); the gateway's
 //! `fixed-poll`, `no-read-pin` and `route-cache` (in `tracker`); the agent's `no-recheck`,
-//! `lease-overrun`, `ignore-fence` and `vote-cache` (in `agent`).
+//! `lease-overrun`, `ignore-fence` and `vote-cache` (in `agent`); the election's
+//! `leave-joint-early`, `count-learner-votes` and `removed-campaigns` (in `quasar::node`, issue 18).
 
 use std::cell::Cell;
 
@@ -38,6 +40,13 @@ pub enum Bug {
     IgnoreFence,
     /// The agent answers a vote request from a memo keyed by term alone.
     VoteCache,
+    /// The writer proposes C(new) as soon as it proposed C(old, new), without waiting for the
+    /// joint configuration to be committed.
+    LeaveJointEarly,
+    /// A candidate counts a learner's grant as an incoming voter's (and asks learners for votes).
+    CountLearnerVotes,
+    /// A node that is not a voter of its own configuration (removed, or a learner) campaigns.
+    RemovedCampaigns,
 }
 
 thread_local! {

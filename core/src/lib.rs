@@ -1,20 +1,27 @@
 //! Pure, deterministic state machines of the Hanzo Base operator. No I/O, no clocks, no async:
 //! time and randomness are inputs, effects are returned as data.
 
-#[cfg(madsim)]
+// Planted bugs: the simulation's build and the core's own unit tests only (see the module).
+#[cfg(any(madsim, test))]
 pub mod buggify;
 
 /// `buggify!(EarlyDone)`: whether that planted bug (`buggify::Bug`) is on. Always `false` outside
-/// the simulation's build (`--cfg madsim`), where the `buggify` module does not exist.
+/// the simulation's build (`--cfg madsim`) and the core's unit tests, where the `buggify` module
+/// does not exist. (Two definitions rather than `cfg` inside one expansion: `cfg(test)` must be
+/// this crate's, not the caller's.)
+#[cfg(any(madsim, test))]
 #[macro_export]
 macro_rules! buggify {
-    ($bug:ident) => {{
-        #[cfg(madsim)]
-        let on = $crate::buggify::planted($crate::buggify::Bug::$bug);
-        #[cfg(not(madsim))]
-        let on = false;
-        on
-    }};
+    ($bug:ident) => {
+        $crate::buggify::planted($crate::buggify::Bug::$bug)
+    };
+}
+#[cfg(not(any(madsim, test)))]
+#[macro_export]
+macro_rules! buggify {
+    ($bug:ident) => {
+        false
+    };
 }
 pub mod agent;
 pub mod control;

@@ -194,11 +194,6 @@ impl Cluster {
         self.nodes.set_rate(i, self.real_ms, ppm);
     }
 
-    /// Plant `bug` in every node, now and after restarts.
-    pub fn plant_bug(&mut self, bug: crate::quasar::PlantedBug) {
-        self.nodes.plant_bug(bug);
-    }
-
     /// The operator publishes the desired voters to every pod (live ones now, restarted ones
     /// when they start).
     pub fn set_members(&mut self, voters: &[usize]) {
@@ -519,6 +514,12 @@ impl Cluster {
             }
         }
         None
+    }
+
+    /// Advance until some node accepts writes (at most `limit_ms`): that node.
+    pub fn first_writer(&mut self, limit_ms: u64) -> Option<usize> {
+        self.advance_until(limit_ms, |c| !c.accepting().is_empty())?;
+        self.accepting().first().copied()
     }
 
     /// Notes who accepts writes now (for `last_accepting_real`); the checker has seen every

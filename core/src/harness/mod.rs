@@ -10,6 +10,8 @@
 //!   node's own clock and lease).
 //! - [`Cluster`]: a driver with a network (delays, loss, duplicates, partitions) and 1 ms steps,
 //!   all its random choices from one [`Rng`].
+//! - [`scale_changes_under_faults`]: one seed's schedule of scale changes under faults (the
+//!   membership property test's, and what the planted election bugs must not get past).
 //!
 //! Behind the cargo feature `harness` (off by default): test support, never compiled into the
 //! operator.
@@ -18,10 +20,14 @@ mod checker;
 mod clock;
 mod cluster;
 mod nodes;
+#[cfg(test)]
+mod planted;
 mod rng;
+mod scale;
 
 pub use checker::{AcceptWindows, Checker, Overlap};
 pub use clock::{Clock, PPM};
 pub use cluster::{Cluster, INFLIGHT_MAX, NetFaults, TICK_MS, WRITE_EVERY_MS};
 pub use nodes::{Nodes, Slot};
 pub use rng::Rng;
+pub use scale::{FAULT_PHASE_MS, SETTLE_BOUND_MS, UNIVERSE, scale_changes_under_faults};

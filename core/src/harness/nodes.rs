@@ -6,7 +6,7 @@
 
 use super::checker::Checker;
 use super::clock::Clock;
-use crate::quasar::{Effect, Input, Membership, Node, PersistedState, PlantedBug, Role, Timing};
+use crate::quasar::{Effect, Input, Membership, Node, PersistedState, Role, Timing};
 use crate::{Millis, NodeId};
 use std::collections::BTreeSet;
 
@@ -34,8 +34,6 @@ pub struct Nodes {
     pub timing: Timing,
     /// The desired voters as the operator last published them (re-read by a restarted node).
     pub target: Option<BTreeSet<NodeId>>,
-    /// A bug planted in every node (and every restarted one).
-    pub bug: Option<PlantedBug>,
     pub checker: Checker,
     /// Check that every tick before a node's `next_tick_due` changes nothing (slow: it
     /// compares the whole state; for the tests of that promise).
@@ -72,7 +70,6 @@ impl Nodes {
             slots,
             timing,
             target: None,
-            bug: None,
             checker: Checker::new(ids),
             check_idle_ticks: false,
         }
@@ -133,16 +130,6 @@ impl Nodes {
         }
     }
 
-    /// Plant `bug` in every node, now and after restarts.
-    pub fn plant_bug(&mut self, bug: PlantedBug) {
-        self.bug = Some(bug);
-        for s in &mut self.slots {
-            if let Some(node) = s.node.as_mut() {
-                node.plant_bug(bug);
-            }
-        }
-    }
-
     /// Start node `i` (dead) at real time `now` from its disk, as an agent does: the
     /// operator's desired voters and its fence read before anything else. Returns the effects
     /// of those first inputs (the driver delivers their sends).
@@ -151,15 +138,12 @@ impl Nodes {
         let s = &self.slots[i];
         let local = s.clock.local(now);
         let (id, peers, disk) = (s.id.clone(), s.peers.clone(), s.disk.clone());
-        let mut node = if s.initial {
+        let node = if s.initial {
             Node::new(id, peers, self.timing, disk, seed, local)
         } else {
             Node::join(id, peers, self.timing, disk, seed, local)
         }
         .expect("a valid node");
-        if let Some(bug) = self.bug {
-            node.plant_bug(bug);
-        }
         self.checker.started(i, now, &node, &self.slots[i].clock);
         self.slots[i].node = Some(node);
         self.slots[i].paused = false;

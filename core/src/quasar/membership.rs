@@ -146,20 +146,6 @@ pub fn validate_target(voters: &BTreeSet<NodeId>) -> Result<(), MembershipError>
     Ok(())
 }
 
-/// Test-only switches that plant a known bug, so that the tests can show they catch it. Never set
-/// outside tests (`Node::plant_bug`).
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PlantedBug {
-    /// The writer proposes C(new) as soon as it proposed C(old, new), without waiting for the
-    /// joint configuration to be committed.
-    LeaveJointEarly,
-    /// A candidate counts a learner's grant as a voter's.
-    CountLearnerVotes,
-    /// A node that is not a voter of its own configuration (removed, or a learner) campaigns.
-    RemovedCampaigns,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

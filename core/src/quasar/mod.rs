@@ -143,9 +143,10 @@
 //! replacements, removing the writer) under partitions, kills, pauses, fences, transfers and
 //! campaigns, checking after every simulated millisecond one writer per term, never two nodes
 //! accepting writes, one configuration per version, no vote request or win by a non-voter, and
-//! configuration completeness; it plants three bugs ([`PlantedBug`]: leaving the joint
-//! configuration early, counting a learner's vote, a removed node campaigning) and requires each
-//! to be caught.
+//! configuration completeness. Three planted bugs (`crate::buggify` switches, in the core's unit
+//! tests and the simulation only: leaving the joint configuration early, counting a learner's
+//! vote, a removed node campaigning) must each be caught, by the harness's checker
+//! (`harness/planted.rs`) and by the simulation's.
 //!
 //! # What remains
 //! The lease is checked when a write is admitted, not when the Base process applies it. A write
@@ -164,7 +165,7 @@ pub mod message;
 pub mod node;
 pub mod timing;
 
-pub use membership::{ConfigVersion, Membership, MembershipError, PlantedBug, validate_target};
+pub use membership::{ConfigVersion, Membership, MembershipError, validate_target};
 pub use message::{Envelope, MAX_MESSAGE_BYTES, Message};
 pub use node::{
     CLUSTER_SIZE_MAX, DropCounts, Effect, Input, Node, NodeError, PersistedState, Role,

@@ -1,7 +1,7 @@
 //! The Quasar state machine of one replica: [`Node::step`] takes one input at a time and returns
 //! the effects for the caller to perform, in order.
 
-use super::membership::{ConfigVersion, Membership, PlantedBug, validate_target};
+use super::membership::{ConfigVersion, Membership, validate_target};
 use super::message::Message;
 use super::timing::Timing;
 use crate::replication::{Majority, QuorumConfig, QuorumError};
@@ -250,7 +250,6 @@ pub struct Node {
     voters_but_me: Vec<NodeId>,
     /// The voters the operator wants (see [`Input::SetMembers`]).
     target: Option<BTreeSet<NodeId>>,
-    bug: Option<PlantedBug>,
     timing: Timing,
     rng: SplitMix64,
 
@@ -355,7 +354,6 @@ impl Node {
             peers: Vec::new(),
             voters_but_me: Vec::new(),
             target: None,
-            bug: None,
             timing,
             rng: SplitMix64(seed),
             term: persisted.term,
@@ -383,12 +381,6 @@ impl Node {
         }
         node.reset_election_deadline(now);
         Ok(node)
-    }
-
-    /// Plants a known bug (tests only: they show that they catch it).
-    #[doc(hidden)]
-    pub fn plant_bug(&mut self, bug: PlantedBug) {
-        self.bug = Some(bug);
     }
 
     // ----- queries -------------------------------------------------------------------------
@@ -536,7 +528,7 @@ impl Node {
         // `membership_committed` counts a quorum (it allocates): asked only when it decides.
         let ours = m.version.term == self.term;
         if m.is_joint() {
-            let early = self.bug == Some(PlantedBug::LeaveJointEarly) && ours;
+            let early = crate::buggify!(LeaveJointEarly) && ours;
             return ours && !early && !self.membership_committed();
         }
         let Some(target) = &self.target else {
@@ -666,7 +658,7 @@ impl Node {
         };
         let mut set: BTreeSet<NodeId> = yes.cloned().collect();
         set.insert(self.id.clone());
-        if self.bug == Some(PlantedBug::CountLearnerVotes) {
+        if crate::buggify!(CountLearnerVotes) {
             // The planted bug: a learner's grant counted like an incoming voter's.
             let incoming = set
                 .iter()
@@ -690,7 +682,7 @@ impl Node {
 
     /// Whom a candidate asks: the voters (with the planted bug, the learners too).
     fn vote_recipients(&self) -> &[NodeId] {
-        if self.bug == Some(PlantedBug::CountLearnerVotes) {
+        if crate::buggify!(CountLearnerVotes) {
             &self.peers
         } else {
             &self.voters_but_me
@@ -701,7 +693,7 @@ impl Node {
     fn may_stand(&self) -> bool {
         !self.fenced
             && self.membership.is_some()
-            && (self.is_voter() || self.bug == Some(PlantedBug::RemovedCampaigns))
+            && (self.is_voter() || crate::buggify!(RemovedCampaigns))
     }
 
     fn is_peer(&self, id: &NodeId) -> bool {
@@ -925,7 +917,7 @@ impl Node {
         let committed = self.membership_committed();
         let ours = m.version.term == self.term;
         if m.is_joint() {
-            let early = self.bug == Some(PlantedBug::LeaveJointEarly) && ours;
+            let early = crate::buggify!(LeaveJointEarly) && ours;
             if !committed && !early {
                 if !ours {
                     return self.propose(now, m.clone(), out);
@@ -1727,7 +1719,7 @@ impl Node {
                 "quasar: a configuration taken without being persisted"
             );
         }
-        if self.role != Role::Follower && self.bug != Some(PlantedBug::RemovedCampaigns) {
+        if self.role != Role::Follower && !crate::buggify!(RemovedCampaigns) {
             assert!(
                 self.is_voter(),
                 "quasar: {} stands for election or writes but is not a voter",
