@@ -2,13 +2,16 @@
 //! election), driven by ticks, peer messages, the pod's annotations and SIGTERM as the tokio
 //! agent drives it, in front of a small model of the Base store. Every agent decision is the
 //! machine's (write admission on arrival and right before the store applies, fence, transfers,
-//! shutdown, `/_ha/leader`); this file keeps the madsim plumbing, the model store and checkers.
+//! shutdown, `/_ha/leader`, the members the operator publishes); this file keeps the madsim
+//! plumbing, the model store and checkers.
 //! The store's log lives on the pod's PVC and survives restarts; the agent's memory does not.
-//! Writes are recorded with their term; the log is replicated to the followers in the manner of
-//! Raft's AppendEntries, and a write is acknowledged once a majority holds it. The store's
+//! Writes are recorded with their term; the log is replicated to the members of the writer's
+//! configuration in the manner of Raft's AppendEntries, and a write is acknowledged once a
+//! quorum of that configuration holds it (`Node::quorum_config`: both majorities while joint). The store's
 //! replication position `(last term << 32) | length` is fed to the election, so a voter grants
 //! only candidates whose log is at least as up to date as its own.
 
+use crate::config::MAX_ORDINALS;
 use crate::k8s::PodPhase;
 use crate::world::{
     Agent, Entry, Out, Packet, Shared, World, WriteId, WriteReply, agent_addr, lock, ordinal_of,
@@ -36,6 +39,8 @@ pub const FENCE_POLL_MS: u64 = 1_000;
 pub const SHUTDOWN_TRANSFER_TIMEOUT_MS: u64 = 3_000;
 /// Invariant 8's name in reports.
 const FENCED: &str = "8 a fenced node accepts no write";
+/// Invariant 10's name in reports.
+pub const NOT_A_VOTER: &str = "10 only a voter stands for election";
 
 /// The replication position of a log: compares like Raft's (last term, last index).
 pub fn position(log: &[Entry]) -> u64 {
@@ -77,20 +82,17 @@ impl World {
     /// The process of `ordinal` starts: a new agent from what its PVC holds.
     pub fn boot_agent(&mut self, ordinal: i32) -> Option<u64> {
         let pod = self.k8s.pods.get(&ordinal)?;
-        let size = pod.cluster_size;
         // The agent reads its annotations before its node may campaign (adapter-k8s
         // `agent::run`); a transfer request already there is old, and never acts.
-        let annotations = Annotations {
-            fenced: pod.fence_file,
-            transfer: pod.transfer_file.clone(),
-            // The simulated agents do not read the desired members yet (issue 18).
-            members: None,
-        };
+        let annotations = annotations_file(pod);
         let pvc = self.k8s.pvcs.get(&ordinal)?;
         let persisted = pvc.persisted.clone();
         let pos = position(&pvc.log);
         let log_len = pvc.log.len();
-        let peers: Vec<i32> = (0..size).filter(|&o| o != ordinal).collect();
+        // The address book lists every ordinal a Base may have, as production's `BASE_PEERS`
+        // does: whom the agent may talk to. Its voters are the election's configuration, which
+        // it takes from the `hanzo.ai/members` annotation (and persists) as production does.
+        let peers: Vec<i32> = (0..MAX_ORDINALS).filter(|&o| o != ordinal).collect();
         let now = self.local(ordinal);
         let seed = self.rng.next_u64();
         let config = Config {
@@ -99,13 +101,14 @@ impl World {
             peers: peers.iter().map(|&o| (pod_id(o), agent_url(o))).collect(),
             timing: self.cfg.timing,
             shutdown_timeout: Millis(SHUTDOWN_TRANSFER_TIMEOUT_MS),
-            // Not yet: the simulated pods' peer sets still follow their cluster size (issue 18).
-            members_from_annotations: false,
+            members_from_annotations: true,
         };
         let mut machine =
             base_core::agent::Agent::new(config, persisted.clone(), seed, now, &annotations)
                 .expect("a valid peer set");
         let fenced = machine.is_fenced();
+        // The first step also returns the start's effects: a bootstrap (the annotation names this
+        // node an initial member) persists its configuration.
         let effects = machine.step(
             now,
             Input::Position {
@@ -113,7 +116,6 @@ impl World {
                 position: pos,
             },
         );
-        assert!(effects.is_empty());
         let slot = &mut self.replicas[ordinal as usize];
         slot.incarnation += 1;
         let incarnation = slot.incarnation;
@@ -132,14 +134,18 @@ impl World {
         });
         self.stats.pod_starts += 1;
         self.ev(format!(
-            "{} starts: term {} voted {:?} log {} cluster of {}{}",
+            "{} starts: term {} voted {:?} log {} configuration {}{}",
             pod_id(ordinal),
             persisted.term,
             persisted.voted_for.map(|v| v.0),
             log_len,
-            size,
+            persisted
+                .membership
+                .map_or("none".to_string(), |m| m.describe()),
             if fenced { ", fenced" } else { "" }
         ));
+        let out = self.perform(ordinal, effects);
+        assert!(out.is_empty(), "a starting node sends nothing");
         Some(incarnation)
     }
 
@@ -211,10 +217,18 @@ impl World {
                     }
                     self.ev(format!("{me} steps down (writer of term {term})"));
                 }
-                Effect::LeaseRenewed { .. }
-                | Effect::NoHandOverTarget
-                | Effect::Members { .. }
-                | Effect::MembersUnreadable(_) => {}
+                Effect::LeaseRenewed { .. } | Effect::NoHandOverTarget => {}
+                Effect::Members { bootstrap, voters } => {
+                    let voters = voters.map(|v| v.iter().map(|n| n.0.clone()).collect::<Vec<_>>());
+                    self.ev(format!(
+                        "{me} reads its members: {}desired voters {voters:?}",
+                        if bootstrap { "bootstraps, " } else { "" }
+                    ));
+                }
+                Effect::MembersUnreadable(why) => {
+                    // The plan writes the annotation: an unreadable one is the core's bug.
+                    self.fail("harness", format!("{me} cannot read its members: {why}"));
+                }
                 Effect::FenceChanged { fenced, role } => {
                     self.ev(format!(
                         "{me} reads its annotations: {} ({role:?})",
@@ -330,6 +344,23 @@ impl World {
         let Some(agent) = slot.agent.as_ref() else {
             return;
         };
+        // Invariant 10: only a voter of its own configuration stands for election or writes
+        // (a removed member, a learner, a joiner never does).
+        if agent.node().role() != Role::Follower && !agent.node().is_voter() {
+            let (role, term) = (agent.node().role(), agent.node().term());
+            let held = agent
+                .node()
+                .membership()
+                .map_or("none".to_string(), |m| m.describe());
+            self.fail(
+                NOT_A_VOTER,
+                format!(
+                    "{} is {role:?} in term {term} but not a voter of its configuration ({held})",
+                    pod_id(ordinal)
+                ),
+            );
+            return;
+        }
         if agent.node().can_accept_writes(now) {
             if agent.node().is_fenced() {
                 let term = agent.node().term();
@@ -423,18 +454,32 @@ impl World {
         }
     }
 
-    /// Append messages from the writer `ordinal` to one peer, or to all.
+    /// Append messages from the writer `ordinal` to one member of its configuration, or to all.
     fn appends(&mut self, ordinal: i32, only: Option<i32>) -> Vec<Out> {
-        let Some(a) = self.replicas[ordinal as usize].agent.as_ref() else {
+        let log_len = self.log(ordinal).len() as u64;
+        let Some(a) = self.agent_mut(ordinal) else {
             return Vec::new();
         };
         let Some(term) = a.writer_term else {
             return Vec::new();
         };
+        let members = a
+            .node()
+            .membership()
+            .map(|m| m.members())
+            .unwrap_or_default();
+        // A peer out of the configuration counts for nothing when it comes back (its PVC may be
+        // a new one): it starts over as a new member would.
+        for p in a.peers.clone() {
+            if !members.contains(&pod_id(p)) {
+                a.next_index.insert(p, log_len + 1);
+                a.match_index.insert(p, 0);
+            }
+        }
         let targets: Vec<(i32, u64)> = a
             .next_index
             .iter()
-            .filter(|(p, _)| only.is_none_or(|o| o == **p))
+            .filter(|(p, _)| only.is_none_or(|o| o == **p) && members.contains(&pod_id(**p)))
             .map(|(p, n)| (*p, *n))
             .collect();
         let log = &self.k8s.pvcs[&ordinal].log;
@@ -526,12 +571,7 @@ impl World {
         let Some(pod) = self.k8s.pods.get(&ordinal) else {
             return Vec::new();
         };
-        let annotations = Annotations {
-            fenced: pod.fence_file,
-            transfer: pod.transfer_file.clone(),
-            // The simulated agents do not read the desired members yet (issue 18).
-            members: None,
-        };
+        let annotations = annotations_file(pod);
         let out = self.step_agent(ordinal, Input::Annotations(annotations));
         // Invariant 8: from this instant on, a fenced node may not accept writes.
         let now_ns = self.now_ns();
@@ -718,13 +758,18 @@ impl World {
         *m = (*m).max(index);
         let n = a.next_index.entry(from).or_insert(1);
         *n = (*n).max(index + 1);
-        // The highest index a majority (the writer included) holds, if it is of this term.
-        let mut matched: Vec<u64> = a.match_index.values().copied().collect();
-        matched.push(log_len);
-        matched.sort_unstable_by(|x, y| y.cmp(x));
-        let cluster = a.peers.len() + 1;
-        let quorum = cluster / 2 + 1;
-        let candidate = matched[quorum - 1];
+        // The highest index a quorum of the election's configuration (the writer included, if
+        // a voter) holds, if it is of this term.
+        let Some(quorum) = a.node().quorum_config() else {
+            return Vec::new();
+        };
+        let mut acked: BTreeMap<NodeId, u64> = a
+            .match_index
+            .iter()
+            .map(|(p, m)| (pod_id(*p), *m))
+            .collect();
+        acked.insert(pod_id(ordinal), log_len);
+        let candidate = quorum.committed_index(&acked);
         if candidate > a.commit
             && self.k8s.pvcs[&ordinal].log[candidate as usize - 1].term == term
             && let Some(a) = self.agent_mut(ordinal)
@@ -953,4 +998,14 @@ async fn write_task(
 /// The id other nodes know `ordinal` by (for logs).
 pub fn id(ordinal: i32) -> NodeId {
     pod_id(ordinal)
+}
+
+/// What the pod's downward-API annotations file says now (the kubelet's copy of the pod's
+/// annotations, as the agent reads it).
+fn annotations_file(pod: &crate::k8s::Pod) -> Annotations {
+    Annotations {
+        fenced: pod.fence_file,
+        transfer: pod.transfer_file.clone(),
+        members: pod.members_file.clone(),
+    }
 }

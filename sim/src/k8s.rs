@@ -63,7 +63,8 @@ pub enum PodPhase {
 #[derive(Clone, Debug)]
 pub struct Pod {
     pub revision: String,
-    /// The number of replicas in the pod's `BASE_PEERS` (its election's peer set).
+    /// The number of replicas in the pod's `BASE_REPLICAS` (the `base` container's peer set; the
+    /// agent's voters are the election's configuration, from `members`).
     pub cluster_size: i32,
     pub phase: PodPhase,
     pub writer_label: bool,
@@ -80,9 +81,11 @@ pub struct Pod {
     /// annotations file says of it (caught up by the kubelet with the fence).
     pub transfer: Option<String>,
     pub transfer_file: Option<String>,
-    /// The annotation `hanzo.ai/members` (set by the operator's plan). The simulated agents do
-    /// not act on it yet: their peer set still follows the pod's cluster size.
+    /// The annotation `hanzo.ai/members` (set by the operator's plan), and what the annotations
+    /// file says of it (caught up by the kubelet with the fence): the desired members the agent
+    /// carries out.
     pub members: Option<String>,
+    pub members_file: Option<String>,
 }
 
 pub struct K8s {
@@ -300,6 +303,7 @@ impl World {
                     transfer: None,
                     transfer_file: None,
                     members: None,
+                    members_file: None,
                 },
             );
             self.ev(format!(
@@ -344,7 +348,9 @@ impl World {
         let Some(pod) = self.k8s.pods.get(&ordinal) else {
             return;
         };
-        let behind = pod.fence_file != pod.fenced || pod.transfer_file != pod.transfer;
+        let behind = pod.fence_file != pod.fenced
+            || pod.transfer_file != pod.transfer
+            || pod.members_file != pod.members;
         match pod.fence_sync_at {
             None if behind => {
                 let at = now + self.rng.range(100, FENCE_SYNC_MAX_MS) * 1_000_000;
@@ -360,6 +366,7 @@ impl World {
                         pod.fence_file_since = pod.fenced.then_some(now);
                     }
                     pod.transfer_file.clone_from(&pod.transfer);
+                    pod.members_file.clone_from(&pod.members);
                 }
             }
             _ => {}
@@ -688,6 +695,7 @@ impl World {
         let Some(writer) = self.operator_writer().and_then(|w| ordinal_of(&w.pod)) else {
             return Err("the operator knows no writer".into());
         };
+        self.configuration_settled()?;
         for (o, pod) in &self.k8s.pods {
             if pod.writer_label != (*o == writer) {
                 return Err(format!("writer label of {} is wrong", pod_name(*o)));
@@ -735,5 +743,35 @@ impl World {
             ));
         }
         Ok(())
+    }
+
+    /// The election's configuration is the spec's members, settled: the writer's is simple,
+    /// with no learner, its voters the ordinals below `spec.replicas`, committed, and every
+    /// member a change removed has acked it (`Node::membership_done`, which the operator's
+    /// rollout waits on).
+    pub fn configuration_settled(&self) -> Result<(), String> {
+        let Some(writer) = self.current_writer() else {
+            return Err("no node accepts writes".into());
+        };
+        let Some(node) = self.replicas[writer as usize]
+            .agent
+            .as_ref()
+            .map(|a| a.node())
+        else {
+            return Err("the writer's process is gone".into());
+        };
+        let want: std::collections::BTreeSet<_> = (0..self.k8s.base.spec.replicas)
+            .map(crate::world::pod_id)
+            .collect();
+        let held = node.membership();
+        if node.membership_done() && held.is_some_and(|m| m.voters == want) {
+            return Ok(());
+        }
+        Err(format!(
+            "the writer {} holds configuration {}, not settled on {} members",
+            pod_name(writer),
+            held.map_or("none".to_string(), |m| m.describe()),
+            want.len()
+        ))
     }
 }

@@ -13,11 +13,13 @@ use base_core::reconcile::objects::ANNOTATION_SWITCHOVER_TO;
 use base_core::reconcile::{
     CONDITION_SWITCHOVER, GatewayView, Observed, OperatorConfig, Plan, PodView, objects, plan,
 };
+use base_core::wire::{ConfigurationReport, parse_leader_answer};
 use base_core::writer_poll::WriterPoller;
 use base_core::{Millis, Term};
 use futures::StreamExt;
 use futures::channel::mpsc;
 use madsim::net::Endpoint;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// How often the operator reconciles (as if watch events arrived this often); a writer change
@@ -35,6 +37,9 @@ pub struct OperatorPoller {
     pub seq: u64,
     /// The writer a round last named (the checkers' record).
     pub named: Option<(i32, Term)>,
+    /// Per pod: the voting configuration its agent last reported (`/_ha/leader`, adapter-k8s
+    /// `Writers::configurations`): the rollout waits on the writer's.
+    pub configurations: BTreeMap<String, ConfigurationReport>,
 }
 
 impl OperatorPoller {
@@ -45,6 +50,7 @@ impl OperatorPoller {
             wake: false,
             seq: 0,
             named: None,
+            configurations: BTreeMap::new(),
         }
     }
 }
@@ -71,6 +77,20 @@ impl World {
         ordinal: i32,
         body: Option<Vec<u8>>,
     ) -> Option<u64> {
+        // What the agent reported of its configuration (adapter-k8s `poll_loop`: an answered
+        // poll says it, a failed one says nothing); a change wakes the reconcile.
+        if let Some(said) = body
+            .as_deref()
+            .and_then(|b| parse_leader_answer(b).ok())
+            .map(|a| a.configuration)
+        {
+            let pod = pod_name(ordinal);
+            let changed = match said {
+                Some(c) => self.operator.configurations.insert(pod, c.clone()) != Some(c),
+                None => self.operator.configurations.remove(&pod).is_some(),
+            };
+            self.operator.wake |= changed;
+        }
         let result = self.poll_outcome(ordinal, body);
         let now = self.operator_now();
         let answered = self
@@ -141,6 +161,7 @@ impl World {
                 .map(|o| objects::pvc_name(BASE_NAME, *o))
                 .collect(),
             writer,
+            configurations: self.operator.configurations.clone(),
             gateway: GatewayView::Found(self.k8s.gateway_cr.clone()),
             config: OperatorConfig {
                 agent_image: "ghcr.io/hanzoai/base-operator:sim".into(),
@@ -157,8 +178,16 @@ impl World {
     /// `hanzo.ai/transfer-to`, which its agent reads from the annotations file).
     pub fn reconcile(&mut self) {
         self.operator.wake = false;
-        let targets = self.poll_targets().into_iter().map(|o| (pod_id(o), o));
-        self.operator.poller.set_targets(targets.collect());
+        let targets: Vec<_> = self
+            .poll_targets()
+            .into_iter()
+            .map(|o| (pod_id(o), o))
+            .collect();
+        // A pod no longer polled says nothing any more (`Writers::track`).
+        self.operator
+            .configurations
+            .retain(|pod, _| targets.iter().any(|(id, _)| id.as_str() == pod));
+        self.operator.poller.set_targets(targets);
         let mut observed = self.observe();
         // Lent to the plan rather than copied (a copy per pass was a tenth of a run); back below.
         observed.objects = std::mem::take(&mut self.k8s.objects);
