@@ -10,9 +10,9 @@ use std::time::Instant;
 
 const USAGE: &str = "\
 usage:
-  cargo sim run --seed N [--bug BUG] [--membership-faults] [--poll-ms N] [--quiet]
+  cargo sim run --seed N [--bug BUG] [--quiet-scaling] [--poll-ms N] [--quiet]
       one seed: its timeline (every event), the figures, and any violation with its trace
-  cargo sim campaign [--seeds 1000] [--start 0] [--jobs 2] [--bug …] [--membership-faults]
+  cargo sim campaign [--seeds 1000] [--start 0] [--jobs 2] [--bug …] [--quiet-scaling]
                      [--timing quasar,k8s-lease] [--faults mixed|kills]
       many seeds in parallel processes; ends with one line of key=value figures per timing
   --timing T[,T…]: the election timings: quasar (the defaults: heartbeat 100 ms, election
@@ -23,10 +23,13 @@ usage:
   --replicas 3|5: the Base's initial replicas (default: 5 in a quarter of the seeds, else 3)
   --bug: plant a bug the checkers must catch: no-recheck, lease-overrun, ignore-fence,
       early-done, unfenced-plan, vote-cache, route-cache, no-read-pin, wrong-retention,
-      stale-operator-writer, or fixed-poll (no early writer poll: counted, not a violation)
+      leave-joint-early, count-learner-votes, removed-campaigns, stale-operator-writer, or
+      fixed-poll (no early writer poll: counted, not a violation)
   --poll-ms N: force leaderPollInterval (default: drawn from 200, 500, 1000, 2000 ms per seed)
-  --membership-faults: let faults, switchovers and fences strike while a scale change rolls
-      out (a known hole: the election has no joint consensus, so this can split the brain)
+  --quiet-scaling: the plan before joint consensus (issue 18): a scale change waits until no
+      fault is active, and faults, switchovers and fences wait until the new configuration is
+      in place (by default they strike while a scale change rolls out; --membership-faults,
+      the old name of that default, is still accepted)
   cargo sim worker --start S --step K --count N [--bug …]
       (internal) the seeds S, S+K, … one result line each";
 
@@ -73,7 +76,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get() as u64),
         bug: None,
         quiet: false,
-        membership_faults: false,
+        membership_faults: true,
         poll_ms: None,
         timings: vec![TimingProfile::Quasar],
         faults: FaultMix::Mixed,
@@ -85,8 +88,13 @@ fn parse(args: &[String]) -> Result<Args, String> {
             a.quiet = true;
             continue;
         }
+        // The default since issue 18 (still accepted: older replay commands name it).
         if flag == "--membership-faults" {
             a.membership_faults = true;
+            continue;
+        }
+        if flag == "--quiet-scaling" {
+            a.membership_faults = false;
             continue;
         }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -321,8 +329,8 @@ fn campaign_of(a: &Args, exe: &std::path::Path, timing: TimingProfile) -> Option
         if let Some(b) = a.bug {
             cmd.args(["--bug", b.name()]);
         }
-        if a.membership_faults {
-            cmd.arg("--membership-faults");
+        if !a.membership_faults {
+            cmd.arg("--quiet-scaling");
         }
         if let Some(ms) = a.poll_ms {
             cmd.args(["--poll-ms", &ms.to_string()]);

@@ -145,7 +145,8 @@ impl Bounds {
 
 /// A bug planted on purpose, to show that the checkers catch it. Each is a switch in the shared
 /// core code (`base_core::buggify`, compiled only with `--cfg madsim`): the operator's in
-/// `reconcile` and `writer_poll`, the gateway's in `tracker`, the agent's in `agent`.
+/// `reconcile` and `writer_poll`, the gateway's in `tracker`, the agent's in `agent`, the
+/// election's in `quasar`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bug {
     /// The agent checks the lease when a write arrives but not again right before the store applies
@@ -187,6 +188,16 @@ pub enum Bug {
     /// The operator plans with the other `retentionPolicy`: under `Retain` it deletes the PVCs of
     /// scaled-away ordinals, under `Delete` it keeps them (invariant 7).
     WrongRetention,
+    /// The election's writer proposes C(new) as soon as it proposed C(old, new), without waiting
+    /// for the joint configuration to be committed: the old voters, cut off, can elect a writer
+    /// of their own (invariants 1, 2, 5).
+    LeaveJointEarly,
+    /// A candidate counts a learner's grant as a voter's (and asks learners for votes): a
+    /// minority of voters with learners wins (invariants 1, 2, 5).
+    CountLearnerVotes,
+    /// A node that is not a voter of its own configuration (a member the operator removed, a
+    /// learner) campaigns (invariant 10).
+    RemovedCampaigns,
 }
 
 impl Bug {
@@ -205,6 +216,9 @@ impl Bug {
             Bug::LeaseOverrun => Core::LeaseOverrun,
             Bug::IgnoreFence => Core::IgnoreFence,
             Bug::VoteCache => Core::VoteCache,
+            Bug::LeaveJointEarly => Core::LeaveJointEarly,
+            Bug::CountLearnerVotes => Core::CountLearnerVotes,
+            Bug::RemovedCampaigns => Core::RemovedCampaigns,
         }
     }
 
@@ -221,8 +235,11 @@ impl Bug {
             "route-cache" => Ok(Bug::RouteCache),
             "no-read-pin" => Ok(Bug::NoReadPin),
             "wrong-retention" => Ok(Bug::WrongRetention),
+            "leave-joint-early" => Ok(Bug::LeaveJointEarly),
+            "count-learner-votes" => Ok(Bug::CountLearnerVotes),
+            "removed-campaigns" => Ok(Bug::RemovedCampaigns),
             _ => Err(format!(
-                "unknown bug {s:?}: expected no-recheck, lease-overrun, ignore-fence, early-done, unfenced-plan, fixed-poll, stale-operator-writer, vote-cache, route-cache, no-read-pin or wrong-retention"
+                "unknown bug {s:?}: expected no-recheck, lease-overrun, ignore-fence, early-done, unfenced-plan, fixed-poll, stale-operator-writer, vote-cache, route-cache, no-read-pin, wrong-retention, leave-joint-early, count-learner-votes or removed-campaigns"
             )),
         }
     }
@@ -240,6 +257,9 @@ impl Bug {
             Bug::RouteCache => "route-cache",
             Bug::NoReadPin => "no-read-pin",
             Bug::WrongRetention => "wrong-retention",
+            Bug::LeaveJointEarly => "leave-joint-early",
+            Bug::CountLearnerVotes => "count-learner-votes",
+            Bug::RemovedCampaigns => "removed-campaigns",
         }
     }
 }
@@ -379,8 +399,8 @@ impl Fault {
 }
 
 impl Fault {
-    /// Faults that may strike while a scale change rolls out even by default: they neither cut
-    /// the election's peers apart nor move the writer.
+    /// Faults that may strike while a scale change rolls out even with `--quiet-scaling`: they
+    /// neither cut the election's peers apart nor move the writer.
     pub fn membership_safe(&self) -> bool {
         matches!(self, Fault::Spec(_) | Fault::OperatorCrash { .. })
     }
@@ -400,16 +420,15 @@ pub struct Scheduled {
 const OPERATOR_CRASH_STREAM: u64 = 0x6f70_6572_6174_6f72;
 
 /// Knobs a caller sets; everything else comes from the seed.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     pub bug: Option<Bug>,
     /// Keep the whole event trace (for `run`), not only the ring buffer.
     pub keep_trace: bool,
-    /// Let faults strike while a scale change is rolling out. Off by default: the election's peer
-    /// set changes by restarting pods, without joint consensus, so a partition during that window
-    /// can split the brain (ARCHITECTURE.md, "Scaling"; the sim finds it within a few hundred
-    /// seeds). Off, a scale change waits until no fault is active and faults wait until the new
-    /// peer set is in place, and only that is checked.
+    /// Let faults, switchovers and fences strike while a scale change is rolling out: on by
+    /// default since the election's voters change by joint consensus (issue 18). Off
+    /// (`--quiet-scaling`, the plan before it), a scale change waits until no fault is active
+    /// and faults wait until the new configuration is in place.
     pub membership_faults: bool,
     /// Force `leaderPollInterval` (ms) instead of drawing it from {200, 500, 1000, 2000}.
     pub poll_ms: Option<u64>,
@@ -421,6 +440,21 @@ pub struct Options {
     /// When the run could end, crash the writer first (it restarts 0.5 s later): the final check
     /// of invariant 5 must wait for the next writer and check that one (a test's knob).
     pub crash_writer_at_end: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            bug: None,
+            keep_trace: false,
+            membership_faults: true,
+            poll_ms: None,
+            timing: TimingProfile::default(),
+            faults: FaultMix::default(),
+            replicas: None,
+            crash_writer_at_end: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -626,6 +660,15 @@ impl SimConfig {
             });
         }
         faults.sort_by_key(|s| s.at_ms);
+        // Scale changes alternate in time order (3 → 5 → 3, 5 → 3 → 5), each from where the last
+        // one left the spec (set after the draws, so that every seed keeps its draws).
+        let mut replicas = initial_replicas;
+        for s in &mut faults {
+            if let Fault::Spec(SpecChange::Scale(to)) = &mut s.fault {
+                replicas = if replicas == 3 { 5 } else { 3 };
+                *to = replicas;
+            }
+        }
         (faults, faults_from_ms + FAULT_PHASE_MS)
     }
 

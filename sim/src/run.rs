@@ -55,9 +55,9 @@ impl Report {
             .map(|b| format!(" --bug {}", b.name()))
             .unwrap_or_default();
         let membership = if self.membership_faults {
-            " --membership-faults"
-        } else {
             ""
+        } else {
+            " --quiet-scaling"
         };
         let poll = self
             .poll_ms
@@ -106,9 +106,9 @@ impl Report {
             .map(|b| format!(" SIM_BUG={}", b.name()))
             .unwrap_or_default();
         let membership = if self.membership_faults {
-            " SIM_MEMBERSHIP_FAULTS=1"
-        } else {
             ""
+        } else {
+            " SIM_QUIET_SCALING=1"
         };
         let mut membership = match self.poll_ms {
             Some(ms) => format!("{membership} SIM_POLL_MS={ms}"),
@@ -404,7 +404,8 @@ impl World {
         }
     }
 
-    /// Every pod of the spec runs with the spec's peer set.
+    /// Every pod of the spec runs with the spec's peer set (`BASE_REPLICAS`), and the election's
+    /// configuration is settled on the spec's members.
     fn membership_settled(&self) -> bool {
         let replicas = self.k8s.base.spec.replicas;
         self.k8s.pods.len() == replicas as usize
@@ -413,6 +414,7 @@ impl World {
                     && p.cluster_size == replicas
                     && matches!(p.phase, PodPhase::Running { .. })
             })
+            && self.configuration_settled().is_ok()
     }
 
     fn resolve(&mut self, target: Target) -> Option<i32> {
@@ -893,6 +895,9 @@ async fn supervise(world: &Shared) {
                         next += 1;
                         continue;
                     }
+                }
+                if membership_change && !fault.membership_safe() {
+                    w.stats.faults_mid_scale += 1;
                 }
                 membership_change |= scale;
                 if let Some((for_ms, undo)) = w.strike(fault) {

@@ -386,6 +386,9 @@ pub struct Stats {
     pub operator_crashes: u64,
     pub operator_crashes_mid_update: u64,
     pub operator_crashes_mid_scale: u64,
+    /// Faults, switchovers and fences struck while a scale change rolled out (the election's
+    /// configuration changing under them).
+    pub faults_mid_scale: u64,
     /// How long the end of the run waited for a writer of the newest term (the newest writer
     /// had stepped down) before the final check of invariant 5.
     pub final_check_wait_ms: u64,

@@ -40,6 +40,15 @@ fn caught_by_scale_changes(bug: Bug, seeds: std::ops::Range<u64>) -> Option<(u64
     })
 }
 
+/// Runs `schedule` without its bug, which must pass, then with it, which must fail: the
+/// violation found.
+fn caught_by(schedule: fn(bool) -> Result<(), String>) -> String {
+    if let Err(e) = schedule(false) {
+        panic!("the correct machine fails the schedule: {e}");
+    }
+    schedule(true).expect_err("the planted bug must be caught")
+}
+
 /// Leaving C(old, new) before it is committed: the writer counts by C(new) while the old
 /// majority, cut off as the joint configuration went out, never learned it and elects its own
 /// writer. Caught as two nodes accepting writes at once, or as that writer winning without the
@@ -74,8 +83,7 @@ fn leave_joint_early(bug: bool) -> Result<(), String> {
 
 #[test]
 fn planted_leave_joint_early_is_caught() {
-    leave_joint_early(false).expect("the correct machine passes the schedule");
-    let caught = leave_joint_early(true).expect_err("the planted bug must be caught");
+    let caught = caught_by(leave_joint_early);
     // Either check may see it first: the old majority's writer while the early leaver still
     // writes, or that writer winning without the configuration the early leaver committed.
     assert!(
@@ -112,8 +120,7 @@ fn count_learner_votes(bug: bool) -> Result<(), String> {
 
 #[test]
 fn planted_count_learner_votes_is_caught() {
-    count_learner_votes(false).expect("the correct machine passes the schedule");
-    let caught = count_learner_votes(true).expect_err("the planted bug must be caught");
+    let caught = caught_by(count_learner_votes);
     assert!(caught.contains("accept writes"), "{caught}");
 }
 
@@ -143,8 +150,7 @@ fn removed_campaigns(bug: bool) -> Result<(), String> {
 
 #[test]
 fn planted_removed_node_campaigning_is_caught() {
-    removed_campaigns(false).expect("the correct machine passes the schedule");
-    let caught = removed_campaigns(true).expect_err("the planted bug must be caught");
+    let caught = caught_by(removed_campaigns);
     assert!(caught.contains("not a voter"), "{caught}");
 }
 
