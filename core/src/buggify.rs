@@ -10,7 +10,9 @@
 //! poll ends, in `writer_poll`); the gateway's
 //! `fixed-poll`, `no-read-pin` and `route-cache` (in `tracker`); the agent's `no-recheck`,
 //! `lease-overrun`, `ignore-fence` and `vote-cache` (in `agent`); the election's
-//! `leave-joint-early`, `count-learner-votes` and `removed-campaigns` (in `quasar::node`, issue 18).
+//! `leave-joint-early`, `count-learner-votes` and `removed-campaigns` (in `quasar::node`, issue 18);
+//! the replication's `ack-before-commit` and `older-term-commit` (in `replication::writer`),
+//! `no-truncate` and `no-epoch` (in `replication::replica`).
 
 use std::cell::Cell;
 
@@ -47,6 +49,14 @@ pub enum Bug {
     CountLearnerVotes,
     /// A node that is not a voter of its own configuration (removed, or a learner) campaigns.
     RemovedCampaigns,
+    /// The writer releases a held client write as committed as soon as its store holds it.
+    AckBeforeCommit,
+    /// The writer counts an older term's entry on a quorum as committed (no Raft §5.4.2).
+    OlderTermCommit,
+    /// A replica keeps its own entry where the writer's differs (no cut of the conflicting suffix).
+    NoTruncate,
+    /// A cut or a snapshot does not bump the epoch: the lower position looks stale to the election.
+    NoEpoch,
 }
 
 thread_local! {

@@ -1,18 +1,20 @@
-//! One replica: the production agent's machine (`base_core::agent::Agent`, around the core
-//! election), driven by ticks, peer messages, the pod's annotations and SIGTERM as the tokio
-//! agent drives it, in front of a small model of the Base store. Every agent decision is the
-//! machine's (write admission on arrival and right before the store applies, fence, transfers,
-//! shutdown, `/_ha/leader`, the members the operator publishes); this file keeps the madsim
-//! plumbing, the model store and checkers.
-//! The store's log lives on the pod's PVC and survives restarts; the agent's memory does not.
-//! Writes are recorded with their term; the log is replicated to the members of the writer's
-//! configuration in the manner of Raft's AppendEntries, and a write is acknowledged once a
-//! quorum of that configuration holds it (`Node::quorum_config`: both majorities while joint). The store's
-//! replication position `(last term << 32) | length` is fed to the election, so a voter grants
-//! only candidates whose log is at least as up to date as its own.
+//! One replica: the production agent's machines driven as the tokio agent drives them, in front
+//! of the simulated Base store (`store.rs`, on the pod's PVC). The election side is
+//! `base_core::agent::Agent` (ticks, peer messages, the pod's annotations, SIGTERM, write
+//! admission on arrival and right before the store applies, `/_ha/leader`, the members the
+//! operator publishes); the replication side
+//! is `base_core::replication::Coordinator`, fed as adapter-k8s `agent::driver` and
+//! `agent::replication` feed it: the election's view and a tick after every step of the
+//! election, the store's state after every change, each role push's answer, each pull a replica
+//! makes, each client write the store logged (held until the coordinator releases it: committed,
+//! or unknown). Replicas pull the writer's log (`GET /_replica/log`, long-polled at the writer)
+//! and hand each shipment to their store, which performs the core `Replica` machine's decisions;
+//! a replica whose needs the writer's log no longer holds fetches a snapshot. This file keeps the
+//! madsim plumbing and the checkers; no decision is made here.
 
 use crate::config::MAX_ORDINALS;
 use crate::k8s::PodPhase;
+use crate::store::{Next, Refusal};
 use crate::world::{
     Agent, Entry, Out, Packet, Shared, World, WriteId, WriteReply, agent_addr, lock, ordinal_of,
     pod_id, send_all,
@@ -20,9 +22,13 @@ use crate::world::{
 use base_core::agent::{Admission, Annotations, Config, Effect, HandOverCause, Input};
 use base_core::control::TransferDecision;
 use base_core::quasar::{Message, Role};
+use base_core::replication::{
+    Coordinator, CoordinatorEffect, CoordinatorInput, ElectionView, LogPosition, Outcome,
+    QuorumConfig, ReplicaError, Shipment,
+};
 use base_core::{Millis, NodeId, Term};
 use madsim::net::Endpoint;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -30,9 +36,17 @@ use std::time::Duration;
 pub const TICK_MS: u64 = 10;
 /// The hop from the agent to the Base process on localhost (where a pause can strike).
 pub const FORWARD_HOP_MS: u64 = 2;
-/// How long the agent waits for a majority to hold a write before answering "unknown".
+/// The agent's `--commit-timeout-ms`: how long a write's answer is held for its commit.
 pub const COMMIT_TIMEOUT_MS: u64 = 1_000;
 const COMMIT_POLL_MS: u64 = 5;
+/// How long a pull waits at the writer for something new (adapter-k8s `PULL_WAIT_MS`).
+pub const PULL_WAIT_MS: u64 = 2_000;
+/// A pull (or snapshot request) to the same writer with no answer this long after it was sent
+/// is given up (a lost packet stands for a TCP connection that stalls about that long; a writer
+/// that changed drops the request at once).
+const PULL_LOST_MS: u64 = PULL_WAIT_MS + 500;
+/// Pause after a failed pull (adapter-k8s `agent::replication::RETRY`).
+const PULL_RETRY_MS: u64 = 50;
 /// How often the agent re-reads its pod's annotations file (adapter-k8s `agent::fence::FENCE_POLL`).
 pub const FENCE_POLL_MS: u64 = 1_000;
 /// The agent's default `--shutdown-transfer-timeout-ms`.
@@ -41,17 +55,12 @@ pub const SHUTDOWN_TRANSFER_TIMEOUT_MS: u64 = 3_000;
 const FENCED: &str = "8 a fenced node accepts no write";
 /// Invariant 10's name in reports.
 pub const NOT_A_VOTER: &str = "10 only a voter stands for election";
-
-/// The replication position of a log: compares like Raft's (last term, last index).
-pub fn position(log: &[Entry]) -> u64 {
-    match log.last() {
-        None => 0,
-        Some(e) => {
-            assert!(e.term.0 < 1 << 31 && (log.len() as u64) < 1 << 32);
-            (e.term.0 << 32) | log.len() as u64
-        }
-    }
-}
+/// Invariant 5's name in reports.
+const LOST: &str = "5 no acknowledged write is lost";
+/// Invariant 11: what the election compares is the store's durable log.
+const POSITION: &str = "11 the election holds its store's position";
+/// Invariant 12: a replica applies only committed entries (no writer contradicts one).
+const APPLIED: &str = "12 an applied entry is never contradicted";
 
 /// The URL clients and peers reach the agent of `ordinal` at.
 pub fn agent_url(ordinal: i32) -> String {
@@ -71,8 +80,17 @@ pub enum Commit {
 }
 
 impl World {
-    fn log(&self, ordinal: i32) -> &Vec<Entry> {
-        &self.k8s.pvcs[&ordinal].log
+    fn store(&self, ordinal: i32) -> &crate::store::Store {
+        &self.k8s.pvcs[&ordinal].store
+    }
+
+    fn store_mut(&mut self, ordinal: i32) -> &mut crate::store::Store {
+        &mut self
+            .k8s
+            .pvcs
+            .get_mut(&ordinal)
+            .expect("a pod has its PVC")
+            .store
     }
 
     fn agent_mut(&mut self, ordinal: i32) -> Option<&mut Agent> {
@@ -87,8 +105,8 @@ impl World {
         let annotations = annotations_file(pod);
         let pvc = self.k8s.pvcs.get(&ordinal)?;
         let persisted = pvc.persisted.clone();
-        let pos = position(&pvc.log);
-        let log_len = pvc.log.len();
+        let store = pvc.store.view();
+        let log_len = pvc.store.len();
         // The address book lists every ordinal a Base may have, as production's `BASE_PEERS`
         // does: whom the agent may talk to. Its voters are the election's configuration, which
         // it takes from the `hanzo.ai/members` annotation (and persists) as production does.
@@ -103,35 +121,53 @@ impl World {
             shutdown_timeout: Millis(SHUTDOWN_TRANSFER_TIMEOUT_MS),
             members_from_annotations: true,
         };
-        let mut machine =
+        let machine =
             base_core::agent::Agent::new(config, persisted.clone(), seed, now, &annotations)
                 .expect("a valid peer set");
         let fenced = machine.is_fenced();
-        // The first step also returns the start's effects: a bootstrap (the annotation names this
-        // node an initial member) persists its configuration.
-        let effects = machine.step(
-            now,
-            Input::Position {
-                epoch: 0,
-                position: pos,
-            },
-        );
+        // As adapter-k8s `agent::run`: itself and its peers until the election brings its
+        // configuration, the role re-sent every heartbeat interval.
+        let quorum = QuorumConfig::simple((0..MAX_ORDINALS).map(pod_id)).expect("a valid cluster");
+        let resend = self.cfg.timing.heartbeat_interval_ms().0;
+        let coordinator = Coordinator::new(pod_id(ordinal), agent_url(ordinal), quorum, resend);
         let slot = &mut self.replicas[ordinal as usize];
         slot.incarnation += 1;
         let incarnation = slot.incarnation;
         slot.agent = Some(Agent {
             machine,
-            peers,
             incarnation,
             writer_term: None,
-            next_index: BTreeMap::new(),
-            match_index: BTreeMap::new(),
-            commit: 0,
-            next_append_at: now,
+            coordinator,
+            positions: Vec::new(),
+            released: BTreeMap::new(),
+            next_hold: 1,
+            cursor: None,
+            pull_sent: None,
+            pull_retry_at: now,
+            parked_pulls: Vec::new(),
             next_fence_read: now.saturating_add(Millis(FENCE_POLL_MS)),
             sigterm: false,
             handed_over_on_sigterm: false,
         });
+        // The first answer of the store's state (adapter-k8s `poll_state`): its position reaches
+        // the election before the node may campaign.
+        self.coordinate(ordinal, CoordinatorInput::Store(store));
+        let mut positions = self
+            .agent_mut(ordinal)
+            .map(|a| std::mem::take(&mut a.positions))
+            .unwrap_or_default();
+        if positions.is_empty() {
+            let s = self.store(ordinal);
+            positions.push((s.epoch, s.position()));
+        }
+        // The first step also returns the start's effects: a bootstrap (the annotation names
+        // this node an initial member) persists its configuration.
+        for (epoch, position) in positions {
+            let a = self.agent_mut(ordinal)?;
+            let effects = a.machine.step(now, Input::Position { epoch, position });
+            let out = self.perform(ordinal, effects);
+            assert!(out.is_empty(), "a starting node sends nothing");
+        }
         self.stats.pod_starts += 1;
         self.ev(format!(
             "{} starts: term {} voted {:?} log {} configuration {}{}",
@@ -144,8 +180,6 @@ impl World {
                 .map_or("none".to_string(), |m| m.describe()),
             if fenced { ", fenced" } else { "" }
         ));
-        let out = self.perform(ordinal, effects);
-        assert!(out.is_empty(), "a starting node sends nothing");
         Some(incarnation)
     }
 
@@ -169,24 +203,140 @@ impl World {
             .is_some_and(|a| a.incarnation == incarnation)
     }
 
-    /// Feeds one input to the agent of `ordinal` and performs the effects, in order (adapter-k8s
-    /// `agent::driver`). On `Exit` the process ends.
+    /// Feeds one input to the agent of `ordinal` and performs the effects, in order, then gives
+    /// the coordinator the election's view and a tick (adapter-k8s `agent::driver::step`), and
+    /// the positions the coordinator gave back to the election (the driver's control queue). On
+    /// `Exit` the process ends.
     pub fn step_agent(&mut self, ordinal: i32, input: Input) -> Vec<Out> {
-        let now = self.local(ordinal);
-        let Some(agent) = self.agent_mut(ordinal) else {
-            return Vec::new();
-        };
-        let effects = agent.machine.step(now, input);
-        let out = self.perform(ordinal, effects);
-        self.after_step(ordinal);
-        if self.replicas[ordinal as usize]
-            .agent
-            .as_ref()
-            .is_some_and(|a| a.machine.exited())
-        {
-            self.drop_agent(ordinal);
+        let mut out = Vec::new();
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let now = self.local(ordinal);
+            let Some(agent) = self.agent_mut(ordinal) else {
+                break;
+            };
+            let effects = agent.machine.step(now, input);
+            out.extend(self.perform(ordinal, effects));
+            self.after_step(ordinal);
+            if self.replicas[ordinal as usize]
+                .agent
+                .as_ref()
+                .is_some_and(|a| a.machine.exited())
+            {
+                self.drop_agent(ordinal);
+                return out;
+            }
+            let Some(a) = self.replicas[ordinal as usize].agent.as_ref() else {
+                break;
+            };
+            let view = ElectionView::of(a.node(), now, |id| {
+                ordinal_of(id.as_str()).map(agent_url).unwrap_or_default()
+            });
+            self.coordinate(ordinal, CoordinatorInput::Election(view));
+            self.coordinate(ordinal, CoordinatorInput::Tick);
+            if let Some(a) = self.agent_mut(ordinal) {
+                inputs.extend(
+                    a.positions
+                        .drain(..)
+                        .map(|(epoch, position)| Input::Position { epoch, position }),
+                );
+            }
         }
+        out.extend(self.serve_parked(ordinal));
+        self.check_position(ordinal);
         out
+    }
+
+    /// The positions the coordinator gave outside a step of the election, fed to it.
+    fn flush_positions(&mut self, ordinal: i32) -> Vec<Out> {
+        let Some(first) = self
+            .agent_mut(ordinal)
+            .and_then(|a| (!a.positions.is_empty()).then(|| a.positions.remove(0)))
+        else {
+            self.check_position(ordinal);
+            return self.serve_parked(ordinal);
+        };
+        // `step_agent` drains the rest after this one.
+        self.step_agent(
+            ordinal,
+            Input::Position {
+                epoch: first.0,
+                position: first.1,
+            },
+        )
+    }
+
+    /// Steps the coordinator of `ordinal` and performs its effects (adapter-k8s
+    /// `agent::replication::step` / `perform`): a role push goes to the store and its answer
+    /// comes back as the next input.
+    fn coordinate(&mut self, ordinal: i32, input: CoordinatorInput) {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let now = self.local(ordinal);
+            let Some(a) = self.agent_mut(ordinal) else {
+                return;
+            };
+            let effects = a.coordinator.step(now, input);
+            for effect in effects {
+                match effect {
+                    CoordinatorEffect::PushRole(order) => {
+                        let answer = self.store_mut(ordinal).set_role(&order);
+                        inputs.push_back(CoordinatorInput::RoleAnswered { order, answer });
+                    }
+                    CoordinatorEffect::Position { epoch, position } => {
+                        if let Some(a) = self.agent_mut(ordinal) {
+                            a.positions.push((epoch, position));
+                        }
+                    }
+                    CoordinatorEffect::Release { write, outcome } => {
+                        if let Some(a) = self.agent_mut(ordinal) {
+                            a.released.insert(write.0, outcome);
+                        }
+                    }
+                    CoordinatorEffect::ContractAbsent | CoordinatorEffect::ContractPresent => {
+                        self.fail(
+                            "harness",
+                            format!("{}: the simulated store has the contract", pod_id(ordinal)),
+                        );
+                    }
+                    CoordinatorEffect::Anomaly(what) => {
+                        self.ev(format!("{} replication anomaly: {what}", pod_id(ordinal)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The store of `ordinal` changed: its state for the coordinator (adapter-k8s `poll_state`,
+    /// or the answer that carried it), and the positions that follows for the election.
+    fn store_changed(&mut self, ordinal: i32) -> Vec<Out> {
+        let view = self.store(ordinal).view();
+        self.coordinate(ordinal, CoordinatorInput::Store(view));
+        self.flush_positions(ordinal)
+    }
+
+    /// Invariant 11, after every step: the election holds exactly its store's durable position
+    /// (each report newer than the last by `(epoch, position)`, so none was taken as stale).
+    fn check_position(&mut self, ordinal: i32) {
+        let Some(a) = self.replicas[ordinal as usize].agent.as_ref() else {
+            return;
+        };
+        let held = (a.node().position_epoch(), a.node().position());
+        let store = self.store(ordinal);
+        let real = (store.epoch, store.position());
+        if held != real {
+            self.fail(
+                POSITION,
+                format!(
+                    "{}'s election holds (epoch {}, {}) but its store is at (epoch {}, {})",
+                    pod_id(ordinal),
+                    held.0,
+                    LogPosition::decode(held.1),
+                    real.0,
+                    LogPosition::decode(real.1)
+                ),
+            );
+        }
     }
 
     fn perform(&mut self, ordinal: i32, effects: Vec<Effect>) -> Vec<Out> {
@@ -304,35 +454,18 @@ impl World {
                 format!("{} is fenced and wins term {term}", pod_id(ordinal)),
             );
         }
-        let log_len = self.log(ordinal).len() as u64;
-        // Raft's no-op: the first entry of the term, so that every append of this term ends with
-        // an entry of this term and a follower's position only grows.
-        let pvc = self.k8s.pvcs.get_mut(&ordinal).expect("a pod has its PVC");
-        pvc.log.push(Entry { term, write: None });
-        let pos = position(&pvc.log);
-        let now = self.local(ordinal);
-        let Some(a) = self.agent_mut(ordinal) else {
-            return Vec::new();
-        };
-        a.writer_term = Some(term);
-        a.commit = 0;
-        a.next_index = a.peers.iter().map(|&p| (p, log_len + 1)).collect();
-        a.match_index = a.peers.iter().map(|&p| (p, 0)).collect();
-        let effects = a.machine.step(
-            now,
-            Input::Position {
-                epoch: 0,
-                position: pos,
-            },
-        );
-        assert!(effects.is_empty());
+        if let Some(a) = self.agent_mut(ordinal) {
+            a.writer_term = Some(term);
+        }
+        let log_len = self.store(ordinal).len();
         self.ev(format!(
-            "{} becomes writer of term {term} (log {})",
-            pod_id(ordinal),
-            log_len + 1
+            "{} becomes writer of term {term} (log {log_len})",
+            pod_id(ordinal)
         ));
+        // The store takes the role (and appends the term's no-op) when the coordinator pushes
+        // it, right after this step of the election.
         self.check_has_acked(ordinal, term);
-        self.appends(ordinal, None)
+        Vec::new()
     }
 
     /// Invariant 2, after every step of `ordinal`: the interval in which it may accept writes
@@ -432,20 +565,19 @@ impl World {
 
     /// Invariant 5: a writer of `term` holds every write acknowledged in an earlier term.
     fn check_has_acked(&mut self, ordinal: i32, term: Term) {
-        let log = self.log(ordinal);
+        let store = self.store(ordinal);
         let missing = self
             .checks
             .acked
             .iter()
-            .find(|(i, e)| e.term < term && log.get(**i as usize - 1) != Some(e))
+            .find(|(i, e)| e.term < term && store.entry(**i) != Some(**e))
             .map(|(i, e)| (*i, *e));
         if let Some((index, entry)) = missing {
-            let found = self
-                .log(ordinal)
-                .get(index as usize - 1)
+            let found = store
+                .entry(index)
                 .map_or("nothing".to_string(), |e| e.to_string());
             self.fail(
-                "5 no acknowledged write is lost",
+                LOST,
                 format!(
                     "{} writes in term {term} but holds {found} at index {index}, where the acknowledged {entry} was",
                     pod_id(ordinal)
@@ -454,60 +586,25 @@ impl World {
         }
     }
 
-    /// Append messages from the writer `ordinal` to one member of its configuration, or to all.
-    fn appends(&mut self, ordinal: i32, only: Option<i32>) -> Vec<Out> {
-        let log_len = self.log(ordinal).len() as u64;
-        let Some(a) = self.agent_mut(ordinal) else {
-            return Vec::new();
-        };
-        let Some(term) = a.writer_term else {
-            return Vec::new();
-        };
-        let members = a
-            .node()
-            .membership()
-            .map(|m| m.members())
-            .unwrap_or_default();
-        // A peer out of the configuration counts for nothing when it comes back (its PVC may be
-        // a new one): it starts over as a new member would.
-        for p in a.peers.clone() {
-            if !members.contains(&pod_id(p)) {
-                a.next_index.insert(p, log_len + 1);
-                a.match_index.insert(p, 0);
-            }
-        }
-        let targets: Vec<(i32, u64)> = a
-            .next_index
+    /// Invariant 5: no store loses an acknowledged write it held (a cut, a snapshot).
+    fn check_lost(&mut self, ordinal: i32, gone: &[(u64, Entry)], how: &str) {
+        let lost = gone
             .iter()
-            .filter(|(p, _)| only.is_none_or(|o| o == **p) && members.contains(&pod_id(**p)))
-            .map(|(p, n)| (*p, *n))
-            .collect();
-        let log = &self.k8s.pvcs[&ordinal].log;
-        let packets: Vec<(i32, Packet)> = targets
-            .into_iter()
-            .map(|(peer, next)| {
-                let prev_index = next.saturating_sub(1).min(log.len() as u64);
-                let prev_term = match prev_index {
-                    0 => Term(0),
-                    i => log[i as usize - 1].term,
-                };
-                let packet = Packet::Append {
-                    from: ordinal,
-                    term,
-                    prev_index,
-                    prev_term,
-                    entries: log[prev_index as usize..].to_vec(),
-                };
-                (peer, packet)
-            })
-            .collect();
-        packets
-            .into_iter()
-            .map(|(peer, p)| self.out(agent_addr(peer), p))
-            .collect()
+            .find(|(i, e)| self.checks.acked.get(i) == Some(e))
+            .copied();
+        if let Some((index, e)) = lost {
+            self.fail(
+                LOST,
+                format!(
+                    "{} {how} and loses the acknowledged {e} at index {index}",
+                    pod_id(ordinal)
+                ),
+            );
+        }
     }
 
-    /// Every `TICK_MS`: the election's clock input, and the writer's periodic appends.
+    /// Every `TICK_MS`: the election's clock input (and with it the coordinator's), the
+    /// annotations file, SIGTERM, and the replica's pull loop.
     pub fn agent_tick(&mut self, ordinal: i32, incarnation: u64) -> Option<Vec<Out>> {
         if !self.alive(ordinal, incarnation) {
             return None;
@@ -516,16 +613,286 @@ impl World {
         let now = self.local(ordinal);
         out.extend(self.read_fence_file(ordinal, now));
         out.extend(self.on_sigterm(ordinal));
-        let heartbeat = self.cfg.timing.heartbeat_interval_ms();
-        let due = self
-            .agent_mut(ordinal)
-            .filter(|a| a.writer_term.is_some() && now >= a.next_append_at)
-            .map(|a| a.next_append_at = now.saturating_add(heartbeat))
-            .is_some();
-        if due {
-            out.extend(self.appends(ordinal, None));
-        }
+        out.extend(self.pull(ordinal));
         Some(out)
+    }
+
+    /// The replica's pull loop (adapter-k8s `agent::replication::pull`): one request in flight
+    /// at a time, to the writer the coordinator names, from the cursor it left off at (or the
+    /// store's last entry when the writer or its term changed).
+    fn pull(&mut self, ordinal: i32) -> Vec<Out> {
+        let now = self.local(ordinal);
+        let Some(a) = self.agent_mut(ordinal) else {
+            return Vec::new();
+        };
+        let source = a.coordinator.pull_source();
+        // A request in flight is awaited while it goes to the source the coordinator names (a
+        // source that changed drops it, as adapter-k8s `pull` does); a lost one is given up.
+        let same = a.cursor.as_ref().map(|(w, t, ..)| (w.clone(), *t)) == source;
+        if a.pull_sent
+            .is_some_and(|t| same && now < t.saturating_add(Millis(PULL_LOST_MS)))
+            || now < a.pull_retry_at
+        {
+            return Vec::new();
+        }
+        a.pull_sent = None;
+        let Some((writer, term)) = source else {
+            a.cursor = None;
+            return Vec::new();
+        };
+        let (after, commit) = match &a.cursor {
+            Some((w, t, after, commit)) if *w == writer && *t == term => (*after, *commit),
+            _ => match a.coordinator.store() {
+                Some(s) => (s.last, None),
+                None => return Vec::new(),
+            },
+        };
+        let Some(to) = ordinal_of(writer.as_str()) else {
+            return Vec::new();
+        };
+        a.cursor = Some((writer, term, after, commit));
+        a.pull_sent = Some(now);
+        let packet = Packet::Pull {
+            from: ordinal,
+            after,
+            commit,
+        };
+        vec![self.out(agent_addr(to), packet)]
+    }
+
+    /// Is `ordinal` a writer whose store confirmed the role (what a pull or a snapshot request
+    /// needs, adapter-k8s `agent::http::ship`)?
+    fn serves_log(&self, ordinal: i32) -> bool {
+        self.replicas[ordinal as usize]
+            .agent
+            .as_ref()
+            .is_some_and(|a| {
+                a.node().role() == Role::Writer && a.coordinator.writer_ready(a.node().term())
+            })
+    }
+
+    /// A replica's pull reached the writer `ordinal`: it proves the replica's store holds
+    /// `after` (the coordinator's `Pull`); the store answers now, or once it has something new.
+    fn on_pull(
+        &mut self,
+        ordinal: i32,
+        from: i32,
+        after: LogPosition,
+        commit: Option<u64>,
+    ) -> Vec<Out> {
+        if !self.serves_log(ordinal) {
+            let ship = Packet::Ship {
+                from: ordinal,
+                shipment: None,
+            };
+            return vec![self.out(agent_addr(from), ship)];
+        }
+        let peer = pod_id(from);
+        self.coordinate(ordinal, CoordinatorInput::Pull { peer, after });
+        let now = self.local(ordinal);
+        if let Some(a) = self.agent_mut(ordinal) {
+            a.parked_pulls.retain(|(p, ..)| *p != from);
+            let until = now.saturating_add(Millis(PULL_WAIT_MS));
+            a.parked_pulls.push((from, after, commit, until));
+        }
+        // Positions first (the commit may have moved), then whatever the pulls may have now.
+        self.flush_positions(ordinal)
+    }
+
+    /// The writer `ordinal` answers the pulls held at its store that have something new, or
+    /// whose wait is over (the store's long poll: `replication::pull_ready`).
+    fn serve_parked(&mut self, ordinal: i32) -> Vec<Out> {
+        let now = self.local(ordinal);
+        let serves = self.serves_log(ordinal);
+        let store = self.store(ordinal);
+        let (role, last, commit) = (store.role, store.last().index, store.commit);
+        let Some(a) = self.agent_mut(ordinal) else {
+            return Vec::new();
+        };
+        if a.parked_pulls.is_empty() {
+            return Vec::new();
+        }
+        let (due, held): (Vec<_>, Vec<_>) = std::mem::take(&mut a.parked_pulls)
+            .into_iter()
+            .partition(|(_, after, known, until)| {
+                !serves
+                    || now >= *until
+                    || base_core::replication::pull_ready(role, last, commit, after.index, *known)
+            });
+        a.parked_pulls = held;
+        let mut out = Vec::new();
+        for (peer, after, _, _) in due {
+            let shipment = if serves {
+                self.store(ordinal).serve(after)
+            } else {
+                None
+            };
+            let ship = Packet::Ship {
+                from: ordinal,
+                shipment,
+            };
+            out.push(self.out(agent_addr(peer), ship));
+        }
+        out
+    }
+
+    /// The writer's answer to this replica's pull: the store takes the shipment (the core
+    /// replica machine decides), and the agent pulls again from where the store says, or fetches
+    /// the snapshot.
+    fn on_ship(
+        &mut self,
+        ordinal: i32,
+        from: i32,
+        shipment: Option<(Shipment, Vec<Entry>)>,
+    ) -> Vec<Out> {
+        let now = self.local(ordinal);
+        let Some(a) = self.agent_mut(ordinal) else {
+            return Vec::new();
+        };
+        let source = a.cursor.as_ref().and_then(|(w, ..)| ordinal_of(w.as_str()));
+        if source != Some(from) {
+            return Vec::new(); // an answer from a source given up
+        }
+        a.pull_sent = None;
+        let Some((s, data)) = shipment else {
+            a.cursor = None;
+            a.pull_retry_at = now.saturating_add(Millis(PULL_RETRY_MS));
+            return Vec::new();
+        };
+        let before = {
+            let st = self.store(ordinal);
+            (st.epoch, st.position())
+        };
+        match self.store_mut(ordinal).append(&s, &data) {
+            Err(refusal) => {
+                if let Refusal::Shipment(ReplicaError::CommittedConflict { .. }) = refusal {
+                    self.fail(
+                        APPLIED,
+                        format!(
+                            "{} refuses the shipment of {}'s writer of term {}: {refusal}",
+                            pod_id(ordinal),
+                            pod_id(from),
+                            s.term
+                        ),
+                    );
+                }
+                self.ev(format!("{} refuses a shipment: {refusal}", pod_id(ordinal)));
+                if let Some(a) = self.agent_mut(ordinal) {
+                    a.cursor = None;
+                    a.pull_retry_at = now.saturating_add(Millis(PULL_RETRY_MS));
+                }
+                self.store_changed(ordinal)
+            }
+            Ok((next, cut)) => {
+                if !cut.is_empty() {
+                    self.stats.log_cuts += 1;
+                    self.ev(format!(
+                        "{} cuts {} entries after {} (writer of term {})",
+                        pod_id(ordinal),
+                        cut.len(),
+                        cut[0].0 - 1,
+                        s.term
+                    ));
+                    self.check_lost(ordinal, &cut, "cuts its log on a shipment");
+                }
+                let after = {
+                    let st = self.store(ordinal);
+                    (st.epoch, st.position())
+                };
+                if after.1 < before.1 {
+                    self.stats.positions_lowered += 1;
+                }
+                let mut out = self.store_changed(ordinal);
+                let Some(a) = self.agent_mut(ordinal) else {
+                    return out;
+                };
+                match next {
+                    Next::Pull { after } => {
+                        if let Some(c) = a.cursor.as_mut() {
+                            c.2 = after;
+                            c.3 = Some(s.commit);
+                        }
+                        // The next pull goes at once (adapter-k8s `pull` loops).
+                        out.extend(self.pull(ordinal));
+                    }
+                    Next::FetchSnapshot => {
+                        a.pull_sent = Some(now);
+                        let request = Packet::SnapshotRequest { from: ordinal };
+                        out.push(self.out(agent_addr(from), request));
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// `GET /_replica/snapshot` at the writer `ordinal`.
+    fn on_snapshot_request(&mut self, ordinal: i32, from: i32) -> Vec<Out> {
+        let snapshot = if self.serves_log(ordinal) {
+            self.store(ordinal).snapshot()
+        } else {
+            None
+        };
+        let term = self.store(ordinal).term;
+        let answer = Packet::Snapshot {
+            from: ordinal,
+            term,
+            snapshot,
+        };
+        vec![self.out(agent_addr(from), answer)]
+    }
+
+    /// The writer's snapshot reached this replica: its store installs it (the core's rule),
+    /// and the pull loop starts again from the store's state.
+    fn on_snapshot(
+        &mut self,
+        ordinal: i32,
+        from: i32,
+        term: Term,
+        snapshot: Option<(LogPosition, Vec<Entry>)>,
+    ) -> Vec<Out> {
+        let now = self.local(ordinal);
+        let Some(a) = self.agent_mut(ordinal) else {
+            return Vec::new();
+        };
+        if a.cursor.as_ref().and_then(|(w, ..)| ordinal_of(w.as_str())) != Some(from) {
+            return Vec::new(); // an answer from a source given up
+        }
+        a.pull_sent = None;
+        a.cursor = None;
+        let Some((at, data)) = snapshot else {
+            a.pull_retry_at = now.saturating_add(Millis(PULL_RETRY_MS));
+            return Vec::new();
+        };
+        let before = self.store(ordinal).position();
+        match self.store_mut(ordinal).install_snapshot(term, at, data) {
+            Err(refusal) => {
+                self.ev(format!(
+                    "{} refuses {}'s snapshot at {at}: {refusal}",
+                    pod_id(ordinal),
+                    pod_id(from)
+                ));
+                if let Some(a) = self.agent_mut(ordinal) {
+                    a.pull_retry_at = now.saturating_add(Millis(PULL_RETRY_MS));
+                }
+                Vec::new()
+            }
+            Ok(replaced) => {
+                self.stats.snapshots_installed += 1;
+                if self.store(ordinal).position() < before {
+                    self.stats.positions_lowered += 1;
+                }
+                self.ev(format!(
+                    "{} installs {}'s snapshot at {at}",
+                    pod_id(ordinal),
+                    pod_id(from)
+                ));
+                self.check_lost(ordinal, &replaced, "installs a snapshot");
+                let mut out = self.store_changed(ordinal);
+                out.extend(self.pull(ordinal));
+                out
+            }
+        }
     }
 
     /// The pod is terminating: the kubelet's SIGTERM makes a writer hand its role to an
@@ -603,32 +970,32 @@ impl World {
                 }
                 self.step_agent(ordinal, Input::Message { from, msg })
             }
-            Packet::Append {
+            Packet::Pull {
+                from,
+                after,
+                commit,
+            } => self.on_pull(ordinal, from, after, commit),
+            Packet::Ship { from, shipment } => self.on_ship(ordinal, from, shipment),
+            Packet::SnapshotRequest { from } => self.on_snapshot_request(ordinal, from),
+            Packet::Snapshot {
                 from,
                 term,
-                prev_index,
-                prev_term,
-                entries,
-            } => self.on_append(ordinal, from, term, prev_index, prev_term, entries),
-            Packet::AppendAck {
-                from,
-                term,
-                success,
-                index,
-            } => self.on_append_ack(ordinal, from, term, success, index),
+                snapshot,
+            } => self.on_snapshot(ordinal, from, term, snapshot),
             Packet::LeaderQuery { seq } => {
                 let body = self.leader_answer(ordinal);
                 vec![self.out(src, Packet::LeaderAnswer { seq, body })]
             }
             Packet::Read { req, must_have } => {
-                let log_len = self.log(ordinal).len() as u64;
+                let store = self.store(ordinal);
+                let log_len = store.applied;
                 if let Some((index, entry)) = must_have {
-                    let held = self.log(ordinal).get(index as usize - 1).copied();
+                    let held = store.applied_entry(index);
                     if held != Some(entry) {
                         self.fail(
                             "4 read-your-writes",
                             format!(
-                                "a read within the TTL of acknowledged {entry} (index {index}) went to {}, which holds {}",
+                                "a read within the TTL of acknowledged {entry} (index {index}) went to {}, which shows {}",
                                 pod_id(ordinal),
                                 held.map_or("nothing".into(), |e| e.to_string())
                             ),
@@ -641,142 +1008,6 @@ impl World {
             // Writes are admitted by `admit_write` in the receive loop; nothing else is for agents.
             _ => Vec::new(),
         }
-    }
-
-    fn on_append(
-        &mut self,
-        ordinal: i32,
-        from: i32,
-        term: Term,
-        prev_index: u64,
-        prev_term: Term,
-        entries: Vec<Entry>,
-    ) -> Vec<Out> {
-        let Some(a) = self.replicas[ordinal as usize].agent.as_ref() else {
-            return Vec::new();
-        };
-        let node = a.node();
-        let from_id = pod_id(from);
-        let my_term = node.term();
-        // Only from the writer this node follows, in its own term.
-        if my_term != term || node.role() == Role::Writer || node.leader() != Some(&from_id) {
-            let len = self.log(ordinal).len() as u64;
-            let ack = Packet::AppendAck {
-                from: ordinal,
-                term: my_term,
-                success: false,
-                index: len,
-            };
-            return vec![self.out(agent_addr(from), ack)];
-        }
-        let log = self.log(ordinal);
-        let consistent = prev_index <= log.len() as u64
-            && (prev_index == 0 || log[prev_index as usize - 1].term == prev_term);
-        if !consistent {
-            let hint = (log.len() as u64).min(prev_index.saturating_sub(1));
-            let ack = Packet::AppendAck {
-                from: ordinal,
-                term,
-                success: false,
-                index: hint,
-            };
-            return vec![self.out(agent_addr(from), ack)];
-        }
-        let mut truncated: Vec<(u64, Entry)> = Vec::new();
-        let pvc = self.k8s.pvcs.get_mut(&ordinal).expect("a pod has its PVC");
-        for (k, entry) in entries.iter().enumerate() {
-            let index = prev_index as usize + k + 1;
-            match pvc.log.get(index - 1) {
-                Some(e) if e.term == entry.term => {}
-                Some(_) => {
-                    truncated.extend(
-                        pvc.log[index - 1..]
-                            .iter()
-                            .enumerate()
-                            .map(|(j, e)| ((index + j) as u64, *e)),
-                    );
-                    pvc.log.truncate(index - 1);
-                    pvc.log.push(*entry);
-                }
-                None => pvc.log.push(*entry),
-            }
-        }
-        let pos = position(&pvc.log);
-        let matched = prev_index + entries.len() as u64;
-        // Invariant 5: an acknowledged write is never cut from a log that holds it.
-        for (index, e) in truncated {
-            if self.checks.acked.get(&index) == Some(&e) {
-                self.fail(
-                    "5 no acknowledged write is lost",
-                    format!(
-                        "{} cuts the acknowledged {e} at index {index} on an append from {} (term {term})",
-                        pod_id(ordinal),
-                        pod_id(from)
-                    ),
-                );
-            }
-        }
-        let mut out = self.step_agent(
-            ordinal,
-            Input::Position {
-                epoch: 0,
-                position: pos,
-            },
-        );
-        let ack = Packet::AppendAck {
-            from: ordinal,
-            term,
-            success: true,
-            index: matched,
-        };
-        out.push(self.out(agent_addr(from), ack));
-        out
-    }
-
-    fn on_append_ack(
-        &mut self,
-        ordinal: i32,
-        from: i32,
-        term: Term,
-        success: bool,
-        index: u64,
-    ) -> Vec<Out> {
-        let log_len = self.log(ordinal).len() as u64;
-        let Some(a) = self.agent_mut(ordinal) else {
-            return Vec::new();
-        };
-        if a.writer_term != Some(term) || !a.next_index.contains_key(&from) {
-            return Vec::new();
-        }
-        if !success {
-            let next = a.next_index[&from];
-            let back = (index + 1).min(next.saturating_sub(1)).max(1);
-            a.next_index.insert(from, back.min(log_len + 1));
-            return self.appends(ordinal, Some(from));
-        }
-        let m = a.match_index.entry(from).or_insert(0);
-        *m = (*m).max(index);
-        let n = a.next_index.entry(from).or_insert(1);
-        *n = (*n).max(index + 1);
-        // The highest index a quorum of the election's configuration (the writer included, if
-        // a voter) holds, if it is of this term.
-        let Some(quorum) = a.node().quorum_config() else {
-            return Vec::new();
-        };
-        let mut acked: BTreeMap<NodeId, u64> = a
-            .match_index
-            .iter()
-            .map(|(p, m)| (pod_id(*p), *m))
-            .collect();
-        acked.insert(pod_id(ordinal), log_len);
-        let candidate = quorum.committed_index(&acked);
-        if candidate > a.commit
-            && self.k8s.pvcs[&ordinal].log[candidate as usize - 1].term == term
-            && let Some(a) = self.agent_mut(ordinal)
-        {
-            a.commit = candidate;
-        }
-        Vec::new()
     }
 
     /// `GET /_ha/leader` of `ordinal`, as JSON (the machine's answer).
@@ -840,15 +1071,16 @@ impl World {
     }
 
     /// The store applies a write admitted earlier: the agent's re-check right before forwarding
-    /// (the machine's; the planted `no-recheck` skips it there), then append and replicate.
-    /// Returns the entry's index.
+    /// (the machine's; the planted `no-recheck` skips it there), then the store logs it (only as
+    /// the writer of exactly that term) and the coordinator holds its answer. Returns the entry
+    /// and the coordinator's id of the held answer.
     pub fn apply_write(
         &mut self,
         ordinal: i32,
         incarnation: u64,
         term: Term,
         write: WriteId,
-    ) -> (Result<u64, Term>, Vec<Out>) {
+    ) -> (Result<(LogPosition, u64), Term>, Vec<Out>) {
         if !self.alive(ordinal, incarnation) {
             return (Err(Term(0)), Vec::new());
         }
@@ -874,40 +1106,62 @@ impl World {
                 ),
             );
         }
-        let pvc = self.k8s.pvcs.get_mut(&ordinal).expect("a pod has its PVC");
-        pvc.log.push(entry);
-        let index = pvc.log.len() as u64;
-        let pos = position(&pvc.log);
-        self.ev(format!("{} applies {entry} at {index}", pod_id(ordinal)));
+        let at = match self.store_mut(ordinal).execute(term, write) {
+            Ok(at) => at,
+            Err(t) => {
+                self.ev(format!(
+                    "{}'s store refuses {entry}: not the writer of term {term}",
+                    pod_id(ordinal)
+                ));
+                return (Err(t), Vec::new());
+            }
+        };
+        self.ev(format!(
+            "{} applies {entry} at {}",
+            pod_id(ordinal),
+            at.index
+        ));
         // Invariant 2, at the moment a store applies a write.
         self.check_sole_acceptor(ordinal, term, &format!("applies {entry}"));
-        let mut out = self.step_agent(
-            ordinal,
-            Input::Position {
-                epoch: 0,
-                position: pos,
-            },
-        );
-        out.extend(self.appends(ordinal, None));
-        (Ok(index), out)
+        let mut out = self.store_changed(ordinal);
+        let now = self.local(ordinal);
+        let Some(a) = self.agent_mut(ordinal) else {
+            return (Err(Term(0)), out);
+        };
+        let id = a.next_hold;
+        a.next_hold += 1;
+        let hold = CoordinatorInput::Hold {
+            write: base_core::replication::WriteId(id),
+            at,
+            deadline: now.saturating_add(Millis(COMMIT_TIMEOUT_MS)),
+        };
+        self.coordinate(ordinal, hold);
+        out.extend(self.flush_positions(ordinal));
+        (Ok((at, id)), out)
     }
 
-    /// Whether the write at `index` is held by a majority of the writer's term.
-    pub fn commit_status(&self, ordinal: i32, incarnation: u64, index: u64, term: Term) -> Commit {
+    /// Whether the coordinator released the held write `hold` (the store logged it at `at`).
+    pub fn commit_status(
+        &mut self,
+        ordinal: i32,
+        incarnation: u64,
+        at: LogPosition,
+        hold: u64,
+    ) -> Commit {
         let Some(a) = self.replicas[ordinal as usize]
             .agent
-            .as_ref()
+            .as_mut()
             .filter(|a| a.incarnation == incarnation)
         else {
             return Commit::Done(WriteReply::Unknown);
         };
-        if a.writer_term != Some(term) {
-            return Commit::Done(WriteReply::Unknown);
-        }
-        if a.commit >= index {
-            Commit::Done(WriteReply::Ok { term, index })
-        } else {
-            Commit::Pending
+        match a.released.remove(&hold) {
+            None => Commit::Pending,
+            Some(Outcome::Committed) => Commit::Done(WriteReply::Ok {
+                term: at.term,
+                index: at.index,
+            }),
+            Some(Outcome::CommitUnknown) => Commit::Done(WriteReply::Unknown),
         }
     }
 }
@@ -982,13 +1236,15 @@ async fn write_task(
     madsim::time::sleep(Duration::from_millis(FORWARD_HOP_MS)).await;
     let (applied, out) = lock(world).apply_write(ordinal, incarnation, term, write);
     send_all(ep, out).await;
-    let index = match applied {
-        Ok(index) => index,
+    let (at, hold) = match applied {
+        Ok(x) => x,
         Err(t) => return WriteReply::Refused { term: t },
     };
-    for _ in 0..COMMIT_TIMEOUT_MS / COMMIT_POLL_MS {
+    // The coordinator releases every hold by its deadline (on a tick, on its clock); twice the
+    // timeout covers a slow clock. A process that died meanwhile answers nothing: unknown.
+    for _ in 0..2 * COMMIT_TIMEOUT_MS / COMMIT_POLL_MS {
         madsim::time::sleep(Duration::from_millis(COMMIT_POLL_MS)).await;
-        if let Commit::Done(reply) = lock(world).commit_status(ordinal, incarnation, index, term) {
+        if let Commit::Done(reply) = lock(world).commit_status(ordinal, incarnation, at, hold) {
             return reply;
         }
     }

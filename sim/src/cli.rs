@@ -23,8 +23,9 @@ usage:
   --replicas 3|5: the Base's initial replicas (default: 5 in a quarter of the seeds, else 3)
   --bug: plant a bug the checkers must catch: no-recheck, lease-overrun, ignore-fence,
       early-done, unfenced-plan, vote-cache, route-cache, no-read-pin, wrong-retention,
-      leave-joint-early, count-learner-votes, removed-campaigns, stale-operator-writer, or
-      fixed-poll (no early writer poll: counted, not a violation)
+      leave-joint-early, count-learner-votes, removed-campaigns, ack-before-commit,
+      older-term-commit, no-truncate, no-epoch, stale-operator-writer, or fixed-poll (no early
+      writer poll: counted, not a violation)
   --poll-ms N: force leaderPollInterval (default: drawn from 200, 500, 1000, 2000 ms per seed)
   --quiet-scaling: the plan before joint consensus (issue 18): a scale change waits until no
       fault is active, and faults, switchovers and fences wait until the new configuration is

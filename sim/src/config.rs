@@ -146,7 +146,7 @@ impl Bounds {
 /// A bug planted on purpose, to show that the checkers catch it. Each is a switch in the shared
 /// core code (`base_core::buggify`, compiled only with `--cfg madsim`): the operator's in
 /// `reconcile` and `writer_poll`, the gateway's in `tracker`, the agent's in `agent`, the
-/// election's in `quasar`.
+/// election's in `quasar`, the replication's in `replication::writer` and `replication::replica`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bug {
     /// The agent checks the lease when a write arrives but not again right before the store applies
@@ -198,6 +198,18 @@ pub enum Bug {
     /// A node that is not a voter of its own configuration (a member the operator removed, a
     /// learner) campaigns (invariant 10).
     RemovedCampaigns,
+    /// The writer's replication machine releases a held write as committed as soon as its own
+    /// store holds it, before a quorum does (invariant 5).
+    AckBeforeCommit,
+    /// The writer counts an older term's entry held by a quorum as committed (no Raft §5.4.2):
+    /// a later writer that never had it cuts it from replicas that applied it (invariant 12).
+    OlderTermCommit,
+    /// A replica keeps its own entry where the writer's differs, instead of cutting its
+    /// conflicting suffix (invariant 5).
+    NoTruncate,
+    /// A cut or a snapshot does not bump the store's epoch: the lower position it leaves looks
+    /// like a stale report, and the election keeps the higher one (invariant 11).
+    NoEpoch,
 }
 
 impl Bug {
@@ -219,6 +231,10 @@ impl Bug {
             Bug::LeaveJointEarly => Core::LeaveJointEarly,
             Bug::CountLearnerVotes => Core::CountLearnerVotes,
             Bug::RemovedCampaigns => Core::RemovedCampaigns,
+            Bug::AckBeforeCommit => Core::AckBeforeCommit,
+            Bug::OlderTermCommit => Core::OlderTermCommit,
+            Bug::NoTruncate => Core::NoTruncate,
+            Bug::NoEpoch => Core::NoEpoch,
         }
     }
 
@@ -238,8 +254,12 @@ impl Bug {
             "leave-joint-early" => Ok(Bug::LeaveJointEarly),
             "count-learner-votes" => Ok(Bug::CountLearnerVotes),
             "removed-campaigns" => Ok(Bug::RemovedCampaigns),
+            "ack-before-commit" => Ok(Bug::AckBeforeCommit),
+            "older-term-commit" => Ok(Bug::OlderTermCommit),
+            "no-truncate" => Ok(Bug::NoTruncate),
+            "no-epoch" => Ok(Bug::NoEpoch),
             _ => Err(format!(
-                "unknown bug {s:?}: expected no-recheck, lease-overrun, ignore-fence, early-done, unfenced-plan, fixed-poll, stale-operator-writer, vote-cache, route-cache, no-read-pin, wrong-retention, leave-joint-early, count-learner-votes or removed-campaigns"
+                "unknown bug {s:?}: expected no-recheck, lease-overrun, ignore-fence, early-done, unfenced-plan, fixed-poll, stale-operator-writer, vote-cache, route-cache, no-read-pin, wrong-retention, leave-joint-early, count-learner-votes, removed-campaigns, ack-before-commit, older-term-commit, no-truncate or no-epoch"
             )),
         }
     }
@@ -260,6 +280,10 @@ impl Bug {
             Bug::LeaveJointEarly => "leave-joint-early",
             Bug::CountLearnerVotes => "count-learner-votes",
             Bug::RemovedCampaigns => "removed-campaigns",
+            Bug::AckBeforeCommit => "ack-before-commit",
+            Bug::OlderTermCommit => "older-term-commit",
+            Bug::NoTruncate => "no-truncate",
+            Bug::NoEpoch => "no-epoch",
         }
     }
 }

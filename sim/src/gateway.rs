@@ -233,7 +233,7 @@ impl World {
                 .and_then(|a| a.writer_term)
                 .filter(|t| *t > term);
             if newer.is_some() {
-                let held = self.k8s.pvcs[&ordinal].log.get(index as usize - 1).copied();
+                let held = self.k8s.pvcs[&ordinal].store.entry(index);
                 if held != Some(entry) {
                     self.fail(
                         "5 no acknowledged write is lost",

@@ -11,7 +11,7 @@
 use crate::config::{BASE_NAME, NAMESPACE, SimConfig, SpecChange};
 use crate::rng::Fnv;
 use crate::world::SwitchoverRequest;
-use crate::world::{Entry, World, ordinal_of, pod_name};
+use crate::world::{World, ordinal_of, pod_name};
 use base_core::Term;
 use base_core::crd::{Base, RetentionPolicy};
 use base_core::quasar::PersistedState;
@@ -38,7 +38,7 @@ pub const CONVERGES: &str = "7 reconcile converges, PVCs follow retentionPolicy"
 #[derive(Clone, Debug, Default)]
 pub struct Pvc {
     pub persisted: PersistedState,
-    pub log: Vec<Entry>,
+    pub store: crate::store::Store,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

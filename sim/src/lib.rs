@@ -1,5 +1,5 @@
 //! The deterministic simulation of the Hanzo Base operator (ARCHITECTURE.md, `sim/`): replicas
-//! running the core Quasar election in front of a model Base store, the operator running the real
+//! running the core Quasar election and replication machines in front of an in-memory Base store, the operator running the real
 //! reconciler against a model of Kubernetes, the gateway running the real leader tracker, and
 //! clients, all in madsim under faults drawn from one seed, with the checkers after every step.
 //!
@@ -24,5 +24,7 @@ pub mod k8s;
 pub mod operator;
 #[cfg(madsim)]
 pub mod run;
+#[cfg(madsim)]
+pub mod store;
 #[cfg(madsim)]
 pub mod world;

@@ -807,12 +807,12 @@ impl World {
             Err(why) => self.fail(CONVERGES, format!("at the end: {why}")),
         }
         self.stats.final_checked = Some((term, o));
-        let log = &self.k8s.pvcs[&o].log;
+        let store = &self.k8s.pvcs[&o].store;
         let missing = self
             .checks
             .acked
             .iter()
-            .find(|(i, e)| log.get(**i as usize - 1) != Some(e))
+            .find(|(i, e)| store.entry(**i) != Some(**e))
             .map(|(i, e)| (*i, *e));
         if let Some((i, e)) = missing {
             self.fail(

@@ -10,6 +10,7 @@ use crate::rng::{Fnv, Rng};
 use crate::stats::{Failover, FailoverKind};
 use base_core::quasar::{Message, Node};
 use base_core::reconcile::WriterView;
+use base_core::replication::{Coordinator, LogPosition, Outcome, Shipment};
 use base_core::tracker::{Tracker, TrackerConfig};
 use base_core::{Millis, NodeId, Term};
 use madsim::runtime::Handle;
@@ -154,21 +155,27 @@ pub enum Packet {
         from: NodeId,
         msg: Message,
     },
-    /// Store replication (AppendEntries, in the manner of Raft): the writer's log from `prev_index + 1`.
-    Append {
+    /// A replica's agent pulls the writer's log after `after` (`GET /_replica/log` on the
+    /// writer's control port, long-polled: `commit` is the writer's commit it last saw).
+    Pull {
         from: i32,
-        term: Term,
-        prev_index: u64,
-        prev_term: Term,
-        entries: Vec<Entry>,
+        after: LogPosition,
+        commit: Option<u64>,
     },
-    AppendAck {
+    /// The answer: a shipment and its entries, or `None` (`409 not_writer`).
+    Ship {
+        from: i32,
+        shipment: Option<(Shipment, Vec<Entry>)>,
+    },
+    /// `GET /_replica/snapshot`.
+    SnapshotRequest {
+        from: i32,
+    },
+    /// The answer: the writer's term, and its committed state at a position (or `None`).
+    Snapshot {
         from: i32,
         term: Term,
-        success: bool,
-        /// On success: the index up to which the follower's log matches the writer's.
-        /// On failure: a hint, the follower's log length.
-        index: u64,
+        snapshot: Option<(LogPosition, Vec<Entry>)>,
     },
     /// `GET /_ha/leader`.
     LeaderQuery {
@@ -241,15 +248,27 @@ pub struct Agent {
     /// The production agent's decisions (`base_core::agent`): election, fence, transfers,
     /// shutdown, write admission, `/_ha/leader`.
     pub machine: base_core::agent::Agent,
-    pub peers: Vec<i32>,
     pub incarnation: u64,
-    /// Set while this agent is the writer of that term (the model store's role).
+    /// Set while this agent's election holds the writer role of that term (for the checkers).
     pub writer_term: Option<Term>,
-    pub next_index: BTreeMap<i32, u64>,
-    pub match_index: BTreeMap<i32, u64>,
-    /// Highest log index known replicated to a majority in `writer_term`.
-    pub commit: u64,
-    pub next_append_at: Millis,
+    /// The production agent's replication decisions (`base_core::replication::Coordinator`):
+    /// the store's role, commit counting, held writes, whom to pull from.
+    pub coordinator: Coordinator,
+    /// Positions the coordinator gave, for the election (the tokio driver's control queue).
+    pub positions: Vec<(u64, u64)>,
+    /// Held writes the coordinator released, by the coordinator's write id.
+    pub released: BTreeMap<u64, Outcome>,
+    pub next_hold: u64,
+    /// Where this replica pulls from next: the writer, its term, after which entry, and the
+    /// writer's commit in its last shipment (adapter-k8s `agent::replication::pull`'s cursor).
+    pub cursor: Option<(NodeId, Term, LogPosition, Option<u64>)>,
+    /// A pull or snapshot request is in flight since then (local time).
+    pub pull_sent: Option<Millis>,
+    /// No pull before this (after a failed one).
+    pub pull_retry_at: Millis,
+    /// Pulls held at this writer until there is something new (the store's long poll):
+    /// `(peer, after, commit it knew, until)`.
+    pub parked_pulls: Vec<(i32, LogPosition, Option<u64>, Millis)>,
     /// When the agent next re-reads its pod's annotations file (`--fence-file`), local time.
     pub next_fence_read: Millis,
     /// The kubelet's SIGTERM (pod terminating) has reached the agent.
@@ -347,6 +366,11 @@ pub struct PendingFailover {
 #[derive(Default, Debug, Clone)]
 pub struct Stats {
     pub acked_writes: u64,
+    /// Replicas' stores that cut a conflicting suffix, installed a snapshot, and of those
+    /// changes the ones that lowered the store's position (the epoch says it is news).
+    pub log_cuts: u64,
+    pub snapshots_installed: u64,
+    pub positions_lowered: u64,
     pub failed_writes: u64,
     pub rejected: u64,
     pub reads: u64,

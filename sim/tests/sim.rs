@@ -141,6 +141,10 @@ const READ_YOUR_WRITES: &str = "4 read-your-writes";
 const CONVERGES: &str = "7 reconcile converges, PVCs follow retentionPolicy";
 const SWITCHOVER: &str = "9 switchover and fencing";
 const NOT_A_VOTER: &str = base_sim::agent::NOT_A_VOTER;
+const POSITION: &str = "11 the election holds its store's position";
+const APPLIED: &str = "12 an applied entry is never contradicted";
+/// Seeds searched for the figure-8 interleaving `older-term-commit` needs.
+const SEARCH_OLDER_TERM: u64 = 300;
 
 /// The report's violation is of `invariant` (the planted bug broke what it must break, not
 /// something else first); prints the report.
@@ -339,6 +343,60 @@ fn planted_bug_vote_cache_is_caught() {
     // the seeds' timelines moved and the first catch is seed 74 (it was below 60).
     let report = first_caught(&options, 150).expect("the checkers miss two winners of one term");
     assert_invariant(&report, ONE_WRITER_PER_TERM);
+}
+
+/// A planted writer that releases a held write as committed as soon as its own store holds it:
+/// a writer that loses its seat before a quorum holds the write leaves an acknowledged write the
+/// next writer never had. Invariant 5 must say so.
+#[test]
+fn planted_bug_ack_before_commit_is_caught() {
+    let options = Options {
+        bug: Some(Bug::AckBeforeCommit),
+        ..Options::default()
+    };
+    let report =
+        first_caught(&options, 60).expect("the checkers miss a write acknowledged before commit");
+    assert_invariant(&report, LOST_WRITE);
+}
+
+/// A planted writer that counts an older term's entry on a quorum as committed (Raft §5.4.2
+/// left out, the paper's figure 8): replicas apply it, and a later writer that never had it
+/// ships over it. Invariant 12 must say so.
+#[test]
+fn planted_bug_older_term_commit_is_caught() {
+    let options = Options {
+        bug: Some(Bug::OlderTermCommit),
+        ..Options::default()
+    };
+    let report = first_caught(&options, SEARCH_OLDER_TERM)
+        .expect("the checkers miss a commit of an older term's entries");
+    assert_invariant(&report, APPLIED);
+}
+
+/// A planted replica that keeps its own entry where the writer's differs (no cut): its log
+/// disagrees with the writer's under matching positions, and once it writes it lacks what was
+/// acknowledged. Invariant 5 must say so.
+#[test]
+fn planted_bug_no_truncate_is_caught() {
+    let options = Options {
+        bug: Some(Bug::NoTruncate),
+        ..Options::default()
+    };
+    let report = first_caught(&options, 60).expect("the checkers miss a replica that never cuts");
+    assert_invariant(&report, LOST_WRITE);
+}
+
+/// A planted store whose epoch does not grow with a cut or a snapshot: the lower position it
+/// then reports looks stale, and the election keeps the higher one. Invariant 11 must say so.
+#[test]
+fn planted_bug_no_epoch_is_caught() {
+    let options = Options {
+        bug: Some(Bug::NoEpoch),
+        ..Options::default()
+    };
+    let report =
+        first_caught(&options, 60).expect("the checkers miss a position that never goes down");
+    assert_invariant(&report, POSITION);
 }
 
 /// A planted gateway that reuses its last write's route for a poll interval: a write goes to

@@ -159,30 +159,9 @@ fn perform(shared: &Shared, effect: CoordinatorEffect) {
     }
 }
 
-/// The election's view for the coordinator.
+/// The election's view for the coordinator (the core's rule, with this agent's peer URLs).
 pub fn election_view(shared: &Shared, node: &base_core::quasar::Node, now: Millis) -> ElectionView {
-    let view = node.writer_view(now);
-    let is_writer = node.role() == base_core::quasar::Role::Writer;
-    let leader = if is_writer {
-        Some(shared.id.clone())
-    } else {
-        node.leader().cloned()
-    };
-    ElectionView {
-        term: node.term(),
-        is_writer,
-        leader_url: leader
-            .as_ref()
-            .map(|l| shared.url_of(l))
-            .unwrap_or_default(),
-        leader,
-        peer_positions: if is_writer && view.term == node.term() {
-            node.peer_positions()
-        } else {
-            Default::default()
-        },
-        config: node.quorum_config().cloned(),
-    }
+    ElectionView::of(node, now, |id| shared.url_of(id))
 }
 
 /// Holds a write the store logged at `at` until the coordinator releases it.
@@ -462,7 +441,17 @@ async fn pull(shared: Arc<Shared>, client: reqwest::Client) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        match pull_once(&shared, &client, &writer, &base, c).await {
+        // A pull to a writer that was deposed or cut off meanwhile is dropped, not awaited to
+        // the client's timeout: until this store pulls from the new writer, that one cannot
+        // count it, and commits nothing without it in a three-node cluster.
+        let pulled = tokio::select! {
+            r = pull_once(&shared, &client, &writer, &base, c) => r,
+            () = source_changed(&shared, &mut changed, &writer, term) => {
+                cursor = None;
+                continue;
+            }
+        };
+        match pulled {
             Ok(Some(next)) => cursor = Some((writer, term, next)),
             Ok(None) => cursor = None,
             Err(what) => {
@@ -470,6 +459,27 @@ async fn pull(shared: Arc<Shared>, client: reqwest::Client) {
                 cursor = None;
                 tokio::time::sleep(RETRY).await;
             }
+        }
+    }
+}
+
+/// Resolves once the coordinator names another source to pull from than `(writer, term)`.
+async fn source_changed(
+    shared: &Shared,
+    changed: &mut watch::Receiver<u64>,
+    writer: &NodeId,
+    term: Term,
+) {
+    loop {
+        if changed.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let source = shared.replication.lock().pull_source();
+        if source
+            .as_ref()
+            .is_none_or(|(w, t)| w != writer || *t != term)
+        {
+            return;
         }
     }
 }

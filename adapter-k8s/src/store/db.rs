@@ -9,7 +9,7 @@ use super::sql::{self, Mode, SharedAuth};
 use base_core::Term;
 use base_core::replication::{
     LogPosition, LogShape, Replica, ReplicaEffect, ReplicaError, ReplicaInput, ReplicaState,
-    Shipment,
+    Shipment, snapshot_installed,
 };
 use rusqlite::session::{ConflictAction, Session};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -622,7 +622,7 @@ impl Store {
         writer_url: String,
         commit: u64,
     ) -> Result<State, Refusal> {
-        let change = log::role_change(self.meta.term, self.meta.role, term, role);
+        let change = log::role_change(Term(self.meta.term), self.meta.role, Term(term), role);
         if change == RoleChange::Stale {
             return Err(Refusal::StaleTerm {
                 given: term,
@@ -694,12 +694,8 @@ impl Store {
     }
 
     fn compact_now(&mut self) -> Result<(), StoreError> {
-        let floor = self
-            .meta
-            .commit
-            .min(self.meta.applied)
-            .saturating_sub(self.keep);
-        if floor <= self.meta.base_index + self.keep / 10 {
+        let m = &self.meta;
+        if log::compaction_floor(m.commit, m.applied, m.base_index, self.keep).is_none() {
             return Ok(());
         }
         let conn = &self.conn;
@@ -927,13 +923,7 @@ impl Store {
     pub fn serve_log(&self, after: LogPosition, max_bytes: usize) -> Result<Served, Refusal> {
         let shape = self.shape()?;
         let start = shape.snapshot();
-        let prev = if after.index < start.index {
-            start
-        } else if shape.term_at(after.index) == Some(after.term) {
-            after
-        } else {
-            shape.last_agreeing_at_most(after.index, after.term)
-        };
+        let prev = shape.shipment_prev(after);
         let mut frames = Vec::new();
         let mut stmt = self.conn.prepare_cached(
             "SELECT idx, term, payload FROM _base_log WHERE idx > ?1 ORDER BY idx",
@@ -1198,14 +1188,29 @@ impl Store {
                     m.base_index, m.base_term
                 )));
             }
-            m.term = self.meta.term.max(writer_term);
+            // The core's rule (the term, commit and epoch after it; the position may go down,
+            // and the new epoch says it is news). A store waiting for a snapshot because its
+            // suffix holds DDL takes one at any commit of the writer's.
+            let known = ReplicaState {
+                term: Term(self.meta.term),
+                log: LogShape::new(pos(self.meta.base_term, self.meta.base_index)),
+                commit: if self.meta.needs_snapshot {
+                    self.meta.base_index
+                } else {
+                    self.meta.commit
+                },
+                applied: self.meta.applied,
+                epoch: self.meta.epoch.max(m.epoch),
+            };
+            let decided = snapshot_installed(&known, Term(writer_term), pos(term, index))
+                .map_err(Refusal::Shipment)?;
+            m.term = decided.term.0;
             m.role = Role::Replica;
             m.writer_id = self.meta.writer_id.clone();
             m.writer_url = self.meta.writer_url.clone();
-            m.commit = index;
+            m.commit = decided.commit;
             m.needs_snapshot = false;
-            // The position may go down: a new epoch says it is news.
-            m.epoch = self.meta.epoch.max(m.epoch) + 1;
+            m.epoch = decided.epoch;
             save_meta(&copy, &m).map_err(|e| bad(&e))?;
             copy.execute_batch("PRAGMA journal_mode = DELETE")
                 .map_err(|e| bad(&e))?;
@@ -1250,10 +1255,9 @@ impl Store {
 }
 
 fn compact_in(conn: &Connection, m: &mut Meta, keep: u64) -> Result<(), StoreError> {
-    let floor = m.commit.min(m.applied).saturating_sub(keep);
-    if floor <= m.base_index + keep / 10 {
+    let Some(floor) = log::compaction_floor(m.commit, m.applied, m.base_index, keep) else {
         return Ok(());
-    }
+    };
     m.base_term = term_at(conn, m, floor)?;
     conn.prepare_cached("DELETE FROM _base_log WHERE idx <= ?1")?
         .execute([i(floor)])?;

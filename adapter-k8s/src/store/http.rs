@@ -437,9 +437,18 @@ async fn replica_log(
         let _ = tokio::time::timeout(
             Duration::from_millis(wait),
             rx.wait_for(|s| {
-                s.role != "writer"
-                    || s.last_index > after_index
-                    || known_commit.is_none_or(|c| s.commit != c)
+                let role = if s.role == Role::Writer.as_str() {
+                    Role::Writer
+                } else {
+                    Role::Replica
+                };
+                base_core::replication::pull_ready(
+                    role,
+                    s.last_index,
+                    s.commit,
+                    after_index,
+                    known_commit,
+                )
             }),
         )
         .await;

@@ -53,6 +53,37 @@ pub struct ElectionView {
     pub config: Option<QuorumConfig>,
 }
 
+impl ElectionView {
+    /// The view of `node` at `now`, as every shell gives it to its [`Coordinator`] after each
+    /// step of the election: the leader is the node itself while it is writer; the peers'
+    /// positions count only while it is the writer of its current term (acks of an older term
+    /// say nothing about this term's log); `url_of` names a node's client URL.
+    pub fn of(
+        node: &crate::quasar::Node,
+        now: Millis,
+        url_of: impl Fn(&NodeId) -> String,
+    ) -> ElectionView {
+        let is_writer = node.role() == crate::quasar::Role::Writer;
+        let leader = if is_writer {
+            Some(node.id().clone())
+        } else {
+            node.leader().cloned()
+        };
+        ElectionView {
+            term: node.term(),
+            is_writer,
+            leader_url: leader.as_ref().map(&url_of).unwrap_or_default(),
+            leader,
+            peer_positions: if is_writer && node.writer_view(now).term == node.term() {
+                node.peer_positions()
+            } else {
+                BTreeMap::new()
+            },
+            config: node.quorum_config().cloned(),
+        }
+    }
+}
+
 /// What the store reported (`GET /_replica/state`, or an answer that carries its state).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreView {

@@ -156,6 +156,21 @@ impl LogShape {
         self.snapshot
     }
 
+    /// Where a shipment to a replica whose log ends at `after` (or that a conflict sent back
+    /// there) starts: `after` itself if this log holds the same entry there, else the last entry
+    /// of this log that could agree with it (skipping the terms it does not share), and this
+    /// log's start when `after` is below it (the replica then needs the snapshot). The writer's
+    /// machine and the store that serves the entries both ship from here.
+    pub fn shipment_prev(&self, after: LogPosition) -> LogPosition {
+        if after.index < self.snapshot.index {
+            self.snapshot
+        } else if self.term_at(after.index) == Some(after.term) {
+            after
+        } else {
+            self.last_agreeing_at_most(after.index, after.term)
+        }
+    }
+
     /// `count` entries of `term` appended after the last.
     pub fn append(&mut self, term: Term, count: u64) -> Result<(), ShapeError> {
         let last = self.last().term;

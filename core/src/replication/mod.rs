@@ -10,6 +10,7 @@
 //!   writes, the no-op, and the [`Shipment`] answering a replica's pull.
 //! - [`replica`]: [`Replica`]: append / truncate / fetch a snapshot, apply up to commit, report
 //!   the durable position with its epoch.
+//! - [`store`]: a store's own rules (role changes, the writer's commit, compaction).
 //! - [`coordinator`]: [`Coordinator`], the agent's side: the role and term pushed to the store,
 //!   a [`Writer`] per confirmed writer term, held client writes, whom a replica pulls from, the
 //!   store's position for the election.
@@ -52,6 +53,7 @@ pub mod coordinator;
 pub mod log;
 pub mod quorum;
 pub mod replica;
+pub mod store;
 pub mod writer;
 
 pub use coordinator::{
@@ -60,7 +62,10 @@ pub use coordinator::{
 };
 pub use log::{LogPosition, LogShape, PositionTooLarge, ShapeError};
 pub use quorum::{Majority, QuorumConfig, QuorumError};
-pub use replica::{Replica, ReplicaEffect, ReplicaError, ReplicaInput, ReplicaState};
+pub use replica::{
+    Replica, ReplicaEffect, ReplicaError, ReplicaInput, ReplicaState, snapshot_installed,
+};
+pub use store::{RoleChange, compaction_floor, pull_ready, role_change, writer_commit};
 pub use writer::{
     HELD_WRITES_MAX, Outcome, SHIP_ENTRIES_MAX, WriteId, Writer, WriterEffect, WriterError,
     WriterInput,

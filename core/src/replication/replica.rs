@@ -147,9 +147,10 @@ impl Replica {
         );
         if after.log.last() != before.log.last() {
             // The election keeps the newest report by (epoch, position): each must be newer.
+            // (The planted `no-epoch` silences this too: the simulation's checker must see it.)
             let report = (after.epoch, after.log.last());
             assert!(
-                report > self.reported,
+                report > self.reported || crate::buggify!(NoEpoch),
                 "replication: position went down in one epoch"
             );
             self.reported = report;
@@ -218,6 +219,8 @@ impl Replica {
             let index = prev.index + 1 + k as u64;
             match self.state.log.term_at(index) {
                 Some(ours) if ours == term => continue,
+                // Planted `no-truncate`: a conflicting entry of ours is kept as if it matched.
+                Some(_) if crate::buggify!(NoTruncate) => continue,
                 Some(_) => {
                     // A conflict: ours is not the writer's entry, so it was never committed (a
                     // committed entry is in every later writer's log, Raft §5.4).
@@ -229,7 +232,7 @@ impl Replica {
                             commit: self.state.commit,
                         });
                     }
-                    self.state.epoch += 1;
+                    self.state.epoch = next_epoch(self.state.epoch);
                     self.state.log.truncate_after(cut)?;
                     self.state.applied = self.state.applied.min(cut);
                     out.push(ReplicaEffect::TruncateAfter {
@@ -288,7 +291,7 @@ impl Replica {
         } else if self.state.log.term_at(log_start.index) == Some(log_start.term) {
             out.push(ReplicaEffect::Pull { after: log_start });
         } else {
-            self.state.epoch += 1;
+            self.state.epoch = next_epoch(self.state.epoch);
             self.fetching = Some(log_start);
             out.push(ReplicaEffect::FetchSnapshot {
                 at_least: log_start,
@@ -312,12 +315,54 @@ impl Replica {
             });
         }
         self.fetching = None;
+        // The epoch grew when the fetch was decided (`resume_from`).
         self.state.log = LogShape::new(at);
         self.state.commit = at.index;
         self.state.applied = at.index;
         out.push(ReplicaEffect::Pull { after: at });
         Ok(())
     }
+}
+
+/// The epoch after a change that may lower the position (a cut, a snapshot). The planted
+/// `no-epoch` keeps it: the lower position then looks like a stale report to the election.
+fn next_epoch(epoch: u64) -> u64 {
+    if crate::buggify!(NoEpoch) {
+        epoch
+    } else {
+        epoch + 1
+    }
+}
+
+/// A store that rebuilds its machine for every request (the reference store, the simulation's)
+/// installed the writer of `writer_term`'s snapshot at `at`: the state it then holds. The log
+/// holds nothing after `at`, everything up to it is committed and applied, and the epoch grows
+/// (the position may go down). Refused, changing nothing, for a stale writer or a snapshot
+/// below what the store knows committed.
+pub fn snapshot_installed(
+    state: &ReplicaState,
+    writer_term: Term,
+    at: LogPosition,
+) -> Result<ReplicaState, ReplicaError> {
+    if writer_term < state.term {
+        return Err(ReplicaError::StaleWriter {
+            term: state.term,
+            got: writer_term,
+        });
+    }
+    if at.index < state.commit {
+        return Err(ReplicaError::SnapshotBehindCommit {
+            at,
+            commit: state.commit,
+        });
+    }
+    Ok(ReplicaState {
+        term: writer_term,
+        log: LogShape::new(at),
+        commit: at.index,
+        applied: at.index,
+        epoch: next_epoch(state.epoch),
+    })
 }
 
 #[cfg(test)]

@@ -336,7 +336,10 @@ impl Writer {
         let mut acked = self.matched.clone();
         acked.insert(self.me.clone(), self.log.last().index);
         let candidate = self.config.committed_index(&acked);
-        if candidate <= self.commit || self.log.term_at(candidate) != Some(self.term) {
+        // Planted `older-term-commit`: the §5.4.2 rule left out.
+        let ours =
+            self.log.term_at(candidate) == Some(self.term) || crate::buggify!(OlderTermCommit);
+        if candidate <= self.commit || !ours {
             return;
         }
         self.commit = candidate;
@@ -374,7 +377,8 @@ impl Writer {
             out.push(unknown);
             return;
         }
-        if at.index <= self.commit {
+        // Planted `ack-before-commit`: the answer goes out as soon as the writer's store holds it.
+        if at.index <= self.commit || crate::buggify!(AckBeforeCommit) {
             out.push(WriterEffect::Release {
                 write,
                 outcome: Outcome::Committed,
@@ -414,15 +418,7 @@ impl Writer {
     fn shipment(&self, after: LogPosition, max_entries: u64) -> Shipment {
         let snapshot = self.log.snapshot();
         let last = self.log.last().index;
-        // Where both logs may agree: `after` itself if we hold the same entry there, else the
-        // last of our entries that could (skipping the terms we do not share).
-        let prev = if after.index < snapshot.index {
-            snapshot
-        } else if self.log.term_at(after.index) == Some(after.term) {
-            after
-        } else {
-            self.log.last_agreeing_at_most(after.index, after.term)
-        };
+        let prev = self.log.shipment_prev(after);
         let end = last.min(prev.index.saturating_add(max_entries.min(SHIP_ENTRIES_MAX)));
         let entries = (prev.index + 1..=end)
             .map(|i| self.log.term_at(i).expect("held entries have terms"))
