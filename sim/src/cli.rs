@@ -195,7 +195,7 @@ fn run_one(a: &Args) -> ExitCode {
     }
     let s = &report.stats;
     println!(
-        "seed {}: {} simulated ms in {wall_ms} wall ms; {} writes acknowledged, {} failed, {} rejected ({} no_writer at the gateway, {} of them while a node accepted writes), {} reads; {} terms; failovers {}; heal→live {:?} ms, →converged {:?} ms; {} plans ({} saw no writer while a node accepted writes); a healthy writer forgotten between polls {} times by the gateway, {} by the operator; {} API writes, {} transfers, {} process starts; switchovers {} done, {} refused ({} fenced targets); {} fences applied ({} of a writer), {} writes refused by a fenced node; {} operator crashes ({} mid rolling update, {} mid scale change); scaled-away PVCs {} removed, {} kept; final check waited {} ms for a writer; {} messages; trace hash {:016x}",
+        "seed {}: {} simulated ms in {wall_ms} wall ms; {} writes acknowledged, {} failed, {} rejected ({} no_writer at the gateway, {} of them while a node accepted writes), {} reads; {} terms; failovers {}; heal→live {:?} ms, →converged {:?} ms; {} plans ({} saw no writer while a node accepted writes); a healthy writer forgotten between polls {} times by the gateway, {} by the operator; {} API writes, {} transfers, {} process starts; switchovers {} done, {} refused ({} fenced targets); {} fences applied ({} of a writer), {} writes refused by a fenced node; {} operator crashes ({} mid rolling update, {} mid scale change); scaled-away PVCs {} removed, {} kept; final check waited {} ms for a writer; replicas' logs: {} cuts, {} snapshots installed, {} positions lowered; {} messages; trace hash {:016x}",
         report.seed,
         report.sim_ms,
         s.acked_writes,
@@ -236,6 +236,9 @@ fn run_one(a: &Args) -> ExitCode {
         s.pvcs_removed_on_scale_down,
         s.pvcs_kept_on_scale_down,
         s.final_check_wait_ms,
+        s.log_cuts,
+        s.snapshots_installed,
+        s.positions_lowered,
         report.messages,
         report.trace_hash
     );
