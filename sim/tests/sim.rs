@@ -138,6 +138,7 @@ const ONE_WRITER_PER_TERM: &str = "1 one writer per term";
 const TWO_ACCEPTORS: &str = "2 at most one node accepts writes at any instant";
 const SUPERSEDED_ROUTE: &str = "3 no write routed to a superseded term";
 const READ_YOUR_WRITES: &str = "4 read-your-writes";
+const LOST_WRITE: &str = "5 no acknowledged write is lost";
 const CONVERGES: &str = "7 reconcile converges, PVCs follow retentionPolicy";
 const SWITCHOVER: &str = "9 switchover and fencing";
 const NOT_A_VOTER: &str = base_sim::agent::NOT_A_VOTER;
