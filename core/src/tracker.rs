@@ -16,7 +16,17 @@
 //!   the ready replicas (polled OK recently, not stale, not found unreachable since).
 //! - After a client's write reached the writer, that client's reads go to the writer for the
 //!   read-your-writes TTL (a pin), or are rejected when no writer is known, never sent to a follower.
-//! - A request is retried once, and only when it never reached a replica.
+//! - A request is retried once, and only when it never reached a replica or the replica refused it
+//!   saying it is not the writer (the agent's `307` / `503 no_writer`: nothing was applied). One
+//!   that may have been applied (a timeout after sending, `504 commit_unknown`) is never sent again.
+//! - When a request that went to the writer fails (it refuses, saying it is not the writer, or
+//!   cannot be reached, or the connection breaks or times out), the writer is **lost**: it is not
+//!   trusted again until its own answer to a later poll names it, and every replica is due for a
+//!   poll at once ([`AfterOutcome::repoll`]), then every [`HUNT_POLL`] while no writer is known. A
+//!   request that is safe to send again is held until a poll finds a writer (at most
+//!   [`TrackerConfig::hold`]; [`Tracker::route_held`]) and then sent there: after `kubectl delete
+//!   pod <writer>` the first write lands on the new writer as soon as a poll finds it, not when the
+//!   old writer's lease passes or a poll interval later.
 //! - Memory is bounded: at most [`MAX_PINS`] pins (the oldest evicted first), expired pins are
 //!   dropped as time passes, client ids are cut to [`MAX_CLIENT_ID_BYTES`].
 
@@ -38,6 +48,11 @@ pub const MIN_WRITER_POLL: Millis = Millis(50);
 /// otherwise. Ten tiny GETs a second per replica, and only while there is no writer.
 pub const HUNT_POLL: Millis = Millis(100);
 
+/// How long a request that the writer could not take (and that is safe to send again) is held by
+/// default while the polls look for the new writer: a crashed writer costs its lease and an
+/// election timeout (1–2 s with the default timings, ~3 s at worst), a hand-over much less.
+pub const DEFAULT_HOLD: Millis = Millis(5_000);
+
 /// Index of a replica in the list the tracker was built with (the order of `--replicas`).
 pub type ReplicaIx = usize;
 
@@ -54,6 +69,9 @@ pub struct TrackerConfig {
     pub ready_for: Millis,
     /// Cap on pins; at most [`MAX_PINS`].
     pub max_pins: usize,
+    /// How long a request the lost writer could not take is held for a new one
+    /// ([`AfterOutcome::Hold`]); zero answers `503 no_writer` at once (still re-polling).
+    pub hold: Millis,
 }
 
 impl TrackerConfig {
@@ -65,6 +83,7 @@ impl TrackerConfig {
             ryw_ttl,
             ready_for: Millis(poll_interval.0.saturating_mul(3)),
             max_pins: MAX_PINS,
+            hold: DEFAULT_HOLD,
         }
     }
 }
@@ -262,6 +281,10 @@ pub enum Attempt {
 pub enum Delivery {
     /// It never reached the replica (no connection): safe to send again.
     NotReached,
+    /// The replica answered that it is not the writer and did nothing with the request
+    /// ([`refusal_says_not_writer`]: the agent's `307` or `503 no_writer`, the store's `409
+    /// not_writer`/`stale_term`): safe to send again, elsewhere.
+    NotWriter,
     /// It reached the replica. `acknowledged`: a response came back.
     Reached { acknowledged: bool },
 }
@@ -354,12 +377,63 @@ pub enum Route {
 pub enum AfterOutcome {
     /// Nothing more: pass the response (or the error) on.
     Done,
-    /// It never reached a replica and may be sent once more: here.
+    /// It never reached a replica, or was refused by one that is not the writer, and may be sent
+    /// once more: here.
     Retry(Forward),
+    /// The writer could not take it (refused it, or could not be reached): the writer is lost and
+    /// every replica is due for a poll now (wake the pollers: [`AfterOutcome::repoll`]). The
+    /// request is safe to send once more, but no writer is known: hold it, asking
+    /// [`Tracker::route_held`] after each poll result, until `until` at the latest.
+    Hold { until: Millis },
+    /// The writer failed it: the writer is lost and every replica is due for a poll now (wake the
+    /// pollers). The request may have been applied (it reached the writer), cannot be sent again
+    /// (not replayable), or already was a retry: pass the failure on.
+    WriterLost,
     /// It never reached a replica; a retry was allowed, but there is nowhere to send it.
     Reject(Reject),
-    /// It never reached a replica and may not be retried (already a retry, or not replayable).
+    /// It never reached a replica (or was refused) and may not be retried (already a retry, or not
+    /// replayable).
     GiveUp,
+}
+
+impl AfterOutcome {
+    /// The pollers must be woken: every replica is due for a poll now ([`Tracker::next_poll`]).
+    #[must_use]
+    pub fn repoll(self) -> bool {
+        matches!(self, AfterOutcome::Hold { .. } | AfterOutcome::WriterLost)
+    }
+}
+
+/// Where a held request goes now ([`Tracker::route_held`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// A writer is known: send it there (as [`Attempt::Retry`]).
+    Forward(Forward),
+    /// Still no writer: wait for the next poll result, or until the hold ends.
+    Wait { until: Millis },
+    /// The hold ended with no writer found: `503 no_writer`.
+    Reject(Reject),
+}
+
+/// Whether a replica's answer to a forwarded request says it is not the writer and did nothing
+/// with it, so that the request is safe to send to the writer: the agent's `307` (another node is
+/// the writer) and `503 {"error":"no_writer"}`, the store's `409 {"error":"not_writer"}` or
+/// `{"error":"stale_term"}` (fenced by a newer term) and `503 {"error":"not_writer"}`. Any other
+/// answer (`503 overloaded`, `504 commit_unknown`, ...) is passed on as it is. `body` is the
+/// answer's body, or its first bytes (only `503` and `409` look at it).
+#[must_use]
+pub fn refusal_says_not_writer(status: u16, body: &[u8]) -> bool {
+    let error = || {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+    };
+    match status {
+        307 => true,
+        503 => error().is_some_and(|e| e == "no_writer" || e == "not_writer"),
+        409 => error().is_some_and(|e| e == "not_writer" || e == "stale_term"),
+        _ => false,
+    }
 }
 
 /// What a poll changed, for logs and metrics.
@@ -406,6 +480,15 @@ struct Writer {
     replica: ReplicaIx,
     term: Term,
     lease_expires: Millis,
+}
+
+/// A writer that failed a request at `at`: not trusted again in `term` until its own answer to a
+/// poll that ended after `at` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lost {
+    replica: ReplicaIx,
+    term: Term,
+    at: Millis,
 }
 
 /// Read-your-writes pins: client → expiry, plus an index by expiry for sweeping and eviction.
@@ -468,6 +551,10 @@ pub struct Tracker {
     next_read: ReplicaIx,
     /// The latest `now` seen: time given out of order is taken as this, so nothing goes backwards.
     now: Millis,
+    /// The writer that last failed a request, until a newer term or its own word replaces it.
+    lost: Option<Lost>,
+    /// When the last writer was lost: every replica whose last poll ended before this is due.
+    repoll_at: Option<Millis>,
     /// The planted `route-cache` (`crate::buggify`): the last write's route, reused until then.
     #[cfg(madsim)]
     route_cache: Option<(Forward, Millis)>,
@@ -511,6 +598,8 @@ impl Tracker {
             pins: Pins::default(),
             next_read: 0,
             now: Millis::ZERO,
+            lost: None,
+            repoll_at: None,
             #[cfg(madsim)]
             route_cache: None,
         })
@@ -576,16 +665,7 @@ impl Tracker {
     #[must_use]
     pub fn route(&mut self, now: Millis, request: Request<'_>) -> Route {
         let now = self.advance(now);
-        // Planted `no-read-pin`: reads routed without the client's identity.
-        let client = request.client.filter(|_| !crate::buggify!(NoReadPin));
-        let to_writer = match (request.kind, request.writer_required) {
-            (RequestKind::Write, _) => Some(Why::Write),
-            (RequestKind::Read, true) => Some(Why::WriterRequired),
-            (RequestKind::Read, false) => client
-                .and_then(|c| self.pins.until(c))
-                .filter(|&until| until > now)
-                .map(|_| Why::PinnedRead),
-        };
+        let to_writer = self.to_writer(now, request);
         #[cfg(madsim)]
         if let Some(route) = self.planted_route_cache(now, request.kind) {
             return route;
@@ -624,6 +704,11 @@ impl Tracker {
 
     /// Takes in how a forwarded request ended; says whether to send it again.
     ///
+    /// A request that went to the writer (a write, a writer-required or pinned read) and failed
+    /// there in any way but an answer loses the writer (module docs): [`AfterOutcome::Hold`] when
+    /// it is safe to send again (it never reached the writer, or the writer refused it saying it
+    /// is not the writer; first try; replayable), else [`AfterOutcome::WriterLost`].
+    ///
     /// # Panics
     /// If `outcome.replica` is not an index of the replica list.
     #[must_use]
@@ -633,30 +718,66 @@ impl Tracker {
             outcome.replica < self.replicas.len(),
             "outcome from unknown replica"
         );
+        let request = outcome.request;
+        // Writer-bound requests only: a plain read that happened to go to the writer's replica
+        // says nothing about its role, and is retried on another replica below.
+        let lost = self
+            .writer_now(now)
+            .filter(|w| w.replica == outcome.replica && self.to_writer(now, request).is_some())
+            .filter(|_| outcome.delivery != Delivery::Reached { acknowledged: true });
+        if let Some(w) = lost {
+            self.lose_writer(now, w);
+        }
+        let retry_allowed = outcome.attempt == Attempt::First && outcome.replayable;
         match outcome.delivery {
             Delivery::Reached { .. } => {
                 // Pinned even without an acknowledgement: a write that reached the writer may have
                 // been applied, and the client's next read must not miss it.
-                if outcome.request.kind == RequestKind::Write
-                    && let Some(client) = outcome.request.client
+                if request.kind == RequestKind::Write
+                    && let Some(client) = request.client
                 {
                     let until = now.saturating_add(self.config.ryw_ttl);
                     self.pins.pin(client, until, self.config.max_pins);
                 }
-                AfterOutcome::Done
-            }
-            Delivery::NotReached => {
-                // Unreachable: no more reads until a poll succeeds. The writer keeps writes until
-                // its lease passes; a connection refused once is not proof it is gone.
-                self.replicas[outcome.replica].ready_since_poll = None;
-                if outcome.attempt == Attempt::Retry || !outcome.replayable {
-                    return AfterOutcome::GiveUp;
-                }
-                match self.route(now, outcome.request) {
-                    Route::Forward(forward) => AfterOutcome::Retry(forward),
-                    Route::Reject(reject) => AfterOutcome::Reject(reject),
+                // A response, whatever it says, is passed on; a broken or timed-out one may
+                // have been applied: never sent again.
+                if lost.is_some() {
+                    AfterOutcome::WriterLost
+                } else {
+                    AfterOutcome::Done
                 }
             }
+            Delivery::NotReached | Delivery::NotWriter => {
+                if outcome.delivery == Delivery::NotReached {
+                    // Unreachable: no more reads until a poll succeeds. (A replica that refused
+                    // a write did answer: it still serves reads.)
+                    self.replicas[outcome.replica].ready_since_poll = None;
+                }
+                match (lost.is_some(), retry_allowed) {
+                    (true, true) => AfterOutcome::Hold {
+                        until: now.saturating_add(self.config.hold),
+                    },
+                    (true, false) => AfterOutcome::WriterLost,
+                    (false, false) => AfterOutcome::GiveUp,
+                    (false, true) => match self.route(now, request) {
+                        Route::Forward(forward) => AfterOutcome::Retry(forward),
+                        Route::Reject(reject) => AfterOutcome::Reject(reject),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Where a request held after [`AfterOutcome::Hold`] goes now: to the writer once a poll
+    /// found one, else it waits until `until`, then `503 no_writer`. Ask again after every poll
+    /// result (and at `until`).
+    #[must_use]
+    pub fn route_held(&mut self, now: Millis, request: Request<'_>, until: Millis) -> Held {
+        let now = self.advance(now);
+        match self.route(now, request) {
+            Route::Forward(forward) => Held::Forward(forward),
+            Route::Reject(_) if now < until => Held::Wait { until },
+            Route::Reject(reject) => Held::Reject(reject),
         }
     }
 
@@ -682,7 +803,9 @@ impl Tracker {
     ///   between polls;
     /// - any other replica while a writer is known: `last_end + interval`, but only until that
     ///   writer's lease ends (`valid_until`): then it is forgotten, and the poller must ask again;
-    /// - any replica while no writer is known: `last_end + min(interval, HUNT_POLL)`.
+    /// - any replica while no writer is known: `last_end + min(interval, HUNT_POLL)`;
+    /// - before all of these: a replica whose last poll ended before the writer was lost (a
+    ///   request to it failed, [`AfterOutcome::repoll`]) is due at that moment, i.e. now.
     ///
     /// The poller sleeps until `at` or `valid_until`, whichever comes first, and asks again; it
     /// polls once `at <= now`.
@@ -695,6 +818,13 @@ impl Tracker {
         interval: Millis,
     ) -> NextPoll {
         let after = |wait: Millis| Millis(last_end.0.saturating_add(wait.0));
+        // The writer was lost after this replica's last poll ended: poll it now, whatever the rule.
+        if let Some(at) = self.repoll_at.filter(|&at| last_end < at) {
+            return NextPoll {
+                at,
+                valid_until: None,
+            };
+        }
         match self.writer(now) {
             Some((writer, _, lease_expires)) if writer == replica => {
                 let left = lease_expires.0.saturating_sub(last_end.0);
@@ -814,6 +944,38 @@ impl Tracker {
         self.writer.filter(|w| w.lease_expires > now)
     }
 
+    /// Why a request goes to the writer, if it does: a write, a writer-required read, a read
+    /// within the client's read-your-writes pin.
+    fn to_writer(&self, now: Millis, request: Request<'_>) -> Option<Why> {
+        // Planted `no-read-pin`: reads routed without the client's identity.
+        let client = request.client.filter(|_| !crate::buggify!(NoReadPin));
+        match (request.kind, request.writer_required) {
+            (RequestKind::Write, _) => Some(Why::Write),
+            (RequestKind::Read, true) => Some(Why::WriterRequired),
+            (RequestKind::Read, false) => client
+                .and_then(|c| self.pins.until(c))
+                .filter(|&until| until > now)
+                .map(|_| Why::PinnedRead),
+        }
+    }
+
+    /// The writer failed a request at `now`: forget it until its own word renews it (at a poll
+    /// that ends after now) or a newer term names another, and have every replica polled now.
+    fn lose_writer(&mut self, now: Millis, w: Writer) {
+        self.lost = Some(Lost {
+            replica: w.replica,
+            term: w.term,
+            at: now,
+        });
+        self.repoll_at = Some(now);
+        self.writer = self.derive_writer(now);
+        assert!(
+            self.writer.is_none(),
+            "a lost writer is still derived: {:?}",
+            self.writer
+        );
+    }
+
     fn ready(&self, now: Millis, replica: ReplicaIx) -> bool {
         let Some(r) = self.replicas.get(replica) else {
             return false;
@@ -887,6 +1049,16 @@ impl Tracker {
             if !affirms {
                 return None;
             }
+        }
+        // A writer that failed a request is trusted again only on its own word, given after.
+        if let Some(lost) = self.lost
+            && lost.replica == replica
+            && lost.term == term
+            && self.replicas[replica]
+                .answered_at
+                .is_none_or(|answered| answered <= lost.at)
+        {
+            return None;
         }
         Some(Writer {
             replica,
@@ -1195,21 +1367,80 @@ mod tests {
 
     #[test]
     fn a_request_is_retried_once_and_only_when_it_never_reached_a_replica() {
-        let mut t = tracker();
-        all_say(&mut t, 0, 3, "b-1", 10_000);
-        let w = write(None);
         let outcome = |attempt, delivery, replayable| Outcome {
-            request: w,
+            request: write(None),
             replica: 1,
             attempt,
             delivery,
             replayable,
         };
-        assert_eq!(
-            t.on_outcome(
-                Millis(1),
-                outcome(Attempt::First, Delivery::NotReached, true)
+        let fresh = || {
+            let mut t = tracker();
+            all_say(&mut t, 0, 3, "b-1", 10_000);
+            t
+        };
+        // Not reached or refused by the writer, first try: held for the writer the re-poll finds.
+        for delivery in [Delivery::NotReached, Delivery::NotWriter] {
+            let after = fresh().on_outcome(Millis(1), outcome(Attempt::First, delivery, true));
+            assert_eq!(
+                after,
+                AfterOutcome::Hold {
+                    until: Millis(1 + DEFAULT_HOLD.0)
+                }
+            );
+            assert!(after.repoll());
+        }
+        // Already a retry, or a body too big to keep: the writer is lost all the same, but the
+        // request is not sent again.
+        for (attempt, replayable) in [(Attempt::Retry, true), (Attempt::First, false)] {
+            let after = fresh().on_outcome(
+                Millis(2),
+                outcome(attempt, Delivery::NotReached, replayable),
+            );
+            assert_eq!(after, AfterOutcome::WriterLost);
+        }
+        // Reached the writer without an answer (timeout, reset): may have been applied, never
+        // sent again; the writer is lost.
+        let mut t = fresh();
+        let after = t.on_outcome(
+            Millis(4),
+            outcome(
+                Attempt::First,
+                Delivery::Reached {
+                    acknowledged: false,
+                },
+                true,
             ),
+        );
+        assert_eq!(
+            after,
+            AfterOutcome::WriterLost,
+            "a write that may have been applied: never again"
+        );
+        assert_eq!(t.writer(Millis(4)), None);
+        // An answer, whatever its status, is passed on and the writer kept.
+        let mut t = fresh();
+        let after = t.on_outcome(
+            Millis(4),
+            outcome(
+                Attempt::First,
+                Delivery::Reached { acknowledged: true },
+                true,
+            ),
+        );
+        assert_eq!(after, AfterOutcome::Done);
+        assert_eq!(t.writer(Millis(4)).map(|w| w.0), Some(1));
+        // A replica that is not (or no longer) the writer refusing: retried on the writer at once.
+        let mut t = fresh();
+        let after = t.on_outcome(
+            Millis(5),
+            Outcome {
+                replica: 0,
+                ..outcome(Attempt::First, Delivery::NotWriter, true)
+            },
+        );
+        assert_eq!(
+            after,
             AfterOutcome::Retry(Forward {
                 replica: 1,
                 why: Why::Write,
@@ -1218,33 +1449,166 @@ mod tests {
         );
         assert_eq!(
             t.on_outcome(
-                Millis(2),
-                outcome(Attempt::Retry, Delivery::NotReached, true)
+                Millis(6),
+                Outcome {
+                    replica: 0,
+                    ..outcome(Attempt::Retry, Delivery::NotWriter, true)
+                }
             ),
             AfterOutcome::GiveUp
         );
+    }
+
+    #[test]
+    fn a_lost_writer_is_re_polled_at_once_and_trusted_again_only_on_its_own_later_word() {
+        let mut t = tracker();
+        let second = Millis(1_000);
+        all_say(&mut t, 1_000, 3, "b-1", 10_000);
+        // The followers were just polled: due a whole interval later while the writer is known.
         assert_eq!(
-            t.on_outcome(
-                Millis(3),
-                outcome(Attempt::First, Delivery::NotReached, false)
-            ),
-            AfterOutcome::GiveUp,
-            "a body too big to keep cannot be sent again"
+            t.next_poll(Millis(1_100), 0, Millis(1_000), second).at,
+            Millis(2_000)
+        );
+        let w = write(None);
+        let after = t.on_outcome(
+            Millis(1_100),
+            Outcome {
+                request: w,
+                replica: 1,
+                attempt: Attempt::First,
+                delivery: Delivery::NotReached,
+                replayable: true,
+            },
+        );
+        let Some(until) = (match after {
+            AfterOutcome::Hold { until } => Some(until),
+            _ => None,
+        }) else {
+            panic!("{after:?}")
+        };
+        // Every replica is due now, the writer too; once polled after that, they hunt.
+        for r in 0..3 {
+            assert_eq!(t.poll_wait(Millis(1_100), r, Millis(1_000), second), None);
+        }
+        assert_eq!(
+            t.next_poll(Millis(1_150), 0, Millis(1_150), second).at,
+            Millis(1_250)
+        );
+        assert_eq!(t.route(Millis(1_100), w), Route::Reject(Reject::NoWriter));
+        assert_eq!(t.route_held(Millis(1_100), w, until), Held::Wait { until });
+        // The followers still name b-1 (its lease is live in their view): not enough.
+        let _ = t.on_poll(Millis(1_120), 0, claim(3, Some("b-1"), 10_000));
+        assert_eq!(t.route_held(Millis(1_120), w, until), Held::Wait { until });
+        // A newer term's writer found by the re-poll: the held write goes there.
+        let effect = t.on_poll(Millis(1_130), 2, claim(4, Some("b-2"), 11_000));
+        assert_eq!(
+            effect,
+            PollEffect::WriterChanged {
+                writer: Some(2),
+                term: Term(4)
+            }
         );
         assert_eq!(
-            t.on_outcome(
-                Millis(4),
-                outcome(
-                    Attempt::First,
-                    Delivery::Reached {
-                        acknowledged: false
-                    },
-                    true
-                )
-            ),
-            AfterOutcome::Done,
-            "a write that reached the writer may have been applied: never again"
+            t.route_held(Millis(1_130), w, until),
+            Held::Forward(Forward {
+                replica: 2,
+                why: Why::Write,
+                term: Term(4)
+            })
         );
+
+        // A writer that refused once but is still the writer (a blip) comes back on its own word.
+        let mut t = tracker();
+        all_say(&mut t, 1_000, 3, "b-1", 10_000);
+        let after = t.on_outcome(
+            Millis(1_100),
+            Outcome {
+                request: w,
+                replica: 1,
+                attempt: Attempt::First,
+                delivery: Delivery::NotWriter,
+                replayable: true,
+            },
+        );
+        assert!(matches!(after, AfterOutcome::Hold { .. }));
+        // Answers from before (or at) the loss do not count; a follower's word does not either.
+        let _ = t.on_poll(Millis(1_100), 1, claim(3, Some("b-1"), 10_000));
+        let _ = t.on_poll(Millis(1_150), 0, claim(3, Some("b-1"), 10_000));
+        assert_eq!(t.writer(Millis(1_150)), None);
+        let _ = t.on_poll(Millis(1_160), 1, claim(3, Some("b-1"), 10_000));
+        assert_eq!(t.writer(Millis(1_160)).map(|w| w.0), Some(1));
+        // The hold ends with no writer: 503.
+        let mut t = tracker();
+        all_say(&mut t, 1_000, 3, "b-1", 10_000);
+        let _ = t.on_outcome(
+            Millis(1_100),
+            Outcome {
+                request: w,
+                replica: 1,
+                attempt: Attempt::First,
+                delivery: Delivery::NotReached,
+                replayable: true,
+            },
+        );
+        assert_eq!(
+            t.route_held(
+                Millis(1_100 + DEFAULT_HOLD.0),
+                w,
+                Millis(1_100 + DEFAULT_HOLD.0)
+            ),
+            Held::Reject(Reject::NoWriter)
+        );
+    }
+
+    #[test]
+    fn a_plain_read_that_fails_on_the_writers_replica_does_not_lose_the_writer() {
+        let mut t = tracker();
+        all_say(&mut t, 0, 3, "b-1", 10_000);
+        let after = t.on_outcome(
+            Millis(1),
+            Outcome {
+                request: read(None),
+                replica: 1,
+                attempt: Attempt::First,
+                delivery: Delivery::NotReached,
+                replayable: true,
+            },
+        );
+        assert!(
+            matches!(after, AfterOutcome::Retry(f) if f.replica != 1),
+            "{after:?}"
+        );
+        assert!(!after.repoll());
+        assert_eq!(t.writer(Millis(1)).map(|w| w.0), Some(1));
+    }
+
+    #[test]
+    fn refusals_that_say_not_writer() {
+        assert!(refusal_says_not_writer(307, b""));
+        assert!(refusal_says_not_writer(503, br#"{"error":"no_writer"}"#));
+        assert!(refusal_says_not_writer(
+            503,
+            br#"{"error":"not_writer","message":"x"}"#
+        ));
+        assert!(refusal_says_not_writer(
+            409,
+            br#"{"error":"stale_term","term":4}"#
+        ));
+        assert!(refusal_says_not_writer(
+            409,
+            br#"{"error":"not_writer","term":4}"#
+        ));
+        for (status, body) in [
+            (503, &br#"{"error":"overloaded"}"#[..]),
+            (503, br#"{"error":"term_start_not_committed"}"#),
+            (503, b"no_writer"),
+            (504, br#"{"error":"commit_unknown"}"#),
+            (409, br#"{"error":"conflict"}"#),
+            (200, br#"{"error":"no_writer"}"#),
+            (500, b""),
+        ] {
+            assert!(!refusal_says_not_writer(status, body), "{status} {body:?}");
+        }
     }
 
     #[test]

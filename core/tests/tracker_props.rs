@@ -4,11 +4,16 @@
 //!   seen, with a live lease, by itself and the others);
 //! - read-your-writes: within the TTL after its write, a client's read goes to the writer, or is
 //!   rejected, never to a follower; and while the writer of that write is still the writer, to it;
-//! - memory is bounded: expired pins are dropped, the cap holds, the oldest pin goes first.
+//! - memory is bounded: expired pins are dropped, the cap holds, the oldest pin goes first;
+//! - a writer that fails a write in any way but an answer is lost: every replica is due for a poll
+//!   at once, no write goes to it again in its term until its own answer to a later poll names it,
+//!   and the write is held for the next writer only when it cannot have been applied (never
+//!   reached it, or refused as not the writer); a held write goes only to a writer the model
+//!   allows, and is refused once its hold ends.
 
 use base_core::tracker::{
-    AfterOutcome, Attempt, ClientId, Delivery, LeaderClaim, Outcome, PollResult, Reject, ReplicaIx,
-    Request, RequestKind, Route, Tracker, TrackerConfig, Why, WriterClaim,
+    AfterOutcome, Attempt, ClientId, Delivery, Held, LeaderClaim, Outcome, PollResult, Reject,
+    ReplicaIx, Request, RequestKind, Route, Tracker, TrackerConfig, Why, WriterClaim,
 };
 use base_core::{Millis, NodeId, Term};
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
@@ -17,6 +22,7 @@ use std::collections::{HashMap, VecDeque};
 const REPLICAS: usize = 3;
 const POLL_INTERVAL: Millis = Millis(500);
 const RYW_TTL: Millis = Millis(2_000);
+const HOLD: Millis = Millis(1_200);
 
 fn node(i: u8) -> NodeId {
     // Index REPLICAS names a node the gateway has no address for.
@@ -39,10 +45,12 @@ enum Op {
         client: u8,
         writer_required: bool,
     },
-    /// `delivery`: 0 never reached, 1 reached and answered, 2 reached without an answer.
+    /// `delivery`: 0 never reached, 1 reached and answered, 2 reached without an answer, 3
+    /// refused as not the writer.
     Write {
         client: u8,
         delivery: u8,
+        retry: bool,
     },
 }
 
@@ -71,7 +79,8 @@ impl Arbitrary for Op {
             },
             _ => Op::Write {
                 client: pick(g, 10),
-                delivery: pick(g, 3),
+                delivery: pick(g, 4),
+                retry: pick(g, 4) == 0,
             },
         }
     }
@@ -88,6 +97,10 @@ struct Model {
     claims: Vec<Option<LeaderClaim>>,
     pins: VecDeque<(u8, Millis)>,
     cap: usize,
+    /// When each replica last answered a poll.
+    answered_at: Vec<Option<Millis>>,
+    /// The writer that last failed a write: (replica, term, when).
+    lost: Option<(ReplicaIx, Term, Millis)>,
 }
 
 impl Model {
@@ -98,6 +111,8 @@ impl Model {
             claims: vec![None; REPLICAS],
             pins: VecDeque::new(),
             cap,
+            answered_at: vec![None; REPLICAS],
+            lost: None,
         }
     }
 
@@ -114,7 +129,10 @@ impl Model {
         let own_ok = self.claims[r].as_ref().is_none_or(|c| {
             c.term == self.max_term && c.writer.as_ref().is_some_and(|w| w.node == id)
         });
-        named && own_ok
+        let lost = self.lost.is_some_and(|(l, term, at)| {
+            l == r && term == self.max_term && self.answered_at[r].is_none_or(|a| a <= at)
+        });
+        named && own_ok && !lost
     }
 
     /// The writer the tracker must find: when every claim at the highest term names the same node,
@@ -165,8 +183,14 @@ fn run(ops: &[Op], cap: usize) -> Result<(), String> {
         ..TrackerConfig::new(POLL_INTERVAL, RYW_TTL)
     };
     let ids = (0..REPLICAS as u8).map(node).collect();
+    let config = TrackerConfig {
+        hold: HOLD,
+        ..config
+    };
     let mut t = Tracker::new(ids, config).map_err(|e| e.to_string())?;
     let mut m = Model::new(cap);
+    // Writes held for a writer: (client, until).
+    let mut held: Vec<(u8, Millis)> = Vec::new();
     for (step, op) in ops.iter().enumerate() {
         let now = m.now;
         let fail = |what: String| Err(format!("step {step} {op:?} at {now}: {what}"));
@@ -185,6 +209,7 @@ fn run(ops: &[Op], cap: usize) -> Result<(), String> {
                         };
                         m.max_term = m.max_term.max(claim.term);
                         m.claims[replica as usize] = Some(claim.clone());
+                        m.answered_at[replica as usize] = Some(now);
                         PollResult::Answered(claim)
                     }
                 };
@@ -242,21 +267,30 @@ fn run(ops: &[Op], cap: usize) -> Result<(), String> {
                     return fail(format!("unpinned read routed as {:?}", f.why));
                 }
             }
-            Op::Write { client, delivery } => {
+            Op::Write {
+                client,
+                delivery,
+                retry,
+            } => {
                 let id = client_id(client);
                 let request = Request {
                     kind: RequestKind::Write,
                     writer_required: false,
                     client: Some(&id),
                 };
-                let mut route = t.route(now, request);
-                let mut attempt = Attempt::First;
-                loop {
+                let route = t.route(now, request);
+                // A driver's second try routed afresh (as after a hold) is a retry too.
+                let attempt = if retry {
+                    Attempt::Retry
+                } else {
+                    Attempt::First
+                };
+                'write: {
                     let Route::Forward(f) = route else {
                         if m.clear_writer().is_some() {
                             return fail("write rejected with a clear writer".into());
                         }
-                        break;
+                        break 'write;
                     };
                     if !m.may_write(f.replica) {
                         return fail(format!("write routed to stale replica {}", f.replica));
@@ -269,38 +303,106 @@ fn run(ops: &[Op], cap: usize) -> Result<(), String> {
                     {
                         return fail(format!("write sent to {} but the writer is {w}", f.replica));
                     }
-                    // A retry is delivered: a second failure only tests GiveUp, covered below.
-                    let reached = delivery != 0 || attempt == Attempt::Retry;
+                    let delivery = match delivery {
+                        0 => Delivery::NotReached,
+                        1 => Delivery::Reached { acknowledged: true },
+                        2 => Delivery::Reached {
+                            acknowledged: false,
+                        },
+                        _ => Delivery::NotWriter,
+                    };
+                    let reached = matches!(delivery, Delivery::Reached { .. });
                     let outcome = Outcome {
                         request,
                         replica: f.replica,
                         attempt,
-                        delivery: if reached {
-                            Delivery::Reached {
-                                acknowledged: delivery != 2,
-                            }
-                        } else {
-                            Delivery::NotReached
-                        },
+                        delivery,
                         replayable: true,
                     };
-                    match t.on_outcome(now, outcome) {
-                        AfterOutcome::Done if reached => {
-                            m.pin(client);
-                            break;
+                    let after = t.on_outcome(now, outcome);
+                    if reached {
+                        m.pin(client);
+                    }
+                    if delivery != (Delivery::Reached { acknowledged: true }) {
+                        // Writes go only to the writer: it failed this one, so it is lost.
+                        m.lost = Some((f.replica, m.max_term, now));
+                        for r in 0..REPLICAS {
+                            let due =
+                                t.next_poll(now, r, Millis(now.0.saturating_sub(1)), POLL_INTERVAL);
+                            if now.0 > 0 && due.at > now {
+                                return fail(format!(
+                                    "replica {r} not re-polled after the loss: {due:?}"
+                                ));
+                            }
                         }
-                        AfterOutcome::Retry(next) if !reached => {
-                            attempt = Attempt::Retry;
-                            route = Route::Forward(next);
+                    }
+                    match after {
+                        AfterOutcome::Done
+                            if delivery == (Delivery::Reached { acknowledged: true }) =>
+                        {
+                            break 'write;
                         }
-                        AfterOutcome::Reject(reject) if !reached => {
-                            route = Route::Reject(reject);
+                        AfterOutcome::WriterLost if reached || attempt == Attempt::Retry => {
+                            break 'write;
+                        }
+                        AfterOutcome::Hold { until } if !reached && attempt == Attempt::First => {
+                            if until != now.saturating_add(HOLD) {
+                                return fail(format!("held until {until}"));
+                            }
+                            held.push((client, until));
+                            break 'write;
                         }
                         other => return fail(format!("after {outcome:?}: {other:?}")),
                     }
                 }
             }
         }
+        // Held writes go only where the model allows, once a writer is known; refused at the end
+        // of their hold.
+        let mut still = Vec::new();
+        for (client, until) in held.drain(..) {
+            let id = client_id(client);
+            let request = Request {
+                kind: RequestKind::Write,
+                writer_required: false,
+                client: Some(&id),
+            };
+            match t.route_held(m.now, request, until) {
+                Held::Forward(f) => {
+                    if !m.may_write(f.replica) || f.term != m.max_term {
+                        return Err(format!(
+                            "step {step}: held write sent to {} at term {}",
+                            f.replica, f.term
+                        ));
+                    }
+                    let after = t.on_outcome(
+                        m.now,
+                        Outcome {
+                            request,
+                            replica: f.replica,
+                            attempt: Attempt::Retry,
+                            delivery: Delivery::Reached { acknowledged: true },
+                            replayable: true,
+                        },
+                    );
+                    if after != AfterOutcome::Done {
+                        return Err(format!("step {step}: held write's retry: {after:?}"));
+                    }
+                    m.pin(client);
+                }
+                Held::Wait { until: u } if u == until && m.now < until => {
+                    if m.clear_writer().is_some() {
+                        return Err(format!(
+                            "step {step}: a held write waits with a clear writer"
+                        ));
+                    }
+                    still.push((client, until));
+                }
+                Held::Reject(Reject::NoWriter) if m.now >= until => {}
+                other => return Err(format!("step {step}: held until {until}: {other:?}")),
+            }
+        }
+        held = still;
         // Memory: the tracker holds exactly the model's live pins, never more than the cap.
         let live = m.pins.iter().filter(|(_, until)| *until > m.now).count();
         let _ = t.route(

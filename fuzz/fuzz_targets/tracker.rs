@@ -17,7 +17,7 @@
 
 use arbitrary::Arbitrary;
 use base_core::tracker::{
-    AfterOutcome, Attempt, ClientHeaders, ClientId, Delivery, HUNT_POLL, Input, LeaderClaim,
+    AfterOutcome, Attempt, ClientHeaders, ClientId, Delivery, HUNT_POLL, Held, Input, LeaderClaim,
     MAX_CLIENT_ID_BYTES, MIN_WRITER_POLL, Outcome, PollResult, Request, RequestKind, Route,
     Tracker, TrackerConfig, Why, WriterClaim, client_identity, parse_leader_claim,
 };
@@ -113,6 +113,8 @@ struct Model {
     pins: HashMap<u8, (Millis, u64)>,
     seq: u64,
     cap: usize,
+    /// When the tracker last lost its writer (an outcome asked for a re-poll).
+    repoll_at: Option<Millis>,
 }
 
 impl Model {
@@ -236,6 +238,7 @@ fuzz_target!(|s: Scenario| {
         pins: HashMap::new(),
         seq: 0,
         cap: config.max_pins,
+        repoll_at: None,
     };
     let mut clock = Millis(s.start); // the time handed to the tracker (may go backwards)
     for op in s.ops.iter().take(512) {
@@ -289,31 +292,39 @@ fuzz_target!(|s: Scenario| {
                 let interval = Millis(u64::from(s.poll_interval));
                 let next = t.next_poll(clock, r, last_end, interval);
                 let waited = Millis(next.at.0.saturating_sub(last_end.0));
-                // Never later than the interval, never busier than the floors allow.
-                assert!(
-                    waited <= interval,
-                    "{next:?} after {last_end:?}, interval {interval:?}"
-                );
-                let floor = if t.writer(clock).is_some() {
-                    MIN_WRITER_POLL
-                } else {
-                    HUNT_POLL
-                };
-                assert!(
-                    waited >= floor.min(interval) || next.at.0 == u64::MAX,
-                    "{next:?}: polled sooner than {floor:?}"
-                );
-                // With no writer known, every replica is hunted.
-                if t.writer(clock).is_none() {
-                    assert!(waited <= HUNT_POLL, "{next:?}: no writer, yet no hunt");
-                }
-                // Asked to come back only while the writer's lease still runs, before `at`.
-                if let Some(v) = next.valid_until {
-                    assert!(v < next.at, "{next:?}");
+                'checks: {
+                    // A writer lost after this replica's last poll: it is due at that moment.
+                    if let Some(at) = m.repoll_at.filter(|&at| last_end < at) {
+                        assert_eq!(next.at, at, "not re-polled after the writer was lost");
+                        assert!(next.at <= m.now);
+                        break 'checks;
+                    }
+                    // Never later than the interval, never busier than the floors allow.
                     assert!(
-                        t.writer(clock).is_some_and(|(_, _, lease)| lease == v),
-                        "{next:?}"
+                        waited <= interval,
+                        "{next:?} after {last_end:?}, interval {interval:?}"
                     );
+                    let floor = if t.writer(clock).is_some() {
+                        MIN_WRITER_POLL
+                    } else {
+                        HUNT_POLL
+                    };
+                    assert!(
+                        waited >= floor.min(interval) || next.at.0 == u64::MAX,
+                        "{next:?}: polled sooner than {floor:?}"
+                    );
+                    // With no writer known, every replica is hunted.
+                    if t.writer(clock).is_none() {
+                        assert!(waited <= HUNT_POLL, "{next:?}: no writer, yet no hunt");
+                    }
+                    // Asked to come back only while the writer's lease still runs, before `at`.
+                    if let Some(v) = next.valid_until {
+                        assert!(v < next.at, "{next:?}");
+                        assert!(
+                            t.writer(clock).is_some_and(|(_, _, lease)| lease == v),
+                            "{next:?}"
+                        );
+                    }
                 }
             }
             Op::Request(req) => {
@@ -349,13 +360,15 @@ fuzz_target!(|s: Scenario| {
                     writer_required: req.writer_required,
                     client: c.as_ref(),
                 };
-                let delivery = match delivery % 3 {
+                let delivery = match delivery % 4 {
                     0 => Delivery::NotReached,
                     1 => Delivery::Reached { acknowledged: true },
+                    2 => Delivery::NotWriter,
                     _ => Delivery::Reached {
                         acknowledged: false,
                     },
                 };
+                let unsent = matches!(delivery, Delivery::NotReached | Delivery::NotWriter);
                 let attempt = if *retry {
                     Attempt::Retry
                 } else {
@@ -376,19 +389,30 @@ fuzz_target!(|s: Scenario| {
                 {
                     m.pin(cl % 16, config.ryw_ttl);
                 }
+                if after.repoll() {
+                    m.repoll_at = Some(m.now);
+                }
                 match after {
                     AfterOutcome::Retry(f) => {
-                        assert!(
-                            delivery == Delivery::NotReached && !*retry && *replayable,
-                            "retry not allowed here"
-                        );
+                        assert!(unsent && !*retry && *replayable, "retry not allowed here");
                         check_route(&m, *req, Route::Forward(f));
                     }
-                    AfterOutcome::Reject(_) => {
-                        assert!(delivery == Delivery::NotReached && !*retry && *replayable)
+                    AfterOutcome::Reject(_) => assert!(unsent && !*retry && *replayable),
+                    AfterOutcome::GiveUp => assert!(unsent),
+                    AfterOutcome::Done => assert!(!unsent),
+                    AfterOutcome::Hold { until } => {
+                        // Only what cannot have been applied is held for the next writer.
+                        assert!(unsent && !*retry && *replayable, "hold not allowed here");
+                        assert!(until >= m.now);
+                        assert!(t.writer(clock).is_none(), "held while a writer is known");
+                        if let Held::Forward(f) = t.route_held(clock, request, until) {
+                            check_route(&m, *req, Route::Forward(f));
+                        }
                     }
-                    AfterOutcome::GiveUp => assert!(delivery == Delivery::NotReached),
-                    AfterOutcome::Done => assert!(delivery != Delivery::NotReached),
+                    AfterOutcome::WriterLost => {
+                        assert!(delivery != Delivery::Reached { acknowledged: true });
+                        assert!(t.writer(clock).is_none(), "a lost writer is still known");
+                    }
                 }
             }
             Op::Identity {

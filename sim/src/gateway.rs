@@ -9,10 +9,11 @@ use crate::world::{
     gateway_addr, lock, pod_id,
 };
 use base_core::tracker::{
-    AfterOutcome, Attempt, ClientHeaders, ClientId, Delivery, Forward, Outcome, PollEffect,
+    AfterOutcome, Attempt, ClientHeaders, ClientId, Delivery, Forward, Held, Outcome, PollEffect,
     PollResult, Request, RequestKind, Route, client_identity, parse_leader_claim,
 };
 use base_core::{Millis, Term};
+use futures::channel::oneshot;
 use madsim::net::Endpoint;
 use std::time::Duration;
 
@@ -75,7 +76,43 @@ impl World {
             let w = writer.map_or("none".to_string(), |w| pod_id(w as i32).0);
             self.ev(format!("gateway: writer is {w} at term {term}"));
         }
+        // Held requests ask the tracker again after every poll result.
+        for waiter in self.gateway.poll_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
         now
+    }
+
+    /// A receiver that fires when the gateway's tracker loses its writer (its pollers wake).
+    fn gateway_repoll_waiter(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        // Pollers whose sleep ended first dropped their receivers: do not keep their senders.
+        self.gateway.repoll_waiters.retain(|w| !w.is_canceled());
+        self.gateway.repoll_waiters.push(tx);
+        rx
+    }
+
+    /// A receiver that fires at the gateway's next poll result (a held request asks again).
+    fn gateway_poll_waiter(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.gateway.poll_waiters.retain(|w| !w.is_canceled());
+        self.gateway.poll_waiters.push(tx);
+        rx
+    }
+
+    /// Where a held request goes now (`Tracker::route_held`); checks invariant 3 on a forward.
+    fn gateway_route_held(&mut self, client: &ClientId, kind: RequestKind, until: Millis) -> Held {
+        let now = self.gateway_now();
+        let request = Request {
+            kind,
+            writer_required: false,
+            client: Some(client),
+        };
+        let held = self.gateway.tracker.route_held(now, request, until);
+        if let Held::Forward(f) = held {
+            self.check_route(f);
+        }
+        held
     }
 
     /// How long the poller of `ordinal`, whose last poll ended at `last_end`, sleeps before it
@@ -199,6 +236,15 @@ impl World {
         if let AfterOutcome::Retry(f) = after {
             self.check_route(f);
         }
+        if after.repoll() {
+            self.ev(format!(
+                "gateway: writer {} failed a request ({delivery:?}): re-polling every replica",
+                pod_id(f.replica as i32)
+            ));
+            for waiter in self.gateway.repoll_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
         after
     }
 
@@ -281,11 +327,20 @@ pub async fn poll_loop(world: Shared, ordinal: i32) {
             None => None,
         };
         let last_end = lock(&world).poll_result(ordinal, body);
-        // Wakes early when the writer's lease ends: the rule changes then (hunting).
+        // Wakes early when the writer's lease ends (the rule changes then: hunting), or when
+        // the tracker lost its writer (every replica is due at once).
         loop {
-            let wait = lock(&world).gateway_poll_wait(ordinal, last_end);
+            let (wait, repoll) = {
+                let mut w = lock(&world);
+                (
+                    w.gateway_poll_wait(ordinal, last_end),
+                    w.gateway_repoll_waiter(),
+                )
+            };
             let Some(wait_ms) = wait else { break };
-            madsim::time::sleep(Duration::from_millis(wait_ms)).await;
+            let sleep = madsim::time::sleep(Duration::from_millis(wait_ms));
+            futures::pin_mut!(sleep);
+            let _ = futures::future::select(sleep, repoll).await;
         }
     }
 }
@@ -406,6 +461,14 @@ async fn handle_request(world: &Shared, client: u32, op: ClientOp) -> ClientResu
         let (delivery, result) = if reachable {
             let reply = forward(world, f, client, op).await;
             let acknowledged = reply.is_some();
+            // A refusal says the replica is not the writer and applied nothing.
+            let refused = matches!(
+                reply,
+                Some(Packet::WriteReply {
+                    reply: WriteReply::Refused { .. },
+                    ..
+                })
+            );
             let result = match reply {
                 None => ClientResult::Failed,
                 Some(Packet::ReadReply { .. }) => ClientResult::ReadOk,
@@ -424,13 +487,45 @@ async fn handle_request(world: &Shared, client: u32, op: ClientOp) -> ClientResu
                 }) => ClientResult::Rejected,
                 Some(_) => ClientResult::Failed,
             };
-            (Delivery::Reached { acknowledged }, result)
+            let delivery = if refused {
+                Delivery::NotWriter
+            } else {
+                Delivery::Reached { acknowledged }
+            };
+            (delivery, result)
         } else {
             (Delivery::NotReached, ClientResult::Failed)
         };
         let after = lock(world).gateway_outcome(&cid, kind, f, attempt, delivery);
         match after {
             AfterOutcome::Retry(next) if attempt == Attempt::First => {
+                route = Route::Forward(next);
+                attempt = Attempt::Retry;
+            }
+            AfterOutcome::Hold { until } if attempt == Attempt::First => {
+                // Held until a poll finds a writer (adapter-k8s `proxy::hold`).
+                let next = loop {
+                    let (held, polled) = {
+                        let mut w = lock(world);
+                        (
+                            w.gateway_route_held(&cid, kind, until),
+                            w.gateway_poll_waiter(),
+                        )
+                    };
+                    match held {
+                        Held::Forward(f) => break Some(f),
+                        Held::Reject(_) => break None,
+                        Held::Wait { until } => {
+                            let left = until.0.saturating_sub(lock(world).gateway_now().0);
+                            let sleep = madsim::time::sleep(Duration::from_millis(left.max(1)));
+                            futures::pin_mut!(sleep);
+                            let _ = futures::future::select(sleep, polled).await;
+                        }
+                    }
+                };
+                let Some(next) = next else {
+                    return ClientResult::Rejected;
+                };
                 route = Route::Forward(next);
                 attempt = Attempt::Retry;
             }

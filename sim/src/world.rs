@@ -309,6 +309,11 @@ pub struct Poller {
     pub seq: u64,
     /// The writer this tracker last named (the checkers' record).
     pub named: Option<(i32, Term)>,
+    /// Pollers asleep until their next poll, to be woken when the tracker lost its writer
+    /// (`AfterOutcome::repoll`; adapter-k8s: the `repoll` watch channel).
+    pub repoll_waiters: Vec<futures::channel::oneshot::Sender<()>>,
+    /// Requests held for a writer, woken after every poll result (adapter-k8s: `polled`).
+    pub poll_waiters: Vec<futures::channel::oneshot::Sender<()>>,
 }
 
 impl Poller {
@@ -317,13 +322,21 @@ impl Poller {
         Poller {
             tracker: Tracker::new(
                 replicas,
-                TrackerConfig::new(Millis(poll_interval_ms), Millis(ryw_ttl_ms)),
+                TrackerConfig {
+                    // A held write's retry must still be answered within the client's wait.
+                    hold: Millis(
+                        crate::gateway::CLIENT_TIMEOUT_MS - crate::gateway::FORWARD_TIMEOUT_MS,
+                    ),
+                    ..TrackerConfig::new(Millis(poll_interval_ms), Millis(ryw_ttl_ms))
+                },
             )
             .expect("a valid replica list"),
             clock,
             max_term_seen: Term(0),
             seq: 0,
             named: None,
+            repoll_waiters: Vec::new(),
+            poll_waiters: Vec::new(),
         }
     }
 }

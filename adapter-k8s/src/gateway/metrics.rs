@@ -1,6 +1,6 @@
 //! The gateway's Prometheus metrics (text exposition format).
 
-use base_core::tracker::{Reject, RequestKind, Why};
+use base_core::tracker::{Delivery, Reject, RequestKind, Why};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,6 +20,8 @@ pub struct Metrics {
     retries: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
     polls: Family<Labels, Counter>,
+    writer_lost: Family<Labels, Counter>,
+    held: Family<Labels, Counter>,
     term: Gauge,
     writer_known: Gauge,
     pins: Gauge,
@@ -91,6 +93,18 @@ impl Metrics {
             "Polls of /_ha/leader, by result (ok, stale, failed)",
             polls.clone(),
         );
+        let writer_lost = Family::<Labels, Counter>::default();
+        registry.register(
+            "writer_lost",
+            "Requests the writer failed, each losing it and re-polling every replica at once, by how (not_writer, unreachable, no_answer)",
+            writer_lost.clone(),
+        );
+        let held = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests_held",
+            "Requests held after the writer failed them until a poll found a writer, by result (forwarded, expired)",
+            held.clone(),
+        );
         let term = Gauge::default();
         registry.register(
             "term",
@@ -117,6 +131,8 @@ impl Metrics {
             retries,
             upstream_errors,
             polls,
+            writer_lost,
+            held,
             term,
             writer_known,
             pins,
@@ -171,6 +187,20 @@ impl Metrics {
             PollKind::Failed => "failed",
         };
         self.polls.get_or_create(&[("result", label)]).inc();
+    }
+
+    pub fn writer_lost(&self, delivery: Delivery) {
+        let how = match delivery {
+            Delivery::NotWriter => "not_writer",
+            Delivery::NotReached => "unreachable",
+            Delivery::Reached { .. } => "no_answer",
+        };
+        self.writer_lost.get_or_create(&[("how", how)]).inc();
+    }
+
+    pub fn held(&self, forwarded: bool) {
+        let result = if forwarded { "forwarded" } else { "expired" };
+        self.held.get_or_create(&[("result", result)]).inc();
     }
 
     /// Sets the gauges that mirror the tracker's state.

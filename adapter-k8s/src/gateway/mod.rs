@@ -3,9 +3,19 @@
 //! It polls every replica's `GET /_ha/leader` each `--poll-interval` and routes each request with
 //! [`base_core::tracker`]: writes (and `X-Base-Writer: required`) to the writer, reads round robin
 //! to the ready replicas, a client's reads to the writer for `--ryw-ttl` after its write, `503
-//! {"error":"no_writer"}` when no writer with a live lease is known. Bodies stream both ways; a
-//! write is held in memory (up to `--retry-buffer-bytes`) only so that it can be sent once more if
-//! the first try never reached a replica.
+//! {"error":"no_writer"}` (with `Retry-After: 1`) when no writer with a live lease is known.
+//! Bodies stream both ways; a write is held in memory (up to `--retry-buffer-bytes`) only so that
+//! it can be sent once more if the first try never reached a replica or was refused by one that
+//! is not the writer.
+//!
+//! When a request sent to the writer fails there (the agent answers `307` or `503 no_writer`, the
+//! connection is refused, reset or times out), the tracker loses the writer and every poller wakes
+//! at once ([`base_core::tracker::AfterOutcome::repoll`]); a request that cannot have been applied
+//! is held (up to `--failover-hold`) until a poll finds the new writer, then sent there. One that
+//! may have been applied (sent, then a timeout or a broken connection) is never sent again: the
+//! client gets `504 upstream_timeout` / `502 upstream_unreachable`. A refusal that cannot be
+//! retried is answered `503 {"error":"no_writer"}` with `Retry-After: 1`, never the agent's `307`
+//! (its `Location` is a pod's address).
 //!
 //! The gateway's own endpoints, on the same listener:
 //! - `/_gateway/metrics`: Prometheus text format (also at `/metrics` unless `--root-metrics=false`,
@@ -39,9 +49,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// Default cap on a write body kept in memory for a retry.
@@ -84,6 +96,11 @@ pub struct GatewayArgs {
     /// A request or response body that sends nothing for this long is cut off.
     #[arg(long, env = "BASE_GATEWAY_BODY_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub body_idle_timeout: Duration,
+
+    /// How long a request the writer could not take (refused, or unreachable: nothing applied) is
+    /// held while the gateway looks for the new writer, then sent there; 0 answers 503 at once.
+    #[arg(long, env = "BASE_GATEWAY_FAILOVER_HOLD", default_value = "5s", value_parser = parse_duration)]
+    pub failover_hold: Duration,
 
     /// A write body up to this size is kept so it can be retried; a larger one streams, no retry.
     #[arg(long, env = "BASE_GATEWAY_RETRY_BUFFER_BYTES", default_value_t = DEFAULT_RETRY_BUFFER_BYTES)]
@@ -162,6 +179,8 @@ struct Target {
     /// Base URL without a trailing slash.
     base: String,
     leader_url: String,
+    /// Polls of this replica so far (shown in `/_gateway/state`).
+    polls: AtomicU64,
 }
 
 impl Target {
@@ -185,6 +204,10 @@ struct Shared {
     retry_buffer_bytes: usize,
     /// Refused control requests are logged once per source.
     refusals: crate::refusals::SourceLog,
+    /// Bumped when the tracker lost its writer: every poller wakes and asks when to poll.
+    repoll: watch::Sender<u64>,
+    /// Bumped after every poll result: held requests ask the tracker again.
+    polled: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -199,6 +222,12 @@ impl Shared {
     fn reject(&self, reject: Reject) -> Response {
         self.metrics.rejected(reject);
         proxy::reject_response(reject)
+    }
+
+    /// The tracker lost its writer: wake every poller (each asks `Tracker::poll_wait` again and
+    /// finds itself due).
+    fn repoll(&self) {
+        self.repoll.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -239,11 +268,15 @@ impl Gateway {
                 id: NodeId::new(checked.id),
                 leader_url: format!("{}/_ha/leader", checked.url),
                 base: checked.url,
+                polls: AtomicU64::new(0),
             });
         }
         let tracker = Tracker::new(
             replicas.iter().map(|t| t.id.clone()).collect(),
-            TrackerConfig::new(duration_ms(args.poll_interval), duration_ms(args.ryw_ttl)),
+            TrackerConfig {
+                hold: duration_ms(args.failover_hold),
+                ..TrackerConfig::new(duration_ms(args.poll_interval), duration_ms(args.ryw_ttl))
+            },
         )?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(args.connect_timeout));
@@ -270,6 +303,8 @@ impl Gateway {
                 body_idle_timeout: args.body_idle_timeout,
                 retry_buffer_bytes: args.retry_buffer_bytes,
                 refusals: crate::refusals::SourceLog::default(),
+                repoll: watch::Sender::new(0),
+                polled: watch::Sender::new(0),
             }),
             root_metrics: args.root_metrics,
         })
@@ -376,6 +411,7 @@ async fn state(State(shared): State<Arc<Shared>>) -> Response {
                 "url": r.base,
                 "ready": t.is_ready(now, ix),
                 "reported_term": t.reported_term(ix).map(|term| term.0),
+                "polls": r.polls.load(std::sync::atomic::Ordering::Relaxed),
             })).collect::<Vec<_>>(),
         })
     };

@@ -46,6 +46,9 @@ pub async fn poll_once(
 pub(super) async fn poll_and_record(shared: &Shared, replica: ReplicaIx, last: &mut PollKind) {
     let target = &shared.replicas[replica];
     let result = poll_once(&shared.poll_client, &target.leader_url, shared.poll_timeout).await;
+    target
+        .polls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (poll_result, error) = match result {
         Ok(claim) => (PollResult::Answered(claim), None),
         Err(e) => (PollResult::Failed, Some(e)),
@@ -59,6 +62,8 @@ pub(super) async fn poll_and_record(shared: &Shared, replica: ReplicaIx, last: &
             .and_then(|(ix, term, _)| t.replica_id(ix).map(|id| (id.clone(), term)));
         (effect, writer, t.highest_term(), t.pin_count())
     };
+    // Requests held for a writer ask again.
+    shared.polled.send_modify(|n| *n = n.wrapping_add(1));
     shared.metrics.set_state(term.0, writer.is_some(), pins);
     let kind = match (&effect, &error) {
         (_, Some(_)) | (PollEffect::Failed, _) => PollKind::Failed,
@@ -91,15 +96,31 @@ pub(super) async fn poll_and_record(shared: &Shared, replica: ReplicaIx, last: &
 /// Polls one replica every `poll_interval` until the task is aborted.
 pub(super) async fn poll_loop(shared: Arc<Shared>, replica: ReplicaIx) {
     let mut last = PollKind::Ok;
+    let mut repoll = shared.repoll.subscribe();
     loop {
         poll_and_record(&shared, replica, &mut last).await;
         // Counted from the poll's end: a slow poll delays the next one rather than bunching them up.
         let last_end = super::now_ms();
         // The core tracker's rule (`Tracker::poll_wait`): the writer is polled again before its
-        // lease passes, every replica every 100 ms while no writer is known, and the sleep ends
-        // early when the writer's lease does (the rule changes then).
-        while let Some(wait) = poll_wait(&shared, super::now_ms(), replica, last_end) {
-            tokio::time::sleep(Duration::from_millis(wait.0)).await;
+        // lease passes, every replica every 100 ms while no writer is known, at once when the
+        // writer was lost after this poll ended, and the sleep ends early when the writer's lease
+        // does (the rule changes then) or the writer is lost (`Shared::repoll`).
+        loop {
+            // Marked seen before asking: a loss after this wakes the sleep below.
+            repoll.borrow_and_update();
+            let Some(wait) = poll_wait(&shared, super::now_ms(), replica, last_end) else {
+                break;
+            };
+            let sleep = tokio::time::sleep(Duration::from_millis(wait.0));
+            tokio::select! {
+                () = sleep => {}
+                changed = repoll.changed() => {
+                    if changed.is_err() {
+                        // The sender lives as long as `shared`: not reached, but never spin.
+                        tokio::time::sleep(Duration::from_millis(wait.0)).await;
+                    }
+                }
+            }
         }
     }
 }

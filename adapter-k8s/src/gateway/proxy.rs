@@ -1,4 +1,6 @@
-//! Forwarding one request: ask the tracker where, stream it there, retry once if it never arrived.
+//! Forwarding one request: ask the tracker where, stream it there, retry once if it never arrived
+//! or the replica refused it as not the writer (held, first, until a poll finds the new writer
+//! when the writer itself failed it).
 
 use super::Shared;
 use super::metrics::UpstreamError;
@@ -8,7 +10,8 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use base_core::tracker::{
-    self, AfterOutcome, Attempt, ClientHeaders, Delivery, Outcome, Reject, RequestKind, Route,
+    self, AfterOutcome, Attempt, ClientHeaders, Delivery, Forward, Held, Outcome, Reject,
+    RequestKind, Route, Why,
 };
 use base_core::wire::HEADER_WRITER_REQUIRED;
 use bytes::Bytes;
@@ -128,17 +131,20 @@ pub(super) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -
         };
         let result = send(&shared, &parts.method, uri, &headers, outgoing.take()).await;
         let (delivery, failure) = match result {
-            Ok(response) => {
-                let outcome = Outcome {
-                    request,
-                    replica: forward.replica,
-                    attempt,
-                    delivery: Delivery::Reached { acknowledged: true },
-                    replayable: outgoing.replayable(),
-                };
-                let _done = shared.lock_tracker().on_outcome(super::now_ms(), outcome);
-                return response_to_client(response, shared.body_idle_timeout);
-            }
+            Ok(response) => match refused_as_not_writer(response, forward.why, &shared).await {
+                Answer::Passed(response) => {
+                    let outcome = Outcome {
+                        request,
+                        replica: forward.replica,
+                        attempt,
+                        delivery: Delivery::Reached { acknowledged: true },
+                        replayable: outgoing.replayable(),
+                    };
+                    let _done = shared.lock_tracker().on_outcome(super::now_ms(), outcome);
+                    return response;
+                }
+                Answer::NotWriter => (Delivery::NotWriter, None),
+            },
             Err(error) => {
                 shared.metrics.upstream_error(error);
                 let delivery = match error {
@@ -147,7 +153,7 @@ pub(super) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -
                         acknowledged: false,
                     },
                 };
-                (delivery, error)
+                (delivery, Some(error))
             }
         };
         let outcome = Outcome {
@@ -158,26 +164,125 @@ pub(super) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -
             replayable: outgoing.replayable(),
         };
         let after = shared.lock_tracker().on_outcome(super::now_ms(), outcome);
-        tracing::debug!(replica = %target.id, ?failure, ?after, "forwarding failed");
-        match after {
-            AfterOutcome::Retry(next) => {
+        if after.repoll() {
+            shared.metrics.writer_lost(delivery);
+            shared.repoll();
+            tracing::info!(replica = %target.id, ?delivery, ?failure,
+                "the writer failed a request: re-polling every replica");
+        } else {
+            tracing::debug!(replica = %target.id, ?delivery, ?failure, ?after, "forwarding failed");
+        }
+        let next = match after {
+            AfterOutcome::Retry(next) => Ok(next),
+            AfterOutcome::Hold { until } => hold(&shared, request, until).await,
+            AfterOutcome::Reject(reject) => Err(reject),
+            AfterOutcome::Done | AfterOutcome::GiveUp | AfterOutcome::WriterLost => {
+                return match failure {
+                    Some(UpstreamError::Timeout) => {
+                        json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+                    }
+                    Some(UpstreamError::Connect | UpstreamError::Broken) => {
+                        json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable")
+                    }
+                    // Refused, nothing applied, and not sent again: the client may retry.
+                    None => shared.reject(Reject::NoWriter),
+                };
+            }
+        };
+        match next {
+            Ok(next) => {
                 shared.metrics.retried(kind);
                 attempt = Attempt::Retry;
                 forward = next;
             }
-            AfterOutcome::Reject(reject) => return shared.reject(reject),
-            AfterOutcome::Done | AfterOutcome::GiveUp => {
-                return match failure {
-                    UpstreamError::Timeout => {
-                        json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+            Err(reject) => return shared.reject(reject),
+        }
+    }
+}
+
+/// Holds a request that the lost writer could not take until a poll finds a writer
+/// (`Tracker::route_held`, asked after every poll result) or the hold ends.
+async fn hold(
+    shared: &Shared,
+    request: tracker::Request<'_>,
+    until: base_core::Millis,
+) -> Result<Forward, Reject> {
+    let mut polled = shared.polled.subscribe();
+    loop {
+        // Marked seen before asking: a poll result after this wakes the wait below.
+        polled.borrow_and_update();
+        let held = shared
+            .lock_tracker()
+            .route_held(super::now_ms(), request, until);
+        match held {
+            Held::Forward(forward) => {
+                shared.metrics.held(true);
+                return Ok(forward);
+            }
+            Held::Reject(reject) => {
+                shared.metrics.held(false);
+                return Err(reject);
+            }
+            Held::Wait { until } => {
+                let left = until.0.saturating_sub(super::now_ms().0).max(1);
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(left)) => {}
+                    changed = polled.changed() => {
+                        if changed.is_err() {
+                            tokio::time::sleep(Duration::from_millis(left)).await;
+                        }
                     }
-                    UpstreamError::Connect | UpstreamError::Broken => {
-                        json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable")
-                    }
-                };
+                }
             }
         }
     }
+}
+
+/// A replica's response, seen by the gateway before passing it on.
+enum Answer {
+    Passed(Response),
+    /// The replica said it is not the writer and did nothing (`tracker::refusal_says_not_writer`).
+    NotWriter,
+}
+
+/// The most of a `503`/`409` body read to tell a not-writer refusal (agents' errors are tiny).
+const REFUSAL_BODY_BYTES: u64 = 4 * 1024;
+
+/// Tells a refusal of a request sent to the writer (`why` not a plain read: those pass as they
+/// are, a strong read's `307` included) from any other answer, which is passed on.
+async fn refused_as_not_writer(
+    response: axum::http::Response<hyper::body::Incoming>,
+    why: Why,
+    shared: &Shared,
+) -> Answer {
+    let status = response.status();
+    let looks = matches!(status.as_u16(), 307 | 409 | 503) && why != Why::Read;
+    if !looks {
+        return Answer::Passed(response_to_client(response, shared.body_idle_timeout));
+    }
+    if status == StatusCode::TEMPORARY_REDIRECT {
+        return Answer::NotWriter;
+    }
+    let small = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n <= REFUSAL_BODY_BYTES);
+    if !small {
+        return Answer::Passed(response_to_client(response, shared.body_idle_timeout));
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = match tokio::time::timeout(shared.body_idle_timeout, body.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        // The answer broke off: as for any broken answer, the client gets a 502.
+        _ => return Answer::Passed(json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable")),
+    };
+    if tracker::refusal_says_not_writer(status.as_u16(), &bytes) {
+        return Answer::NotWriter;
+    }
+    parts.headers = strip_hop_by_hop(&parts.headers);
+    Answer::Passed(Response::from_parts(parts, Body::from(bytes)))
 }
 
 /// Sends one try; classifies failures by whether the request can have reached the replica.
@@ -344,8 +449,14 @@ pub(super) fn json_response(status: StatusCode, body: String) -> Response {
     response
 }
 
+/// The gateway's own `503`: no writer (or no replica) known now. `Retry-After: 1`: a failover
+/// usually ends within a second or two, and the gateway is already looking.
 pub(super) fn reject_response(reject: Reject) -> Response {
-    json_response(StatusCode::SERVICE_UNAVAILABLE, reject.body().to_owned())
+    let mut response = json_response(StatusCode::SERVICE_UNAVAILABLE, reject.body().to_owned());
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
