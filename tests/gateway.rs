@@ -42,6 +42,13 @@ struct Script {
     garbled: [bool; 3],
     /// A replica stuck at an older view: (term, writer it names).
     stale: [Option<(u64, Option<usize>)>; 3],
+    /// Replicas that refuse writes as an agent that is no longer the writer does: `503
+    /// {"error":"no_writer"}`, or `307` to the new writer when `redirect`.
+    refuse_writes: [bool; 3],
+    redirect: bool,
+    /// What a refusal changes first: the cluster moves on to this (writer, term), which the
+    /// refusing replica knows of (a hand-over).
+    on_refusal: Option<(usize, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -112,6 +119,7 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     let hit = Hit {
         method,
         path: uri.path().to_owned(),
@@ -123,6 +131,30 @@ async fn record(
         at: SystemTime::now(),
     };
     s.cluster.hits[s.me].lock().unwrap().push(hit);
+    {
+        let mut script = s.cluster.script.lock().unwrap();
+        if script.refuse_writes[s.me] && write {
+            script.refuse_writes[s.me] = false;
+            if let Some((writer, term)) = script.on_refusal.take() {
+                script.writer = Some(writer);
+                script.term = term;
+            }
+            if script.redirect {
+                let to = format!(
+                    "http://{}{}",
+                    s.cluster.addrs[script.writer.unwrap_or(0)],
+                    uri
+                );
+                return (StatusCode::TEMPORARY_REDIRECT, [("location", to)]).into_response();
+            }
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("content-type", "application/json")],
+                r#"{"error":"no_writer"}"#,
+            )
+                .into_response();
+        }
+    }
     (
         [("x-replica", name(s.me))],
         format!(r#"{{"replica":"{}","len":{}}}"#, name(s.me), body.len()),
@@ -159,6 +191,9 @@ impl StandIns {
                 polls_fail: [false; 3],
                 garbled: [false; 3],
                 stale: [None; 3],
+                refuse_writes: [false; 3],
+                redirect: false,
+                on_refusal: None,
             }),
             hits: (0..3).map(|_| Mutex::new(Vec::new())).collect(),
             addrs: listeners.iter().map(|l| l.local_addr().unwrap()).collect(),
@@ -298,6 +333,7 @@ struct Client {
 struct Answer {
     status: StatusCode,
     replica: Option<String>,
+    retry_after: Option<String>,
     body: String,
 }
 
@@ -328,10 +364,16 @@ impl Client {
                 .get("x-replica")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let body = response.text().await.expect("body");
             Answer {
                 status,
                 replica,
+                retry_after,
                 body,
             }
         })
@@ -578,6 +620,8 @@ fn nothing_known_means_503_and_a_garbled_answer_is_a_failed_poll() {
     let w = client.post(&gw.url("/w"), "c", Vec::new());
     assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(w.body, r#"{"error":"no_writer"}"#);
+    // With a hint: the gateway is looking, a failover is usually over within a second or two.
+    assert_eq!(w.retry_after.as_deref(), Some("1"));
     assert_eq!(client.get(&gw.url("/r"), "c").status, StatusCode::OK);
     // A garbled answer is a failed poll: that replica leaves the read rotation, nothing panics.
     replicas.script(|s| s.garbled[0] = true);
@@ -603,6 +647,83 @@ fn nothing_known_means_503_and_a_garbled_answer_is_a_failed_poll() {
         client.get(&gw.url("/r"), "c").status == StatusCode::SERVICE_UNAVAILABLE
     });
     assert!(gw.log_text().contains("poll failed"));
+}
+
+/// A write the writer refuses as not the writer (`503 no_writer`, then `307`) reached it but was
+/// not applied: the gateway loses the writer, re-polls every replica at once, holds the write and
+/// sends it to the writer the re-poll finds. With `--poll-interval 1h` and 60 s leases nothing but
+/// the re-poll polls the followers (the writer is polled every 30 s): without it the client got
+/// the refusal (or a pod's `307`) and the next writes went to the old writer for half a minute.
+#[test]
+fn a_write_the_writer_refuses_is_held_and_sent_to_the_writer_the_re_poll_finds() {
+    let replicas = StandIns::start(Some(0), 1, Lease::Renewing(Duration::from_secs(60)));
+    let gw = Gateway::start(&replicas.replicas_flag(), &["--poll-interval", "1h"]);
+    let client = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        ..Client::new()
+    };
+    wait_until("b-0 is the writer", &gw, || {
+        client.state(&gw)["writer"] == "b-0"
+    });
+    for (from, to, redirect) in [(0, 1, false), (1, 2, true)] {
+        let term = (to + 1) as u64;
+        replicas.script(|s| {
+            s.refuse_writes[from] = true;
+            s.redirect = redirect;
+            s.on_refusal = Some((to, term));
+        });
+        let before = client.state(&gw)["replicas"][to]["polls"]
+            .as_u64()
+            .expect("polls");
+        let since = SystemTime::now();
+        let answer = client.post(&gw.url("/w"), "c", b"row".to_vec());
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "{answer:?}; gateway:\n{}",
+            gw.log_text()
+        );
+        assert_eq!(answer.replica, Some(name(to)));
+        // The order of events: refused by the old writer, then taken by the new one, once each.
+        let writes: Vec<usize> = replicas
+            .hits_since(since)
+            .into_iter()
+            .filter(|(_, h)| h.method == Method::POST)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(writes.len(), 2, "{writes:?}");
+        assert!(writes.contains(&from) && writes.contains(&to), "{writes:?}");
+        let state = client.state(&gw);
+        assert_eq!(state["writer"], name(to).as_str());
+        assert_eq!(state["term"], term);
+        assert!(
+            state["replicas"][to]["polls"].as_u64().expect("polls") > before,
+            "the new writer was not re-polled: {state}"
+        );
+    }
+    let metrics = client
+        .send(Method::GET, &gw.url("/_gateway/metrics"), &[], Vec::new())
+        .body;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"base_gateway_writer_lost_total{how="not_writer"}"#
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"base_gateway_requests_held_total{result="forwarded"}"#
+        ),
+        2.0,
+        "{metrics}"
+    );
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -666,23 +787,46 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// What a test of three real agents starts from: Base stand-ins behind them (upstream i behind
+/// agent b-i; their script is unused), a free port each, the `--peers` list, a fresh state dir.
+struct AgentSetup {
+    upstreams: StandIns,
+    ports: Vec<u16>,
+    peers: String,
+    dir: std::path::PathBuf,
+}
+
+impl AgentSetup {
+    fn new(tag: &str) -> AgentSetup {
+        let upstreams = StandIns::start(None, 0, Lease::Renewing(Duration::from_secs(1)));
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peers = (0..3)
+            .map(|i| format!("{}=http://127.0.0.1:{}", name(i), ports[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("base-gateway-{tag}-{}-{nanos}", std::process::id()));
+        AgentSetup {
+            upstreams,
+            ports,
+            peers,
+            dir,
+        }
+    }
+}
+
 #[test]
 fn with_real_agents_the_gateway_never_routes_to_a_killed_writer_after_its_lease() {
-    // Base stand-ins behind the agents: upstream i is behind agent b-i (its script is unused).
-    let upstreams = StandIns::start(None, 0, Lease::Renewing(Duration::from_secs(1)));
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = (0..3)
-        .map(|i| format!("{}=http://127.0.0.1:{}", name(i), ports[i]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "base-gateway-agents-{}-{nanos}",
-        std::process::id()
-    ));
+    let AgentSetup {
+        upstreams,
+        ports,
+        peers,
+        dir,
+    } = AgentSetup::new("agents");
     let mut agents: Vec<Option<Agent>> = (0..3)
         .map(|i| {
             let state = dir.join(name(i));
@@ -807,20 +951,12 @@ fn metric(text: &str, sample: &str) -> f64 {
 /// before the old one exited proves nothing and is run again.
 #[test]
 fn with_real_agents_a_write_after_the_writer_exits_is_held_and_lands_on_the_new_writer() {
-    let upstreams = StandIns::start(None, 0, Lease::Renewing(Duration::from_secs(1)));
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = (0..3)
-        .map(|i| format!("{}=http://127.0.0.1:{}", name(i), ports[i]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "base-gateway-handover-{}-{nanos}",
-        std::process::id()
-    ));
+    let AgentSetup {
+        upstreams,
+        ports,
+        peers,
+        dir,
+    } = AgentSetup::new("handover");
     // A lease of ~2.8 s: the gateway's copy of it outlives the writer's exit by at least half.
     let timing = [
         "--election-timeout-min-ms",

@@ -1115,6 +1115,17 @@ mod tests {
         }
     }
 
+    /// The first try of `request` at `replica`, replayable.
+    fn first_try(request: Request<'_>, replica: ReplicaIx, delivery: Delivery) -> Outcome<'_> {
+        Outcome {
+            request,
+            replica,
+            attempt: Attempt::First,
+            delivery,
+            replayable: true,
+        }
+    }
+
     fn target(route: Route) -> Option<ReplicaIx> {
         match route {
             Route::Forward(f) => Some(f.replica),
@@ -1470,16 +1481,7 @@ mod tests {
             Millis(2_000)
         );
         let w = write(None);
-        let after = t.on_outcome(
-            Millis(1_100),
-            Outcome {
-                request: w,
-                replica: 1,
-                attempt: Attempt::First,
-                delivery: Delivery::NotReached,
-                replayable: true,
-            },
-        );
+        let after = t.on_outcome(Millis(1_100), first_try(w, 1, Delivery::NotReached));
         let Some(until) = (match after {
             AfterOutcome::Hold { until } => Some(until),
             _ => None,
@@ -1520,16 +1522,7 @@ mod tests {
         // A writer that refused once but is still the writer (a blip) comes back on its own word.
         let mut t = tracker();
         all_say(&mut t, 1_000, 3, "b-1", 10_000);
-        let after = t.on_outcome(
-            Millis(1_100),
-            Outcome {
-                request: w,
-                replica: 1,
-                attempt: Attempt::First,
-                delivery: Delivery::NotWriter,
-                replayable: true,
-            },
-        );
+        let after = t.on_outcome(Millis(1_100), first_try(w, 1, Delivery::NotWriter));
         assert!(matches!(after, AfterOutcome::Hold { .. }));
         // Answers from before (or at) the loss do not count; a follower's word does not either.
         let _ = t.on_poll(Millis(1_100), 1, claim(3, Some("b-1"), 10_000));
@@ -1540,16 +1533,7 @@ mod tests {
         // The hold ends with no writer: 503.
         let mut t = tracker();
         all_say(&mut t, 1_000, 3, "b-1", 10_000);
-        let _ = t.on_outcome(
-            Millis(1_100),
-            Outcome {
-                request: w,
-                replica: 1,
-                attempt: Attempt::First,
-                delivery: Delivery::NotReached,
-                replayable: true,
-            },
-        );
+        let _ = t.on_outcome(Millis(1_100), first_try(w, 1, Delivery::NotReached));
         assert_eq!(
             t.route_held(
                 Millis(1_100 + DEFAULT_HOLD.0),
@@ -1564,16 +1548,7 @@ mod tests {
     fn a_plain_read_that_fails_on_the_writers_replica_does_not_lose_the_writer() {
         let mut t = tracker();
         all_say(&mut t, 0, 3, "b-1", 10_000);
-        let after = t.on_outcome(
-            Millis(1),
-            Outcome {
-                request: read(None),
-                replica: 1,
-                attempt: Attempt::First,
-                delivery: Delivery::NotReached,
-                replayable: true,
-            },
-        );
+        let after = t.on_outcome(Millis(1), first_try(read(None), 1, Delivery::NotReached));
         assert!(
             matches!(after, AfterOutcome::Retry(f) if f.replica != 1),
             "{after:?}"

@@ -826,6 +826,23 @@ impl World {
     }
 }
 
+/// Marks the world disturbed now if anything may cost the writer its majority or the pollers
+/// their answers.
+fn note_disturbance(w: &mut World) {
+    if w.net.chaos > 0
+        || !w.net.clogged.is_empty()
+        || w.armed_pause.is_some()
+        || w.replicas.iter().any(|s| s.paused)
+        || !w.membership_settled()
+        || w.k8s
+            .pods
+            .keys()
+            .any(|o| w.replicas[*o as usize].agent.is_none())
+    {
+        w.disturbed_ns = w.now_ns();
+    }
+}
+
 /// The supervisor: strikes faults on schedule, heals, and watches the checkers.
 async fn supervise(world: &Shared) {
     let start = Instant::now();
@@ -851,19 +868,7 @@ async fn supervise(world: &Shared) {
             if w.violation.is_some() {
                 break;
             }
-            // Anything that may cost the writer its majority or the pollers their answers.
-            if w.net.chaos > 0
-                || !w.net.clogged.is_empty()
-                || w.armed_pause.is_some()
-                || w.replicas.iter().any(|s| s.paused)
-                || !w.membership_settled()
-                || w.k8s
-                    .pods
-                    .keys()
-                    .any(|o| w.replicas[*o as usize].agent.is_none())
-            {
-                w.disturbed_ns = w.now_ns();
-            }
+            note_disturbance(&mut w);
             if membership_change && w.membership_settled() {
                 membership_change = false;
                 w.ev("the new peer set is in place");
@@ -942,6 +947,9 @@ async fn supervise(world: &Shared) {
             for (_, o, incarnation) in due {
                 w.resume(o, incarnation);
             }
+            // Again once this round's faults struck: a checker that runs before the next round
+            // (the gateway losing a writer it cannot reach within a few ms) must see them.
+            note_disturbance(&mut w);
             if w.healed_ns.is_none() && at(heal_at) <= now {
                 undos.clear();
                 w.heal();
