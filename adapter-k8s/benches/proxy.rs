@@ -50,6 +50,7 @@ fn setup() -> Setup {
         connect_timeout: Duration::from_secs(2),
         upstream_timeout: Duration::from_secs(30),
         body_idle_timeout: Duration::from_secs(60),
+        failover_hold: Duration::from_secs(5),
         retry_buffer_bytes: DEFAULT_RETRY_BUFFER_BYTES,
         root_metrics: true,
     };
