@@ -387,6 +387,24 @@ impl Client {
         self.send(Method::POST, url, &[("x-base-client", client)], body)
     }
 
+    /// A client that takes a `307` as the answer it is, never following it.
+    fn no_redirects() -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            ..Client::new()
+        }
+    }
+
+    /// The gateway's Prometheus text.
+    fn metrics(&self, gw: &Gateway) -> String {
+        self.send(Method::GET, &gw.url("/_gateway/metrics"), &[], Vec::new())
+            .body
+    }
+
     fn state(&self, gw: &Gateway) -> serde_json::Value {
         let answer = self.send(Method::GET, &gw.url("/_gateway/state"), &[], Vec::new());
         serde_json::from_str(&answer.body).expect("state is JSON")
@@ -497,9 +515,7 @@ fn writes_go_to_the_writer_reads_spread_and_a_writers_reads_follow_it() {
     );
     assert!(hits.iter().any(|h| h.body_len == 9 * 1024 * 1024));
 
-    let metrics = client
-        .send(Method::GET, &gw.url("/_gateway/metrics"), &[], Vec::new())
-        .body;
+    let metrics = client.metrics(&gw);
     assert!(metrics.contains(r#"base_gateway_requests_routed_total{kind="write",why="write"}"#));
     assert!(metrics.contains("base_gateway_term 5"), "{metrics}");
     let root = client.send(Method::GET, &gw.url("/metrics"), &[], Vec::new());
@@ -658,14 +674,7 @@ fn nothing_known_means_503_and_a_garbled_answer_is_a_failed_poll() {
 fn a_write_the_writer_refuses_is_held_and_sent_to_the_writer_the_re_poll_finds() {
     let replicas = StandIns::start(Some(0), 1, Lease::Renewing(Duration::from_secs(60)));
     let gw = Gateway::start(&replicas.replicas_flag(), &["--poll-interval", "1h"]);
-    let client = Client {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
-        ..Client::new()
-    };
+    let client = Client::no_redirects();
     wait_until("b-0 is the writer", &gw, || {
         client.state(&gw)["writer"] == "b-0"
     });
@@ -705,9 +714,7 @@ fn a_write_the_writer_refuses_is_held_and_sent_to_the_writer_the_re_poll_finds()
             "the new writer was not re-polled: {state}"
         );
     }
-    let metrics = client
-        .send(Method::GET, &gw.url("/_gateway/metrics"), &[], Vec::new())
-        .body;
+    let metrics = client.metrics(&gw);
     assert_eq!(
         metric(
             &metrics,
@@ -843,14 +850,7 @@ fn with_real_agents_the_gateway_never_routes_to_a_killed_writer_after_its_lease(
         .collect();
     let gw = Gateway::start(&peers, &["--poll-interval", "200ms", "--ryw-ttl", "2s"]);
     // Redirects are answers here: a 307 from an agent must be seen, not followed.
-    let client = Client {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
-        ..Client::new()
-    };
+    let client = Client::no_redirects();
     let agent_logs = |agents: &[Option<Agent>]| {
         agents
             .iter()
@@ -1076,9 +1076,7 @@ fn with_real_agents_a_write_after_the_writer_exits_is_held_and_lands_on_the_new_
             polls(&after)[new_ix] > polls_stale[new_ix],
             "{stale} -> {after}"
         );
-        let metrics = client
-            .send(Method::GET, &gw.url("/_gateway/metrics"), &[], Vec::new())
-            .body;
+        let metrics = client.metrics(&gw);
         assert_eq!(
             metric(
                 &metrics,
