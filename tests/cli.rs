@@ -26,7 +26,7 @@ fn checked_in_crd_matches_the_types() {
         std::fs::read_to_string(format!("{ROOT}/deploy/crd.yaml")).expect("deploy/crd.yaml");
     assert!(
         generated == checked_in,
-        "deploy/crd.yaml is out of date: run `cargo run -p base-adapter-k8s -- crd > deploy/crd.yaml`"
+        "deploy/crd.yaml is out of date: run `cargo run -p base-adapter-k8s --bin base-operator -- crd > deploy/crd.yaml`"
     );
     assert!(
         generated.contains("name: bases.hanzo.ai") && generated.contains("name: baseapps.hanzo.ai")

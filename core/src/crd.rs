@@ -329,6 +329,20 @@ pub struct BaseStatus {
     /// Kept while no writer is known; once set, new pods join rather than bootstrap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub configuration: Option<crate::wire::ConfigurationReport>,
+    /// The switchover in flight (`hanzo.ai/switchover-to`): its target and when the request for
+    /// that target was first seen. A new target is a new request: its timeout and the poll
+    /// answers that may confirm it count from its own start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<SwitchoverStatus>,
+}
+
+/// See [`BaseStatus::switchover`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverStatus {
+    /// The pod the writer role is to move to.
+    pub target: String,
+    pub started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 }
 
 /// The legacy kind, `BaseApp` (renamed to `Base` in v0.3.0). Its objects carry the same spec; the

@@ -596,6 +596,105 @@ fn switchover_and_fencing_through_annotations() {
     assert!(!p.fence[0].fenced, "unfenced when the annotation goes");
 }
 
+/// A switchover retargeted while the first is in flight is a new request (sim seed 2651): the
+/// new target's poll answer from before the retarget does not finish it, and its timeout
+/// counts from the retarget, not from the first request.
+#[test]
+fn a_retargeted_switchover_is_a_new_request() {
+    use base_core::Millis;
+    use base_core::reconcile::CONDITION_SWITCHOVER;
+    use base_core::reconcile::objects::ANNOTATION_SWITCHOVER_TO;
+    let mut base = example();
+    let mut observed = Observed::default();
+    for o in &plan(&base, &observed).desired {
+        observed.insert(o);
+    }
+    observed.pods = (0..3)
+        .map(|i| PodView {
+            name: format!("my-app-{i}"),
+            ready: true,
+            writer_label: i == 0,
+            ..Default::default()
+        })
+        .collect();
+    observed.now = Millis(1_000_000);
+    observed.writer = Some(WriterView {
+        pod: "my-app-0".into(),
+        term: 2,
+        confirmed_at: observed.now,
+    });
+    let to = |base: &mut base_core::crd::Base, pod: &str| {
+        base.metadata.annotations =
+            Some([(ANNOTATION_SWITCHOVER_TO.to_string(), pod.to_string())].into());
+    };
+    let reason = |p: &base_core::reconcile::Plan| {
+        p.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_SWITCHOVER)
+            .map(|c| c.reason.clone())
+    };
+    // The first request, to my-app-1, starts now.
+    to(&mut base, "my-app-1");
+    let p = plan(&base, &observed);
+    assert_eq!(reason(&p).as_deref(), Some("InProgress"));
+    let s = p.status.switchover.clone().expect("the request in status");
+    assert_eq!(s.target, "my-app-1");
+    base.status = Some(p.status);
+
+    // 10 s later the user retargets to my-app-2, which is (by an answer 5 s after the first
+    // request but before the retarget) the writer: that answer may predate the hand-over the
+    // new request asks for, so the switchover is not done, and it restarts its clock.
+    observed.now = Millis(1_010_000);
+    observed.writer = Some(WriterView {
+        pod: "my-app-2".into(),
+        term: 3,
+        confirmed_at: Millis(1_005_000),
+    });
+    to(&mut base, "my-app-2");
+    let p = plan(&base, &observed);
+    assert_eq!(
+        reason(&p).as_deref(),
+        Some("InProgress"),
+        "not done on an older answer"
+    );
+    assert!(p.clear_annotations.is_empty());
+    let s = p
+        .status
+        .switchover
+        .clone()
+        .expect("the new request in status");
+    assert_eq!(s.target, "my-app-2");
+    assert_eq!(s.started_at.0.as_millisecond(), 1_010_000);
+    base.status = Some(p.status);
+
+    // Its timeout counts from the retarget: 55 s after it (65 s after the first request) it is
+    // still in progress.
+    observed.now = Millis(1_065_000);
+    observed.writer = Some(WriterView {
+        pod: "my-app-0".into(),
+        term: 4,
+        confirmed_at: observed.now,
+    });
+    let p = plan(&base, &observed);
+    assert_eq!(
+        reason(&p).as_deref(),
+        Some("InProgress"),
+        "timed out from the first request"
+    );
+    base.status = Some(p.status);
+
+    // An answer from a second after the retarget finishes it, and the request leaves status.
+    observed.writer = Some(WriterView {
+        pod: "my-app-2".into(),
+        term: 5,
+        confirmed_at: Millis(1_066_000),
+    });
+    let p = plan(&base, &observed);
+    assert_eq!(reason(&p).as_deref(), Some("Done"));
+    assert_eq!(p.status.switchover, None);
+}
+
 #[test]
 fn peer_key_secret_is_created_once_and_mounted() {
     let base = example();

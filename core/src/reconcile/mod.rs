@@ -614,7 +614,7 @@ fn plan_parts(kind: Kind, base: &Base, observed: &Observed) -> Plan {
         &step,
         sts_view,
         route,
-        ops.conditions,
+        (ops.conditions, ops.switchover),
     );
     // Safety: a PVC under Retain is never deleted, whatever the observation said.
     if base.spec.storage.retention() == RetentionPolicy::Retain {
@@ -754,6 +754,8 @@ struct OperationsPart {
     conditions: Vec<status::Cond>,
     /// Look again this soon (a switchover waiting for a confirmation, a transfer to retry).
     requeue_after_ms: Option<u64>,
+    /// The switchover in flight, for `status.switchover`.
+    switchover: Option<crate::crd::SwitchoverStatus>,
 }
 
 impl OperationsPart {
@@ -781,6 +783,7 @@ fn plan_operations(
         transfer: None,
         conditions: Vec::new(),
         requeue_after_ms: None,
+        switchover: None,
     };
     let soon = |part: &mut OperationsPart, ms: u64| {
         part.requeue_after_ms = Some(part.requeue_after_ms.map_or(ms, |r| r.min(ms)));
@@ -814,7 +817,10 @@ fn plan_operations(
                     format!("fenced: {}", names.join(", ")),
                 ));
             }
-            let started = status::in_progress_since(base, CONDITION_SWITCHOVER);
+            let target = operations::switchover_target(base);
+            let started = target
+                .as_deref()
+                .and_then(|t| status::switchover_started(base, t));
             match operations::switchover(
                 base,
                 step.replicas,
@@ -825,6 +831,10 @@ fn plan_operations(
                 observed.now,
             ) {
                 Some(operations::Switchover::InProgress { transfer, message }) => {
+                    part.switchover = target.map(|target| crate::crd::SwitchoverStatus {
+                        target,
+                        started_at: status::time_at(started.unwrap_or(observed.now)),
+                    });
                     if let Some(t) = transfer {
                         transfer_intent = Some((t, "switchover"));
                     } else {
@@ -916,7 +926,7 @@ fn plan_status(
     step: &rollout::RolloutStep,
     sts: Option<StsView>,
     route: status::RouteOutcome,
-    conditions: Vec<status::Cond>,
+    (conditions, switchover): (Vec<status::Cond>, Option<crate::crd::SwitchoverStatus>),
 ) {
     let name = base.metadata.name.as_deref().unwrap_or_default();
     let members: Vec<String> = (0..step.members.max(0))
@@ -945,6 +955,7 @@ fn plan_status(
             progressing,
             members,
             extra: conditions,
+            switchover,
         },
     );
 }

@@ -71,8 +71,19 @@ pub enum Switchover {
     Refused(String),
 }
 
-/// Decides a switchover requested by `hanzo.ai/switchover-to`. `started` is when the current
-/// request began (the `Switchover` condition's transition time), `None` for a new request.
+/// The pod `hanzo.ai/switchover-to` names, if any.
+pub fn switchover_target(base: &Base) -> Option<String> {
+    let target = base
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_SWITCHOVER_TO)?;
+    Some(target.trim().to_string())
+}
+
+/// Decides a switchover requested by `hanzo.ai/switchover-to`. `started` is when the request
+/// for this same target began (`status.switchover`), `None` for a new request: a retarget is
+/// a new request.
 pub fn switchover(
     base: &Base,
     replicas: i32,
@@ -82,13 +93,7 @@ pub fn switchover(
     started: Option<Millis>,
     now: Millis,
 ) -> Option<Switchover> {
-    let target = base
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(ANNOTATION_SWITCHOVER_TO)?
-        .trim()
-        .to_string();
+    let target = switchover_target(base)?;
     let name = base.metadata.name.as_deref().unwrap_or_default();
     if !(0..replicas).any(|i| pod_name(name, i) == target) {
         return Some(Switchover::Refused(format!(

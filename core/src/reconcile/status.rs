@@ -5,7 +5,7 @@
 use super::Observed;
 use super::objects::{decimal, unsigned};
 use super::{EventType, Plan, PlanEvent, StsView};
-use crate::crd::{Base, BaseStatus, Phase};
+use crate::crd::{Base, BaseStatus, Phase, SwitchoverStatus};
 use crate::validate::InvalidSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -40,6 +40,8 @@ pub(super) enum Outcome {
         members: Vec<String>,
         /// Switchover and fencing conditions (see `operations`).
         extra: Vec<Cond>,
+        /// The switchover in flight, if any (`BaseStatus::switchover`).
+        switchover: Option<SwitchoverStatus>,
     },
 }
 
@@ -73,15 +75,33 @@ fn membership_condition(observed: &Observed, members: &[String]) -> Option<Cond>
 }
 
 /// When the condition `type_` entered `InProgress`, from the Base's current status.
-pub(super) fn in_progress_since(base: &Base, type_: &str) -> Option<crate::ids::Millis> {
+/// When the switchover to `target` began: `status.switchover` when it names that target (a
+/// different target is a new request: `None`). A status written before that field existed
+/// falls back to the `Switchover` condition's transition time.
+pub(super) fn switchover_started(base: &Base, target: &str) -> Option<crate::ids::Millis> {
+    match base.status.as_ref().and_then(|s| s.switchover.as_ref()) {
+        Some(s) => (s.target == target).then(|| millis_of(&s.started_at)),
+        None => in_progress_since(base, CONDITION_SWITCHOVER),
+    }
+}
+
+/// `now` as a status timestamp.
+pub(super) fn time_at(now: crate::ids::Millis) -> Time {
+    Time(Timestamp::from_millisecond(now.0 as i64).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+fn millis_of(t: &Time) -> crate::ids::Millis {
+    crate::ids::Millis(t.0.as_millisecond().max(0) as u64)
+}
+
+fn in_progress_since(base: &Base, type_: &str) -> Option<crate::ids::Millis> {
     let c = base
         .status
         .as_ref()?
         .conditions
         .iter()
         .find(|c| c.type_ == type_)?;
-    (c.reason == "InProgress")
-        .then(|| crate::ids::Millis(c.last_transition_time.0.as_millisecond().max(0) as u64))
+    (c.reason == "InProgress").then(|| millis_of(&c.last_transition_time))
 }
 
 /// `spec.gateway.leaderPollInterval` → `InvalidGatewayLeaderPollInterval`: a condition reason
@@ -169,6 +189,8 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
         configuration: super::writer_configuration(observed)
             .cloned()
             .or_else(|| old.configuration.clone()),
+        // Kept unless a plan decided the switchover (`Outcome::Planned`).
+        switchover: old.switchover.clone(),
         ..Default::default()
     };
     let writer_cond = match &observed.writer {
@@ -225,7 +247,9 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
             progressing,
             members,
             extra,
+            switchover,
         } => {
+            st.switchover = switchover;
             st.ready_replicas = sts.as_ref().map_or(0, |s| s.ready_replicas);
             let quorum = spec_replicas / 2 + 1;
             let has_writer = observed.writer.is_some();
@@ -325,8 +349,7 @@ pub(super) fn finish(base: &Base, observed: &Observed, plan: &mut Plan, outcome:
             }
         }
     }
-    let now =
-        Time(Timestamp::from_millisecond(observed.now.0 as i64).unwrap_or(Timestamp::UNIX_EPOCH));
+    let now = time_at(observed.now);
     st.conditions = conds
         .into_iter()
         .map(|c| {
