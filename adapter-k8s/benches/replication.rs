@@ -13,6 +13,11 @@
 //!
 //!     cargo bench -p base-adapter-k8s --bench replication     # BENCH_SECS=5 by default
 //!
+//! `BENCH_CLIENTS=1,8` measures only those client counts, `BENCH_SYSTEMS=base,dqlite` only those
+//! systems; `BENCH_BIN=PATH` runs another `base-operator` binary (an older build, for a before /
+//! after comparison in one sitting); `BENCH_LOG=base_hop=trace` is the base processes'
+//! `RUST_LOG` and keeps their logs (the directory is printed) for `scripts/hops.py`.
+//!
 //! Prints one line per (system, clients): writes/s, p50 and p99 latency. A measurement, never a
 //! test: the figures go to BENCHMARKS.md.
 
@@ -22,7 +27,17 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_base-operator");
+fn bin() -> String {
+    std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_base-operator").to_string())
+}
+
+/// The base processes' `RUST_LOG` (`BENCH_LOG`, else `warn`), and whether to keep their logs.
+fn log_filter() -> (String, bool) {
+    match std::env::var("BENCH_LOG") {
+        Ok(f) if !f.is_empty() => (format!("warn,{f}"), true),
+        _ => ("warn".to_string(), false),
+    }
+}
 const PAYLOAD: usize = 100;
 const KEY: &str = "replication-bench-peer-key-0123456789abcdef";
 
@@ -86,6 +101,7 @@ fn sqlite(clients: usize, run: Duration) -> Figures {
 struct Procs {
     children: Vec<Child>,
     dir: PathBuf,
+    keep: bool,
 }
 
 impl Drop for Procs {
@@ -94,7 +110,11 @@ impl Drop for Procs {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.keep {
+            println!("logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -125,21 +145,23 @@ async fn base_cluster() -> (Procs, String) {
         .collect::<Vec<_>>()
         .join(",");
     let mut children = Vec::new();
+    let (rust_log, keep) = log_filter();
+    let bin = bin();
     for i in 0..3 {
         let d = dir.join(format!("b-{i}"));
         std::fs::create_dir_all(d.join("keys")).expect("dirs");
         std::fs::write(d.join("keys/current"), KEY).expect("key");
         let store_port = free_port("127.0.0.1");
         children.push(spawn(
-            Command::new(BIN)
+            Command::new(&bin)
                 .args(["store", "--listen", &format!("127.0.0.1:{store_port}")])
                 .arg("--data-dir")
                 .arg(d.join("store"))
-                .env("RUST_LOG", "warn"),
+                .env("RUST_LOG", &rust_log),
             &d.join("store.log"),
         ));
         children.push(spawn(
-            Command::new(BIN)
+            Command::new(&bin)
                 .args(["agent", "--node-id", &format!("b-{i}"), "--peers", &peers])
                 .args(["--listen", &format!("{}:{}", hosts[i], agent_ports[i])])
                 .args(["--peer-port", &peer_port.to_string()])
@@ -148,19 +170,23 @@ async fn base_cluster() -> (Procs, String) {
                 .arg(d.join("quasar"))
                 .arg("--peer-key-dir")
                 .arg(d.join("keys"))
-                .env("RUST_LOG", "warn"),
+                .env("RUST_LOG", &rust_log),
             &d.join("agent.log"),
         ));
     }
     let gw_port = free_port("127.0.0.1");
     children.push(spawn(
-        Command::new(BIN)
+        Command::new(&bin)
             .args(["gateway", "--listen", &format!("127.0.0.1:{gw_port}")])
             .args(["--replicas", &peers, "--poll-interval", "200ms"])
-            .env("RUST_LOG", "warn"),
+            .env("RUST_LOG", &rust_log),
         &dir.join("gateway.log"),
     ));
-    let procs = Procs { children, dir };
+    let procs = Procs {
+        children,
+        dir,
+        keep,
+    };
     let base = format!("http://127.0.0.1:{gw_port}");
     let http = reqwest::Client::new();
     let up = Instant::now();
@@ -270,7 +296,11 @@ async fn dqlite_cluster() -> Option<(Procs, String)> {
         // Each node joins once the first is up.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let procs = Procs { children, dir };
+    let procs = Procs {
+        children,
+        dir,
+        keep: false,
+    };
     let base = format!("http://{}", api[0]);
     let http = reqwest::Client::new();
     let up = Instant::now();
@@ -321,23 +351,35 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let clients = [1, 8, 64];
+    let clients: Vec<usize> = std::env::var("BENCH_CLIENTS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8, 64]);
+    let systems = std::env::var("BENCH_SYSTEMS").unwrap_or_else(|_| "base,sqlite,dqlite".into());
+    let wanted = |s: &str| systems.split(',').any(|w| w.trim() == s);
     rt.block_on(async {
-        let (procs, base) = base_cluster().await;
-        for c in clients {
-            print(
-                "base 3 replicas (gateway)",
-                c,
-                &base_writes(&base, c, run).await,
-            );
+        if wanted("base") {
+            let (procs, base) = base_cluster().await;
+            for &c in &clients {
+                print(
+                    "base 3 replicas (gateway)",
+                    c,
+                    &base_writes(&base, c, run).await,
+                );
+            }
+            drop(procs);
         }
-        drop(procs);
-        for c in clients {
-            print("sqlite WAL synchronous=FULL", c, &sqlite(c, run));
+        if wanted("sqlite") {
+            for &c in &clients {
+                print("sqlite WAL synchronous=FULL", c, &sqlite(c, run));
+            }
+        }
+        if !wanted("dqlite") {
+            return;
         }
         match dqlite_cluster().await {
             Some((procs, base)) => {
-                for c in clients {
+                for &c in &clients {
                     print(
                         "dqlite-demo 3 nodes",
                         c,

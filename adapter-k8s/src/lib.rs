@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cli;
 pub mod controller;
 pub mod gateway;
+pub mod hop;
 pub mod net;
 pub mod plugin;
 pub mod refusals;

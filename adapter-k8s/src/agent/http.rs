@@ -363,6 +363,7 @@ async fn front_door(
             .into_response();
     };
     let (parts, body) = request.into_parts();
+    crate::hop!("agent.in", 0);
     let writer_required = parts
         .headers
         .get(HEADER_WRITER_REQUIRED)
@@ -416,8 +417,11 @@ async fn front_door(
             if let Some(at) = logged_entry(&parts.headers)
                 && write
             {
+                crate::hop!("agent.store_answered", at.index);
                 match super::replication::hold(&shared, at).await {
-                    Outcome::Committed => {}
+                    Outcome::Committed => {
+                        crate::hop!("agent.released", at.index);
+                    }
                     Outcome::CommitUnknown => {
                         return error(StatusCode::GATEWAY_TIMEOUT, "commit_unknown");
                     }
@@ -503,6 +507,7 @@ async fn ship(
         if let (Some(index), Some(t)) = (num("after_index"), num("after_term")) {
             let now = shared.clock.now();
             let after = LogPosition::new(Term(t), index);
+            crate::hop!("agent.pull_in", index);
             super::replication::step(&shared, now, CoordinatorInput::Pull { peer, after });
         }
     }
@@ -518,6 +523,7 @@ async fn ship(
         .max(std::time::Duration::from_secs(35));
     match tokio::time::timeout(wait, shared.client.request(outgoing)).await {
         Ok(Ok(response)) => {
+            crate::hop!("agent.pull_served", 0);
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Body::new(body))

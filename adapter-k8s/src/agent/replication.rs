@@ -117,6 +117,7 @@ fn perform(shared: &Shared, effect: CoordinatorEffect) {
     let r = &shared.replication;
     match effect {
         CoordinatorEffect::PushRole(order) => {
+            crate::hop!("agent.push_role", order.commit);
             let _ = r.roles.send(order);
         }
         CoordinatorEffect::Position { epoch, position } => {
@@ -129,6 +130,7 @@ fn perform(shared: &Shared, effect: CoordinatorEffect) {
             }
         }
         CoordinatorEffect::Release { write, outcome } => {
+            crate::hop!("agent.release", write.0);
             let waiter = r
                 .waiters
                 .lock()
@@ -528,6 +530,7 @@ async fn pull_once(
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(0);
     let frames = r.bytes().await.map_err(|e| e.to_string())?;
+    crate::hop!("replica_agent.shipment", frames.len() as u64);
     let a = append
         .body(frames)
         .send()
@@ -535,6 +538,7 @@ async fn pull_once(
         .map_err(|e| e.to_string())?;
     let status = a.status();
     let answer: Value = a.json().await.map_err(|e| e.to_string())?;
+    crate::hop!("replica_agent.appended", 0);
     if !status.is_success() {
         tracing::warn!(%status, %answer, "the store refused a shipment");
         return Err(format!("append answered {status}"));

@@ -74,6 +74,7 @@ pub(super) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
+    crate::hop!("gw.in", 0);
     let (parts, body) = request.into_parts();
     if base_core::control::is_control_path(parts.method.as_str(), parts.uri.path()) {
         shared.metrics.control_refused();
@@ -129,10 +130,12 @@ pub(super) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -
             Ok(uri) => uri,
             Err(_) => return json_error(StatusCode::BAD_REQUEST, "bad_request_target"),
         };
+        crate::hop!("gw.send", 0);
         let result = send(&shared, &parts.method, uri, &headers, outgoing.take()).await;
         let (delivery, failure) = match result {
             Ok(response) => match refused_as_not_writer(response, forward.why, &shared).await {
                 Answer::Passed(response) => {
+                    crate::hop!("gw.answered", 0);
                     let outcome = Outcome {
                         request,
                         replica: forward.replica,

@@ -570,6 +570,7 @@ impl Store {
             .and_then(|()| f(&self.conn, &mut m))
             .and_then(|t| {
                 save_meta(&self.conn, &m)?;
+                crate::hop!("store.txn_commit_start", 0);
                 self.conn.execute_batch("COMMIT")?;
                 Ok(t)
             });
@@ -747,6 +748,7 @@ impl Store {
                 answers[k] = Some(self.execute_one(&reqs[k]));
             }
             save_meta(&self.conn, &self.meta)?;
+            crate::hop!("store.commit_start", self.last_index);
             self.conn.execute_batch("COMMIT")?;
             Ok(())
         })();

@@ -144,7 +144,9 @@ fn writer_loop(mut store: Store, rx: mpsc::Receiver<Job>, state: watch::Sender<S
                         Err(_) => break,
                     }
                 }
+                crate::hop!("store.batch_start", reqs.len() as u64);
                 let answers = store.execute(reqs);
+                crate::hop!("store.batch_committed", store.last_index);
                 // Publish the new position before anyone hears of the write.
                 publish(&store, &state);
                 for (a, t) in answers.into_iter().zip(replies) {
@@ -382,6 +384,7 @@ async fn replica_role(
             );
         }
     };
+    crate::hop!("store.role_in", b.commit);
     match app
         .call(move |s| {
             let state = s.set_role(role, b.term, b.writer_id, b.writer_url, b.commit)?;
@@ -453,6 +456,7 @@ async fn replica_log(
         )
         .await;
     }
+    crate::hop!("store.pull_woke", after_index);
     let after = pos(after_term, after_index);
     let served = app
         .call(move |s| {
@@ -470,6 +474,7 @@ async fn replica_log(
         Ok(Err(r)) => return refusal(r),
         Err(resp) => return resp,
     };
+    crate::hop!("store.pull_served", served.frames.len() as u64);
     let h = |name: &'static str, v: u64| (HeaderName::from_static(name), HeaderValue::from(v));
     (
         StatusCode::OK,
@@ -517,8 +522,10 @@ async fn replica_append(
         Ok(b) => b,
         Err(r) => return r,
     };
+    crate::hop!("store.append_in", frames.len() as u64);
     match app.call(move |s| s.append(&shipment, &frames)).await {
         Ok(Ok(a)) => {
+            crate::hop!("store.appended", a.state.last_index);
             let at = |p: LogPosition| json!({"index": p.index, "term": p.term.0});
             let next = match a.next {
                 Next::Pull { after } => json!({"pull_after": at(after)}),
@@ -657,6 +664,7 @@ async fn db_execute(
         Ok(s) => s,
         Err(r) => return r,
     };
+    crate::hop!("store.execute_in", 0);
     let timings = flag(&q, "timings");
     let req = ExecRequest {
         term,
@@ -677,6 +685,7 @@ async fn db_execute(
         Ok(Err(r)) => return refusal(r),
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "dropped"),
     };
+    crate::hop!("store.execute_answered", answer.index);
     let mut body = json!({"results": answer.results});
     if timings {
         body["time"] = json!(answer.seconds);
