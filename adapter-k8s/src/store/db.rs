@@ -6,6 +6,7 @@
 use super::entry::{self, Entry, FrameError, Op};
 use super::log::{self, Role, RoleChange};
 use super::sql::{self, Mode, SharedAuth};
+use super::tail::Tail;
 use base_core::Term;
 use base_core::replication::{
     LogPosition, LogShape, Replica, ReplicaEffect, ReplicaError, ReplicaInput, ReplicaState,
@@ -17,6 +18,7 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 pub const DB_FILE: &str = "store.db";
@@ -94,7 +96,7 @@ pub fn pos(term: u64, index: u64) -> LogPosition {
 }
 
 /// What `GET /_replica/log` sends (as headers and body).
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Served {
     pub term: u64,
     pub prev: LogPosition,
@@ -169,6 +171,20 @@ fn i(v: u64) -> i64 {
 fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
+
+/// Runs the store's own statements (transaction control, pragmas) in order, each prepared once
+/// per connection: SQLite's parser was the top of the writer thread's profile when every
+/// `BEGIN`, `SAVEPOINT`, `RELEASE` and `COMMIT` of every request was parsed again (BENCHMARKS.md).
+fn run(conn: &Connection, statements: &[&str]) -> rusqlite::Result<()> {
+    for sql in statements {
+        conn.prepare_cached(sql)?.execute([])?;
+    }
+    Ok(())
+}
+
+/// The prepared statements kept per connection: the store's own (about twenty) and the
+/// clients' recent ones.
+const STATEMENT_CACHE: usize = 256;
 
 fn load_meta(conn: &Connection) -> rusqlite::Result<Meta> {
     conn.query_row(
@@ -292,7 +308,12 @@ fn apply_payload(conn: &Connection, payload: &[u8], invert: bool) -> Result<(), 
         for op in &ops {
             match op {
                 Op::Changeset(cs) => apply(cs)?,
-                Op::Ddl(sql) => conn.execute_batch(sql)?,
+                Op::Ddl(sql) => {
+                    let ran = conn.execute_batch(sql);
+                    // Cached statements were prepared (and authorized) against the old schema.
+                    conn.flush_prepared_statement_cache();
+                    ran?
+                }
             }
         }
     }
@@ -447,6 +468,10 @@ pub struct Store {
     /// shipment needs the shape, and reading it whole scans the log (up to `keep` entries and
     /// more), so only the entries past the cached end are read (see [`Store::shape`]).
     shape_cache: RefCell<Option<(u64, LogShape)>>,
+    /// The newest entries, for pulls answered off this thread (`super::tail`).
+    tail: Arc<Mutex<Tail>>,
+    /// The entries of the batch being written, for the tail once it commits.
+    fresh: Vec<Entry>,
 }
 
 fn open_conn(path: &Path, auth: &SharedAuth) -> Result<Connection, StoreError> {
@@ -456,6 +481,7 @@ fn open_conn(path: &Path, auth: &SharedAuth) -> Result<Connection, StoreError> {
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     sql::install_authorizer(&mut conn, auth)?;
     Ok(conn)
 }
@@ -480,8 +506,11 @@ impl Store {
             last_term,
             keep,
             shape_cache: RefCell::new(None),
+            tail: Arc::new(Mutex::new(Tail::default())),
+            fresh: Vec::new(),
         };
         store.recover()?;
+        store.sync_tail()?;
         // A half-written snapshot from before a crash is garbage.
         for name in [INCOMING, OUTGOING] {
             let _ = std::fs::remove_file(dir.join(name));
@@ -555,31 +584,39 @@ impl Store {
         durability: Durability,
         f: impl FnOnce(&Connection, &mut Meta) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let begin = match durability {
-            Durability::Fsync => "PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE",
+        let begin: &[&str] = match durability {
+            Durability::Fsync => &[
+                "PRAGMA synchronous = FULL",
+                "PRAGMA foreign_keys = OFF",
+                "BEGIN IMMEDIATE",
+            ],
             // In WAL mode `NORMAL` skips the WAL's fsync at commit, nothing else.
-            Durability::Later => {
-                "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE"
-            }
+            Durability::Later => &[
+                "PRAGMA synchronous = NORMAL",
+                "PRAGMA foreign_keys = OFF",
+                "BEGIN IMMEDIATE",
+            ],
         };
         let mut m = self.meta.clone();
-        let out = self
-            .conn
-            .execute_batch(begin)
+        let out = run(&self.conn, begin)
             .map_err(StoreError::from)
             .and_then(|()| f(&self.conn, &mut m))
             .and_then(|t| {
                 save_meta(&self.conn, &m)?;
                 crate::hop!("store.txn_commit_start", 0);
-                self.conn.execute_batch("COMMIT")?;
+                run(&self.conn, &["COMMIT"])?;
                 Ok(t)
             });
         if out.is_err() && !self.conn.is_autocommit() {
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = run(&self.conn, &["ROLLBACK"]);
+            // A rolled-back schema change leaves statements prepared against the other schema.
+            self.conn.flush_prepared_statement_cache();
         }
         // Whatever happened above, every later transaction is fsynced again.
-        self.conn
-            .execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL")?;
+        run(
+            &self.conn,
+            &["PRAGMA foreign_keys = ON", "PRAGMA synchronous = FULL"],
+        )?;
         if out.is_ok() {
             self.meta = m;
             let (li, lt) = last_entry(&self.conn, &self.meta)?;
@@ -701,10 +738,10 @@ impl Store {
         }
         let conn = &self.conn;
         let mut m = self.meta.clone();
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+        run(conn, &["BEGIN IMMEDIATE"])?;
         let out = compact_in(conn, &mut m, self.keep).and_then(|()| {
             save_meta(conn, &m)?;
-            conn.execute_batch("COMMIT")?;
+            run(conn, &["COMMIT"])?;
             Ok(())
         });
         match out {
@@ -713,7 +750,7 @@ impl Store {
                 Ok(())
             }
             Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
+                let _ = run(conn, &["ROLLBACK"]);
                 Err(e)
             }
         }
@@ -721,7 +758,13 @@ impl Store {
 
     /// `POST /db/execute`, for a batch of requests that commit together (one fsync). Each request
     /// is one log entry; each answer is final once the batch's transaction is durable.
-    pub fn execute(&mut self, reqs: Vec<ExecRequest>) -> Vec<Result<ExecAnswer, Refusal>> {
+    ///
+    /// `shippable` is called once the batch's entries can be shipped (before its fsync).
+    pub fn execute(
+        &mut self,
+        reqs: Vec<ExecRequest>,
+        shippable: impl FnOnce(),
+    ) -> Vec<Result<ExecAnswer, Refusal>> {
         let mut answers: Vec<Option<Result<ExecAnswer, Refusal>>> = Vec::with_capacity(reqs.len());
         let mut admitted = Vec::new();
         for (k, r) in reqs.iter().enumerate() {
@@ -742,21 +785,31 @@ impl Store {
             return answers.into_iter().flatten().collect();
         }
         let before = (self.last_index, self.last_term, self.meta.applied);
+        self.fresh.clear();
         let outcome = (|| -> Result<(), StoreError> {
-            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            // Committed to the OS without an fsync (it survives this process's crash, not a
+            // power cut), shipped, and only then fsynced: see `ship_and_sync`.
+            run(
+                &self.conn,
+                &["PRAGMA synchronous = NORMAL", "BEGIN IMMEDIATE"],
+            )?;
             for &k in &admitted {
                 answers[k] = Some(self.execute_one(&reqs[k]));
             }
             save_meta(&self.conn, &self.meta)?;
             crate::hop!("store.commit_start", self.last_index);
-            self.conn.execute_batch("COMMIT")?;
+            run(&self.conn, &["COMMIT"])?;
             Ok(())
         })();
+        if outcome.is_ok() {
+            self.ship_and_sync(shippable);
+        }
         if let Err(e) = outcome {
             tracing::error!(error = %e, "a batch of writes failed to commit");
             if !self.conn.is_autocommit() {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = run(&self.conn, &["ROLLBACK"]);
             }
+            self.conn.flush_prepared_statement_cache();
             (self.last_index, self.last_term, self.meta.applied) = before;
             for &k in &admitted {
                 answers[k] = Some(Err(Refusal::Internal(StoreError::Invalid(format!(
@@ -764,20 +817,116 @@ impl Store {
                 )))));
             }
         }
+        // Every other transaction states its own durability; this puts the default back.
+        if let Err(e) = run(&self.conn, &["PRAGMA synchronous = FULL"]) {
+            tracing::error!(error = %e, "cannot set synchronous = FULL again");
+        }
         answers.into_iter().flatten().collect()
+    }
+
+    /// The pull handlers' view of the log (`super::tail`).
+    pub fn tail(&self) -> Arc<Mutex<Tail>> {
+        self.tail.clone()
+    }
+
+    fn lock_tail(&self) -> MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A committed batch (in the OS, not yet on the disk): its entries go to the tail and the
+    /// pull handlers are woken (`shippable`), so the replicas append them while this store
+    /// fsyncs; then the fsync, before any answer or published position names the entries (the
+    /// writer's agent counts this store only once it holds them durably). Safe because a crash
+    /// of this process keeps what the OS holds; only a power cut can lose a shipped entry, and
+    /// the agent restarts with it and never writes in that term again (the contract's
+    /// *Durability*). A failed fsync leaves the entries' fate unknown while replicas may hold
+    /// them: the store stops (fail-stop, as PostgreSQL panics on a failed fsync) rather than
+    /// answer as if they were lost and write other entries at their indices.
+    fn ship_and_sync(&mut self, shippable: impl FnOnce()) {
+        let fresh = std::mem::take(&mut self.fresh);
+        {
+            let mut tail = self.lock_tail();
+            let follows = fresh
+                .first()
+                .is_some_and(|e| tail.last().index + 1 == e.index);
+            if tail.term() == Some(self.meta.term) && follows {
+                for e in &fresh {
+                    if let Err(e) = tail.push(e) {
+                        tracing::warn!(error = %e, "an entry cannot be framed for the tail");
+                        let (t, ep, c) = (tail.term(), tail.epoch(), self.meta.commit);
+                        let at = tail.last();
+                        tail.reset(t, ep, at, pos(self.meta.base_term, self.meta.base_index), c);
+                        break;
+                    }
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            shippable();
+        }
+        crate::hop!("store.shippable", self.last_index);
+        if let Err(e) = self.sync_wal() {
+            tracing::error!(error = %e, "fsync of the write-ahead log failed: stopping (the batch's entries may have been shipped)");
+            std::process::exit(70);
+        }
+    }
+
+    /// fsyncs the database's write-ahead log (what `synchronous = FULL` does at commit).
+    fn sync_wal(&self) -> std::io::Result<()> {
+        let db = self.dir.join(DB_FILE);
+        let mut wal = db.clone().into_os_string();
+        wal.push("-wal");
+        match std::fs::File::open(PathBuf::from(wal)) {
+            Ok(f) => f.sync_data(),
+            // No WAL (checkpointed and removed): the commit is in the database file.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::File::open(db)?.sync_data()
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Brings the tail in line with the log after a job: emptied on a change of role, term or
+    /// epoch (or anything it cannot follow), extended by entries it was not given (a new
+    /// writer's no-op), trimmed to the log's start, with the current commit.
+    pub fn sync_tail(&self) -> Result<(), StoreError> {
+        let m = &self.meta;
+        let serving = (m.role == Role::Writer && !m.needs_snapshot).then_some(m.term);
+        let last = pos(self.last_term, self.last_index);
+        let start = pos(m.base_term, m.base_index);
+        let mut tail = self.lock_tail();
+        let follows = tail.term() == serving
+            && serving.is_some()
+            && tail.epoch() == m.epoch
+            && tail.last().index <= last.index;
+        if follows && tail.last().index < last.index {
+            for (index, payload) in payloads(&self.conn, tail.last().index + 1, last.index)? {
+                let term = term_at(&self.conn, m, index)?;
+                tail.push(&Entry {
+                    index,
+                    term,
+                    payload,
+                })?;
+            }
+        }
+        if !follows || tail.last() != last {
+            tail.reset(serving, m.epoch, last, start, m.commit);
+        }
+        tail.set_log_start(start);
+        tail.set_commit(m.commit);
+        Ok(())
     }
 
     /// One request inside the batch's transaction, in a savepoint of its own.
     fn execute_one(&mut self, req: &ExecRequest) -> Result<ExecAnswer, Refusal> {
         let started = Instant::now();
-        self.conn.execute_batch("SAVEPOINT request")?;
-        let run = run_statements(&self.conn, &self.auth, req);
-        let (results, ops) = match run {
+        run(&self.conn, &["SAVEPOINT request"])?;
+        let ran = run_statements(&self.conn, &self.auth, req);
+        let (results, ops) = match ran {
             Ok(x) => x,
             Err(e) => {
-                let _ = self
-                    .conn
-                    .execute_batch("ROLLBACK TO request; RELEASE request");
+                let _ = run(&self.conn, &["ROLLBACK TO request", "RELEASE request"]);
+                self.conn.flush_prepared_statement_cache();
                 return Err(e.into());
             }
         };
@@ -791,17 +940,23 @@ impl Store {
                 .conn
                 .prepare_cached("INSERT INTO _base_log(idx, term, payload) VALUES (?1, ?2, ?3)")
                 .and_then(|mut s| s.execute(params![i(index), i(term), payload]));
+            if inserted.is_ok() {
+                self.fresh.push(Entry {
+                    index,
+                    term,
+                    payload,
+                });
+            }
             if let Err(e) = inserted {
-                let _ = self
-                    .conn
-                    .execute_batch("ROLLBACK TO request; RELEASE request");
+                let _ = run(&self.conn, &["ROLLBACK TO request", "RELEASE request"]);
+                self.conn.flush_prepared_statement_cache();
                 return Err(e.into());
             }
             self.last_index = index;
             self.last_term = term;
             self.meta.applied = index;
         }
-        self.conn.execute_batch("RELEASE request")?;
+        run(&self.conn, &["RELEASE request"])?;
         Ok(ExecAnswer {
             results,
             index,
@@ -1282,12 +1437,12 @@ fn run_statements(
     for st in &req.stmts {
         let started = Instant::now();
         if !req.transaction {
-            conn.execute_batch("SAVEPOINT stmt")?;
+            run(conn, &["SAVEPOINT stmt"])?;
         }
         match run_one(conn, auth, st, &mut session, &mut ops) {
             Ok(mut res) => {
                 if !req.transaction {
-                    conn.execute_batch("RELEASE stmt")?;
+                    run(conn, &["RELEASE stmt"])?;
                 }
                 if req.timings {
                     res.insert("time".into(), started.elapsed().as_secs_f64().into());
@@ -1300,7 +1455,9 @@ fn run_statements(
                     failed = true;
                     break;
                 }
-                conn.execute_batch("ROLLBACK TO stmt; RELEASE stmt")?;
+                run(conn, &["ROLLBACK TO stmt", "RELEASE stmt"])?;
+                // It may have undone a schema change (a failed DDL statement).
+                conn.flush_prepared_statement_cache();
             }
             Err(StmtError::Internal(e)) => return Err(e.into()),
         }
@@ -1310,7 +1467,8 @@ fn run_statements(
     }
     if failed {
         // All or nothing: the caller's savepoint rollback undoes every statement.
-        conn.execute_batch("ROLLBACK TO request")?;
+        run(conn, &["ROLLBACK TO request"])?;
+        conn.flush_prepared_statement_cache();
         return Ok((results, Vec::new()));
     }
     if let Some(s) = session.as_mut() {
@@ -1327,16 +1485,34 @@ fn run_one<'c>(
     ops: &mut Vec<Op>,
 ) -> Result<Map<String, Json>, StmtError> {
     sql::set_mode(auth, Mode::Execute);
-    let prepared = conn.prepare(&st.sql);
+    // A statement comes from the cache only if it was prepared here before under the same
+    // schema (every schema change and every rollback flushes the cache) and allowed as it is:
+    // the authorizer runs only when a statement is prepared, so a refused statement (its
+    // prepare failed) and DDL (discarded below) are never cached, and a cached one carries no
+    // verdict but "allowed, not DDL".
+    let prepared = conn.prepare_cached(&st.sql);
     let (refused, ddl, created) = {
         let mut a = auth.lock().unwrap_or_else(|p| p.into_inner());
         a.mode = Mode::Internal;
         (a.refused.take(), a.ddl, std::mem::take(&mut a.created))
     };
-    let mut stmt = match (prepared, refused) {
-        (_, Some(why)) => return Err(StmtError::Client(why)),
+    let cached = match (prepared, refused) {
+        (Ok(s), Some(why)) => {
+            s.discard();
+            return Err(StmtError::Client(why));
+        }
+        (Err(_), Some(why)) => return Err(StmtError::Client(why)),
         (Err(e), None) => return Err(StmtError::Client(e.to_string())),
         (Ok(s), None) => s,
+    };
+    let mut stmt = if ddl {
+        // Never back into the cache: its next use would skip the authorizer, and with it the
+        // DDL flag that makes it replicate as text. Prepared again, uncached (allowed above).
+        cached.discard();
+        conn.flush_prepared_statement_cache();
+        StmtHandle::Fresh(conn.prepare(&st.sql)?)
+    } else {
+        StmtHandle::Cached(cached)
     };
     sql::bind(&mut stmt, &st.params).map_err(StmtError::Client)?;
     let mut res = Map::new();
@@ -1358,8 +1534,10 @@ fn run_one<'c>(
                 fresh.push(t);
             }
         }
-        step_all(&mut stmt)?;
+        let ran = step_all(&mut stmt);
         drop(stmt);
+        conn.flush_prepared_statement_cache();
+        ran?;
         for t in &fresh {
             check_created_table(conn, t)?;
         }
@@ -1375,6 +1553,31 @@ fn run_one<'c>(
         res.insert("rows_affected".into(), conn.changes().into());
     }
     Ok(res)
+}
+
+/// A client statement: from the cache (allowed DML), or prepared for this one use (DDL).
+enum StmtHandle<'c> {
+    Cached(rusqlite::CachedStatement<'c>),
+    Fresh(rusqlite::Statement<'c>),
+}
+
+impl<'c> std::ops::Deref for StmtHandle<'c> {
+    type Target = rusqlite::Statement<'c>;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            StmtHandle::Cached(s) => s,
+            StmtHandle::Fresh(s) => s,
+        }
+    }
+}
+
+impl std::ops::DerefMut for StmtHandle<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            StmtHandle::Cached(s) => s,
+            StmtHandle::Fresh(s) => s,
+        }
+    }
 }
 
 fn step_all(stmt: &mut rusqlite::Statement<'_>) -> Result<(), StmtError> {
@@ -1406,15 +1609,84 @@ mod tests {
 
     fn exec(s: &mut Store, tx: bool, stmts: &[&str]) -> ExecAnswer {
         let term = s.meta.term;
-        s.execute(vec![ExecRequest {
-            term,
-            stmts: stmts.iter().map(|q| sql::Statement::plain(*q)).collect(),
-            transaction: tx,
-            timings: false,
-        }])
-        .pop()
-        .unwrap()
-        .unwrap()
+        let a = s
+            .execute(
+                vec![ExecRequest {
+                    term,
+                    stmts: stmts.iter().map(|q| sql::Statement::plain(*q)).collect(),
+                    transaction: tx,
+                    timings: false,
+                }],
+                || {},
+            )
+            .pop()
+            .unwrap()
+            .unwrap();
+        s.sync_tail().unwrap();
+        a
+    }
+
+    /// Every pull the tail answers (from memory, off the writer thread) is answered exactly as
+    /// the log would answer it, through writes, commits, compaction, a new term and a
+    /// demotion; it answers the pulls of replicas that are caught up or a little behind, and
+    /// nothing once the store is not the writer. Fails if the tail ships other entries, another
+    /// prev, commit or log start than `serve_log`, or serves a store that is not a writer.
+    #[test]
+    fn pulls_from_the_tail_are_the_logs_answers() {
+        let d = dir();
+        let mut w = Store::open(&d, 4).unwrap();
+        let check = |w: &Store| -> usize {
+            let tail = w.tail();
+            let tail = tail.lock().unwrap();
+            let mut served = 0;
+            for index in 0..=w.last_index + 1 {
+                for term in 0..=w.meta.term + 1 {
+                    for max in [1, 60, 1 << 20] {
+                        let after = pos(term, index);
+                        if let Some(fast) = tail.serve(after, max) {
+                            assert_eq!(fast, w.serve_log(after, max).unwrap(), "after {after}");
+                            served += 1;
+                        }
+                    }
+                }
+            }
+            served
+        };
+        w.set_role(Role::Writer, 1, "w".into(), "u".into(), 0)
+            .unwrap();
+        w.sync_tail().unwrap();
+        exec(
+            &mut w,
+            false,
+            &["CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)"],
+        );
+        for k in 0..12 {
+            exec(
+                &mut w,
+                false,
+                &[&format!("INSERT INTO t VALUES ({k}, {k})")],
+            );
+            if k % 3 == 0 {
+                let c = w.last_index;
+                w.set_role(Role::Writer, 1, "w".into(), "u".into(), c)
+                    .unwrap();
+                w.sync_tail().unwrap();
+            }
+            assert!(check(&w) >= 3, "the caught-up replica's pull is served");
+        }
+        assert!(w.meta.base_index > 0, "compacted");
+        // A new term (demoted, promoted again): its no-op and writes are served again.
+        w.set_role(Role::Replica, 2, "x".into(), "v".into(), 0)
+            .unwrap();
+        w.sync_tail().unwrap();
+        assert_eq!(check(&w), 0, "a replica ships nothing");
+        w.set_role(Role::Writer, 3, "w".into(), "u".into(), 0)
+            .unwrap();
+        w.sync_tail().unwrap();
+        exec(&mut w, false, &["INSERT INTO t VALUES (100, 0)"]);
+        assert!(check(&w) >= 3);
+        let tail = w.tail();
+        assert_eq!(tail.lock().unwrap().last(), pos(3, w.last_index));
     }
 
     fn rows(s: &Store, q: &str) -> Vec<String> {

@@ -8,6 +8,7 @@ use super::db::{ExecAnswer, ExecRequest, Next, Refusal, ShipmentHeaders, State, 
 use super::log::Role;
 use super::read::Reads;
 use super::sql;
+use super::tail::Tail;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Query, Request, State as AxState};
@@ -22,8 +23,8 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
@@ -58,6 +59,10 @@ enum Job {
 pub struct App {
     jobs: mpsc::Sender<Job>,
     state: watch::Receiver<State>,
+    /// The newest entries, for pulls answered without the writer thread, and a counter bumped
+    /// when a batch's entries can be shipped (before its fsync).
+    tail: Arc<Mutex<Tail>>,
+    shippable: watch::Receiver<u64>,
     reads: Arc<Reads>,
     max_body: usize,
     max_snapshot: u64,
@@ -70,21 +75,29 @@ impl App {
     pub fn start(store: Store, args: &StoreArgs) -> App {
         let (tx, rx) = mpsc::channel::<Job>();
         let (state_tx, state_rx) = watch::channel(store.state());
+        let (ship_tx, ship_rx) = watch::channel(0);
         let incoming = store.incoming_path();
+        let tail = store.tail();
         let reads = Arc::new(Reads::new(&args.data_dir));
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(store, rx, state_tx))
+            .spawn(move || writer_loop(store, rx, state_tx, ship_tx))
             .expect("spawning the store's writer thread");
         App {
             jobs: tx,
             state: state_rx,
+            tail,
+            shippable: ship_rx,
             reads,
             max_body: args.max_body_bytes,
             max_snapshot: args.max_snapshot_bytes,
             incoming,
             installing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    fn lock_tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn call<T: Send + 'static>(
@@ -115,7 +128,12 @@ impl App {
     }
 }
 
-fn writer_loop(mut store: Store, rx: mpsc::Receiver<Job>, state: watch::Sender<State>) {
+fn writer_loop(
+    mut store: Store,
+    rx: mpsc::Receiver<Job>,
+    state: watch::Sender<State>,
+    shippable: watch::Sender<u64>,
+) {
     let mut next = None;
     loop {
         let job = match next.take() {
@@ -145,7 +163,9 @@ fn writer_loop(mut store: Store, rx: mpsc::Receiver<Job>, state: watch::Sender<S
                     }
                 }
                 crate::hop!("store.batch_start", reqs.len() as u64);
-                let answers = store.execute(reqs);
+                let answers = store.execute(reqs, || {
+                    shippable.send_modify(|n| *n = n.wrapping_add(1));
+                });
                 crate::hop!("store.batch_committed", store.last_index);
                 // Publish the new position before anyone hears of the write.
                 publish(&store, &state);
@@ -159,6 +179,10 @@ fn writer_loop(mut store: Store, rx: mpsc::Receiver<Job>, state: watch::Sender<S
 }
 
 fn publish(store: &Store, state: &watch::Sender<State>) {
+    // Before the state: a pull woken by it finds the tail in line with it.
+    if let Err(e) = store.sync_tail() {
+        tracing::warn!(error = %e, "the log's tail could not be brought in line");
+    }
     let now = store.state();
     state.send_if_modified(|s| {
         if *s == now {
@@ -436,43 +460,60 @@ async fn replica_log(
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "bad_query", "max_bytes"),
     };
     if wait > 0 {
-        let mut rx = app.state.clone();
-        let _ = tokio::time::timeout(
-            Duration::from_millis(wait),
-            rx.wait_for(|s| {
-                let role = if s.role == Role::Writer.as_str() {
-                    Role::Writer
-                } else {
-                    Role::Replica
-                };
-                base_core::replication::pull_ready(
-                    role,
-                    s.last_index,
-                    s.commit,
-                    after_index,
-                    known_commit,
-                )
-            }),
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+        let (mut state, mut shippable) = (app.state.clone(), app.shippable.clone());
+        loop {
+            // Marked seen before the check: a change after it wakes the select below.
+            state.mark_unchanged();
+            shippable.mark_unchanged();
+            // The log has grown once a batch is shippable, before it is durable (`super::tail`).
+            let shipped_to = app.lock_tail().last().index;
+            let s = state.borrow().clone();
+            let role = if s.role == Role::Writer.as_str() {
+                Role::Writer
+            } else {
+                Role::Replica
+            };
+            if base_core::replication::pull_ready(
+                role,
+                s.last_index.max(shipped_to),
+                s.commit,
+                after_index,
+                known_commit,
+            ) {
+                break;
+            }
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { break },
+                changed = shippable.changed() => if changed.is_err() { break },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
     }
     crate::hop!("store.pull_woke", after_index);
     let after = pos(after_term, after_index);
-    let served = app
-        .call(move |s| {
-            if s.meta.role != Role::Writer {
-                return Err(Refusal::NotWriter {
-                    term: s.meta.term,
-                    role: s.meta.role,
-                });
+    // From memory if the tail holds `after`; else by the writer thread, from the log.
+    let fast = app.lock_tail().serve(after, max_bytes);
+    let served = match fast {
+        Some(served) => served,
+        None => {
+            let served = app
+                .call(move |s| {
+                    if s.meta.role != Role::Writer {
+                        return Err(Refusal::NotWriter {
+                            term: s.meta.term,
+                            role: s.meta.role,
+                        });
+                    }
+                    s.serve_log(after, max_bytes)
+                })
+                .await;
+            match served {
+                Ok(Ok(x)) => x,
+                Ok(Err(r)) => return refusal(r),
+                Err(resp) => return resp,
             }
-            s.serve_log(after, max_bytes)
-        })
-        .await;
-    let served = match served {
-        Ok(Ok(x)) => x,
-        Ok(Err(r)) => return refusal(r),
-        Err(resp) => return resp,
+        }
     };
     crate::hop!("store.pull_served", served.frames.len() as u64);
     let h = |name: &'static str, v: u64| (HeaderName::from_static(name), HeaderValue::from(v));

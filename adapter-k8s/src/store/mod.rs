@@ -20,6 +20,7 @@ pub mod http;
 pub mod log;
 pub mod read;
 pub mod sql;
+pub mod tail;
 
 use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;

@@ -46,6 +46,21 @@
 //! 6. *Apply*: a replica applies only up to `min(writer's commit, end of what the shipment proved
 //!    to match)`.
 //!
+//! 7. *Shipping before the writer's fsync*: the writer's store may ship an entry while its own
+//!    fsync of it runs (the reference store does: committed to the OS, shipped, then fsynced),
+//!    so the replicas' fsyncs overlap the writer's. The writer counts itself only for what its
+//!    store reported durable (`WriterInput::Appended`), and a peer's report of an entry of its
+//!    term past that is held back until its own log reaches it (`Writer::on_peer_position`),
+//!    so commit is still the highest index a quorum holds *durably*, the writer among them (as
+//!    Raft's leader counts its own match index only once its log write is persisted). An
+//!    entry the writer never made durable is therefore never committed, and losing it cannot
+//!    break Log Matching as long as the writer's store never writes another entry at that index
+//!    in the same term: the store must survive its own crash with what it shipped (the OS holds
+//!    it), and only a power cut, which restarts the agent too, can lose it; a restarted agent is
+//!    writer only of a later term (`quasar`: a node becomes writer only by campaigning, with a
+//!    new term), so the index is written again, if ever, with another term, and a replica's copy
+//!    conflicts by term and is cut as in 4. (`docs/replica-contract.md`, *Durability*).
+//!
 //! A truncation or snapshot can lower a replica's position; the epoch it carries grows with each,
 //! so the election takes the lower position as news rather than as a stale report.
 

@@ -591,6 +591,33 @@ mod tests {
         assert_eq!(w.matched().get(&NodeId::from("b")), Some(&9));
     }
 
+    /// The rule that lets a store ship entries before its own fsync (module docs, 7.): peers
+    /// holding an entry of the writer's term that the writer has not reported durable do not
+    /// commit it, however many they are; it commits once the writer's own log holds it. Fails
+    /// if commit counts an entry the writer's store has not made durable.
+    #[test]
+    fn the_writer_counts_itself_only_once_durable() {
+        let config = QuorumConfig::simple(ids(&["a", "b", "c", "d", "e"])).unwrap();
+        let (mut w, _) = Writer::new(
+            NodeId::from("a"),
+            Term(1),
+            config,
+            LogShape::new(LogPosition::ZERO),
+            0,
+        );
+        let _ = step(&mut w, 0, WriterInput::Appended { last: pos(1, 2) });
+        for p in ["b", "c", "d", "e"] {
+            let _ = peer(&mut w, p, pos(1, 3));
+        }
+        assert_eq!(
+            w.commit(),
+            0,
+            "four of five hold 3, but the writer's durable log ends at 2"
+        );
+        let out = step(&mut w, 0, WriterInput::Appended { last: pos(1, 3) });
+        assert_eq!(out, vec![WriterEffect::Committed { index: 3 }]);
+    }
+
     fn ship(w: &mut Writer, after: LogPosition) -> Shipment {
         let out = step(
             w,
