@@ -1626,6 +1626,57 @@ mod tests {
         a
     }
 
+    /// A statement sent again may come from the prepared-statement cache, which skips the
+    /// authorizer: DDL must still be logged as DDL, a refused statement refused again, and a
+    /// cached statement must see a schema change. Fails if the cache keeps DDL or refused
+    /// statements, or outlives a schema change.
+    #[test]
+    fn cached_statements_keep_the_authorizers_verdict() {
+        let d = dir();
+        let mut w = writer(&d, 1);
+        let create = "CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v INTEGER)";
+        let insert = "INSERT INTO t(v) VALUES (1)";
+        for round in 0..3 {
+            let a = exec(
+                &mut w,
+                false,
+                &[create, insert, "INSERT INTO _base_log VALUES (99, 9, x'')"],
+            );
+            assert!(a.results[0].get("error").is_none(), "{:?}", a.results);
+            assert!(a.results[1].get("error").is_none(), "{:?}", a.results);
+            assert!(
+                a.results[2]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("_base_")),
+                "round {round}: {:?}",
+                a.results
+            );
+            let payload: Vec<u8> = w
+                .conn
+                .query_row(
+                    "SELECT payload FROM _base_log WHERE idx = ?1",
+                    [i(a.index)],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let ops = entry::decode_ops(&payload).unwrap();
+            assert!(
+                matches!(ops.first(), Some(Op::Ddl(sql)) if sql == create),
+                "round {round}: the CREATE is logged as DDL: {ops:?}"
+            );
+        }
+        exec(
+            &mut w,
+            false,
+            &["ALTER TABLE t ADD COLUMN w INTEGER NOT NULL DEFAULT 7"],
+        );
+        exec(&mut w, false, &[insert]);
+        assert_eq!(
+            rows(&w, "SELECT count(*) || ':' || min(w) FROM t"),
+            vec!["4:7"]
+        );
+    }
+
     /// Every pull the tail answers (from memory, off the writer thread) is answered exactly as
     /// the log would answer it, through writes, commits, compaction, a new term and a
     /// demotion; it answers the pulls of replicas that are caught up or a little behind, and
