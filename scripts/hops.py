@@ -11,6 +11,7 @@ first time after that start, and how many times it happens per write (wake-ups).
 only: with concurrent clients the windows overlap."""
 import glob, os, re, statistics, sys
 
+ansi = re.compile(r'\x1b\[[0-9;]*m')
 pat = re.compile(r'us[=":]+(\d+).*?index[=":]+(\d+).*?hop[=":]+"?([a-z_.]+)')
 events = []
 for path in glob.glob(os.path.join(sys.argv[1], '**', '*.log'), recursive=True):
@@ -18,7 +19,7 @@ for path in glob.glob(os.path.join(sys.argv[1], '**', '*.log'), recursive=True):
     for line in open(path, errors='replace'):
         if 'base_hop' not in line:
             continue
-        m = pat.search(line)
+        m = pat.search(ansi.sub('', line))
         if m:
             events.append((int(m.group(1)), who, m.group(3), int(m.group(2))))
 events.sort()
