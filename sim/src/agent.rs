@@ -143,6 +143,7 @@ impl World {
             next_hold: 1,
             cursor: None,
             pull_sent: None,
+            fetching: false,
             pull_retry_at: now,
             parked_pulls: Vec::new(),
             next_fence_read: now.saturating_add(Millis(FENCE_POLL_MS)),
@@ -636,6 +637,7 @@ impl World {
             return Vec::new();
         }
         a.pull_sent = None;
+        a.fetching = false;
         let Some((writer, term)) = source else {
             a.cursor = None;
             return Vec::new();
@@ -750,8 +752,8 @@ impl World {
             return Vec::new();
         };
         let source = a.cursor.as_ref().and_then(|(w, ..)| ordinal_of(w.as_str()));
-        if source != Some(from) {
-            return Vec::new(); // an answer from a source given up
+        if source != Some(from) || a.fetching {
+            return Vec::new(); // an answer from a source given up, or to no request in flight
         }
         a.pull_sent = None;
         let Some((s, data)) = shipment else {
@@ -817,6 +819,7 @@ impl World {
                     }
                     Next::FetchSnapshot => {
                         a.pull_sent = Some(now);
+                        a.fetching = true;
                         let request = Packet::SnapshotRequest { from: ordinal };
                         out.push(self.out(agent_addr(from), request));
                     }
@@ -855,9 +858,13 @@ impl World {
         let Some(a) = self.agent_mut(ordinal) else {
             return Vec::new();
         };
-        if a.cursor.as_ref().and_then(|(w, ..)| ordinal_of(w.as_str())) != Some(from) {
-            return Vec::new(); // an answer from a source given up
+        // One answer per request, as over HTTP: a late or duplicated copy (the network
+        // duplicates packets) is no answer to anything in flight.
+        if a.cursor.as_ref().and_then(|(w, ..)| ordinal_of(w.as_str())) != Some(from) || !a.fetching
+        {
+            return Vec::new();
         }
+        a.fetching = false;
         a.pull_sent = None;
         a.cursor = None;
         let Some((at, data)) = snapshot else {

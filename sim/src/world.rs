@@ -264,6 +264,8 @@ pub struct Agent {
     pub cursor: Option<(NodeId, Term, LogPosition, Option<u64>)>,
     /// A pull or snapshot request is in flight since then (local time).
     pub pull_sent: Option<Millis>,
+    /// The request in flight is a snapshot's (`GET /_replica/snapshot`).
+    pub fetching: bool,
     /// No pull before this (after a failed one).
     pub pull_retry_at: Millis,
     /// Pulls held at this writer until there is something new (the store's long poll):

@@ -408,6 +408,24 @@ fn planted_bug_no_epoch_is_caught() {
     assert_invariant(&report, POSITION);
 }
 
+/// Seeds 808 and 1039 lost acknowledged writes: a duplicated snapshot answer reached a replica
+/// after it had installed the first copy and appended committed entries past it, and was
+/// installed again at the replica's commit, cutting them (invariant 5). A snapshot is installed
+/// only past the store's commit, and only as the answer to the request in flight.
+#[test]
+fn regression_a_duplicated_snapshot_answer_is_not_installed_again() {
+    for seed in [808, 1039] {
+        let report = run_seed(seed, &options());
+        if let Some(text) = report.failure_text() {
+            panic!("{text}");
+        }
+        assert!(
+            report.stats.snapshots_installed > 0,
+            "seed {seed}: no snapshot"
+        );
+    }
+}
+
 /// A planted gateway that reuses its last write's route for a poll interval: a write goes to
 /// the old writer's term after a poll showed a newer one. Invariant 3 must say so.
 #[test]

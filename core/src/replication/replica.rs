@@ -338,7 +338,10 @@ fn next_epoch(epoch: u64) -> u64 {
 /// installed the writer of `writer_term`'s snapshot at `at`: the state it then holds. The log
 /// holds nothing after `at`, everything up to it is committed and applied, and the epoch grows
 /// (the position may go down). Refused, changing nothing, for a stale writer or a snapshot
-/// below what the store knows committed.
+/// that is not past what the store knows committed: a fetch is decided only when the store's
+/// agreement with the writer ends below the writer's log start, so a snapshot it asked for is
+/// always past its commit, and one that is not (a late copy of an answer already installed)
+/// would cut entries the store appended since, which may be committed.
 pub fn snapshot_installed(
     state: &ReplicaState,
     writer_term: Term,
@@ -350,7 +353,7 @@ pub fn snapshot_installed(
             got: writer_term,
         });
     }
-    if at.index < state.commit {
+    if at.index <= state.commit {
         return Err(ReplicaError::SnapshotBehindCommit {
             at,
             commit: state.commit,
@@ -514,6 +517,26 @@ mod tests {
             r.step(ReplicaInput::SnapshotInstalled { at: pos(3, 12) }),
             Err(ReplicaError::UnexpectedSnapshot)
         ));
+    }
+
+    /// A store that rebuilds its machine per request installs a snapshot only past its commit
+    /// (a late copy of one already installed would cut what it appended since), with a new epoch.
+    #[test]
+    fn a_snapshot_installs_only_past_the_commit() {
+        let r = replica(&[(1, 2), (2, 3)], 4);
+        let mut state = r.state().clone();
+        state.term = Term(2);
+        assert!(matches!(
+            snapshot_installed(&state, Term(3), pos(2, 4)),
+            Err(ReplicaError::SnapshotBehindCommit { .. })
+        ));
+        assert!(matches!(
+            snapshot_installed(&state, Term(1), pos(2, 9)),
+            Err(ReplicaError::StaleWriter { .. })
+        ));
+        let after = snapshot_installed(&state, Term(3), pos(3, 9)).unwrap();
+        assert_eq!((after.commit, after.applied, after.epoch), (9, 9, 1));
+        assert_eq!(after.log.last(), pos(3, 9));
     }
 
     /// A stale writer's shipment and one that contradicts a known-committed entry are refused
