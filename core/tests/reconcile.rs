@@ -310,11 +310,11 @@ fn legacy_baseapp_is_planned_with_its_own_owner_kind() {
     );
 }
 
-#[test]
-fn writer_label_moves_in_one_step_and_status_follows() {
-    let base = example();
+/// The world once `base`'s objects exist and its three pods are ready, `my-app-0` labelled
+/// writer (the writer itself is the test's to set).
+fn running(base: &base_core::crd::Base) -> Observed {
     let mut observed = Observed::default();
-    for o in &plan(&base, &observed).desired {
+    for o in &plan(base, &observed).desired {
         observed.insert(o);
     }
     observed.pods = (0..3)
@@ -325,6 +325,13 @@ fn writer_label_moves_in_one_step_and_status_follows() {
             ..Default::default()
         })
         .collect();
+    observed
+}
+
+#[test]
+fn writer_label_moves_in_one_step_and_status_follows() {
+    let base = example();
+    let mut observed = running(&base);
     observed.writer = Some(WriterView {
         pod: "my-app-2".into(),
         term: 4,
@@ -484,18 +491,7 @@ fn switchover_and_fencing_through_annotations() {
     use base_core::reconcile::objects::{ANNOTATION_FENCED_INSTANCES, ANNOTATION_SWITCHOVER_TO};
     use base_core::reconcile::{CONDITION_FENCED, CONDITION_SWITCHOVER};
     let mut base = example();
-    let mut observed = Observed::default();
-    for o in &plan(&base, &observed).desired {
-        observed.insert(o);
-    }
-    observed.pods = (0..3)
-        .map(|i| PodView {
-            name: format!("my-app-{i}"),
-            ready: true,
-            writer_label: i == 0,
-            ..Default::default()
-        })
-        .collect();
+    let mut observed = running(&base);
     observed.writer = Some(WriterView {
         pod: "my-app-0".into(),
         term: 2,
@@ -605,18 +601,7 @@ fn a_retargeted_switchover_is_a_new_request() {
     use base_core::reconcile::CONDITION_SWITCHOVER;
     use base_core::reconcile::objects::ANNOTATION_SWITCHOVER_TO;
     let mut base = example();
-    let mut observed = Observed::default();
-    for o in &plan(&base, &observed).desired {
-        observed.insert(o);
-    }
-    observed.pods = (0..3)
-        .map(|i| PodView {
-            name: format!("my-app-{i}"),
-            ready: true,
-            writer_label: i == 0,
-            ..Default::default()
-        })
-        .collect();
+    let mut observed = running(&base);
     observed.now = Millis(1_000_000);
     observed.writer = Some(WriterView {
         pod: "my-app-0".into(),
