@@ -14,7 +14,10 @@
 //! - never two configurations persisted under one version, and a node's version never goes back;
 //!   a node that is not a voter of its persisted configuration never asks for votes nor wins;
 //!   every new writer holds a configuration at least as new as every one committed in an
-//!   earlier term (Raft's leader completeness, for configurations).
+//!   earlier term (Raft's leader completeness, for configurations);
+//! - every new writer holds every position committed in an earlier term (leader completeness for
+//!   the data), a position counting as committed once a writer could count it so: a quorum of its
+//!   configuration, by the positions its followers acked in its term and its own.
 
 use super::clock::Clock;
 use crate::quasar::{ConfigVersion, Effect, Membership, Message, Node, PersistedState, Role};
@@ -164,6 +167,9 @@ pub struct Checker {
     ids: Vec<NodeId>,
     /// Panic at the first violation (the fuzzer's way) instead of recording it.
     pub panic: bool,
+    /// Check leader completeness for the data. Off where positions are not a model of the data
+    /// (the election fuzz target moves any node's position anywhere).
+    pub data_completeness: bool,
     violation: Option<String>,
     windows: AcceptWindows,
     /// Term → the node that became writer in it.
@@ -174,6 +180,8 @@ pub struct Checker {
     committed: BTreeSet<(Term, ConfigVersion)>,
     /// The newest committed version by term, kept with `committed` (for the completeness check).
     newest_committed: Option<(Term, ConfigVersion)>,
+    /// Per term: the highest position its writer could count as committed.
+    data_committed: BTreeMap<Term, u64>,
     /// Per node and term: the vote it granted.
     votes: HashMap<(usize, Term), NodeId>,
     max_term: Vec<Term>,
@@ -186,12 +194,14 @@ impl Checker {
         Checker {
             ids,
             panic: false,
+            data_completeness: true,
             violation: None,
             windows: AcceptWindows::new(n),
             writers: BTreeMap::new(),
             configs: HashMap::new(),
             committed: BTreeSet::new(),
             newest_committed: None,
+            data_committed: BTreeMap::new(),
             votes: HashMap::new(),
             max_term: vec![Term(0); n],
             fenced: vec![false; n],
@@ -336,6 +346,21 @@ impl Checker {
                     );
                     return self.violate(now, what);
                 }
+                // Leader completeness for the data: every position committed before.
+                if let Some((t, p)) = self
+                    .data_committed
+                    .range(..term)
+                    .map(|(t, p)| (*t, *p))
+                    .max_by_key(|(_, p)| *p)
+                    && self.data_completeness
+                    && node.position() < p
+                {
+                    let what = format!(
+                        "{id} won term {term} at position {}, behind position {p} committed in term {t}",
+                        node.position()
+                    );
+                    return self.violate(now, what);
+                }
                 match self.writers.get(&term) {
                     Some(&other) if other != i => {
                         let what =
@@ -399,6 +424,16 @@ impl Checker {
         {
             self.committed.insert((term, m.version));
             self.newest_committed = Some((term, m.version));
+        }
+        if node.role() == Role::Writer
+            && let Some(q) = node.quorum_config()
+        {
+            let mut acked = node.peer_positions();
+            acked.insert(self.ids[i].clone(), node.position());
+            // A follower ahead of its writer holds an older writer's positions, not this one's.
+            let commit = q.committed_index(&acked).min(node.position());
+            let seen = self.data_committed.entry(term).or_insert(0);
+            *seen = (*seen).max(commit);
         }
         self.refresh_window(i, now, node, clock);
     }

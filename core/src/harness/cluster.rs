@@ -81,6 +81,9 @@ pub struct Cluster {
     seq: u64,
     /// `cut[i][j]`: messages from `i` to `j` are lost (partitions, and one-way or single-link cuts).
     pub cut: Vec<Vec<bool>>,
+    /// `stalled[i]`: the log stops reaching node `i` while heartbeats still do (a store that
+    /// lags behind its agent: holding a configuration says nothing of holding the data).
+    pub stalled: Vec<bool>,
     pub net: NetFaults,
     /// When set, messages wait in flight until `deliver_all`.
     pub hold: bool,
@@ -134,6 +137,7 @@ impl Cluster {
             inflight: BinaryHeap::new(),
             seq: 0,
             cut: vec![vec![false; n]; n],
+            stalled: vec![false; n],
             net,
             hold: false,
             rng,
@@ -403,7 +407,9 @@ impl Cluster {
             return;
         }
         // Replication rides on heartbeats: a follower catches up to what the writer had.
-        if let Message::Heartbeat { position, .. } = &m.msg {
+        if let Message::Heartbeat { position, .. } = &m.msg
+            && !self.stalled[m.to]
+        {
             let pos = self.driving[m.to].position.max(*position);
             self.driving[m.to].position = pos;
             self.step_node(

@@ -110,6 +110,10 @@
 //! does not propose it: once C(old, new) is committed it hands over to an incoming voter, which
 //! leaves the joint configuration itself. Members removed are sent heartbeats (with the
 //! configuration) until they ack holding it: they learn they are out and never campaign again.
+//! (8) A writer leaves C(old, new) only once a quorum of the incoming voters has reported a
+//! position at least its own when it proposed C(old, new): a configuration is not a log entry,
+//! so holding it says nothing of the data, and C(new) alone must not elect a writer without what
+//! the outgoing voters alone committed (writes committed during C(old, new) had both halves).
 //!
 //! By rule 1 an uncommitted configuration has no child, and of two siblings at most one is ever
 //! committed (each committed one's completeness, below, rules out the other's proposer), so every
@@ -137,13 +141,17 @@
 //! in both is in promise. A lease taken under `c` and kept after proposing the child is counted
 //! by the child from then on, and the child meets `c`. *Commits* (data) are safe the same way:
 //! the replication writer must count by the election's configuration, and a new writer's votes
-//! meet every quorum that committed an entry, whose member holds it and refuses a shorter log.
+//! meet every quorum that committed an entry, whose member holds it and refuses a shorter log:
+//! an entry committed by C is held by a quorum of C's successor too, because C(old, new) counts
+//! both halves and rule 8 carries what C(old) committed to a quorum of C(new) before it is left.
 //!
 //! What the checks show: `tests/membership_props.rs` runs scale changes (3→5→3, 1→3, 5→3, 3→1,
 //! replacements, removing the writer) under partitions, kills, pauses, fences, transfers and
 //! campaigns, checking after every simulated millisecond one writer per term, never two nodes
 //! accepting writes, one configuration per version, no vote request or win by a non-voter, and
-//! configuration completeness. Three planted bugs (`crate::buggify` switches, in the core's unit
+//! configuration completeness, and that every new writer holds every position committed
+//! before (and a targeted test where the incoming voters' stores lag behind their heartbeats,
+//! as real ones do). Three planted bugs (`crate::buggify` switches, in the core's unit
 //! tests and the simulation only: leaving the joint configuration early, counting a learner's
 //! vote, a removed node campaigning) must each be caught, by the harness's checker
 //! (`harness/planted.rs`) and by the simulation's.

@@ -170,6 +170,9 @@ struct WriterState {
     departing: BTreeSet<NodeId>,
     /// The position the new learners must reach before the joint configuration is proposed.
     catch_up: Option<u64>,
+    /// The writer's position when it proposed the joint configuration it is in: a quorum of the
+    /// incoming voters must hold it before the joint configuration is left.
+    leave_goal: Option<u64>,
     last_heartbeat_sent: Millis,
     next_heartbeat_at: Millis,
     /// The send time of the newest heartbeat (or the campaign) a majority has acked.
@@ -930,6 +933,13 @@ impl Node {
                 }
                 return false;
             }
+            // A configuration is not a log entry: a quorum holding C(old, new) says nothing of
+            // the data. What the outgoing voters alone committed before it must be on a quorum
+            // of the incoming ones before they count alone, or C(new) could elect a writer
+            // without it (the simulation's seed 3900: an acknowledged write lost on 5 → 3).
+            if !early && !self.incoming_quorum_holds_leave_goal(&m) {
+                return false;
+            }
             let next = Membership {
                 outgoing: BTreeSet::new(),
                 ..m
@@ -979,6 +989,29 @@ impl Node {
         self.propose(now, next, out)
     }
 
+    /// For a writer in the joint configuration `m`: does a quorum of the incoming voters (the
+    /// writer counting with its own position) hold the position it had when it proposed `m`?
+    fn incoming_quorum_holds_leave_goal(&mut self, m: &Membership) -> bool {
+        let position = self.position;
+        let Some(w) = self.writer.as_mut() else {
+            return false;
+        };
+        let goal = *w.leave_goal.get_or_insert(position);
+        let holders: BTreeSet<NodeId> = m
+            .voters
+            .iter()
+            .filter(|v| {
+                if **v == self.id {
+                    position >= goal
+                } else {
+                    w.peer_position.get(*v).is_some_and(|p| *p >= goal)
+                }
+            })
+            .cloned()
+            .collect();
+        QuorumConfig::simple(m.voters.iter().cloned()).is_ok_and(|q| q.is_quorum(&holders))
+    }
+
     /// The writer takes `next` (its version set here) as its configuration at once, persists it
     /// and sends it with a heartbeat to everyone it concerns.
     fn propose(&mut self, now: Millis, next: Membership, out: &mut Vec<Effect>) -> bool {
@@ -1000,12 +1033,16 @@ impl Node {
             return false;
         };
         let after = next.members();
+        let joint = next.is_joint();
         self.install(next, q);
+        let position = self.position;
         if let Some(w) = self.writer.as_mut() {
             w.departing.extend(before.difference(&after).cloned());
             w.departing.retain(|d| !after.contains(d));
             // Learners catch up to where the writer is once their configuration is committed.
             w.catch_up = None;
+            // Everything committed so far is at or below the writer's position.
+            w.leave_goal = joint.then_some(position);
         }
         self.persist(out);
         self.broadcast_heartbeat(now, out);
@@ -1543,6 +1580,7 @@ impl Node {
             peer_config: BTreeMap::new(),
             departing: BTreeSet::new(),
             catch_up: None,
+            leave_goal: None,
             last_heartbeat_sent: campaign_at,
             next_heartbeat_at: now,
             lease_basis: campaign_at,
