@@ -644,6 +644,58 @@ async fn every_acknowledged_row_everywhere(
     for t in acked {
         assert_eq!(strong.get(t), Some(&1), "strong read: {t}");
     }
+    // A read that needs the writer (the gateway pins a client's reads after its write so, with
+    // `X-Base-Writer: required`): the writer's agent serves it with every acknowledged row, a
+    // replica's agent refuses it (`307`, `503`) rather than answer from what it applied.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client");
+    let q = encode("SELECT tag, count(*) FROM t GROUP BY tag");
+    let start = Instant::now();
+    loop {
+        let mut served = 0;
+        for pod in &cluster.pods {
+            let url = format!("http://{}:{}/db/query?q={q}", pod.host, pod.agent_port);
+            let Ok(r) = no_redirects
+                .get(url)
+                .header("x-base-writer", "required")
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let status = r.status();
+            if status == StatusCode::OK {
+                let v: Value = r.json().await.expect("a query answer");
+                let rows = v["results"][0]["values"].as_array().cloned();
+                let tags: BTreeSet<String> = rows
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|row| row[0].as_str().map(str::to_owned))
+                    .collect();
+                let missing: Vec<&String> = acked.difference(&tags).collect();
+                assert!(missing.is_empty(), "{}: served without {missing:?}", pod.id);
+                served += 1;
+            } else {
+                assert!(
+                    matches!(status.as_u16(), 307 | 503),
+                    "{}: a read that needs the writer answered {status}",
+                    pod.id
+                );
+            }
+        }
+        assert!(served <= 1, "{served} agents served as the writer");
+        if served == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no agent served a read that needs the writer; logs:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A Base that does not implement the replica contract (`404` on `GET /_replica/state`) still

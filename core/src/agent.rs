@@ -168,6 +168,19 @@ pub enum Admission {
     NoWriter,
 }
 
+/// Whether a read that must see every acknowledged write is served here, as this agent decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadAdmission {
+    /// Serve it from the local store.
+    Serve,
+    /// Not the writer (or not within its lease): refused as a write would be (`307`, `503
+    /// no_writer`), so that the gateway looks for the writer again.
+    Refuse(Admission),
+    /// The writer, but no entry of its term is committed yet, so its commit may not cover every
+    /// write acknowledged by an earlier writer (`503 term_start_not_committed`).
+    TermStartNotCommitted,
+}
+
 /// The answer of `GET /readyz`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readiness {
@@ -541,6 +554,22 @@ impl Agent {
             };
         }
         self.not_here(now)
+    }
+
+    /// A read that must see every acknowledged write (`X-Base-Writer: required`, `level=strong`,
+    /// and the reads the gateway pins to the writer after a client's write): only the writer
+    /// within its lease serves it, once `term_start_committed(term)` says an entry of its term
+    /// has committed (the replication coordinator's `strong_reads_ready`, Raft §8).
+    pub fn admit_writer_read(
+        &self,
+        now: Millis,
+        term_start_committed: impl FnOnce(Term) -> bool,
+    ) -> ReadAdmission {
+        match self.admit_write(now) {
+            Admission::Forward { term } if term_start_committed(term) => ReadAdmission::Serve,
+            Admission::Forward { .. } => ReadAdmission::TermStartNotCommitted,
+            other => ReadAdmission::Refuse(other),
+        }
     }
 
     /// The fencing check as late as it can be: right before the write admitted in term

@@ -334,6 +334,15 @@ impl Why {
             Why::WriterRequired | Why::PinnedRead | Why::Read => RequestKind::Read,
         }
     }
+
+    /// A read that must see every acknowledged write: forwarded with `X-Base-Writer: required`,
+    /// so that the agent serves it only as the writer (`agent::Agent::admit_writer_read`). The
+    /// gateway's idea of the writer can be a poll old; a deposed writer's store has undone its
+    /// uncommitted suffix and may lack the client's write (the simulation's seed 715).
+    #[must_use]
+    pub fn needs_the_writer(self) -> bool {
+        matches!(self, Why::WriterRequired | Why::PinnedRead)
+    }
 }
 
 /// Send the request to this replica.

@@ -19,7 +19,9 @@ use crate::world::{
     Agent, Entry, Out, Packet, Shared, World, WriteId, WriteReply, agent_addr, lock, ordinal_of,
     pod_id, send_all,
 };
-use base_core::agent::{Admission, Annotations, Config, Effect, HandOverCause, Input};
+use base_core::agent::{
+    Admission, Annotations, Config, Effect, HandOverCause, Input, ReadAdmission,
+};
 use base_core::control::TransferDecision;
 use base_core::quasar::{Message, Role};
 use base_core::replication::{
@@ -993,7 +995,30 @@ impl World {
                 let body = self.leader_answer(ordinal);
                 vec![self.out(src, Packet::LeaderAnswer { seq, body })]
             }
-            Packet::Read { req, must_have } => {
+            Packet::Read {
+                req,
+                writer_required,
+                must_have,
+            } => {
+                // As adapter-k8s `agent::http::front_door`: a read that needs the writer.
+                if writer_required {
+                    let now = self.local(ordinal);
+                    let Some(a) = self.replicas[ordinal as usize].agent.as_ref() else {
+                        return Vec::new();
+                    };
+                    let admission = a
+                        .machine
+                        .admit_writer_read(now, |term| a.coordinator.strong_reads_ready(term));
+                    let refused = match admission {
+                        ReadAdmission::Serve => None,
+                        ReadAdmission::Refuse(_) => Some(true),
+                        ReadAdmission::TermStartNotCommitted => Some(false),
+                    };
+                    if let Some(not_writer) = refused {
+                        self.stats.reads_refused += 1;
+                        return vec![self.out(src, Packet::ReadRefused { req, not_writer })];
+                    }
+                }
                 let store = self.store(ordinal);
                 let log_len = store.applied;
                 if let Some((index, entry)) = must_have {

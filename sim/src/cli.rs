@@ -195,7 +195,7 @@ fn run_one(a: &Args) -> ExitCode {
     }
     let s = &report.stats;
     println!(
-        "seed {}: {} simulated ms in {wall_ms} wall ms; {} writes acknowledged, {} failed, {} rejected ({} no_writer at the gateway, {} of them while a node accepted writes), {} reads; {} terms; failovers {}; heal→live {:?} ms, →converged {:?} ms; {} plans ({} saw no writer while a node accepted writes); a healthy writer forgotten between polls {} times by the gateway, {} by the operator; {} API writes, {} transfers, {} process starts; switchovers {} done, {} refused ({} fenced targets); {} fences applied ({} of a writer), {} writes refused by a fenced node; {} operator crashes ({} mid rolling update, {} mid scale change); scaled-away PVCs {} removed, {} kept; final check waited {} ms for a writer; replicas' logs: {} cuts, {} snapshots installed, {} positions lowered; {} messages; trace hash {:016x}",
+        "seed {}: {} simulated ms in {wall_ms} wall ms; {} writes acknowledged, {} failed, {} rejected ({} no_writer at the gateway, {} of them while a node accepted writes), {} reads ({} refused for want of the writer); {} terms; failovers {}; heal→live {:?} ms, →converged {:?} ms; {} plans ({} saw no writer while a node accepted writes); a healthy writer forgotten between polls {} times by the gateway, {} by the operator; {} API writes, {} transfers, {} process starts; switchovers {} done, {} refused ({} fenced targets); {} fences applied ({} of a writer), {} writes refused by a fenced node; {} operator crashes ({} mid rolling update, {} mid scale change); scaled-away PVCs {} removed, {} kept; final check waited {} ms for a writer; replicas' logs: {} cuts, {} snapshots installed, {} positions lowered; {} messages; trace hash {:016x}",
         report.seed,
         report.sim_ms,
         s.acked_writes,
@@ -204,6 +204,7 @@ fn run_one(a: &Args) -> ExitCode {
         s.writes_refused_by_gateway,
         s.no_writer_while_one_accepts,
         s.reads,
+        s.reads_refused,
         s.terms,
         s.failovers
             .iter()

@@ -467,6 +467,9 @@ async fn handle_request(world: &Shared, client: u32, op: ClientOp) -> ClientResu
                 Some(Packet::WriteReply {
                     reply: WriteReply::Refused { .. },
                     ..
+                }) | Some(Packet::ReadRefused {
+                    not_writer: true,
+                    ..
                 })
             );
             let result = match reply {
@@ -484,7 +487,8 @@ async fn handle_request(world: &Shared, client: u32, op: ClientOp) -> ClientResu
                 Some(Packet::WriteReply {
                     reply: WriteReply::Refused { .. },
                     ..
-                }) => ClientResult::Rejected,
+                })
+                | Some(Packet::ReadRefused { .. }) => ClientResult::Rejected,
                 Some(_) => ClientResult::Failed,
             };
             let delivery = if refused {
@@ -549,6 +553,7 @@ async fn forward(world: &Shared, f: Forward, client: u32, op: ClientOp) -> Optio
             },
             ClientOp::Read => Packet::Read {
                 req,
+                writer_required: f.why.needs_the_writer(),
                 must_have: w.ryw_requirement(client),
             },
         }
@@ -572,7 +577,11 @@ async fn forward(world: &Shared, f: Forward, client: u32, op: ClientOp) -> Optio
             continue;
         };
         match *p {
-            Packet::WriteReply { req, .. } | Packet::ReadReply { req, .. } if req == want => {
+            Packet::WriteReply { req, .. }
+            | Packet::ReadReply { req, .. }
+            | Packet::ReadRefused { req, .. }
+                if req == want =>
+            {
                 return Some(*p);
             }
             _ => {}

@@ -198,13 +198,22 @@ pub enum Packet {
     },
     /// A read forwarded by the gateway; `must_have` is the checker's: the client's acknowledged
     /// write that read-your-writes says this read must see.
+    /// `writer_required`: the gateway's `X-Base-Writer: required` (its pinned reads and those
+    /// marked so), which the agent serves only as the writer.
     Read {
         req: u64,
+        writer_required: bool,
         must_have: Option<(u64, Entry)>,
     },
     ReadReply {
         req: u64,
         log_len: u64,
+    },
+    /// The agent refused a read that needs the writer: not the writer (`307` / `503 no_writer`,
+    /// `not_writer` set) or its term start not yet committed (`503 term_start_not_committed`).
+    ReadRefused {
+        req: u64,
+        not_writer: bool,
     },
     /// A client's request to the gateway, and its answer.
     Client {
@@ -389,6 +398,8 @@ pub struct Stats {
     pub failed_writes: u64,
     pub rejected: u64,
     pub reads: u64,
+    /// Reads that needed the writer, refused by an agent that was not (or not yet) it.
+    pub reads_refused: u64,
     pub terms: u64,
     pub failovers: Vec<Failover>,
     /// A writer-targeted fault struck the writer of a term, and no newer writer has acknowledged

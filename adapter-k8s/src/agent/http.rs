@@ -32,7 +32,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base_core::Term;
-use base_core::agent::{Admission, Readiness};
+use base_core::agent::{Admission, ReadAdmission, Readiness};
 use base_core::quasar::Role;
 use base_core::quasar::{Envelope, MAX_MESSAGE_BYTES};
 use base_core::replication::{Contract, CoordinatorInput, LogPosition, Outcome};
@@ -369,20 +369,33 @@ async fn front_door(
         .get(HEADER_WRITER_REQUIRED)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("required"));
-    let write = is_write(&parts.method) || writer_required;
-    let strong = is_strong_read(&parts.uri);
+    let write = is_write(&parts.method);
+    // The gateway marks the reads it pins to the writer after a client's write: they must see it.
+    let writer_read = !write && (writer_required || is_strong_read(&parts.uri));
     let mut admitted = Term(0);
-    if write || strong {
+    if write {
         let now = shared.clock.now();
         match shared.lock_agent().admit_write(now) {
             Admission::Forward { term } => admitted = term,
             other => return not_here(other, &parts.uri),
         }
     }
-    if strong && shared.replication.contract() == Contract::Supported {
-        let term = shared.lock_agent().node().term();
-        if !shared.replication.lock().strong_reads_ready(term) {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "term_start_not_committed");
+    if writer_read {
+        // One lock at a time: the term start is looked up for the term of now, and a term that
+        // moved meanwhile counts as not committed.
+        let term_now = shared.lock_agent().node().term();
+        let ready = shared.replication.contract() != Contract::Supported
+            || shared.replication.lock().strong_reads_ready(term_now);
+        let now = shared.clock.now();
+        match shared
+            .lock_agent()
+            .admit_writer_read(now, |term| ready && term == term_now)
+        {
+            ReadAdmission::Serve => {}
+            ReadAdmission::Refuse(other) => return not_here(other, &parts.uri),
+            ReadAdmission::TermStartNotCommitted => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "term_start_not_committed");
+            }
         }
     }
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());

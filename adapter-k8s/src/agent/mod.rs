@@ -42,8 +42,11 @@
 //!   store's durable position (with its epoch); it pushes role, term, writer and (on the writer)
 //!   commit with `PUT /_replica/role`; it holds each write's answer until the entry the store
 //!   names (`X-Base-Log-Index`/`-Term`) is held by a majority, else `504
-//!   {"error":"commit_unknown"}` after `--commit-timeout-ms`; a strong read (`level=strong`) is
-//!   served only by the writer within its lease once its term's no-op committed; replicas pull
+//!   {"error":"commit_unknown"}` after `--commit-timeout-ms`; a strong read (`level=strong`, and
+//!   any read with `X-Base-Writer: required`, which the gateway sets on the reads it pins to the
+//!   writer) is served only by the writer within its lease once its term's no-op committed
+//!   (`Agent::admit_writer_read`; else `307`/`503 no_writer`, or `503 term_start_not_committed`);
+//!   replicas pull
 //!   the log from the writer's agent on its control port (signed like peer messages). Every
 //!   decision is the core `replication::Coordinator`'s. A Base answering `404` (or without
 //!   `X-Base-Replica-Contract`) runs as before, reported by a warning and

@@ -121,6 +121,8 @@ pub(super) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -
         return json_error(StatusCode::BAD_REQUEST, "bad_request_target");
     };
     let headers = forward_headers(&parts.headers, peer_text.as_deref());
+    // A read pinned to the writer says so: the agent serves it only as the writer.
+    let mut writer_headers: Option<HeaderMap> = None;
 
     let mut attempt = Attempt::First;
     loop {
@@ -131,7 +133,12 @@ pub(super) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -
             Err(_) => return json_error(StatusCode::BAD_REQUEST, "bad_request_target"),
         };
         crate::hop!("gw.send", 0);
-        let result = send(&shared, &parts.method, uri, &headers, outgoing.take()).await;
+        let sent_headers = if forward.why.needs_the_writer() {
+            &*writer_headers.get_or_insert_with(|| with_writer_required(&headers))
+        } else {
+            &headers
+        };
+        let result = send(&shared, &parts.method, uri, sent_headers, outgoing.take()).await;
         let (delivery, failure) = match result {
             Ok(response) => match refused_as_not_writer(response, forward.why, &shared).await {
                 Answer::Passed(response) => {
@@ -375,6 +382,15 @@ async fn prepare_body(
 /// The headers sent upstream: the client's, less hop-by-hop ones and `Host` (the replica gets its
 /// own), plus `X-Forwarded-For` with the client's address appended, `X-Forwarded-Host` and
 /// `X-Forwarded-Proto` when the client did not set them.
+/// `headers` with `X-Base-Writer: required`.
+fn with_writer_required(headers: &HeaderMap) -> HeaderMap {
+    let mut headers = headers.clone();
+    if let Ok(name) = HeaderName::from_bytes(HEADER_WRITER_REQUIRED.as_bytes()) {
+        headers.insert(name, HeaderValue::from_static("required"));
+    }
+    headers
+}
+
 pub(crate) fn forward_headers(incoming: &HeaderMap, peer: Option<&str>) -> HeaderMap {
     let mut headers = strip_hop_by_hop(incoming);
     if let Some(host) = headers.remove(header::HOST)

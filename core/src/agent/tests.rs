@@ -234,6 +234,39 @@ fn writes_are_forwarded_only_by_the_writer_inside_its_lease() {
     ));
 }
 
+/// Reads that must see every acknowledged write (pinned, `X-Base-Writer: required`, strong):
+/// served only by the writer in its lease once its term start committed; a follower refuses
+/// as it refuses a write (the gateway then looks for the writer), and so does a writer whose
+/// lease passed.
+#[test]
+fn reads_that_need_the_writer_are_served_only_by_it() {
+    let mut c = Cluster::new(3, &Annotations::default());
+    let w = c.elect();
+    let term = c.agents[w].node().term();
+    let now = c.now;
+    let committed = |t: Term| t == term;
+    assert_eq!(
+        c.agents[w].admit_writer_read(now, committed),
+        ReadAdmission::Serve
+    );
+    assert_eq!(
+        c.agents[w].admit_writer_read(now, |_| false),
+        ReadAdmission::TermStartNotCommitted
+    );
+    let f = (w + 1) % 3;
+    assert_eq!(
+        c.agents[f].admit_writer_read(now, |_| true),
+        ReadAdmission::Refuse(Admission::Redirect { url: url(w) })
+    );
+    c.cut[w] = true;
+    let lease = c.agents[w].node().timing().lease_ms();
+    c.run_until(lease.0 + 20, |_| false);
+    assert!(matches!(
+        c.agents[w].admit_writer_read(c.now, |_| true),
+        ReadAdmission::Refuse(_)
+    ));
+}
+
 /// The fence from the annotations: a fenced writer reports the change and a hand-over, forwards
 /// nothing, stays ready (reads only), and another node takes over; unfencing reports it too.
 #[test]
