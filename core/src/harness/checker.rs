@@ -425,7 +425,8 @@ impl Checker {
             self.committed.insert((term, m.version));
             self.newest_committed = Some((term, m.version));
         }
-        if node.role() == Role::Writer
+        if self.data_completeness
+            && node.role() == Role::Writer
             && let Some(q) = node.quorum_config()
         {
             let mut acked = node.peer_positions();
