@@ -16,6 +16,10 @@
 //! "Membership changes" below), so each term has at most one writer. A voter grants only a candidate whose
 //! replication position is at least its own (see "Positions" below). An election starts with a *pre-vote* that changes no
 //! state, so a node back from a partition cannot raise the term and depose a healthy writer.
+//! Granting a pre-vote changes only timers: a follower holds its own campaign back for two
+//! heartbeat intervals at most, and a pre-candidate yields to a better candidate (a higher
+//! position; equal ones, the smaller id). Two nodes whose timeouts end together then do not split
+//! the vote and wait a second timeout (liveness only; `Node::make_way`).
 //! *CheckQuorum*: a writer that has no majority ack of anything it sent in the last
 //! `election_timeout_min_ms` steps down.
 //!
