@@ -174,5 +174,7 @@ fn planted_election_bugs_are_caught_by_scale_changes_under_faults() {
     }
 }
 
-/// Seeds of [`scale_changes_under_faults`] a planted bug gets to be caught in.
-const SCALE_SEEDS: u64 = 40;
+/// Seeds of [`scale_changes_under_faults`] a planted bug gets to be caught in. Since stalled
+/// stores joined the faults, leaving the joint configuration early is first caught at seed 52
+/// (it was within 40).
+const SCALE_SEEDS: u64 = 80;

@@ -36,7 +36,7 @@ fn script(rng: &mut Rng) -> (usize, Vec<Vec<usize>>) {
 fn fault(c: &mut Cluster, rng: &mut Rng) {
     let n = c.len();
     let i = rng.below(n as u64) as usize;
-    match rng.below(14) {
+    match rng.below(16) {
         0 | 1 => {
             let mask = rng.below(1 << n);
             let (a, b): (Vec<usize>, Vec<usize>) = (0..n).partition(|k| mask >> k & 1 == 1);
@@ -62,6 +62,9 @@ fn fault(c: &mut Cluster, rng: &mut Rng) {
             let fence = rng.percent(50);
             c.set_fenced(i, fence);
         }
+        // A store that lags behind its agent: heartbeats arrive, the log does not.
+        14 => c.stalled[i] = true,
+        15 => c.stalled[i] = false,
         _ => {
             if !c.paused(i) {
                 c.step_node(i, Input::Campaign);
@@ -113,6 +116,7 @@ pub fn scale_changes_under_faults(seed: u64, idle_ticks: bool) -> Result<(), Str
     c.heal();
     c.net.drop_pct = 0;
     c.net.dup_pct = 0;
+    c.stalled.iter_mut().for_each(|s| *s = false);
     for k in 0..UNIVERSE {
         c.restart(k);
         c.resume(k);

@@ -154,8 +154,8 @@
 //! campaigns, checking after every simulated millisecond one writer per term, never two nodes
 //! accepting writes, one configuration per version, no vote request or win by a non-voter, and
 //! configuration completeness, and that every new writer holds every position committed
-//! before (and a targeted test where the incoming voters' stores lag behind their heartbeats,
-//! as real ones do). Three planted bugs (`crate::buggify` switches, in the core's unit
+//! before, with stores that lag behind their heartbeats among the faults (as real ones do), and a
+//! targeted test where the incoming voters' stores lag. Three planted bugs (`crate::buggify` switches, in the core's unit
 //! tests and the simulation only: leaving the joint configuration early, counting a learner's
 //! vote, a removed node campaigning) must each be caught, by the harness's checker
 //! (`harness/planted.rs`) and by the simulation's.
